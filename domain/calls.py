@@ -1,0 +1,270 @@
+"""The call record and the rules that change it.
+
+A call is a plain JSON-able dict, stored and answered as is. Every function here is pure:
+it takes a call (and the time) and returns a new call, never mutating its argument, so a
+rule that raises leaves the stored call untouched. Storage applies these functions
+atomically; handlers never edit a call themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.errors import BadRequest, Conflict, IllegalTransition
+
+Call = dict[str, Any]
+
+# Which `call_status` a PUT may move a call to, from each status. Leaving `scheduled` for
+# `registered` is the schedule-cancel endpoint's job; entering `scheduled` is the
+# phone-call create's (a schedule needs a time).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "registered": frozenset({"ongoing", "error"}),
+    "scheduled": frozenset({"ongoing", "error"}),
+    "ongoing": frozenset({"ended", "error"}),
+    "ended": frozenset(),
+    "error": frozenset(),
+}
+
+# Metadata keys the server keeps for scheduled calls, as upstream shows them.
+SCHEDULE_METADATA_KEYS = ("is_scheduled", "scheduled_timestamp", "execution_status")
+
+# Fields a PUT copies as given (after enum values are lower-cased).
+_PLAIN_UPDATE_FIELDS = (
+    "direction",
+    "from_number",
+    "to_number",
+    "disconnection_reason",
+    "transcript",
+    "transcript_object",
+    "transcript_with_tool_calls",
+    "recording_url",
+    "public_log_url",
+    "latency",
+    "call_analysis",
+    "call_cost",
+    "telephony_identifier",
+    "opt_out_sensitive_data_storage",
+)
+
+
+def now_ms() -> int:
+    """The current Unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def new_call_id() -> str:
+    """A generated call id: `call_<uuid4>`."""
+    return f"call_{uuid.uuid4()}"
+
+
+def enum_value(value: str | None) -> str | None:
+    """How every enum value is stored and answered: lower case (input may be either)."""
+    return None if value is None else value.lower()
+
+
+def event(now: int, call: Call, name: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One timeline entry; `session_time` counts milliseconds since the call started."""
+    started = call.get("start_timestamp")
+    session_time = max(0, now - started) if started is not None else 0
+    return {"timestamp": now, "event": name, "session_time": session_time, "data": dict(data or {})}
+
+
+def new_call(
+    *,
+    organization_id: str,
+    agent_id: str,
+    now: int,
+    call_type: str,
+    call_id: str | None = None,
+    direction: str | None = None,
+    from_number: str | None = None,
+    to_number: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    event_name: str = "Call created via API",
+    event_data: Mapping[str, Any] | None = None,
+) -> Call:
+    """A new call in status `registered`, with its creation event."""
+    call: Call = {
+        "id": str(uuid.uuid4()),
+        "call_id": call_id or new_call_id(),
+        "agent_id": agent_id,
+        "organization_id": organization_id,
+        "call_status": "registered",
+        "call_type": enum_value(call_type),
+        "direction": enum_value(direction),
+        "from_number": from_number,
+        "to_number": to_number,
+        "created_at": now,
+        "updated_at": now,
+        "scheduled_timestamp": None,
+        "start_timestamp": None,
+        "end_timestamp": None,
+        "call_duration": None,
+        "disconnection_reason": None,
+        "recording_url": None,
+        "public_log_url": None,
+        "opt_out_sensitive_data_storage": False,
+        "metadata": copy.deepcopy(dict(metadata or {})),
+        "events": [],
+        "transcript": None,
+        "transcript_object": [],
+        "transcript_with_tool_calls": [],
+        "latency": None,
+        "call_analysis": None,
+        "call_cost": None,
+        "telephony_identifier": None,
+    }
+    call["events"].append(event(now, call, event_name, event_data))
+    return call
+
+
+def schedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
+    """A freshly created call, put in status `scheduled` for `scheduled_timestamp` (seconds)."""
+    _require_future(scheduled_timestamp, now)
+    scheduled = copy.deepcopy(call)
+    scheduled["call_status"] = "scheduled"
+    scheduled["scheduled_timestamp"] = scheduled_timestamp
+    scheduled["metadata"].update(
+        is_scheduled=True, scheduled_timestamp=scheduled_timestamp, execution_status="pending"
+    )
+    scheduled["events"].append(
+        event(now, scheduled, "Call scheduled", {"scheduled_timestamp": scheduled_timestamp})
+    )
+    return scheduled
+
+
+def reschedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
+    """The scheduled `call` moved to a new future time (seconds)."""
+    _require_scheduled(call)
+    _require_future(scheduled_timestamp, now)
+    previous = call["scheduled_timestamp"]
+    moved = copy.deepcopy(call)
+    moved["scheduled_timestamp"] = scheduled_timestamp
+    moved["metadata"]["scheduled_timestamp"] = scheduled_timestamp
+    moved["updated_at"] = now
+    moved["events"].append(
+        event(
+            now,
+            moved,
+            "Scheduled call time updated",
+            {
+                "previous_scheduled_timestamp": previous,
+                "new_scheduled_timestamp": scheduled_timestamp,
+            },
+        )
+    )
+    return moved
+
+
+def cancel_schedule(call: Call, now: int) -> Call:
+    """The scheduled `call` turned back into a regular, `registered` call."""
+    _require_scheduled(call)
+    cancelled = copy.deepcopy(call)
+    previous = cancelled["scheduled_timestamp"]
+    cancelled["call_status"] = "registered"
+    cancelled["scheduled_timestamp"] = None
+    cancelled["metadata"].pop("scheduled_timestamp", None)
+    cancelled["metadata"].update(is_scheduled=False, execution_status="cancelled")
+    cancelled["updated_at"] = now
+    cancelled["events"].append(
+        event(
+            now,
+            cancelled,
+            "Scheduled call cancelled - converted to regular call",
+            {"previous_scheduled_timestamp": previous, "cancelled_at": now // 1000},
+        )
+    )
+    return cancelled
+
+
+def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
+    """`call` with a PUT body applied: fields set, metadata merged, status moved, event added.
+
+    Raises IllegalTransition for a status change the lifecycle does not allow, and
+    BadRequest when the timestamps would put the end before the start.
+    """
+    updated = copy.deepcopy(call)
+    changed = sorted(changes)
+    event_data: dict[str, Any] = {"updated_fields": changed}
+
+    for field in _PLAIN_UPDATE_FIELDS:
+        if field in changes:
+            value = changes[field]
+            updated[field] = enum_value(value) if field == "direction" else copy.deepcopy(value)
+
+    for key, value in (changes.get("metadata") or {}).items():
+        if value is None:
+            updated["metadata"].pop(key, None)
+        else:
+            updated["metadata"][key] = copy.deepcopy(value)
+
+    for field in ("start_timestamp", "end_timestamp"):
+        if field in changes:
+            updated[field] = changes[field]
+
+    new_status = enum_value(changes.get("call_status"))
+    old_status = call["call_status"]
+    if new_status is not None and new_status != old_status:
+        if new_status not in TRANSITIONS[old_status]:
+            raise IllegalTransition(
+                f"Cannot change call_status from '{old_status}' to '{new_status}'"
+                + _allowed_hint(old_status)
+            )
+        updated["call_status"] = new_status
+        event_data["previous_status"] = old_status
+        event_data["new_status"] = new_status
+        _stamp_status_times(updated, new_status, now)
+        if old_status == "scheduled":
+            updated["scheduled_timestamp"] = None
+            updated["metadata"].update(
+                is_scheduled=False,
+                execution_status="executed" if new_status == "ongoing" else "failed",
+            )
+
+    start, end = updated["start_timestamp"], updated["end_timestamp"]
+    if start is not None and end is not None and end < start:
+        raise BadRequest(f"end_timestamp ({end}) is before start_timestamp ({start})")
+    updated["call_duration"] = end - start if start is not None and end is not None else None
+    updated["updated_at"] = now
+    updated["events"].append(event(now, updated, "Call updated via API", event_data))
+    return updated
+
+
+def scheduled_for_human(scheduled_timestamp: int) -> str:
+    """A scheduled time (Unix seconds) as ISO 8601 UTC, e.g. `2100-01-01T00:00:00Z`."""
+    return datetime.fromtimestamp(scheduled_timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stamp_status_times(call: Call, status: str, now: int) -> None:
+    if status == "ongoing" and call["start_timestamp"] is None:
+        call["start_timestamp"] = now
+    if status in ("ended", "error") and call["end_timestamp"] is None:
+        call["end_timestamp"] = now
+
+
+def _allowed_hint(status: str) -> str:
+    allowed = sorted(TRANSITIONS[status])
+    if not allowed:
+        return f": '{status}' is final"
+    return ": allowed from '{}' are {}".format(status, ", ".join(f"'{s}'" for s in allowed))
+
+
+def _require_scheduled(call: Call) -> None:
+    if call["call_status"] != "scheduled":
+        raise Conflict(
+            f"Call '{call['call_id']}' is not scheduled (status '{call['call_status']}')",
+            message="Call is not scheduled",
+        )
+
+
+def _require_future(scheduled_timestamp: int, now: int) -> None:
+    if scheduled_timestamp * 1000 <= now:
+        raise BadRequest(
+            f"scheduled_timestamp {scheduled_timestamp} is not in the future "
+            f"(now is {now // 1000}, Unix seconds)"
+        )

@@ -1,0 +1,91 @@
+"""Errors the API answers with, each rendered once into the envelope by the app.
+
+Hierarchy::
+
+    ApiError                      any error with a status, a message and a reason
+    ├── BadRequest            400 the request is valid JSON but asks for something impossible
+    ├── Unauthorized          401 missing, unknown, revoked or mismatched credentials
+    ├── Forbidden             403 the admin API is disabled
+    ├── NotFound              404
+    │   ├── CallNotFound          no such call in the caller's organization
+    │   ├── OrganizationNotFound
+    │   └── ApiKeyNotFound
+    ├── Conflict              409 the request conflicts with the stored state
+    │   ├── DuplicateId           a custom id that exists already
+    │   └── IllegalTransition     a status change the lifecycle does not allow
+    └── PayloadTooLarge       413 the body is larger than the configured limit
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error answered with `status_code` and the envelope `{message, error}`."""
+
+    status_code = 500
+    message = "Internal server error"
+
+    def __init__(self, error: str, message: str | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        if message is not None:
+            self.message = message
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    message = "Invalid request"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    message = "Unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    message = "Forbidden"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    message = "Not found"
+
+
+class CallNotFound(NotFound):
+    message = "Call not found"
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"Call with ID '{call_id}' does not exist")
+
+
+class OrganizationNotFound(NotFound):
+    message = "Organization not found"
+
+    def __init__(self, organization_id: str) -> None:
+        super().__init__(f"Organization with ID '{organization_id}' does not exist")
+
+
+class ApiKeyNotFound(NotFound):
+    message = "API key not found"
+
+    def __init__(self, api_key_id: str) -> None:
+        super().__init__(f"API key with ID '{api_key_id}' does not exist")
+
+
+class Conflict(ApiError):
+    status_code = 409
+    message = "Conflict"
+
+
+class DuplicateId(Conflict):
+    message = "Duplicate ID"
+
+
+class IllegalTransition(Conflict):
+    message = "Illegal status transition"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    message = "Payload too large"

@@ -1,0 +1,78 @@
+"""Organizations and their API key pairs.
+
+A key pair is `sk_` + 32 and `s3cr3t_` + 40 random letters/digits. Only a SHA-256 hash of
+the secret is stored: the secret carries about 238 bits of randomness, so a slow password
+hash would add nothing but latency on every request. Comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import uuid
+from typing import Any
+
+KEY_PREFIX = "sk_"
+SECRET_PREFIX = "s3cr3t_"
+_ALPHABET = string.ascii_letters + string.digits
+
+Organization = dict[str, Any]
+ApiKey = dict[str, Any]
+
+SECRET_WARNING = "Store the API secret now: it is shown only once and cannot be retrieved later."
+
+
+def new_organization(
+    now: int, organization_id: str | None = None, name: str | None = None
+) -> Organization:
+    """An organization record; its id is `org_<hex>` unless one is given."""
+    return {
+        "organization_id": organization_id or f"org_{uuid.uuid4().hex}",
+        "name": name,
+        "created_at": now,
+    }
+
+
+def new_api_key(
+    organization_id: str, now: int, name: str | None = None, description: str | None = None
+) -> tuple[ApiKey, str]:
+    """A new ACTIVE key record (with the secret's hash) and the secret itself."""
+    secret = SECRET_PREFIX + _random(40)
+    record = {
+        "api_key_id": f"key_{uuid.uuid4().hex}",
+        "api_key": KEY_PREFIX + _random(32),
+        "secret_sha256": hash_secret(secret),
+        "organization_id": organization_id,
+        "name": name,
+        "description": description,
+        "status": "ACTIVE",
+        "created_at": now,
+        "revoked_at": None,
+    }
+    return record, secret
+
+
+def revoked(key: ApiKey, now: int) -> ApiKey:
+    """`key` with status REVOKED."""
+    return {**key, "status": "REVOKED", "revoked_at": now}
+
+
+def public_view(key: ApiKey) -> ApiKey:
+    """A key as it may be shown: everything but the secret's hash."""
+    return {k: v for k, v in key.items() if k != "secret_sha256"}
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a secret."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def secret_matches(key: ApiKey, secret: str) -> bool:
+    """Whether `secret` is the secret of `key`, compared in constant time."""
+    return hmac.compare_digest(key["secret_sha256"], hash_secret(secret))
+
+
+def _random(length: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))

@@ -1,0 +1,154 @@
+"""Handlers of the `calls` tag: create, read, list, update and delete calls.
+
+Each one unpacks its validated arguments, makes one domain/storage call and returns
+`(envelope, status)`. Connexion has validated everything openapi.yaml says (and filled in
+its defaults) before a handler runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain import calls
+from domain.listing import CallQuery
+from handlers.envelope import Envelope, success
+from handlers.scope import organization_id, store
+
+Response = tuple[Envelope, int]
+
+NOT_DIALED = "Phone call created, but not dialed: no outbound dialer is configured on this server"
+NO_MEDIA_SERVER = (
+    "Web call created, but no access token was issued: "
+    "no LiveKit server is configured on this server"
+)
+
+
+def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /api/calls/create"""
+    org = organization_id(token_info)
+    call = calls.new_call(
+        organization_id=org,
+        agent_id=body["agent_id"],
+        now=calls.now_ms(),
+        call_type=body["call_type"],
+        call_id=body.get("call_id"),
+        direction=body.get("direction"),
+        metadata=body.get("metadata"),
+    )
+    store().add_call(call)
+    return success("Call created successfully", {"organization_id": org, "call": call}), 200
+
+
+def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /api/calls/create-phone-call"""
+    org = organization_id(token_info)
+    now = calls.now_ms()
+    call = calls.new_call(
+        organization_id=org,
+        agent_id=body["override_agent_id"],
+        now=now,
+        call_type="phone_call",
+        direction="outbound",
+        from_number=body["from_number"],
+        to_number=body["to_number"],
+        metadata=body.get("metadata"),
+        event_name="Phone call created via API",
+        event_data={"from_number": body["from_number"], "to_number": body["to_number"]},
+    )
+    if "scheduled_timestamp" in body:
+        call = calls.schedule(call, body["scheduled_timestamp"], now)
+        status, message = "call_scheduled", "Phone call scheduled successfully"
+    else:
+        status, message = "dialer_not_configured", NOT_DIALED
+    store().add_call(call)
+    data = {
+        "organization_id": org,
+        "call_type": "phone_call",
+        "status": status,
+        "call": call,
+        "phone_call_info": {
+            "from_number": call["from_number"],
+            "to_number": call["to_number"],
+            "direction": call["direction"],
+            "call_status": call["call_status"],
+        },
+    }
+    return success(message, data), 200
+
+
+def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /api/calls/create-web-call"""
+    org = organization_id(token_info)
+    metadata = dict(body.get("metadata") or {})
+    if "is_widget_call" in body:
+        metadata["is_widget_call"] = body["is_widget_call"]
+    call = calls.new_call(
+        organization_id=org,
+        agent_id=body["agent_id"],
+        now=calls.now_ms(),
+        call_type="web_call",
+        metadata=metadata,
+        event_name="Web call created via API",
+    )
+    store().add_call(call)
+    room = call["call_id"]
+    data = {
+        "organization_id": org,
+        "call_type": "web_call",
+        "call": call,
+        "web_call_info": {
+            "room_name": room,
+            "access_token": None,
+            "call_status": call["call_status"],
+            "agent_id": call["agent_id"],
+        },
+        "livekit_connection": {"server_url": None, "token": None, "room_name": room},
+    }
+    return success(NO_MEDIA_SERVER, data), 200
+
+
+def get_call(call_id: str, token_info: dict[str, Any]) -> Response:
+    """GET /api/calls/{callId}"""
+    call = store().get_call(organization_id(token_info), call_id)
+    return success("Call retrieved successfully", call), 200
+
+
+def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
+    """GET /api/calls: the filter criteria come as query parameters."""
+    return _list(token_info, CallQuery.from_query_params(params))
+
+
+def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /api/calls: the filter criteria come in the body."""
+    return _list(token_info, CallQuery.from_body(body))
+
+
+def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
+    org = organization_id(token_info)
+    page, total = store().list_calls(org, query)
+    data = {
+        "organization_id": org,
+        "calls": page,
+        "pagination": query.pagination(total),
+        "returned_count": len(page),
+        "sort_order": query.sort_order,
+        "sort_by": query.sort_by,
+        "applied_filters": query.filters,
+    }
+    return success("Calls retrieved successfully", data), 200
+
+
+def update_call(call_id: str, body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """PUT /api/calls/{callId}"""
+    org = organization_id(token_info)
+    now = calls.now_ms()
+    call = store().change_call(org, call_id, lambda stored: calls.update(stored, body, now))
+    data = {"operation": "update", "organization_id": org, "call": call}
+    return success("Call updated successfully", data), 200
+
+
+def delete_call(call_id: str, token_info: dict[str, Any]) -> Response:
+    """DELETE /api/calls/{callId}"""
+    org = organization_id(token_info)
+    store().delete_call(org, call_id)
+    return success("Call deleted successfully", {"call_id": call_id, "organization_id": org}), 200

@@ -1,0 +1,17 @@
+"""The one JSON shape of every response body: `{message, status, error, data}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Envelope = dict[str, Any]
+
+
+def success(message: str, data: Any) -> Envelope:
+    """A success body; `error` is null."""
+    return {"message": message, "status": "success", "error": None, "data": data}
+
+
+def failure(message: str, error: str) -> Envelope:
+    """An error body: `message` is the human sentence, `error` the specific reason."""
+    return {"message": message, "status": "error", "error": error, "data": None}

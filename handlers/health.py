@@ -1,0 +1,16 @@
+"""Handler of the `health` tag."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from handlers.envelope import Envelope, success
+
+
+def get_health() -> tuple[Envelope, int]:
+    """GET /api/health: the process is up and serving."""
+    try:
+        running = version("calls-server")
+    except PackageNotFoundError:
+        running = "unknown"
+    return success("OK", {"status": "ok", "version": running}), 200

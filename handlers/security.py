@@ -1,0 +1,69 @@
+"""Security functions named by openapi.yaml's security schemes.
+
+Connexion calls them on the event loop, before validation, with exactly these signatures
+(`request` is passed because the signature asks for it). The API key and secret are two
+schemes required together; Connexion hands each function only its own header, so the
+first function checks the pair and the second only accepts.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from connexion.lifecycle import ConnexionRequest
+
+from domain.errors import Forbidden, Unauthorized
+from domain.keys import KEY_PREFIX, SECRET_PREFIX, secret_matches
+
+BOTH_HEADERS = "Both X-API-KEY and X-API-SECRET headers are required"
+INVALID_PAIR = "Invalid API key or secret"
+
+
+def check_api_key_pair(
+    api_key: str, required_scopes: Any = None, request: ConnexionRequest | None = None
+) -> dict[str, Any]:
+    """The caller's key record (minus its hash) when the key/secret pair is valid and active."""
+    assert request is not None  # Connexion passes it: the signature asks for it
+    secret = request.headers.get("X-API-SECRET")
+    if not secret:
+        raise Unauthorized(BOTH_HEADERS)
+    if not (api_key.startswith(KEY_PREFIX) and secret.startswith(SECRET_PREFIX)):
+        raise Unauthorized(INVALID_PAIR)
+    key = request.state.store.find_api_key(api_key)
+    # Always hash and compare, so an unknown key takes as long as a wrong secret.
+    if key is None:
+        secret_matches({"secret_sha256": "0" * 64}, secret)
+        raise Unauthorized(INVALID_PAIR)
+    if not secret_matches(key, secret):
+        raise Unauthorized(INVALID_PAIR)
+    if key["status"] != "ACTIVE":
+        raise Unauthorized("API key has been revoked")
+    return {
+        "sub": key["api_key_id"],
+        "organization_id": key["organization_id"],
+        "api_key_id": key["api_key_id"],
+    }
+
+
+def accept_api_secret(
+    api_secret: str, required_scopes: Any = None, request: ConnexionRequest | None = None
+) -> dict[str, Any]:
+    """The secret was checked together with its key by `check_api_key_pair`."""
+    return {}
+
+
+def check_admin_token(
+    token: str, required_scopes: Any = None, request: ConnexionRequest | None = None
+) -> dict[str, Any]:
+    """Admin access when `token` is the configured admin token."""
+    assert request is not None
+    expected: str | None = request.state.settings.admin_token
+    if expected is None:
+        raise Forbidden(
+            "The admin API is disabled: start the server with CALLS_ADMIN_TOKEN set",
+            message="Admin API disabled",
+        )
+    if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode()):
+        raise Unauthorized("Invalid admin token")
+    return {"sub": "admin"}

@@ -1,0 +1,1 @@
+"""Wiring: settings, the app factory and the command line."""

@@ -1,0 +1,59 @@
+"""The app factory: openapi.yaml wired to the handlers, a store and the settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from connexion import AsyncApp
+from connexion.middleware import MiddlewarePosition
+from connexion.options import SwaggerUIOptions
+from connexion.resolver import RelativeResolver
+
+from server import errors
+from server.settings import Settings
+from server.validation import BodySizeLimit, validator_map
+from storage import Store
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+
+
+def load_spec() -> dict[str, Any]:
+    """openapi.yaml, parsed."""
+    with open(SPEC_PATH, encoding="utf-8") as f:
+        spec: dict[str, Any] = yaml.safe_load(f)
+    return spec
+
+
+def create_app(settings: Settings, store: Store) -> AsyncApp:
+    """An ASGI app serving the Calls API from `store`. The caller opens and closes the store.
+
+    Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml).
+    """
+    spec = load_spec()
+    base_path = spec["servers"][0]["url"]
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+        # Starlette copies this state into every request's scope (request.state).
+        yield {"store": store, "settings": settings}
+
+    app = AsyncApp(__name__, lifespan=lifespan)
+    app.add_api(
+        spec,
+        resolver=RelativeResolver("handlers"),
+        strict_validation=True,
+        validate_responses=settings.validate_responses,
+        validator_map=validator_map(),
+        swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=True),
+    )
+    errors.install(app, spec, base_path)
+    app.add_middleware(
+        BodySizeLimit,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        max_bytes=settings.max_body_bytes,
+    )
+    return app

@@ -1,0 +1,189 @@
+"""The `calls-server` command: run the server, and manage organizations and keys offline.
+
+The key commands open the data directory themselves, so they work while no server is
+running on it (a running server holds its lock: use the admin API then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from domain import keys
+from domain.calls import now_ms
+from domain.errors import ApiError
+from server.app import create_app
+from server.settings import Settings, SettingsError
+from storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `calls-server`; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.load(
+            data_dir=args.data_dir,
+            **{name: getattr(args, name, None) for name in ("host", "port", "log_level")},
+        )
+        command: Callable[[argparse.Namespace, Settings], int] = args.command
+        return command(args, settings)
+    except (SettingsError, DataDirectoryLocked, CorruptJournal) as e:
+        print(f"calls-server: {e}", file=sys.stderr)
+        return 2
+    except ApiError as e:
+        print(f"calls-server: {e.message}: {e.error}", file=sys.stderr)
+        return 1
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish first."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    store = _open(settings)
+    try:
+        app = create_app(settings, store)
+        print(
+            f"Calls API on http://{settings.host}:{settings.port}/api "
+            f"(Swagger UI: /api/ui/), data in {settings.data_dir.resolve()}",
+            file=sys.stderr,
+        )
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again:
+        # let that end uvicorn.run() with an exception here instead of killing the process,
+        # so the store still gets closed (a last snapshot, the lock released).
+        signal.signal(signal.SIGTERM, _stop)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        store.close()
+    return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived (after uvicorn's graceful shutdown)."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped
+
+
+def create_org(args: argparse.Namespace, settings: Settings) -> int:
+    """Create an organization and its first API key pair."""
+    store = _open(settings)
+    try:
+        organization = keys.new_organization(now_ms(), args.id, args.name)
+        store.add_organization(organization)
+        key = _add_key(store, organization["organization_id"], args.key_name)
+    finally:
+        store.close()
+    _print({"organization": organization, "api_key": key})
+    print(keys.SECRET_WARNING, file=sys.stderr)
+    return 0
+
+
+def create_key(args: argparse.Namespace, settings: Settings) -> int:
+    """Create another API key pair for an organization."""
+    store = _open(settings)
+    try:
+        key = _add_key(store, args.organization_id, args.name)
+    finally:
+        store.close()
+    _print(key)
+    print(keys.SECRET_WARNING, file=sys.stderr)
+    return 0
+
+
+def list_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """List an organization's keys, without secrets."""
+    store = _open(settings)
+    try:
+        found = [keys.public_view(k) for k in store.list_api_keys(args.organization_id)]
+    finally:
+        store.close()
+    _print(found)
+    return 0
+
+
+def revoke_key(args: argparse.Namespace, settings: Settings) -> int:
+    """Revoke one key of an organization."""
+    store = _open(settings)
+    try:
+        now = now_ms()
+        key = store.change_api_key(
+            args.organization_id, args.api_key_id, lambda k: keys.revoked(k, now)
+        )
+    finally:
+        store.close()
+    _print(keys.public_view(key))
+    return 0
+
+
+def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, Any]:
+    record, secret = keys.new_api_key(organization_id, now_ms(), name)
+    store.add_api_key(record)
+    return {**keys.public_view(record), "api_secret": secret}
+
+
+def _open(settings: Settings) -> EmbeddedStore:
+    return EmbeddedStore(settings.data_dir, compact_every=settings.compact_every)
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calls-server",
+        description="Self-hosted Calls API server. Settings also come from CALLS_* "
+        "environment variables; flags win.",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="data directory (CALLS_DATA_DIR, default ./calls-data)"
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("serve", help="run the HTTP server")
+    run.add_argument("--host", help="address to listen on (CALLS_HOST, default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (CALLS_PORT, default 8080)")
+    run.add_argument("--log-level", help="critical|error|warning|info|debug (CALLS_LOG_LEVEL)")
+    run.set_defaults(command=serve)
+
+    org = commands.add_parser("create-org", help="create an organization and its first key pair")
+    org.add_argument("--id", help="organization id (default: generated org_<hex>)")
+    org.add_argument("--name", help="display name")
+    org.add_argument("--key-name", help="a name for the first key")
+    org.set_defaults(command=create_org)
+
+    key = commands.add_parser("create-key", help="create a key pair for an organization")
+    key.add_argument("organization_id")
+    key.add_argument("--name", help="a name for the key")
+    key.set_defaults(command=create_key)
+
+    listing = commands.add_parser("list-keys", help="list an organization's keys (no secrets)")
+    listing.add_argument("organization_id")
+    listing.set_defaults(command=list_keys)
+
+    revoke = commands.add_parser("revoke-key", help="revoke a key; it stops working at once")
+    revoke.add_argument("organization_id")
+    revoke.add_argument("api_key_id")
+    revoke.set_defaults(command=revoke_key)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

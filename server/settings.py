@@ -1,0 +1,92 @@
+"""The server's settings: read once from the environment (flags override), typed, checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PREFIX = "CALLS_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that can be configured. Each field is also `CALLS_<FIELD>` in the environment."""
+
+    data_dir: Path = Path("calls-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Bearer token for /api/organizations...; None disables the admin API.
+    admin_token: str | None = None
+    # Largest request body accepted; larger ones are answered 413.
+    max_body_bytes: int = 1_048_576
+    # Validate every response against openapi.yaml (on in tests; costs time per request).
+    validate_responses: bool = False
+    log_level: str = "info"
+    # Journal records between two snapshots of the embedded store.
+    compact_every: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"{PREFIX}PORT must be between 1 and 65535, not {self.port}")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise SettingsError(f"{PREFIX}ADMIN_TOKEN must be at least 16 characters long")
+        if self.max_body_bytes < 1024:
+            raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
+        if self.compact_every < 1:
+            raise SettingsError(f"{PREFIX}COMPACT_EVERY must be at least 1")
+        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+            raise SettingsError(
+                f"{PREFIX}LOG_LEVEL must be one of critical, error, warning, info, debug"
+            )
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `environ` (default: os.environ), then `overrides` that are not None."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = PREFIX + field.name.upper()
+            if name in environ:
+                values[field.name] = _parse(name, environ[name], _PARSERS[field.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, raw: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as e:
+        raise SettingsError(f"{name}={raw!r} is not valid: {e}") from None
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _optional(raw: str) -> str | None:
+    return raw or None
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "data_dir": Path,
+    "host": str,
+    "port": int,
+    "admin_token": _optional,
+    "max_body_bytes": int,
+    "validate_responses": _boolean,
+    "log_level": str.lower,
+    "compact_every": int,
+}

@@ -1,0 +1,7 @@
+"""Persistence: the `Store` interface and its backends (TinyDB is the embedded default)."""
+
+from storage.embedded import EmbeddedStore
+from storage.interface import Store
+from storage.journal import CorruptJournal, DataDirectoryLocked
+
+__all__ = ["CorruptJournal", "DataDirectoryLocked", "EmbeddedStore", "Store"]

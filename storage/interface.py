@@ -1,0 +1,63 @@
+"""The one interface every storage backend implements, and the only one handlers use.
+
+Every method is atomic and safe to call from many threads at once. Records go in and come
+out as plain dicts that the caller owns (a backend never hands out its own copy). Changes
+are expressed as pure functions of the stored record (see `domain.calls`), which the
+backend applies under its own lock or transaction: if the function raises, nothing is
+written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from domain.calls import Call
+from domain.keys import ApiKey, Organization
+from domain.listing import CallQuery
+
+
+class Store(Protocol):
+    """Calls, organizations and API keys, each call scoped to its organization."""
+
+    # -- calls -----------------------------------------------------------------------------
+    def add_call(self, call: Call) -> None:
+        """Store a new call. Raises DuplicateId if its call_id exists in its organization."""
+
+    def get_call(self, organization_id: str, call_id: str) -> Call:
+        """The call. Raises CallNotFound, also when it belongs to another organization."""
+
+    def change_call(
+        self, organization_id: str, call_id: str, change: Callable[[Call], Call]
+    ) -> Call:
+        """Replace the call by `change(call)` atomically and return the new record."""
+
+    def delete_call(self, organization_id: str, call_id: str) -> Call:
+        """Remove the call for good and return it. Raises CallNotFound."""
+
+    def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
+        """One page of the organization's calls that match `query`, and how many match."""
+
+    # -- organizations and API keys --------------------------------------------------------
+    def add_organization(self, organization: Organization) -> None:
+        """Store a new organization. Raises DuplicateId if its id exists."""
+
+    def get_organization(self, organization_id: str) -> Organization:
+        """The organization. Raises OrganizationNotFound."""
+
+    def add_api_key(self, key: ApiKey) -> None:
+        """Store a new key of an existing organization. Raises OrganizationNotFound."""
+
+    def find_api_key(self, api_key: str) -> ApiKey | None:
+        """The key record whose public part is `api_key`, active or not, if any."""
+
+    def list_api_keys(self, organization_id: str) -> list[ApiKey]:
+        """The organization's keys, oldest first. Raises OrganizationNotFound."""
+
+    def change_api_key(
+        self, organization_id: str, api_key_id: str, change: Callable[[ApiKey], ApiKey]
+    ) -> ApiKey:
+        """Replace the key by `change(key)` atomically. Raises ApiKeyNotFound."""
+
+    def close(self) -> None:
+        """Flush what needs flushing and release the data (the lock, connections)."""
