@@ -36,6 +36,7 @@ _MESSAGES = {
     415: "Unsupported media type",
     500: "Internal server error",
 }
+ADMIN_HEADER = "An 'Authorization: Bearer <admin token>' header is required"
 # Connexion's own wording for auth failures, and what we say instead.
 _AUTH_DETAILS = {
     "No authorization token provided": BOTH_HEADERS,
@@ -56,6 +57,8 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
         detail = str(exc.detail or exc.title or "")
         if status == 401:
             detail = _AUTH_DETAILS.get(detail, detail)
+            if detail == BOTH_HEADERS and _is_admin_operation(request):
+                detail = ADMIN_HEADER
         elif status >= 500:
             # A response that breaks the contract: a bug; say so without leaking internals.
             log.error("server error %s on %s %s: %s", status, request.method, request.url, detail)
@@ -81,6 +84,11 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
     app.add_error_handler(ProblemException, on_problem)
     app.add_error_handler(HTTPException, on_http)
     app.add_error_handler(Exception, on_crash)
+
+
+def _is_admin_operation(request: ConnexionRequest) -> bool:
+    routing = request.scope.get("extensions", {}).get("connexion_routing", {})
+    return str(routing.get("operation_id", "")).startswith(("admin.", "handlers.admin."))
 
 
 def _render(

@@ -1,0 +1,692 @@
+"""The `calls` handlers: create, get, list, update, delete."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SEED_REQUEST, Tenant, assert_error, create_call
+
+SEED_PAGE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed-create-call.txt"
+UUID4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+
+
+def seed_response() -> dict[str, Any]:
+    """The response printed on the reference page for POST /api/calls/create."""
+    text = SEED_PAGE.read_text()
+    start = text.index('{\n  "message"')
+    response, _ = json.JSONDecoder().raw_decode(text[start:])
+    return dict(response)
+
+
+def same_shape(expected: Any, actual: Any, path: str = "") -> None:
+    """Every field of `expected` is in `actual` with a value of the same JSON type."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), path
+        for key, value in expected.items():
+            assert key in actual, f"{path}.{key} missing"
+            same_shape(value, actual[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list), path
+        for item, other in zip(expected, actual, strict=False):
+            same_shape(item, other, path + "[]")
+    elif expected is None:
+        assert actual is None, f"{path} is {actual!r}, expected null"
+    else:
+        assert type(actual) is type(expected), f"{path}: {actual!r} vs {expected!r}"
+
+
+# -- POST /api/calls/create -------------------------------------------------------------------
+
+
+def test_create_call_answers_the_seed_request_in_the_seed_response_shape(client, tenant):
+    response = client.post("/api/calls/create", json=SEED_REQUEST, headers=tenant.headers)
+
+    assert response.status_code == 200
+    body = response.json()
+    same_shape(seed_response(), body)
+    call = body["data"]["call"]
+    assert body["message"] == "Call created successfully"
+    assert body["data"]["organization_id"] == tenant.organization_id == call["organization_id"]
+    assert re.fullmatch(f"call_{UUID4}", call["call_id"])
+    assert (call["call_status"], call["call_type"], call["direction"]) == (
+        "registered",
+        "phone_call",
+        "outbound",
+    )
+    assert call["metadata"] == SEED_REQUEST["metadata"]
+    assert [e["event"] for e in call["events"]] == ["Call created via API"]
+    assert call["events"][0]["data"] == {} and call["events"][0]["session_time"] == 0
+
+
+def test_create_call_stamps_created_and_updated_in_milliseconds(client, tenant):
+    before = time.time_ns() // 1_000_000
+    call = create_call(client, tenant)
+    after = time.time_ns() // 1_000_000
+
+    assert before <= call["created_at"] == call["updated_at"] <= after
+    assert call["events"][0]["timestamp"] == call["created_at"]
+
+
+def test_create_call_is_stored(client, tenant, store):
+    call = create_call(client, tenant)
+
+    assert store.get_call(tenant.organization_id, call["call_id"]) == call
+
+
+def test_create_call_keeps_a_custom_call_id(client, tenant):
+    call = create_call(client, tenant, agent_id="a", call_id="call-456")
+
+    assert call["call_id"] == "call-456"
+
+
+def test_create_call_with_an_existing_call_id_is_409(client, tenant, store):
+    first = create_call(client, tenant, agent_id="a", call_id="call-456")
+
+    response = client.post(
+        "/api/calls/create", json={"agent_id": "b", "call_id": "call-456"}, headers=tenant.headers
+    )
+
+    assert_error(response, 409, "call-456")
+    assert store.get_call(tenant.organization_id, "call-456") == first
+
+
+def test_create_call_accepts_lower_case_enums_and_answers_lower_case(client, tenant):
+    call = create_call(client, tenant, agent_id="a", call_type="web_call", direction="inbound")
+
+    assert (call["call_type"], call["direction"]) == ("web_call", "inbound")
+
+
+def test_create_call_defaults_to_a_phone_call_without_direction(client, tenant):
+    call = create_call(client, tenant, agent_id="a")
+
+    assert (call["call_type"], call["direction"]) == ("phone_call", None)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({}, "'agent_id' is a required property"),
+        ({"agent_id": ""}, "should be non-empty - 'agent_id'"),
+        ({"agent_id": 5}, "is not of type 'string'"),
+        ({"agent_id": "a", "call_type": "FAX"}, "'FAX' is not one of"),
+        ({"agent_id": "a", "colour": "red"}, "'colour' was unexpected"),
+        ({"agent_id": "a", "metadata": []}, "is not of type 'object'"),
+        ({"agent_id": "a", "call_id": "has space"}, "does not match"),
+        ({"agent_id": "a", "metadata": {"is_scheduled": True}}, "should not be valid"),
+    ],
+)
+def test_create_call_rejects_an_invalid_body_with_400(client, tenant, store, body, reason):
+    response = client.post("/api/calls/create", json=body, headers=tenant.headers)
+
+    assert_error(response, 400, reason)
+    assert store.list_calls(tenant.organization_id, _all())[1] == 0
+
+
+# -- POST /api/calls/create-phone-call ---------------------------------------------------------
+
+PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_agent_id": "ag"}
+
+
+def test_create_phone_call_records_an_outbound_call_and_says_it_was_not_dialed(client, tenant):
+    response = client.post("/api/calls/create-phone-call", json=PHONE, headers=tenant.headers)
+
+    assert response.status_code == 200
+    body = response.json()
+    data = body["data"]
+    assert "not dialed" in body["message"] and "no outbound dialer" in body["message"]
+    assert data["status"] == "dialer_not_configured"
+    assert data["call_type"] == "phone_call"
+    call = data["call"]
+    assert (call["call_status"], call["call_type"], call["direction"]) == (
+        "registered",
+        "phone_call",
+        "outbound",
+    )
+    assert (call["from_number"], call["to_number"], call["agent_id"]) == (
+        "+14157774444",
+        "+12137774445",
+        "ag",
+    )
+    assert data["phone_call_info"] == {
+        "from_number": "+14157774444",
+        "to_number": "+12137774445",
+        "direction": "outbound",
+        "call_status": "registered",
+    }
+
+
+def test_create_phone_call_with_a_future_time_schedules_it(client, tenant, store):
+    at = int(time.time()) + 3600
+    response = client.post(
+        "/api/calls/create-phone-call",
+        json={**PHONE, "scheduled_timestamp": at, "metadata": {"k": "v"}},
+        headers=tenant.headers,
+    )
+
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert data["status"] == "call_scheduled"
+    call = data["call"]
+    assert call["call_status"] == "scheduled" == data["phone_call_info"]["call_status"]
+    assert call["scheduled_timestamp"] == at
+    assert call["metadata"] == {
+        "k": "v",
+        "is_scheduled": True,
+        "scheduled_timestamp": at,
+        "execution_status": "pending",
+    }
+    assert [e["event"] for e in call["events"]] == ["Phone call created via API", "Call scheduled"]
+    assert store.get_call(tenant.organization_id, call["call_id"]) == call
+
+
+def test_create_phone_call_with_a_past_time_is_400_and_stores_nothing(client, tenant, store):
+    response = client.post(
+        "/api/calls/create-phone-call",
+        json={**PHONE, "scheduled_timestamp": int(time.time()) - 10},
+        headers=tenant.headers,
+    )
+
+    assert_error(response, 400, "not in the future")
+    assert store.list_calls(tenant.organization_id, _all())[1] == 0
+
+
+@pytest.mark.parametrize("number", ["4157774444", "+0157774444", "+1415777444455555", "+1 415"])
+def test_create_phone_call_rejects_a_number_that_is_not_e164(client, tenant, number):
+    response = client.post(
+        "/api/calls/create-phone-call", json={**PHONE, "to_number": number}, headers=tenant.headers
+    )
+
+    assert_error(response, 400, "does not match")
+
+
+def test_create_phone_call_without_an_agent_is_400_saying_an_agent_is_required(client, tenant):
+    body = {k: v for k, v in PHONE.items() if k != "override_agent_id"}
+
+    response = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+
+    assert_error(response, 400, "'override_agent_id' is a required property")
+
+
+# -- POST /api/calls/create-web-call -----------------------------------------------------------
+
+
+def test_create_web_call_records_a_web_call_and_says_no_token_was_issued(client, tenant):
+    response = client.post(
+        "/api/calls/create-web-call",
+        json={"agent_id": "ag", "metadata": {"session_type": "support"}, "is_widget_call": True},
+        headers=tenant.headers,
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    data = body["data"]
+    assert "no access token" in body["message"] and "LiveKit" in body["message"]
+    call = data["call"]
+    assert (call["call_type"], call["call_status"]) == ("web_call", "registered")
+    assert call["metadata"] == {"session_type": "support", "is_widget_call": True}
+    assert data["web_call_info"] == {
+        "room_name": call["call_id"],
+        "access_token": None,
+        "call_status": "registered",
+        "agent_id": "ag",
+    }
+    assert data["livekit_connection"] == {
+        "server_url": None,
+        "token": None,
+        "room_name": call["call_id"],
+    }
+
+
+def test_create_web_call_without_agent_is_400(client, tenant):
+    assert_error(
+        client.post("/api/calls/create-web-call", json={}, headers=tenant.headers),
+        400,
+        "'agent_id' is a required property",
+    )
+
+
+# -- GET /api/calls/{callId} ---------------------------------------------------------------------
+
+
+def test_get_call_returns_the_whole_call(client, tenant):
+    call = create_call(client, tenant)
+
+    response = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers)
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "message": "Call retrieved successfully",
+        "status": "success",
+        "error": None,
+        "data": call,
+    }
+
+
+def test_get_call_of_an_unknown_id_is_404_naming_it(client, tenant):
+    body = assert_error(
+        client.get("/api/calls/call_abc123", headers=tenant.headers),
+        404,
+        "Call with ID 'call_abc123' does not exist",
+    )
+    assert body["message"] == "Call not found"
+
+
+# -- GET and POST /api/calls ---------------------------------------------------------------------
+
+
+def _all() -> Any:
+    from domain.listing import CallQuery
+
+    return CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
+
+
+def make_calls(client, tenant: Tenant) -> dict[str, dict[str, Any]]:
+    """Five calls in different states, keyed by a short name."""
+    made = {
+        "a1_phone": create_call(client, tenant, agent_id="a1", call_type="PHONE_CALL"),
+        "a1_web": create_call(client, tenant, agent_id="a1", call_type="WEB_CALL"),
+        "a2_in": create_call(client, tenant, agent_id="a2", direction="INBOUND"),
+        "a2_out": create_call(client, tenant, agent_id="a2", direction="OUTBOUND"),
+        "a3": create_call(client, tenant, agent_id="a3"),
+    }
+    changes = {
+        "a1_phone": {
+            "call_status": "ongoing",
+            "start_timestamp": 1_000,
+            "transcript": "Hello, I want a REFUND please",
+        },
+        "a2_in": {"call_status": "ongoing", "start_timestamp": 5_000},
+        "a2_out": {
+            "call_status": "ongoing",
+            "start_timestamp": 10_000,
+            "transcript_object": [{"role": "user", "content": "cancel my subscription"}],
+        },
+    }
+    for name, change in changes.items():
+        r = client.put(f"/api/calls/{made[name]['call_id']}", json=change, headers=tenant.headers)
+        assert r.status_code == 200, r.text
+    for name, end in (("a1_phone", 61_000), ("a2_in", 6_000)):
+        r = client.put(
+            f"/api/calls/{made[name]['call_id']}",
+            json={"call_status": "ENDED", "end_timestamp": end},
+            headers=tenant.headers,
+        )
+        assert r.status_code == 200, r.text
+    return made
+
+
+def listed(response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [call["call_id"] for call in response.json()["data"]["calls"]]
+
+
+def names(made: dict[str, dict[str, Any]], *keys: str) -> list[str]:
+    return [made[k]["call_id"] for k in keys]
+
+
+def test_search_calls_defaults_to_20_newest_first(client, tenant):
+    made = make_calls(client, tenant)
+
+    response = client.post("/api/calls", headers=tenant.headers)
+
+    assert listed(response) == names(made, "a3", "a2_out", "a2_in", "a1_web", "a1_phone")
+    data = response.json()["data"]
+    assert response.json()["message"] == "Calls retrieved successfully"
+    assert (data["sort_by"], data["sort_order"], data["applied_filters"]) == (
+        "created_at",
+        "descending",
+        {},
+    )
+    assert data["pagination"] == {
+        "page": 0,
+        "limit": 20,
+        "total": 5,
+        "total_count": 5,
+        "total_pages": 1,
+        "has_next_page": False,
+        "has_previous_page": False,
+    }
+    assert data["returned_count"] == 5
+    assert data["organization_id"] == tenant.organization_id
+
+
+def test_search_calls_pages_through_the_results(client, tenant):
+    made = make_calls(client, tenant)
+    body = {"page": 1, "limit": 2, "sort_order": "ascending"}
+
+    response = client.post("/api/calls", json=body, headers=tenant.headers)
+
+    assert listed(response) == names(made, "a2_in", "a2_out")
+    pagination = response.json()["data"]["pagination"]
+    assert pagination["total_pages"] == 3
+    assert pagination["has_next_page"] and pagination["has_previous_page"]
+    assert response.json()["data"]["returned_count"] == 2
+
+
+def test_search_calls_past_the_last_page_is_empty(client, tenant):
+    make_calls(client, tenant)
+
+    response = client.post("/api/calls", json={"page": 9, "limit": 2}, headers=tenant.headers)
+
+    assert listed(response) == []
+    assert response.json()["data"]["pagination"]["has_next_page"] is False
+
+
+@pytest.mark.parametrize(
+    ("criteria", "expected"),
+    [
+        ({"call_status": ["ONGOING", "ended"]}, ["a1_phone", "a2_in", "a2_out"]),
+        ({"call_status": ["registered"]}, ["a1_web", "a3"]),
+        ({"call_type": ["WEB_CALL"]}, ["a1_web"]),
+        ({"direction": "inbound"}, ["a2_in"]),
+        ({"direction": ["INBOUND", "OUTBOUND"]}, ["a2_in", "a2_out"]),
+        ({"agent_id": "a1"}, ["a1_phone", "a1_web"]),
+        ({"agent_id": ["a1", "a3"]}, ["a1_phone", "a1_web", "a3"]),
+        ({"duration_ms": {"lower_threshold": 2_000}}, ["a1_phone"]),
+        ({"duration_ms": {"lower_threshold": 1_000, "upper_threshold": 1_000}}, ["a2_in"]),
+        ({"start_timestamp": {"lower_threshold": 4_000, "upper_threshold": 10_000}},
+         ["a2_in", "a2_out"]),
+        ({"transcript_search": "refund"}, ["a1_phone"]),
+        ({"transcript_search": "Subscription"}, ["a2_out"]),
+        ({"call_status": ["ongoing"], "agent_id": "a1"}, []),
+    ],
+)
+def test_search_calls_filters(client, tenant, criteria, expected):
+    made = make_calls(client, tenant)
+    body = {"sort_order": "ascending", "filter_criteria": criteria}
+
+    response = client.post("/api/calls", json=body, headers=tenant.headers)
+
+    assert listed(response) == names(made, *expected)
+
+
+def test_search_calls_filters_on_created_at_range(client, tenant):
+    made = make_calls(client, tenant)
+    since = made["a2_in"]["created_at"]
+    body = {"sort_order": "ascending", "filter_criteria": {"created_at": {"lower_threshold": since}}}
+
+    found = listed(client.post("/api/calls", json=body, headers=tenant.headers))
+
+    assert names(made, "a2_in", "a2_out", "a3") == [c for c in found if c != made["a1_web"]["call_id"]]
+
+
+def test_search_calls_echoes_the_applied_filters_normalized(client, tenant):
+    criteria = {"call_status": ["ONGOING"], "agent_id": "a1", "direction": "INBOUND"}
+
+    response = client.post("/api/calls", json={"filter_criteria": criteria}, headers=tenant.headers)
+
+    assert response.json()["data"]["applied_filters"] == {
+        "call_status": ["ongoing"],
+        "agent_id": ["a1"],
+        "direction": ["inbound"],
+    }
+
+
+def test_search_calls_sorts_by_start_timestamp_with_missing_values_last(client, tenant):
+    made = make_calls(client, tenant)
+    body = {"sort_by": "start_timestamp", "sort_order": "descending"}
+
+    found = listed(client.post("/api/calls", json=body, headers=tenant.headers))
+
+    assert found[:3] == names(made, "a2_out", "a2_in", "a1_phone")
+    assert set(found[3:]) == set(names(made, "a1_web", "a3"))
+
+
+def test_search_calls_over_the_limit_cap_is_400_naming_it(client, tenant):
+    response = client.post("/api/calls", json={"limit": 101}, headers=tenant.headers)
+
+    assert_error(response, 400, "greater than the maximum of 100")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"page": -1},
+        {"sort_by": "colour"},
+        {"sort_order": "up"},
+        {"filter_criteria": {"call_status": ["lost"]}},
+        {"filter_criteria": {"duration_ms": {"min": 1}}},
+        {"filter_criteria": {"mood": "happy"}},
+    ],
+)
+def test_search_calls_rejects_an_invalid_body_with_400(client, tenant, body):
+    assert_error(client.post("/api/calls", json=body, headers=tenant.headers), 400)
+
+
+def test_list_calls_takes_the_filters_as_query_parameters(client, tenant):
+    made = make_calls(client, tenant)
+    query = (
+        "?call_status=ONGOING&call_status=ended&agent_id=a2&duration_ms_upper_threshold=1000"
+        "&sort_order=ascending&limit=5"
+    )
+
+    response = client.get("/api/calls" + query, headers=tenant.headers)
+
+    assert listed(response) == names(made, "a2_in")
+    data = response.json()["data"]
+    assert data["applied_filters"] == {
+        "call_status": ["ongoing", "ended"],
+        "agent_id": ["a2"],
+        "duration_ms": {"upper_threshold": 1000},
+    }
+    assert data["pagination"]["limit"] == 5
+
+
+def test_list_calls_with_an_unknown_query_parameter_is_400_naming_it(client, tenant):
+    assert_error(client.get("/api/calls?colour=red", headers=tenant.headers), 400, "colour")
+
+
+def test_list_calls_with_a_bad_parameter_value_is_400_naming_the_parameter(client, tenant):
+    assert_error(
+        client.get("/api/calls?limit=1000", headers=tenant.headers),
+        400,
+        "Invalid query parameter 'limit'",
+    )
+
+
+# -- PUT /api/calls/{callId} ---------------------------------------------------------------------
+
+
+def put(client, tenant, call_id: str, body: dict[str, Any]):
+    return client.put(f"/api/calls/{call_id}", json=body, headers=tenant.headers)
+
+
+def test_update_call_merges_metadata_and_removes_null_keys(client, tenant, store):
+    call = create_call(client, tenant)
+
+    response = put(
+        client, tenant, call["call_id"], {"metadata": {"priority": None, "updated_field": "x"}}
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["message"] == "Call updated successfully"
+    assert body["data"]["operation"] == "update"
+    assert body["data"]["organization_id"] == tenant.organization_id
+    expected = {"customer_id": "cust-001", "campaign": "summer-2024", "updated_field": "x"}
+    assert body["data"]["call"]["metadata"] == expected
+    assert store.get_call(tenant.organization_id, call["call_id"])["metadata"] == expected
+
+
+def test_update_call_appends_an_event_naming_the_changed_fields(client, tenant):
+    call = create_call(client, tenant)
+
+    updated = put(client, tenant, call["call_id"], {"call_status": "ONGOING", "transcript": "hi"})
+
+    events = updated.json()["data"]["call"]["events"]
+    assert [e["event"] for e in events] == ["Call created via API", "Call updated via API"]
+    assert events[1]["data"] == {
+        "updated_fields": ["call_status", "transcript"],
+        "previous_status": "registered",
+        "new_status": "ongoing",
+    }
+
+
+def test_update_call_sets_the_fields_a_dialer_reports(client, tenant):
+    call = create_call(client, tenant)
+    report = {
+        "direction": "INBOUND",
+        "from_number": "+14155550100",
+        "to_number": "+14155550101",
+        "disconnection_reason": "USER_HANGUP",
+        "transcript_object": [{"role": "agent", "content": "Hi"}],
+        "transcript_with_tool_calls": [{"role": "tool", "name": "lookup"}],
+        "recording_url": "https://example.test/rec.wav",
+        "public_log_url": "https://example.test/log",
+        "latency": {"e2e": {"min": 1, "max": 3, "num": 2, "p50": 2, "values": [1, 3]}},
+        "call_analysis": {"call_successful": True, "call_summary": "ok", "in_voicemail": False},
+        "call_cost": {"combined_cost": 0.12},
+        "telephony_identifier": {"call_sid": "CA1", "conference_sid": "CF1"},
+        "opt_out_sensitive_data_storage": True,
+    }
+
+    updated = put(client, tenant, call["call_id"], report).json()["data"]["call"]
+
+    assert {k: updated[k] for k in report} == {**report, "direction": "inbound"}
+
+
+def test_update_call_to_ongoing_then_ended_derives_start_end_and_duration(client, tenant):
+    call = create_call(client, tenant)
+
+    ongoing = put(client, tenant, call["call_id"], {"call_status": "ongoing"}).json()
+    ended = put(client, tenant, call["call_id"], {"call_status": "ended"}).json()
+
+    start = ongoing["data"]["call"]["start_timestamp"]
+    final = ended["data"]["call"]
+    assert start is not None and final["start_timestamp"] == start
+    assert final["end_timestamp"] >= start
+    assert final["call_duration"] == final["end_timestamp"] - start
+    assert final["events"][-1]["session_time"] == final["end_timestamp"] - start
+
+
+def test_update_call_derives_duration_from_given_timestamps(client, tenant):
+    call = create_call(client, tenant)
+    body = {"call_status": "ongoing", "start_timestamp": 1_000, "end_timestamp": 4_500}
+
+    updated = put(client, tenant, call["call_id"], body).json()["data"]["call"]
+
+    assert updated["call_duration"] == 3_500
+
+
+def test_update_call_with_end_before_start_is_400_and_changes_nothing(client, tenant, store):
+    call = create_call(client, tenant)
+    body = {"start_timestamp": 5_000, "end_timestamp": 4_000}
+
+    assert_error(put(client, tenant, call["call_id"], body), 400, "before start_timestamp")
+    assert store.get_call(tenant.organization_id, call["call_id"]) == call
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        (["ongoing"], "ongoing"),
+        (["error"], "error"),
+        (["ongoing"], "ended"),
+        (["ongoing"], "error"),
+        ([], "registered"),
+        (["ongoing"], "ongoing"),
+    ],
+)
+def test_update_call_allows_the_lifecycle_transitions(client, tenant, path, target):
+    call = create_call(client, tenant)
+    for status in path:
+        assert put(client, tenant, call["call_id"], {"call_status": status}).status_code == 200
+
+    response = put(client, tenant, call["call_id"], {"call_status": target.upper()})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["call"]["call_status"] == target
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "reason"),
+    [
+        ([], "ended", "from 'registered' to 'ended'"),
+        ([], "scheduled", "from 'registered' to 'scheduled'"),
+        (["ongoing"], "registered", "from 'ongoing' to 'registered'"),
+        (["ongoing", "ended"], "ongoing", "'ended' is final"),
+        (["error"], "ended", "'error' is final"),
+    ],
+)
+def test_update_call_refuses_illegal_transitions_with_409(client, tenant, store, path, target, reason):
+    call = create_call(client, tenant)
+    for status in path:
+        assert put(client, tenant, call["call_id"], {"call_status": status}).status_code == 200
+    before = store.get_call(tenant.organization_id, call["call_id"])
+
+    body = assert_error(put(client, tenant, call["call_id"], {"call_status": target}), 409, reason)
+
+    assert body["message"] == "Illegal status transition"
+    assert store.get_call(tenant.organization_id, call["call_id"]) == before
+
+
+def test_update_call_still_takes_post_call_data_on_an_ended_call(client, tenant):
+    call = create_call(client, tenant)
+    put(client, tenant, call["call_id"], {"call_status": "ongoing"})
+    put(client, tenant, call["call_id"], {"call_status": "ended"})
+
+    response = put(client, tenant, call["call_id"], {"call_analysis": {"call_summary": "done"}})
+
+    assert response.status_code == 200
+    assert response.json()["data"]["call"]["call_analysis"] == {"call_summary": "done"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"call_status": "lost"},
+        {"agent_id": "other"},
+        {"start_timestamp": "soon"},
+        {"from_number": "12"},
+        {"metadata": {"execution_status": "done"}},
+    ],
+)
+def test_update_call_rejects_an_invalid_body_with_400(client, tenant, store, body):
+    call = create_call(client, tenant)
+
+    assert_error(put(client, tenant, call["call_id"], body), 400)
+    assert store.get_call(tenant.organization_id, call["call_id"]) == call
+
+
+def test_update_call_of_an_unknown_id_is_404(client, tenant):
+    assert_error(put(client, tenant, "call_nope", {"transcript": "x"}), 404, "'call_nope'")
+
+
+# -- DELETE /api/calls/{callId} ------------------------------------------------------------------
+
+
+def test_delete_call_removes_it_everywhere(client, tenant, store):
+    call = create_call(client, tenant)
+    kept = create_call(client, tenant)
+
+    response = client.delete(f"/api/calls/{call['call_id']}", headers=tenant.headers)
+
+    assert response.status_code == 200
+    assert response.json()["message"] == "Call deleted successfully"
+    assert response.json()["data"] == {
+        "call_id": call["call_id"],
+        "organization_id": tenant.organization_id,
+    }
+    assert client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).status_code == 404
+    assert listed(client.get("/api/calls", headers=tenant.headers)) == [kept["call_id"]]
+    assert store.list_calls(tenant.organization_id, _all())[1] == 1
+
+
+def test_delete_call_of_an_unknown_id_is_404(client, tenant):
+    assert_error(client.delete("/api/calls/call_nope", headers=tenant.headers), 404, "call_nope")
+
+
+def test_delete_call_frees_its_id_for_reuse(client, tenant):
+    create_call(client, tenant, agent_id="a", call_id="reused")
+    client.delete("/api/calls/reused", headers=tenant.headers)
+
+    again = create_call(client, tenant, agent_id="b", call_id="reused")
+
+    assert again["agent_id"] == "b"
