@@ -22,15 +22,15 @@ def new_key(client, admin_headers, organization_id="acme", **body):
 
 @pytest.fixture
 def acme(client, admin_headers):
-    response = client.post(
-        "/api/organizations", json={"organization_id": "acme", "name": "Acme"}, headers=admin_headers
-    )
+    body = {"organization_id": "acme", "name": "Acme"}
+    response = client.post("/api/organizations", json=body, headers=admin_headers)
     assert response.status_code == 200, response.text
     return response.json()["data"]
 
 
 def test_create_organization_stores_it(client, admin_headers, store, acme):
-    assert acme["organization_id"] == "acme" and acme["name"] == "Acme"
+    assert acme["organization_id"] == "acme"
+    assert acme["name"] == "Acme"
     assert store.get_organization("acme") == acme
 
 
@@ -87,9 +87,11 @@ def test_list_api_keys_never_shows_secrets(client, admin_headers, acme):
     assert response.status_code == 200
     data = response.json()["data"]
     assert data["count"] == 2
-    assert [k["api_key_id"] for k in data["api_keys"]] == [first["api_key_id"], second["api_key_id"]]
+    listed_ids = [k["api_key_id"] for k in data["api_keys"]]
+    assert listed_ids == [first["api_key_id"], second["api_key_id"]]
     for listed in data["api_keys"]:
-        assert "api_secret" not in listed and "secret_sha256" not in listed
+        assert "api_secret" not in listed
+        assert "secret_sha256" not in listed
     assert first["api_secret"] not in response.text
 
 
@@ -111,7 +113,8 @@ def test_revoke_api_key_stops_it_at_once(client, admin_headers, acme):
 def test_revoke_api_key_leaves_the_other_keys_working(client, admin_headers, acme):
     revoked = new_key(client, admin_headers)
     kept = new_key(client, admin_headers)
-    client.delete(f"/api/organizations/acme/api-keys/{revoked['api_key_id']}", headers=admin_headers)
+    url = f"/api/organizations/acme/api-keys/{revoked['api_key_id']}"
+    client.delete(url, headers=admin_headers)
 
     headers = {"X-API-KEY": kept["api_key"], "X-API-SECRET": kept["api_secret"]}
     assert client.get("/api/calls", headers=headers).status_code == 200

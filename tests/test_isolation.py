@@ -77,7 +77,9 @@ def test_the_same_custom_call_id_may_exist_in_two_organizations(client, tenant, 
         ),
     ],
 )
-def test_a_created_call_belongs_to_the_callers_organization(client, store, other_tenant, path, body):
+def test_a_created_call_belongs_to_the_callers_organization(
+    client, store, other_tenant, path, body
+):
     response = client.post(path, json=body, headers=other_tenant.headers)
 
     call = response.json()["data"]["call"]

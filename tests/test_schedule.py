@@ -123,7 +123,8 @@ def test_cancel_schedule_turns_the_call_into_a_regular_call(client, tenant, stor
     cancelled = data["call"]
     assert cancelled["call_status"] == "registered"
     assert cancelled["scheduled_timestamp"] is None
-    assert cancelled["metadata"] == {"k": "v", "is_scheduled": False, "execution_status": "cancelled"}
+    expected = {"k": "v", "is_scheduled": False, "execution_status": "cancelled"}
+    assert cancelled["metadata"] == expected
     last = cancelled["events"][-1]
     assert last["event"] == "Scheduled call cancelled - converted to regular call"
     assert last["data"]["previous_scheduled_timestamp"] == at
