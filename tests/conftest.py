@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -100,3 +108,91 @@ def assert_error(response: Any, status: int, error_contains: str = "") -> dict[s
     assert body["message"]
     assert error_contains in body["error"], body["error"]
     return body
+
+
+# -- a real server process on loopback ------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    """A `calls-server serve` process on 127.0.0.1."""
+
+    process: subprocess.Popen[str]
+    base_url: str
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the `calls-server` command to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@contextmanager
+def running_server(data_dir: Path, **env: str) -> Iterator[RunningServer]:
+    """Start the server on a free port, wait until it answers, stop it with SIGTERM."""
+    port = free_port()
+    log_path = data_dir.parent / f"server-{port}.log"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    environ = {
+        **os.environ,
+        "CALLS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "CALLS_LOG_LEVEL": "warning",
+        **env,
+    }
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "--data-dir",
+                str(data_dir),
+                "serve",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environ,
+        )
+    server = RunningServer(process, f"http://127.0.0.1:{port}", data_dir, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.log()}")
+            try:
+                if httpx.get(f"{server.base_url}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{server.log()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,149 @@
+"""The journaled storage under the embedded store: durable, atomic, crash-tolerant."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from storage import CorruptJournal, EmbeddedStore
+from storage.journal import JOURNAL, SNAPSHOT, JournalStorage
+
+
+def test_each_commit_is_one_fsynced_journal_line(tmp_path):
+    storage = JournalStorage(tmp_path)
+    storage.read().setdefault("t", {})["1"] = {"a": 1}
+
+    storage.commit([("t", "1", {"a": 1})])
+
+    lines = (tmp_path / JOURNAL).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"seq": 1, "changes": [["t", "1", {"a": 1}]]}]
+    storage.close()
+
+
+def test_close_compacts_into_a_snapshot_and_empties_the_journal(tmp_path):
+    storage = JournalStorage(tmp_path)
+    storage.read()["t"] = {"1": {"a": 1}}
+    storage.commit([("t", "1", {"a": 1})])
+
+    storage.close()
+
+    assert json.loads((tmp_path / SNAPSHOT).read_text()) == {
+        "seq": 1,
+        "tables": {"t": {"1": {"a": 1}}},
+    }
+    assert (tmp_path / JOURNAL).read_bytes() == b""
+
+
+def test_compaction_happens_every_n_records(tmp_path):
+    storage = JournalStorage(tmp_path, compact_every=3)
+    for n in range(7):
+        storage.read().setdefault("t", {})[str(n)] = {"n": n}
+        storage.commit([("t", str(n), {"n": n})])
+
+    assert len((tmp_path / JOURNAL).read_text().splitlines()) == 1
+    assert json.loads((tmp_path / SNAPSHOT).read_text())["seq"] == 6
+    storage.close()
+
+
+def test_a_torn_last_record_is_dropped_on_open(tmp_path):
+    storage = JournalStorage(tmp_path)
+    storage.commit([("t", "1", {"a": 1})])
+    storage._journal.close()
+    storage._lock_file.close()  # simulate a crash: no final snapshot
+    with open(tmp_path / JOURNAL, "ab") as f:
+        f.write(b'{"seq": 2, "changes": [["t", "2", {"a"')
+
+    reopened = JournalStorage(tmp_path)
+
+    assert reopened.read() == {"t": {"1": {"a": 1}}}
+    reopened.close()
+
+
+def test_an_unreadable_record_before_the_last_is_refused(tmp_path):
+    (tmp_path / JOURNAL).write_bytes(b'garbage\n{"seq": 1, "changes": []}\n')
+
+    with pytest.raises(CorruptJournal, match="line 1"):
+        JournalStorage(tmp_path)
+
+
+def test_records_already_in_the_snapshot_are_not_replayed_twice(tmp_path):
+    (tmp_path / SNAPSHOT).write_text(json.dumps({"seq": 2, "tables": {"t": {"1": {"v": 2}}}}))
+    (tmp_path / JOURNAL).write_text(
+        '{"seq": 1, "changes": [["t", "1", {"v": 1}]]}\n'
+        '{"seq": 2, "changes": [["t", "1", {"v": 2}]]}\n'
+        '{"seq": 3, "changes": [["t", "2", {"v": 3}]]}\n'
+    )
+
+    storage = JournalStorage(tmp_path)
+
+    assert storage.read() == {"t": {"1": {"v": 2}, "2": {"v": 3}}}
+    storage.close()
+
+
+def test_leftover_temporary_snapshots_are_removed_on_open(tmp_path):
+    (tmp_path / f".{SNAPSHOT}.tmp").write_text("{half")
+
+    JournalStorage(tmp_path).close()
+
+    assert not (tmp_path / f".{SNAPSHOT}.tmp").exists()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from domain import calls
+    from storage import EmbeddedStore
+    store = EmbeddedStore(sys.argv[1], compact_every=int(sys.argv[2]))
+    n = 0
+    while True:
+        call = calls.new_call(organization_id="org", agent_id="a", now=n, call_type="web_call",
+                              call_id=f"c{n}", metadata={"pad": "x" * 1000})
+        store.add_call(call)
+        if n % 3 == 0:
+            store.delete_call("org", f"c{n}")
+        print(n, flush=True)
+        n += 1
+    """
+)
+
+
+@pytest.mark.parametrize("compact_every", [7, 10_000])
+def test_every_acknowledged_write_survives_kill_9(tmp_path, compact_every):
+    data = tmp_path / "data"
+    acknowledged = -1
+    for _ in range(4):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(data), str(compact_every)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.getcwd(),
+        )
+        assert writer.stdout is not None
+        for _ in range(40):
+            acknowledged = int(writer.stdout.readline())
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+
+        store = EmbeddedStore(data)
+        try:
+            for n in range(acknowledged + 1):
+                if n % 3:
+                    assert store.get_call("org", f"c{n}")["call_id"] == f"c{n}"
+            # The store starts over from c0 in each run: overwrite what the next run adds.
+            for call in store.list_calls("org", _everything())[0]:
+                store.delete_call("org", call["call_id"])
+        finally:
+            store.close()
+
+
+def _everything():
+    from domain.listing import CallQuery
+
+    return CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
