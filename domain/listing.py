@@ -1,8 +1,9 @@
 """What a list request asks for, and how a call is matched, ordered and paged.
 
 The request's shape, defaults and limits come from openapi.yaml (Connexion fills in the
-defaults); this module only interprets a validated request. Backends may use `matches`
-and `sort_key` as they are (the embedded store) or translate the query (a SQL store).
+defaults); this module only interprets a validated request. The order of a listing is the
+sort field's value (calls without one last, in either order), then `created_at`, then the
+order of storage; backends implement it with their own indexes.
 """
 
 from __future__ import annotations
@@ -78,15 +79,6 @@ class CallQuery:
         return "transcript_search" not in f or _transcript_contains(
             call, f["transcript_search"].lower()
         )
-
-    def sort_key(self, call: Call) -> tuple[bool, int, int]:
-        """Calls without a value come last in either order; ties keep creation order.
-
-        Use with `reverse=self.descending`: the first element is flipped accordingly.
-        """
-        value = call[self.sort_by]
-        missing = value is None
-        return (missing != self.descending, value or 0, call["created_at"])
 
     @property
     def descending(self) -> bool:

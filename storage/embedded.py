@@ -5,14 +5,15 @@ TinyDB as shipped rebuilds a whole table on every write and scans on every searc
 - `JournaledTable` mutates the stored table in place (O(1) per write) and hands exactly
   the documents it touched to the storage's journal, which fsyncs them before the call
   returns; should that fail, the in-memory change is rolled back;
-- lookups go through in-memory indexes (organization + call_id -> document id,
-  api_key -> document id), rebuilt once on open, so a read never scans;
+- a stored document is never mutated, only replaced (`JournaledTable.replace`), so that
+  the journal can snapshot a shallow copy of the tables in the background;
+- lookups and listings go through in-memory indexes (`storage.call_index` per
+  organization, api_key -> document id), rebuilt once on open, so nothing scans;
 - one lock serializes every access, since neither TinyDB nor its storages are thread-safe.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import threading
@@ -31,6 +32,7 @@ from domain.errors import (
 )
 from domain.keys import ApiKey, Organization
 from domain.listing import CallQuery
+from storage.call_index import OrgCallIndex
 from storage.journal import Change, JournalStorage
 
 _MISSING = object()
@@ -44,9 +46,8 @@ class _RecordingView(MutableMapping[int, Any]):
         self.originals: dict[str, Any] = {}
 
     def _touch(self, key: str) -> None:
-        if key not in self.originals:
-            # A deep copy: TinyDB's update() mutates the document it reads in place.
-            self.originals[key] = copy.deepcopy(self.raw.get(key, _MISSING))
+        # A reference is enough: stored documents are replaced, never mutated.
+        self.originals.setdefault(key, self.raw.get(key, _MISSING))
 
     def __getitem__(self, doc_id: int) -> Any:
         key = str(doc_id)
@@ -96,6 +97,20 @@ class JournaledTable(Table):
         finally:
             self.clear_cache()
 
+    def update(self, *args: Any, **kwargs: Any) -> list[int]:
+        """Refused: TinyDB's update mutates stored documents in place; use `replace`."""
+        raise NotImplementedError("stored documents are never mutated: use replace()")
+
+    def replace(self, doc_id: int, doc: Mapping[str, Any]) -> None:
+        """Store `doc` in place of document `doc_id` (a new object: stored ones never change)."""
+
+        def swap(table: MutableMapping[int, Any]) -> None:
+            if doc_id not in table:
+                raise KeyError(doc_id)
+            table[doc_id] = dict(doc)
+
+        self._update_table(swap)
+
 
 class EmbeddedTinyDB(TinyDB):
     table_class = JournaledTable
@@ -107,16 +122,16 @@ class EmbeddedStore:
     def __init__(self, directory: str | os.PathLike[str], compact_every: int = 10_000) -> None:
         self._lock = threading.RLock()
         self._db = EmbeddedTinyDB(directory, storage=JournalStorage, compact_every=compact_every)
-        self._calls = self._db.table("calls", cache_size=0)
-        self._organizations = self._db.table("organizations", cache_size=0)
-        self._keys = self._db.table("api_keys", cache_size=0)
+        self._calls = self._table("calls")
+        self._organizations = self._table("organizations")
+        self._keys = self._table("api_keys")
         # Indexes: rebuilt here, kept up to date by every write below.
-        self._call_ids: dict[tuple[str, str], int] = {}
-        self._org_calls: dict[str, dict[int, None]] = {}  # insertion-ordered set
+        by_org: dict[str, list[tuple[int, Call]]] = {}
+        for doc_id, call in _raw(self._calls).items():
+            by_org.setdefault(call["organization_id"], []).append((int(doc_id), call))
+        self._call_index = {org: OrgCallIndex(found) for org, found in by_org.items()}
         self._org_ids: dict[str, int] = {}
         self._key_ids: dict[str, int] = {}
-        for doc in self._calls.all():
-            self._index_call(doc, doc.doc_id)
         for doc in self._organizations.all():
             self._org_ids[doc["organization_id"]] = doc.doc_id
         for doc in self._keys.all():
@@ -125,55 +140,53 @@ class EmbeddedStore:
     # -- calls -----------------------------------------------------------------------------
     def add_call(self, call: Call) -> None:
         with self._lock:
-            key = (call["organization_id"], call["call_id"])
-            if key in self._call_ids:
+            index = self._call_index.setdefault(call["organization_id"], OrgCallIndex())
+            if call["call_id"] in index.call_ids:
                 raise DuplicateId(
                     f"A call with ID '{call['call_id']}' already exists",
                     message="Call already exists",
                 )
-            doc_id = self._calls.insert(_copy(call))
-            self._index_call(call, doc_id)
+            stored = _copy(call)
+            index.add(self._calls.insert(stored), stored)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         with self._lock:
-            return _copy(_get(self._calls, self._call_doc_id(organization_id, call_id)))
+            return _copy(self._stored_call(organization_id, call_id)[1])
 
     def change_call(
         self, organization_id: str, call_id: str, change: Callable[[Call], Call]
     ) -> Call:
         with self._lock:
-            doc_id = self._call_doc_id(organization_id, call_id)
-            changed = change(_copy(_get(self._calls, doc_id)))
-            self._calls.update(_replace_with(changed), doc_ids=[doc_id])
+            doc_id, old = self._stored_call(organization_id, call_id)
+            changed = change(_copy(old))
+            new = _copy(changed)
+            self._calls.replace(doc_id, new)
+            self._call_index[organization_id].replace(doc_id, old, new)
             return changed
 
     def delete_call(self, organization_id: str, call_id: str) -> Call:
         with self._lock:
-            doc_id = self._call_doc_id(organization_id, call_id)
-            call = _copy(_get(self._calls, doc_id))
+            doc_id, old = self._stored_call(organization_id, call_id)
             self._calls.remove(doc_ids=[doc_id])
-            del self._call_ids[(organization_id, call_id)]
-            del self._org_calls[organization_id][doc_id]
-            return call
+            self._call_index[organization_id].remove(doc_id, old)
+            return _copy(old)
 
     def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
         with self._lock:
-            table = cast(dict[str, Call], self._calls._read_table())
-            doc_ids = self._org_calls.get(organization_id, {})
-            matching = [call for call in (table[str(i)] for i in doc_ids) if query.matches(call)]
-            matching.sort(key=query.sort_key, reverse=query.descending)
-            page = matching[query.offset : query.offset + query.limit]
-            return [_copy(call) for call in page], len(matching)
+            index = self._call_index.get(organization_id)
+            if index is None:
+                return [], 0
+            table = _raw(self._calls)
+            page, total = index.select(query, table)
+            return [_copy(table[str(doc_id)]) for doc_id in page], total
 
-    def _call_doc_id(self, organization_id: str, call_id: str) -> int:
-        try:
-            return self._call_ids[(organization_id, call_id)]
-        except KeyError:
-            raise CallNotFound(call_id) from None
-
-    def _index_call(self, call: Call, doc_id: int) -> None:
-        self._call_ids[(call["organization_id"], call["call_id"])] = doc_id
-        self._org_calls.setdefault(call["organization_id"], {})[doc_id] = None
+    def _stored_call(self, organization_id: str, call_id: str) -> tuple[int, Call]:
+        """The document id and the stored call (to be copied, never mutated)."""
+        index = self._call_index.get(organization_id)
+        doc_id = None if index is None else index.call_ids.get(call_id)
+        if doc_id is None:
+            raise CallNotFound(call_id)
+        return doc_id, _raw(self._calls)[str(doc_id)]
 
     # -- organizations and API keys --------------------------------------------------------
     def add_organization(self, organization: Organization) -> None:
@@ -220,7 +233,7 @@ class EmbeddedStore:
             if not found:
                 raise ApiKeyNotFound(api_key_id)
             changed = change(_copy(found[0]))
-            self._keys.update(_replace_with(changed), doc_ids=[found[0].doc_id])
+            self._keys.replace(found[0].doc_id, _copy(changed))
             return changed
 
     def _org_doc_id(self, organization_id: str) -> int:
@@ -233,6 +246,14 @@ class EmbeddedStore:
         with self._lock:
             self._db.close()
 
+    def _table(self, name: str) -> JournaledTable:
+        return cast(JournaledTable, self._db.table(name, cache_size=0))
+
+
+def _raw(table: Table) -> dict[str, Call]:
+    """The stored documents of `table` by id, without TinyDB's per-read copies."""
+    return cast(dict[str, Call], table._read_table())
+
 
 def _get(table: Table, doc_id: int) -> dict[str, Any]:
     doc = table.get(doc_id=doc_id)
@@ -243,11 +264,3 @@ def _get(table: Table, doc_id: int) -> dict[str, Any]:
 def _copy(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A private deep copy (stored documents are plain JSON, so a JSON round trip is one)."""
     return dict(json.loads(json.dumps(doc)))
-
-
-def _replace_with(new: dict[str, Any]) -> Callable[[MutableMapping[str, Any]], None]:
-    def replace(doc: MutableMapping[str, Any]) -> None:
-        doc.clear()
-        doc.update(_copy(new))
-
-    return replace

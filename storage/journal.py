@@ -1,14 +1,20 @@
 """A TinyDB Storage kept in memory and made durable by an append-only journal.
 
-The data directory holds three files:
+The data directory holds:
 
 - `snapshot.json`: the whole database as of journal record `seq`, written to a temporary
   file, fsync'd and atomically renamed into place, so it is always complete;
-- `journal.jsonl`: one JSON line per committed write after that, fsync'd before the write
-  is acknowledged; on open it is replayed over the snapshot, and a torn last line (a crash
-  in the middle of an append) is dropped, since that write was never acknowledged;
+- `journal-<first seq>.jsonl` segments: one JSON line per committed write, fsync'd before
+  the write is acknowledged. On open they are replayed over the snapshot (records the
+  snapshot already holds are skipped by their seq); a torn last line, from a crash in the
+  middle of an append, is dropped, since that write was never acknowledged;
 - `lock`: held with `flock` while the directory is open, so a second process is refused
   instead of corrupting the data. The kernel drops the lock when the process dies.
+
+Compaction runs in the background every `compact_every` records: the journal moves on to a
+new segment, the tables are copied shallowly (stored documents are never mutated, only
+replaced) and a thread writes the snapshot, then deletes the segments it covers. Writers
+wait for none of it.
 
 TinyDB's `Storage.write(data)` only ever sees the whole database, so the journal records
 are produced a layer up, by the table (`storage.embedded.JournaledTable`), and handed to
@@ -20,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tinydb.storages import Storage
 
@@ -31,8 +39,10 @@ Tables = dict[str, dict[str, Any]]
 Change = tuple[str, str, dict[str, Any] | None]
 
 SNAPSHOT = "snapshot.json"
-JOURNAL = "journal.jsonl"
 LOCK = "lock"
+SEGMENT_GLOB = "journal-*.jsonl"
+
+log = logging.getLogger("calls_server.journal")
 
 
 class DataDirectoryLocked(RuntimeError):
@@ -40,25 +50,40 @@ class DataDirectoryLocked(RuntimeError):
 
 
 class CorruptJournal(RuntimeError):
-    """A journal record other than the last one cannot be read."""
+    """A journal record other than the very last one cannot be read."""
+
+
+def segment_name(first_seq: int) -> str:
+    """The file name of the journal segment whose first record is `first_seq`."""
+    return f"journal-{first_seq:012d}.jsonl"
+
+
+def write_snapshot(directory: Path, seq: int, tables: Tables) -> None:
+    """Atomically replace the snapshot in `directory` by `tables` as of record `seq`."""
+    snapshot = directory / SNAPSHOT
+    temporary = directory / f".{SNAPSHOT}.{threading.get_ident()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump({"seq": seq, "tables": tables}, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, snapshot)
+    _fsync_directory(directory)
 
 
 class JournalStorage(Storage):
-    """In-memory tables, a journal of every commit and a periodic snapshot."""
+    """In-memory tables, a journal of every commit and snapshots made in the background."""
 
     def __init__(self, directory: str | os.PathLike[str], compact_every: int = 10_000) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.compact_every = compact_every
         self._lock_file = _lock(self.directory / LOCK)
+        self._compaction: threading.Thread | None = None
         try:
             _remove_temporaries(self.directory)
             self._seq, self._tables = _load_snapshot(self.directory / SNAPSHOT)
-            replayed = self._replay(self.directory / JOURNAL)
-            self._journal = open(self.directory / JOURNAL, "ab")  # noqa: SIM115 (held open)
-            self._records = replayed
-            if replayed:
-                self.compact()
+            self._records = self._replay()
+            self._segment = self._open_segment()
         except BaseException:
             self._lock_file.close()
             raise
@@ -74,68 +99,113 @@ class JournalStorage(Storage):
         self._append([("*", "*", data)])
 
     def close(self) -> None:
-        """Write a final snapshot and release the directory."""
+        """Finish any compaction, write a final snapshot and release the directory."""
         if self._lock_file.closed:
             return
         try:
-            self.compact()
+            self._wait_for_compaction()
+            self._rotate()
+            self._compact(self._seq, self._copy_tables(), self._segment_first)
         finally:
-            self._journal.close()
+            self._segment.close()
             self._lock_file.close()
 
     # -- the journal ---------------------------------------------------------------------
     def commit(self, changes: list[Change]) -> None:
-        """Make `changes` (already applied in memory) durable; one record, all or nothing."""
-        if changes:
-            self._append(changes)
-            if self._records >= self.compact_every:
-                self.compact()
+        """Make `changes` (already applied in memory) durable: one record, all or nothing.
 
-    def compact(self) -> None:
-        """Write the whole database as a new snapshot and start an empty journal."""
-        snapshot = self.directory / SNAPSHOT
-        temporary = self.directory / f".{SNAPSHOT}.tmp"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump({"seq": self._seq, "tables": self._tables}, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, snapshot)
-        _fsync_directory(self.directory)
-        # Records up to `seq` are in the snapshot; should a crash come before the
-        # truncation below, replay skips them by their seq.
-        self._journal.truncate(0)
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
-        self._records = 0
+        The caller serializes commits (and the in-memory changes they describe).
+        """
+        if not changes:
+            return
+        self._append(changes)
+        if self._records >= self.compact_every and not self._compacting():
+            self.compact_in_background()
+
+    def compact_in_background(self) -> None:
+        """Start a new segment and snapshot everything before it on another thread."""
+        self._rotate()
+        self._compaction = threading.Thread(
+            target=self._compact,
+            args=(self._seq, self._copy_tables(), self._segment_first),
+            name="journal-compaction",
+            daemon=True,
+        )
+        self._compaction.start()
 
     def _append(self, changes: list[Change]) -> None:
         line = json.dumps({"seq": self._seq + 1, "changes": changes}, separators=(",", ":"))
-        self._journal.write(line.encode("utf-8") + b"\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        self._segment.write(line.encode("utf-8") + b"\n")
+        self._segment.flush()
+        os.fsync(self._segment.fileno())
         self._seq += 1
         self._records += 1
 
-    def _replay(self, path: Path) -> int:
-        if not path.exists():
-            return 0
-        lines = path.read_bytes().split(b"\n")
+    def _rotate(self) -> None:
+        self._segment.close()
+        self._segment = self._open_segment()
+        self._records = 0
+
+    def _open_segment(self) -> IO[bytes]:
+        self._segment_first = self._seq + 1
+        segment = open(self.directory / segment_name(self._segment_first), "ab")  # noqa: SIM115
+        _fsync_directory(self.directory)
+        return segment
+
+    def _copy_tables(self) -> Tables:
+        return {name: dict(table) for name, table in self._tables.items()}
+
+    def _compact(self, seq: int, tables: Tables, keep_from: int) -> None:
+        try:
+            write_snapshot(self.directory, seq, tables)
+        except OSError:
+            log.exception("snapshot failed; the journal keeps every record until the next one")
+            return
+        for path in self._segments():
+            if _first_seq(path) < keep_from:
+                path.unlink()
+
+    def _compacting(self) -> bool:
+        return self._compaction is not None and self._compaction.is_alive()
+
+    def _wait_for_compaction(self) -> None:
+        if self._compaction is not None:
+            self._compaction.join()
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.directory.glob(SEGMENT_GLOB), key=_first_seq)
+
+    def _replay(self) -> int:
+        segments = self._segments()
         replayed = 0
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                if number == len(lines):  # torn last record: never acknowledged
-                    break
-                raise CorruptJournal(f"{path}: record on line {number} is unreadable") from None
-            if record["seq"] <= self._seq:
-                continue
-            for table, doc_id, doc in record["changes"]:
-                _apply(self._tables, table, doc_id, doc)
-            self._seq = record["seq"]
-            replayed += 1
+        for index, path in enumerate(segments):
+            data = path.read_bytes()
+            good_end = 0
+            for line in data.split(b"\n"):
+                end = good_end + len(line) + 1
+                if not line.strip():
+                    good_end = min(end, len(data))
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    if index == len(segments) - 1 and end >= len(data):
+                        # A torn last record: never acknowledged. Cut it off, so that
+                        # it does not end up in the middle of the journal.
+                        with open(path, "r+b") as f:
+                            f.truncate(good_end)
+                            os.fsync(f.fileno())
+                        break
+                    raise CorruptJournal(
+                        f"{path}: a record at byte {good_end} is unreadable"
+                    ) from None
+                good_end = min(end, len(data))
+                if record["seq"] <= self._seq:
+                    continue
+                for table, doc_id, doc in record["changes"]:
+                    _apply(self._tables, table, doc_id, doc)
+                self._seq = record["seq"]
+                replayed += 1
         return replayed
 
 
@@ -149,7 +219,11 @@ def _apply(tables: Tables, table: str, doc_id: str, doc: dict[str, Any] | None) 
         tables.setdefault(table, {})[doc_id] = doc
 
 
-def _lock(path: Path) -> Any:
+def _first_seq(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+def _lock(path: Path) -> IO[str]:
     lock_file = open(path, "a+")  # noqa: SIM115 (held open for the lifetime of the storage)
     try:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

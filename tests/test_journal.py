@@ -12,21 +12,28 @@ import textwrap
 import pytest
 
 from storage import CorruptJournal, EmbeddedStore
-from storage.journal import JOURNAL, SNAPSHOT, JournalStorage
+from storage.journal import SNAPSHOT, JournalStorage, segment_name
 
 
-def test_each_commit_is_one_fsynced_journal_line(tmp_path):
+def journal_lines(directory) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted(directory.glob("journal-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_each_commit_is_one_journal_line(tmp_path):
     storage = JournalStorage(tmp_path)
     storage.read().setdefault("t", {})["1"] = {"a": 1}
 
     storage.commit([("t", "1", {"a": 1})])
 
-    lines = (tmp_path / JOURNAL).read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [{"seq": 1, "changes": [["t", "1", {"a": 1}]]}]
+    assert journal_lines(tmp_path) == [{"seq": 1, "changes": [["t", "1", {"a": 1}]]}]
     storage.close()
 
 
-def test_close_compacts_into_a_snapshot_and_empties_the_journal(tmp_path):
+def test_close_compacts_into_a_snapshot_and_drops_the_old_segments(tmp_path):
     storage = JournalStorage(tmp_path)
     storage.read()["t"] = {"1": {"a": 1}}
     storage.commit([("t", "1", {"a": 1})])
@@ -37,44 +44,69 @@ def test_close_compacts_into_a_snapshot_and_empties_the_journal(tmp_path):
         "seq": 1,
         "tables": {"t": {"1": {"a": 1}}},
     }
-    assert (tmp_path / JOURNAL).read_bytes() == b""
+    assert journal_lines(tmp_path) == []
+    assert [p.name for p in tmp_path.glob("journal-*")] == [segment_name(2)]
 
 
-def test_compaction_happens_every_n_records(tmp_path):
+def test_compaction_runs_in_the_background_every_n_records(tmp_path):
     storage = JournalStorage(tmp_path, compact_every=3)
     for n in range(7):
         storage.read().setdefault("t", {})[str(n)] = {"n": n}
         storage.commit([("t", str(n), {"n": n})])
+        storage._wait_for_compaction()
 
-    assert len((tmp_path / JOURNAL).read_text().splitlines()) == 1
     assert json.loads((tmp_path / SNAPSHOT).read_text())["seq"] == 6
+    assert [record["seq"] for record in journal_lines(tmp_path)] == [7]
     storage.close()
 
 
-def test_a_torn_last_record_is_dropped_on_open(tmp_path):
-    storage = JournalStorage(tmp_path)
-    storage.commit([("t", "1", {"a": 1})])
-    storage._journal.close()
-    storage._lock_file.close()  # simulate a crash: no final snapshot
-    with open(tmp_path / JOURNAL, "ab") as f:
-        f.write(b'{"seq": 2, "changes": [["t", "2", {"a"')
+def test_reopen_replays_the_segments_over_the_snapshot(tmp_path):
+    storage = JournalStorage(tmp_path, compact_every=2)
+    for n in range(5):
+        storage.read().setdefault("t", {})[str(n)] = {"n": n}
+        storage.commit([("t", str(n), {"n": n})])
+        storage._wait_for_compaction()
+    crash(storage)
 
     reopened = JournalStorage(tmp_path)
 
-    assert reopened.read() == {"t": {"1": {"a": 1}}}
+    assert reopened.read() == {"t": {str(n): {"n": n} for n in range(5)}}
     reopened.close()
 
 
-def test_an_unreadable_record_before_the_last_is_refused(tmp_path):
-    (tmp_path / JOURNAL).write_bytes(b'garbage\n{"seq": 1, "changes": []}\n')
+def crash(storage: JournalStorage) -> None:
+    """Let go of the files as a killed process would: no final snapshot."""
+    storage._wait_for_compaction()
+    storage._segment.close()
+    storage._lock_file.close()
 
-    with pytest.raises(CorruptJournal, match="line 1"):
+
+def test_a_torn_last_record_is_dropped_and_cut_off_on_open(tmp_path):
+    storage = JournalStorage(tmp_path)
+    storage.commit([("t", "1", {"a": 1})])
+    crash(storage)
+    with open(tmp_path / segment_name(1), "ab") as f:
+        f.write(b'{"seq": 2, "changes": [["t", "2", {"a"')
+
+    reopened = JournalStorage(tmp_path)
+    reopened.commit([("t", "3", {"a": 3})])
+    crash(reopened)
+    again = JournalStorage(tmp_path)
+
+    assert again.read() == {"t": {"1": {"a": 1}, "3": {"a": 3}}}
+    again.close()
+
+
+def test_an_unreadable_record_before_the_last_is_refused(tmp_path):
+    (tmp_path / segment_name(1)).write_bytes(b'garbage\n{"seq": 1, "changes": []}\n')
+
+    with pytest.raises(CorruptJournal, match="byte 0"):
         JournalStorage(tmp_path)
 
 
 def test_records_already_in_the_snapshot_are_not_replayed_twice(tmp_path):
     (tmp_path / SNAPSHOT).write_text(json.dumps({"seq": 2, "tables": {"t": {"1": {"v": 2}}}}))
-    (tmp_path / JOURNAL).write_text(
+    (tmp_path / segment_name(1)).write_text(
         '{"seq": 1, "changes": [["t", "1", {"v": 1}]]}\n'
         '{"seq": 2, "changes": [["t", "1", {"v": 2}]]}\n'
         '{"seq": 3, "changes": [["t", "2", {"v": 3}]]}\n'
@@ -87,11 +119,11 @@ def test_records_already_in_the_snapshot_are_not_replayed_twice(tmp_path):
 
 
 def test_leftover_temporary_snapshots_are_removed_on_open(tmp_path):
-    (tmp_path / f".{SNAPSHOT}.tmp").write_text("{half")
+    (tmp_path / f".{SNAPSHOT}.1.tmp").write_text("{half")
 
     JournalStorage(tmp_path).close()
 
-    assert not (tmp_path / f".{SNAPSHOT}.tmp").exists()
+    assert not (tmp_path / f".{SNAPSHOT}.1.tmp").exists()
 
 
 WRITER = textwrap.dedent(

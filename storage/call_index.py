@@ -1,0 +1,155 @@
+"""In-memory indexes over one organization's calls, so that listing never scans.
+
+Per organization:
+
+- equality sets for `call_status`, `call_type`, `direction` and `agent_id`;
+- for each sortable field, a sorted list of `(value, created_at, doc_id)` for the calls that
+  have a value, and one of `(created_at, doc_id)` for those that do not (they come last in
+  either order).
+
+A query intersects the sets its filters select (range filters select through the sorted
+lists), checks only the survivors for `transcript_search`, and reads its page off the
+sorted list of its sort field, or sorts the few survivors when that is cheaper.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from domain.calls import Call
+from domain.listing import RANGE_FIELDS, CallQuery
+
+EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
+SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
+_INF = float("inf")
+
+
+class OrgCallIndex:
+    """The indexes of one organization's calls (callers hold the store's lock)."""
+
+    def __init__(self, calls: Iterable[tuple[int, Call]] = ()) -> None:
+        self.call_ids: dict[str, int] = {}
+        self.equal: dict[str, dict[Any, set[int]]] = {f: {} for f in EQUALITY_FIELDS}
+        present: dict[str, list[tuple[Any, int, int]]] = {f: [] for f in SORT_FIELDS}
+        missing: dict[str, list[tuple[int, int]]] = {f: [] for f in SORT_FIELDS}
+        for doc_id, call in calls:  # bulk build: one sort per list instead of n inserts
+            self.call_ids[call["call_id"]] = doc_id
+            for field in EQUALITY_FIELDS:
+                self.equal[field].setdefault(call[field], set()).add(doc_id)
+            for field in SORT_FIELDS:
+                if call[field] is None:
+                    missing[field].append((call["created_at"], doc_id))
+                else:
+                    present[field].append((call[field], call["created_at"], doc_id))
+        self.present = {f: SortedList(present[f]) for f in SORT_FIELDS}
+        self.missing = {f: SortedList(missing[f]) for f in SORT_FIELDS}
+
+    def __len__(self) -> int:
+        return len(self.call_ids)
+
+    def add(self, doc_id: int, call: Call) -> None:
+        self.call_ids[call["call_id"]] = doc_id
+        for field in EQUALITY_FIELDS:
+            self.equal[field].setdefault(call[field], set()).add(doc_id)
+        for field in SORT_FIELDS:
+            if call[field] is None:
+                self.missing[field].add((call["created_at"], doc_id))
+            else:
+                self.present[field].add((call[field], call["created_at"], doc_id))
+
+    def remove(self, doc_id: int, call: Call) -> None:
+        del self.call_ids[call["call_id"]]
+        for field in EQUALITY_FIELDS:
+            ids = self.equal[field][call[field]]
+            ids.discard(doc_id)
+            if not ids:
+                del self.equal[field][call[field]]
+        for field in SORT_FIELDS:
+            if call[field] is None:
+                self.missing[field].remove((call["created_at"], doc_id))
+            else:
+                self.present[field].remove((call[field], call["created_at"], doc_id))
+
+    def replace(self, doc_id: int, old: Call, new: Call) -> None:
+        self.remove(doc_id, old)
+        self.add(doc_id, new)
+
+    def select(self, query: CallQuery, docs: Mapping[str, Call]) -> tuple[list[int], int]:
+        """The doc ids of the requested page, and how many calls match in all."""
+        candidates = self._candidates(query, docs)
+        total = len(self) if candidates is None else len(candidates)
+        start, stop = query.offset, query.offset + query.limit
+        if candidates is None:
+            return [self._at(query, i) for i in range(start, min(stop, total))], total
+        walk_cost = stop * len(self) / max(1, total)  # steps to find `stop` matches in order
+        if total <= walk_cost:
+            return self._sorted_few(query, candidates, docs, stop)[start:], total
+        page = []
+        for doc_id in self._in_order(query):
+            if doc_id in candidates:
+                page.append(doc_id)
+                if len(page) == stop:
+                    break
+        return page[start:], total
+
+    def _candidates(self, query: CallQuery, docs: Mapping[str, Call]) -> set[int] | None:
+        filters = query.filters
+        selected: list[set[int]] = []
+        for field in EQUALITY_FIELDS:
+            if field in filters:
+                by_value = self.equal[field]
+                selected.append(set().union(*(by_value.get(v, ()) for v in filters[field])))
+        for name, field in RANGE_FIELDS.items():
+            if name in filters:
+                bounds = filters[name]
+                low, high = bounds.get("lower_threshold"), bounds.get("upper_threshold")
+                selected.append(
+                    {
+                        entry[2]
+                        for entry in self.present[field].irange(
+                            None if low is None else (low,),
+                            None if high is None else (high, _INF, _INF),
+                        )
+                    }
+                )
+        candidates: set[int] | None = None
+        if selected:
+            selected.sort(key=len)
+            candidates = selected[0].intersection(*selected[1:])
+        if "transcript_search" in filters:
+            pool = self.call_ids.values() if candidates is None else candidates
+            candidates = {i for i in pool if query.matches(docs[str(i)])}
+        return candidates
+
+    def _at(self, query: CallQuery, position: int) -> int:
+        present, missing = self.present[query.sort_by], self.missing[query.sort_by]
+        if position < len(present):
+            doc_id: int = present[~position if query.descending else position][-1]
+        else:
+            position -= len(present)
+            doc_id = missing[~position if query.descending else position][-1]
+        return doc_id
+
+    def _in_order(self, query: CallQuery) -> Iterator[int]:
+        for entries in (self.present[query.sort_by], self.missing[query.sort_by]):
+            for entry in reversed(entries) if query.descending else entries:
+                yield entry[-1]
+
+    def _sorted_few(
+        self, query: CallQuery, candidates: set[int], docs: Mapping[str, Call], count: int
+    ) -> list[int]:
+        field = query.sort_by
+
+        def key(doc_id: int) -> tuple[bool, Any, int, int]:
+            call = docs[str(doc_id)]
+            value = call[field]
+            # The sorted lists' order: by value, then created_at, then doc id; missing last.
+            missing = value is None
+            return (missing != query.descending, value or 0, call["created_at"], doc_id)
+
+        pick = heapq.nlargest if query.descending else heapq.nsmallest
+        return pick(count, candidates, key=key)
