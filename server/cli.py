@@ -7,6 +7,7 @@ running on it (a running server holds its lock: use the admin API then).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -48,6 +49,11 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish first."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
     store = _open(settings)
+    # What the store loaded lives as long as the process: keep it out of the cyclic
+    # collector's full passes, which would otherwise walk every stored call (pauses of
+    # hundreds of milliseconds at 100k calls).
+    gc.collect()
+    gc.freeze()
     try:
         app = create_app(settings, store)
         print(

@@ -26,6 +26,7 @@ from domain.listing import RANGE_FIELDS, CallQuery
 EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
 SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
 _INF = float("inf")
+_NONE: set[int] = set()
 
 
 class OrgCallIndex:
@@ -98,11 +99,12 @@ class OrgCallIndex:
 
     def _candidates(self, query: CallQuery, docs: Mapping[str, Call]) -> set[int] | None:
         filters = query.filters
-        selected: list[set[int]] = []
+        selected: list[set[int]] = []  # sets of the index itself: read, never modify
         for field in EQUALITY_FIELDS:
             if field in filters:
                 by_value = self.equal[field]
-                selected.append(set().union(*(by_value.get(v, ()) for v in filters[field])))
+                matching = [by_value.get(v, _NONE) for v in filters[field]]
+                selected.append(matching[0] if len(matching) == 1 else set().union(*matching))
         for name, field in RANGE_FIELDS.items():
             if name in filters:
                 bounds = filters[name]
@@ -119,7 +121,9 @@ class OrgCallIndex:
         candidates: set[int] | None = None
         if selected:
             selected.sort(key=len)
-            candidates = selected[0].intersection(*selected[1:])
+            candidates = (
+                selected[0] if len(selected) == 1 else selected[0].intersection(*selected[1:])
+            )
         if "transcript_search" in filters:
             pool = self.call_ids.values() if candidates is None else candidates
             candidates = {i for i in pool if query.matches(docs[str(i)])}
