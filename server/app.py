@@ -14,6 +14,7 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 
 from server import errors
+from server.security import SECURITY_MAP
 from server.settings import Settings
 from server.validation import BodySizeLimit, validator_map
 from storage import Store
@@ -48,6 +49,7 @@ def create_app(settings: Settings, store: Store) -> AsyncApp:
         strict_validation=True,
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
+        security_map=SECURITY_MAP,
         swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=True),
     )
     errors.install(app, spec, base_path)

@@ -8,7 +8,9 @@ from typing import Any
 import jsonschema
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
+from connexion.json_schema import Draft4RequestValidator
 from connexion.validators import VALIDATOR_MAP, DefaultsJSONRequestBodyValidator, ParameterValidator
+from jsonschema import Draft4Validator
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,10 +20,10 @@ from domain.errors import PayloadTooLarge
 class JSONBodyValidator(DefaultsJSONRequestBodyValidator):  # type: ignore[misc]
     """Validates JSON bodies and fills in the spec's defaults, so handlers need not repeat them.
 
-    Fixes three things in Connexion's version: a body that is not UTF-8 was a 500; a
+    Fixes four things in Connexion's version: a body that is not UTF-8 was a 500; a
     default was set on any instance, not only on objects (a 500 for a JSON array body);
-    and an absent optional body, replaced by the schema's default, reached the handler as
-    bytes for want of a Content-Type.
+    an absent optional body, replaced by the schema's default, reached the handler as
+    bytes for want of a Content-Type; and the validator was rebuilt on every request.
     """
 
     def _insert_body(self, receive: Receive, *, body: Any, scope: Scope) -> tuple[Receive, Scope]:
@@ -38,22 +40,35 @@ class JSONBodyValidator(DefaultsJSONRequestBodyValidator):  # type: ignore[misc]
         except UnicodeDecodeError:
             raise BadRequestProblem(detail="Request body is not valid UTF-8") from None
 
-    @staticmethod
-    def extend_with_set_default(validator_class: Any) -> Any:
-        validate_properties = validator_class.VALIDATORS["properties"]
+    @property
+    def _validator(self) -> Any:
+        # Connexion builds a new validator class (attrs, compile) and instance for every
+        # request, a fifth of a create's time; build each schema's validator once.
+        cached = _VALIDATORS.get(id(self._schema))
+        if cached is None or cached[0] is not self._schema:
+            validator = _DefaultsValidator(
+                self._schema, format_checker=Draft4Validator.FORMAT_CHECKER
+            )
+            cached = _VALIDATORS[id(self._schema)] = (self._schema, validator)
+        return cached[1]
 
-        def set_defaults(
-            validator: Any, properties: dict[str, Any], instance: Any, schema: Any
-        ) -> Iterator[Any]:
-            if isinstance(instance, dict):
-                for name, subschema in properties.items():
-                    if "default" in subschema:
-                        instance.setdefault(name, subschema["default"])
-            yield from validate_properties(validator, properties, instance, schema)
 
-        return jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-            validator_class, {"properties": set_defaults}
-        )
+def _set_defaults(
+    validator: Any, properties: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    if isinstance(instance, dict):
+        for name, subschema in properties.items():
+            if "default" in subschema:
+                instance.setdefault(name, subschema["default"])
+    yield from _validate_properties(validator, properties, instance, schema)
+
+
+_validate_properties = Draft4RequestValidator.VALIDATORS["properties"]
+_DefaultsValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    Draft4RequestValidator, {"properties": _set_defaults}
+)
+# Per spec schema (kept alive by the spec): (schema, its validator).
+_VALIDATORS: dict[int, tuple[Any, Any]] = {}
 
 
 class NamedParameterValidator(ParameterValidator):  # type: ignore[misc]

@@ -2,6 +2,6 @@
 
 from storage.embedded import EmbeddedStore
 from storage.interface import Store
-from storage.journal import CorruptJournal, DataDirectoryLocked
+from storage.journal import CorruptJournal, DataDirectoryLocked, JournalFailed
 
-__all__ = ["CorruptJournal", "DataDirectoryLocked", "EmbeddedStore", "Store"]
+__all__ = ["CorruptJournal", "DataDirectoryLocked", "EmbeddedStore", "JournalFailed", "Store"]

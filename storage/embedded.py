@@ -3,13 +3,15 @@
 TinyDB as shipped rebuilds a whole table on every write and scans on every search. Here:
 
 - `JournaledTable` mutates the stored table in place (O(1) per write) and hands exactly
-  the documents it touched to the storage's journal, which fsyncs them before the call
-  returns; should that fail, the in-memory change is rolled back;
+  the documents it touched to the storage's journal (should that fail, the in-memory
+  change is rolled back); every write method then waits, outside the lock, until the
+  journal has them on disk (group commit);
 - a stored document is never mutated, only replaced (`JournaledTable.replace`), so that
   the journal can snapshot a shallow copy of the tables in the background;
 - lookups and listings go through in-memory indexes (`storage.call_index` per
   organization, api_key -> document id), rebuilt once on open, so nothing scans;
-- one lock serializes every access, since neither TinyDB nor its storages are thread-safe.
+- one lock serializes every write and every read that spans documents, since neither
+  TinyDB nor its storages are thread-safe.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any, cast
 
 from tinydb import TinyDB
@@ -122,6 +125,7 @@ class EmbeddedStore:
     def __init__(self, directory: str | os.PathLike[str], compact_every: int = 10_000) -> None:
         self._lock = threading.RLock()
         self._db = EmbeddedTinyDB(directory, storage=JournalStorage, compact_every=compact_every)
+        self._journal = cast(JournalStorage, self._db.storage)
         self._calls = self._table("calls")
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
@@ -139,7 +143,7 @@ class EmbeddedStore:
 
     # -- calls -----------------------------------------------------------------------------
     def add_call(self, call: Call) -> None:
-        with self._lock:
+        with self._writing():
             index = self._call_index.setdefault(call["organization_id"], OrgCallIndex())
             if call["call_id"] in index.call_ids:
                 raise DuplicateId(
@@ -156,7 +160,7 @@ class EmbeddedStore:
     def change_call(
         self, organization_id: str, call_id: str, change: Callable[[Call], Call]
     ) -> Call:
-        with self._lock:
+        with self._writing():
             doc_id, old = self._stored_call(organization_id, call_id)
             changed = change(_copy(old))
             new = _copy(changed)
@@ -165,7 +169,7 @@ class EmbeddedStore:
             return changed
 
     def delete_call(self, organization_id: str, call_id: str) -> Call:
-        with self._lock:
+        with self._writing():
             doc_id, old = self._stored_call(organization_id, call_id)
             self._calls.remove(doc_ids=[doc_id])
             self._call_index[organization_id].remove(doc_id, old)
@@ -190,7 +194,7 @@ class EmbeddedStore:
 
     # -- organizations and API keys --------------------------------------------------------
     def add_organization(self, organization: Organization) -> None:
-        with self._lock:
+        with self._writing():
             organization_id = organization["organization_id"]
             if organization_id in self._org_ids:
                 raise DuplicateId(
@@ -204,14 +208,18 @@ class EmbeddedStore:
             return _copy(_get(self._organizations, self._org_doc_id(organization_id)))
 
     def add_api_key(self, key: ApiKey) -> None:
-        with self._lock:
+        with self._writing():
             self._org_doc_id(key["organization_id"])
             self._key_ids[key["api_key"]] = self._keys.insert(_copy(key))
 
     def find_api_key(self, api_key: str) -> ApiKey | None:
-        with self._lock:
-            doc_id = self._key_ids.get(api_key)
-            return None if doc_id is None else _copy(_get(self._keys, doc_id))
+        # Called on the event loop for every request, so it takes no lock (a writer may
+        # hold it through an fsync): dict reads are atomic, and a stored document is
+        # replaced, never mutated, so this sees the old or the new key, whole.
+        doc_id = self._key_ids.get(api_key)
+        if doc_id is None:
+            return None
+        return dict(_raw(self._keys)[str(doc_id)])
 
     def list_api_keys(self, organization_id: str) -> list[ApiKey]:
         with self._lock:
@@ -223,7 +231,7 @@ class EmbeddedStore:
     def change_api_key(
         self, organization_id: str, api_key_id: str, change: Callable[[ApiKey], ApiKey]
     ) -> ApiKey:
-        with self._lock:
+        with self._writing():
             self._org_doc_id(organization_id)
             found = [
                 key
@@ -245,6 +253,13 @@ class EmbeddedStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the lock for a write; after it, wait until the write is on disk."""
+        with self._lock:
+            yield
+        self._journal.wait_durable()
 
     def _table(self, name: str) -> JournaledTable:
         return cast(JournaledTable, self._db.table(name, cache_size=0))

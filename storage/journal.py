@@ -4,12 +4,19 @@ The data directory holds:
 
 - `snapshot.json`: the whole database as of journal record `seq`, written to a temporary
   file, fsync'd and atomically renamed into place, so it is always complete;
-- `journal-<first seq>.jsonl` segments: one JSON line per committed write, fsync'd before
+- `journal-<first seq>.jsonl` segments: one JSON line per committed write, on disk before
   the write is acknowledged. On open they are replayed over the snapshot (records the
   snapshot already holds are skipped by their seq); a torn last line, from a crash in the
   middle of an append, is dropped, since that write was never acknowledged;
 - `lock`: held with `flock` while the directory is open, so a second process is refused
   instead of corrupting the data. The kernel drops the lock when the process dies.
+
+Commits are grouped: a writer appends its record under the caller's lock, then waits
+outside it (`wait_durable`) until an fsync covers the record; one fsync serves every
+record written while the previous one ran. Until then other requests may already read the
+change, but nobody has been told it is saved. Should an fsync fail, what the OS holds is
+unknown: the journal refuses all further writes (`JournalFailed`) until a restart
+recovers from what is on disk.
 
 Compaction runs in the background every `compact_every` records: the journal moves on to a
 new segment, the tables are copied shallowly (stored documents are never mutated, only
@@ -53,6 +60,10 @@ class CorruptJournal(RuntimeError):
     """A journal record other than the very last one cannot be read."""
 
 
+class JournalFailed(RuntimeError):
+    """An fsync failed: no write can be made durable any more until a restart."""
+
+
 def segment_name(first_seq: int) -> str:
     """The file name of the journal segment whose first record is `first_seq`."""
     return f"journal-{first_seq:012d}.jsonl"
@@ -79,10 +90,15 @@ class JournalStorage(Storage):
         self.compact_every = compact_every
         self._lock_file = _lock(self.directory / LOCK)
         self._compaction: threading.Thread | None = None
+        # Group commit: records up to `_written` are in the OS, up to `_durable` on disk.
+        self._sync = threading.Condition()
+        self._syncing = False
+        self._failed: OSError | None = None
         try:
             _remove_temporaries(self.directory)
             self._seq, self._tables = _load_snapshot(self.directory / SNAPSHOT)
             self._records = self._replay()
+            self._written = self._durable = self._seq
             self._segment = self._open_segment()
         except BaseException:
             self._lock_file.close()
@@ -97,6 +113,7 @@ class JournalStorage(Storage):
         # TinyDB method that replaces whole tables (drop_tables) lands here.
         self._tables = data
         self._append([("*", "*", data)])
+        self.wait_durable()
 
     def close(self) -> None:
         """Finish any compaction, write a final snapshot and release the directory."""
@@ -112,15 +129,42 @@ class JournalStorage(Storage):
 
     # -- the journal ---------------------------------------------------------------------
     def commit(self, changes: list[Change]) -> None:
-        """Make `changes` (already applied in memory) durable: one record, all or nothing.
+        """Write `changes` (already applied in memory) to the journal as one record.
 
-        The caller serializes commits (and the in-memory changes they describe).
+        The caller serializes commits (and the in-memory changes they describe), then
+        calls `wait_durable` without its lock before acknowledging them. If this raises,
+        nothing was written and the caller undoes its in-memory change.
         """
         if not changes:
             return
         self._append(changes)
         if self._records >= self.compact_every and not self._compacting():
             self.compact_in_background()
+
+    def wait_durable(self) -> None:
+        """Return once every record written so far is on disk; one fsync serves many."""
+        with self._sync:
+            target = self._written
+            while self._durable < target:
+                if self._failed is not None:
+                    raise JournalFailed("the journal could not be synced to disk") from None
+                if self._syncing:  # another writer's fsync is running: it may cover us
+                    self._sync.wait()
+                    continue
+                self._syncing = True
+                goal, segment = self._written, self._segment
+                self._sync.release()
+                try:
+                    os.fsync(segment.fileno())
+                except OSError as e:
+                    log.critical("fsync of the journal failed, refusing further writes: %s", e)
+                    self._failed = e
+                finally:
+                    self._sync.acquire()
+                    self._syncing = False
+                    self._sync.notify_all()
+                if self._failed is None:
+                    self._durable = max(self._durable, goal)
 
     def compact_in_background(self) -> None:
         """Start a new segment and snapshot everything before it on another thread."""
@@ -134,17 +178,32 @@ class JournalStorage(Storage):
         self._compaction.start()
 
     def _append(self, changes: list[Change]) -> None:
+        if self._failed is not None:
+            raise JournalFailed("the journal could not be synced to disk; restart the server")
         line = json.dumps({"seq": self._seq + 1, "changes": changes}, separators=(",", ":"))
-        self._segment.write(line.encode("utf-8") + b"\n")
-        self._segment.flush()
-        os.fsync(self._segment.fileno())
+        size = self._segment.tell()
+        try:
+            self._segment.write(line.encode("utf-8") + b"\n")
+            self._segment.flush()
+        except OSError:
+            # No half record may stay in front of the next one (disk full, say).
+            self._segment.truncate(size)
+            raise
         self._seq += 1
         self._records += 1
+        self._written = self._seq
 
     def _rotate(self) -> None:
-        self._segment.close()
-        self._segment = self._open_segment()
-        self._records = 0
+        """Close the current segment, durable, and continue in a new one."""
+        with self._sync:
+            while self._syncing:
+                self._sync.wait()
+            os.fsync(self._segment.fileno())
+            self._durable = self._written
+            self._segment.close()
+            self._segment = self._open_segment()
+            self._records = 0
+            self._sync.notify_all()
 
     def _open_segment(self) -> IO[bytes]:
         self._segment_first = self._seq + 1

@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
-from storage import CorruptJournal, EmbeddedStore
+from storage import CorruptJournal, EmbeddedStore, JournalFailed
 from storage.journal import SNAPSHOT, JournalStorage, segment_name
 
 
@@ -179,3 +181,55 @@ def _everything():
     from domain.listing import CallQuery
 
     return CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
+
+
+def test_concurrent_commits_share_fsyncs(tmp_path, monkeypatch):
+    storage = JournalStorage(tmp_path)
+    fsyncs = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        fsyncs.append(fd)
+        time.sleep(0.005)
+        real_fsync(fd)
+
+    monkeypatch.setattr("storage.journal.os.fsync", slow_fsync)
+    caller_lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        for i in range(20):
+            with caller_lock:
+                storage.read().setdefault("t", {})[f"{n}-{i}"] = {"i": i}
+                storage.commit([("t", f"{n}-{i}", {"i": i})])
+            storage.wait_durable()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert storage._durable == storage._written == 160
+    assert len(fsyncs) < 160 / 2
+    monkeypatch.undo()
+    storage.close()
+    reopened = JournalStorage(tmp_path)
+    assert len(reopened.read()["t"]) == 160
+    reopened.close()
+
+
+def test_a_failed_fsync_refuses_every_later_write(tmp_path, monkeypatch):
+    storage = JournalStorage(tmp_path)
+
+    def broken_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("storage.journal.os.fsync", broken_fsync)
+    storage.commit([("t", "1", {"a": 1})])
+    with pytest.raises(JournalFailed):
+        storage.wait_durable()
+    monkeypatch.undo()
+
+    with pytest.raises(JournalFailed):
+        storage.commit([("t", "2", {"a": 2})])
+    crash(storage)
