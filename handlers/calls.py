@@ -3,6 +3,11 @@
 Each one unpacks its validated arguments, makes one domain/storage call and returns
 `(envelope, status)`. Connexion has validated everything openapi.yaml says (and filled in
 its defaults) before a handler runs.
+
+Handlers that only read are `async`: they run on the event loop, never wait for the disk
+and hold the store's lock for microseconds, which saves the hop to a worker thread.
+Handlers that write are plain functions, run in Connexion's thread pool, because a write
+waits for its fsync before it is acknowledged.
 """
 
 from __future__ import annotations
@@ -107,18 +112,18 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
     return success(NO_MEDIA_SERVER, data), 200
 
 
-def get_call(call_id: str, token_info: dict[str, Any]) -> Response:
+async def get_call(call_id: str, token_info: dict[str, Any]) -> Response:
     """GET /api/calls/{callId}"""
     call = store().get_call(organization_id(token_info), call_id)
     return success("Call retrieved successfully", call), 200
 
 
-def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
+async def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/calls: the filter criteria come as query parameters."""
     return _list(token_info, CallQuery.from_query_params(params))
 
 
-def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+async def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/calls: the filter criteria come in the body."""
     return _list(token_info, CallQuery.from_body(body))
 
