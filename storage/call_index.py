@@ -48,6 +48,10 @@ class OrgCallIndex:
                     present[field].append((call[field], call["created_at"], doc_id))
         self.present = {f: SortedList(present[f]) for f in SORT_FIELDS}
         self.missing = {f: SortedList(missing[f]) for f in SORT_FIELDS}
+        # Each call's entry in those lists, by doc id, to sort a few calls without lookups.
+        self.entries: dict[str, dict[int, tuple[Any, ...]]] = {
+            f: {entry[-1]: entry for entry in (*present[f], *missing[f])} for f in SORT_FIELDS
+        }
 
     def __len__(self) -> int:
         return len(self.call_ids)
@@ -57,10 +61,14 @@ class OrgCallIndex:
         for field in EQUALITY_FIELDS:
             self.equal[field].setdefault(call[field], set()).add(doc_id)
         for field in SORT_FIELDS:
+            entry: tuple[Any, ...]
             if call[field] is None:
-                self.missing[field].add((call["created_at"], doc_id))
+                entry = (call["created_at"], doc_id)
+                self.missing[field].add(entry)
             else:
-                self.present[field].add((call[field], call["created_at"], doc_id))
+                entry = (call[field], call["created_at"], doc_id)
+                self.present[field].add(entry)
+            self.entries[field][doc_id] = entry
 
     def remove(self, doc_id: int, call: Call) -> None:
         del self.call_ids[call["call_id"]]
@@ -70,10 +78,8 @@ class OrgCallIndex:
             if not ids:
                 del self.equal[field][call[field]]
         for field in SORT_FIELDS:
-            if call[field] is None:
-                self.missing[field].remove((call["created_at"], doc_id))
-            else:
-                self.present[field].remove((call[field], call["created_at"], doc_id))
+            entry = self.entries[field].pop(doc_id)
+            (self.missing if len(entry) == 2 else self.present)[field].remove(entry)
 
     def replace(self, doc_id: int, old: Call, new: Call) -> None:
         self.remove(doc_id, old)
@@ -86,16 +92,20 @@ class OrgCallIndex:
         start, stop = query.offset, query.offset + query.limit
         if candidates is None:
             return [self._at(query, i) for i in range(start, min(stop, total))], total
-        walk_cost = stop * len(self) / max(1, total)  # steps to find `stop` matches in order
-        if total <= walk_cost:
-            return self._sorted_few(query, candidates, docs, stop)[start:], total
-        page = []
-        for doc_id in self._in_order(query):
+        # Walk the sort order until `stop` survivors turn up, or sort the survivors: whichever
+        # is cheaper. Matches may cluster anywhere in the order, so the walk gets a budget
+        # of what sorting would cost, and gives way to sorting when it runs out.
+        if total <= stop * len(self) / max(1, total):
+            return self._sorted_few(query, candidates, stop)[start:], total
+        page: list[int] = []
+        for steps, doc_id in enumerate(self._in_order(query)):
             if doc_id in candidates:
                 page.append(doc_id)
                 if len(page) == stop:
-                    break
-        return page[start:], total
+                    return page[start:], total
+            if steps > total:
+                break
+        return self._sorted_few(query, candidates, stop)[start:], total
 
     def _candidates(self, query: CallQuery, docs: Mapping[str, Call]) -> set[int] | None:
         filters = query.filters
@@ -143,17 +153,11 @@ class OrgCallIndex:
             for entry in reversed(entries) if query.descending else entries:
                 yield entry[-1]
 
-    def _sorted_few(
-        self, query: CallQuery, candidates: set[int], docs: Mapping[str, Call], count: int
-    ) -> list[int]:
-        field = query.sort_by
-
-        def key(doc_id: int) -> tuple[bool, Any, int, int]:
-            call = docs[str(doc_id)]
-            value = call[field]
-            # The sorted lists' order: by value, then created_at, then doc id; missing last.
-            missing = value is None
-            return (missing != query.descending, value or 0, call["created_at"], doc_id)
-
+    def _sorted_few(self, query: CallQuery, candidates: set[int], count: int) -> list[int]:
+        entries = self.entries[query.sort_by]
+        found = [entries[doc_id] for doc_id in candidates]
         pick = heapq.nlargest if query.descending else heapq.nsmallest
-        return pick(count, candidates, key=key)
+        # The sorted lists' order: calls with a value, then those without, each by entry.
+        first = pick(count, (e for e in found if len(e) == 3))
+        rest = pick(count - len(first), (e for e in found if len(e) == 2))
+        return [entry[-1] for entry in (*first, *rest)]

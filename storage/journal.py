@@ -18,10 +18,11 @@ change, but nobody has been told it is saved. Should an fsync fail, what the OS 
 unknown: the journal refuses all further writes (`JournalFailed`) until a restart
 recovers from what is on disk.
 
-Compaction runs in the background every `compact_every` records: the journal moves on to a
-new segment, the tables are copied shallowly (stored documents are never mutated, only
-replaced) and a thread writes the snapshot, then deletes the segments it covers. Writers
-wait for none of it.
+Compaction runs in the background every `compact_every` records, or every as many records
+as there are stored documents if that is more: the journal moves on to a new segment, the
+tables are copied shallowly (stored documents are never mutated, only replaced) and a
+thread writes the snapshot, then deletes the segments it covers. Writers wait for none
+of it.
 
 TinyDB's `Storage.write(data)` only ever sees the whole database, so the journal records
 are produced a layer up, by the table (`storage.embedded.JournaledTable`), and handed to
@@ -73,8 +74,10 @@ def write_snapshot(directory: Path, seq: int, tables: Tables) -> None:
     """Atomically replace the snapshot in `directory` by `tables` as of record `seq`."""
     snapshot = directory / SNAPSHOT
     temporary = directory / f".{SNAPSHOT}.{threading.get_ident()}.tmp"
+    # json.dumps, not json.dump: only the one-shot encoder is the C one (about 4x faster).
+    text = json.dumps({"seq": seq, "tables": tables}, separators=(",", ":"))
     with open(temporary, "w", encoding="utf-8") as f:
-        json.dump({"seq": seq, "tables": tables}, f, separators=(",", ":"))
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, snapshot)
@@ -138,8 +141,13 @@ class JournalStorage(Storage):
         if not changes:
             return
         self._append(changes)
-        if self._records >= self.compact_every and not self._compacting():
+        if self._records >= self._compaction_due() and not self._compacting():
             self.compact_in_background()
+
+    def _compaction_due(self) -> int:
+        # A snapshot costs O(stored documents), so take one only after as many records:
+        # the cost per write stays constant however large the store grows.
+        return max(self.compact_every, sum(len(table) for table in self._tables.values()))
 
     def wait_durable(self) -> None:
         """Return once every record written so far is on disk; one fsync serves many."""
