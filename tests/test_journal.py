@@ -53,12 +53,26 @@ def test_close_compacts_into_a_snapshot_and_drops_the_old_segments(tmp_path):
 def test_compaction_runs_in_the_background_every_n_records(tmp_path):
     storage = JournalStorage(tmp_path, compact_every=3)
     for n in range(7):
-        storage.read().setdefault("t", {})[str(n)] = {"n": n}
-        storage.commit([("t", str(n), {"n": n})])
+        storage.read().setdefault("t", {})["1"] = {"n": n}
+        storage.commit([("t", "1", {"n": n})])
         storage._wait_for_compaction()
 
     assert json.loads((tmp_path / SNAPSHOT).read_text())["seq"] == 6
     assert [record["seq"] for record in journal_lines(tmp_path)] == [7]
+    storage.close()
+
+
+def test_a_larger_store_compacts_after_as_many_records_as_documents(tmp_path):
+    storage = JournalStorage(tmp_path, compact_every=3)
+    storage.read()["t"] = {str(n): {"n": n} for n in range(10)}
+    for n in range(9):
+        storage.commit([("t", str(n), {"n": n})])
+    assert not (tmp_path / SNAPSHOT).exists()
+
+    storage.commit([("t", "9", {"n": 9})])
+    storage._wait_for_compaction()
+
+    assert json.loads((tmp_path / SNAPSHOT).read_text())["seq"] == 10
     storage.close()
 
 
