@@ -17,7 +17,7 @@ from typing import Any
 from domain import calls
 from domain.listing import CallQuery
 from handlers.envelope import Envelope, success
-from handlers.scope import organization_id, store
+from handlers.scope import organization_id, settings, store
 
 Response = tuple[Envelope, int]
 
@@ -95,6 +95,8 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
         metadata=metadata,
         event_name="Web call created via API",
     )
+    rooms = settings().livekit_rooms()
+    token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None
     store().add_call(call)
     room = call["call_id"]
     data = {
@@ -103,13 +105,17 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
         "call": call,
         "web_call_info": {
             "room_name": room,
-            "access_token": None,
+            "access_token": token,
             "call_status": call["call_status"],
             "agent_id": call["agent_id"],
         },
-        "livekit_connection": {"server_url": None, "token": None, "room_name": room},
+        "livekit_connection": {
+            "server_url": rooms.server_url if rooms else None,
+            "token": token,
+            "room_name": room,
+        },
     }
-    return success(NO_MEDIA_SERVER, data), 200
+    return success("Web call created successfully" if rooms else NO_MEDIA_SERVER, data), 200
 
 
 async def get_call(call_id: str, token_info: dict[str, Any]) -> Response:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from integrations.livekit import LiveKitRooms
+
 PREFIX = "CALLS_"
 
 
@@ -32,6 +34,12 @@ class Settings:
     log_level: str = "info"
     # Journal records between two snapshots of the embedded store.
     compact_every: int = 10_000
+    # A LiveKit server for web calls: URL, API key and secret together, or none of them.
+    livekit_url: str | None = None
+    livekit_api_key: str | None = None
+    livekit_api_secret: str | None = None
+    livekit_token_ttl: int = 3600
+    livekit_identity: str = "web-user-{call_id}"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -42,6 +50,16 @@ class Settings:
             raise SettingsError(f"{PREFIX}MAX_BODY_BYTES must be at least 1024")
         if self.compact_every < 1:
             raise SettingsError(f"{PREFIX}COMPACT_EVERY must be at least 1")
+        livekit = (self.livekit_url, self.livekit_api_key, self.livekit_api_secret)
+        if any(livekit) and not all(livekit):
+            raise SettingsError(
+                f"{PREFIX}LIVEKIT_URL, {PREFIX}LIVEKIT_API_KEY and {PREFIX}LIVEKIT_API_SECRET "
+                "go together: set all three, or none"
+            )
+        if self.livekit_token_ttl < 60:
+            raise SettingsError(f"{PREFIX}LIVEKIT_TOKEN_TTL must be at least 60 seconds")
+        if "{call_id}" not in self.livekit_identity:
+            raise SettingsError(f"{PREFIX}LIVEKIT_IDENTITY must contain {{call_id}}")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(
                 f"{PREFIX}LOG_LEVEL must be one of critical, error, warning, info, debug"
@@ -58,6 +76,18 @@ class Settings:
                 values[field.name] = _parse(name, environ[name], _PARSERS[field.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def livekit_rooms(self) -> LiveKitRooms | None:
+        """The LiveKit server web calls use, if one is configured."""
+        if not (self.livekit_url and self.livekit_api_key and self.livekit_api_secret):
+            return None
+        return LiveKitRooms(
+            self.livekit_url,
+            self.livekit_api_key,
+            self.livekit_api_secret,
+            self.livekit_token_ttl,
+            self.livekit_identity,
+        )
 
 
 def _parse(name: str, raw: str, parse: Callable[[str], Any]) -> Any:
@@ -89,4 +119,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "validate_responses": _boolean,
     "log_level": str.lower,
     "compact_every": int,
+    "livekit_url": _optional,
+    "livekit_api_key": _optional,
+    "livekit_api_secret": _optional,
+    "livekit_token_ttl": int,
+    "livekit_identity": str,
 }

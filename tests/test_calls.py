@@ -8,8 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from livekit import api
+from starlette.testclient import TestClient
 
+from server.app import create_app
+from server.settings import Settings
 from tests.conftest import SEED_REQUEST, Tenant, assert_error, create_call
 
 SEED_PAGE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed-create-call.txt"
@@ -701,3 +706,63 @@ def test_delete_call_frees_its_id_for_reuse(client, tenant):
     again = create_call(client, tenant, agent_id="b", call_id="reused")
 
     assert again["agent_id"] == "b"
+
+
+# -- create-web-call with a LiveKit server configured ---------------------------------------
+
+
+LIVEKIT = {
+    "livekit_url": "wss://livekit.example.test",
+    "livekit_api_key": "APIkey123",
+    "livekit_api_secret": "livekit-secret-livekit-secret-0123456789",
+}
+
+
+@pytest.fixture
+def livekit_client(store, data_dir):
+    settings = Settings(
+        data_dir=data_dir, validate_responses=True, livekit_token_ttl=600, **LIVEKIT
+    )
+    with TestClient(create_app(settings, store)) as client:
+        yield client
+
+
+def test_create_web_call_issues_a_livekit_token_for_the_calls_room(livekit_client, tenant):
+    before = int(time.time())
+    response = livekit_client.post(
+        "/api/calls/create-web-call", json={"agent_id": "ag"}, headers=tenant.headers
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["message"] == "Web call created successfully"
+    data = body["data"]
+    room = data["call"]["call_id"]
+    token = data["web_call_info"]["access_token"]
+    assert data["livekit_connection"] == {
+        "server_url": LIVEKIT["livekit_url"],
+        "token": token,
+        "room_name": room,
+    }
+    claims = api.TokenVerifier(LIVEKIT["livekit_api_key"], LIVEKIT["livekit_api_secret"]).verify(
+        token
+    )
+    assert claims.identity == f"web-user-{room}"
+    assert claims.video.room == room
+    assert claims.video.room_join is True
+    assert claims.attributes == {"call_id": room, "agent_id": "ag"}
+    decoded = jwt.decode(token, LIVEKIT["livekit_api_secret"], algorithms=["HS256"])
+    assert decoded["iss"] == LIVEKIT["livekit_api_key"]
+    assert before + 600 <= decoded["exp"] <= int(time.time()) + 600
+
+
+def test_a_livekit_token_signed_with_another_secret_does_not_verify(livekit_client, tenant):
+    response = livekit_client.post(
+        "/api/calls/create-web-call", json={"agent_id": "ag"}, headers=tenant.headers
+    )
+    token = response.json()["data"]["web_call_info"]["access_token"]
+
+    with pytest.raises(jwt.InvalidSignatureError):
+        api.TokenVerifier(LIVEKIT["livekit_api_key"], "another-secret-another-secret-00").verify(
+            token
+        )

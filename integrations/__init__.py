@@ -1,0 +1,1 @@
+"""Outbound integrations: the systems this server hands work to (media server, dialer)."""
