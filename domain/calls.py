@@ -235,6 +235,31 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
     return updated
 
 
+def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int) -> Call:
+    """`call` after the dialer accepted it (`ongoing`) or did not (`error`)."""
+    if call["call_status"] not in ("registered", "scheduled"):
+        raise Conflict(
+            f"Call '{call['call_id']}' cannot be dialed in status '{call['call_status']}'",
+            message="Call cannot be dialed",
+        )
+    result = copy.deepcopy(call)
+    status = "ongoing" if accepted else "error"
+    result["call_status"] = status
+    _stamp_status_times(result, status, now)
+    if not accepted:
+        result["disconnection_reason"] = "dial_failed"
+    if call["call_status"] == "scheduled":
+        result["scheduled_timestamp"] = None
+        result["metadata"].update(
+            is_scheduled=False, execution_status="executed" if accepted else "failed"
+        )
+    result["updated_at"] = now
+    name = "Call dispatched to dialer" if accepted else "Dialing failed"
+    data = {"result": reason, "attempts": attempts, "previous_status": call["call_status"]}
+    result["events"].append(event(now, result, name, data))
+    return result
+
+
 def scheduled_for_human(scheduled_timestamp: int) -> str:
     """A scheduled time (Unix seconds) as ISO 8601 UTC, e.g. `2100-01-01T00:00:00Z`."""
     return datetime.fromtimestamp(scheduled_timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from integrations.dialer import HttpDialer
 from integrations.livekit import LiveKitRooms
 
 PREFIX = "CALLS_"
@@ -40,6 +41,11 @@ class Settings:
     livekit_api_secret: str | None = None
     livekit_token_ttl: int = 3600
     livekit_identity: str = "web-user-{call_id}"
+    # The operator's outbound dialer: URL and signing secret together, or neither.
+    dialer_url: str | None = None
+    dialer_secret: str | None = None
+    dialer_timeout: float = 5.0
+    dialer_attempts: int = 3
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -60,6 +66,15 @@ class Settings:
             raise SettingsError(f"{PREFIX}LIVEKIT_TOKEN_TTL must be at least 60 seconds")
         if "{call_id}" not in self.livekit_identity:
             raise SettingsError(f"{PREFIX}LIVEKIT_IDENTITY must contain {{call_id}}")
+        if bool(self.dialer_url) != bool(self.dialer_secret):
+            raise SettingsError(
+                f"{PREFIX}DIALER_URL and {PREFIX}DIALER_SECRET go together: set both, or neither"
+            )
+        if not 0 < self.dialer_timeout <= 60 or not 1 <= self.dialer_attempts <= 10:
+            raise SettingsError(
+                f"{PREFIX}DIALER_TIMEOUT must be in (0, 60] seconds and "
+                f"{PREFIX}DIALER_ATTEMPTS between 1 and 10"
+            )
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(
                 f"{PREFIX}LOG_LEVEL must be one of critical, error, warning, info, debug"
@@ -76,6 +91,14 @@ class Settings:
                 values[field.name] = _parse(name, environ[name], _PARSERS[field.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def dialer(self) -> HttpDialer | None:
+        """The outbound dialer phone calls are handed to, if one is configured."""
+        if not (self.dialer_url and self.dialer_secret):
+            return None
+        return HttpDialer(
+            self.dialer_url, self.dialer_secret, self.dialer_timeout, self.dialer_attempts
+        )
 
     def livekit_rooms(self) -> LiveKitRooms | None:
         """The LiveKit server web calls use, if one is configured."""
@@ -124,4 +147,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "livekit_api_secret": _optional,
     "livekit_token_ttl": int,
     "livekit_identity": str,
+    "dialer_url": _optional,
+    "dialer_secret": _optional,
+    "dialer_timeout": float,
+    "dialer_attempts": int,
 }

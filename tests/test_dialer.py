@@ -1,0 +1,142 @@
+"""create-phone-call with an outbound dialer: a real HTTP receiver on loopback stands in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from starlette.testclient import TestClient
+
+from integrations.dialer import SIGNATURE_HEADER, sign
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import assert_error
+
+SECRET = "dialer-secret-0123456789"
+PHONE = {
+    "from_number": "+14157774444",
+    "to_number": "+12137774445",
+    "override_agent_id": "ag",
+    "metadata": {"campaign": "x"},
+}
+
+
+@pytest.fixture
+def client(store, data_dir, receiver):
+    settings = Settings(
+        data_dir=data_dir,
+        validate_responses=True,
+        dialer_url=receiver.url + "/jobs",
+        dialer_secret=SECRET,
+        dialer_timeout=0.5,
+        dialer_attempts=3,
+    )
+    with TestClient(create_app(settings, store)) as test_client:
+        yield test_client
+
+
+def create_phone_call(client, tenant):
+    response = client.post("/api/calls/create-phone-call", json=PHONE, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_an_accepted_call_is_ongoing_and_says_initiated(client, tenant, store, receiver):
+    body = create_phone_call(client, tenant)
+
+    assert body["message"] == "Phone call created and initiated successfully"
+    data = body["data"]
+    assert data["status"] == "call_initiated"
+    call = data["call"]
+    assert call["call_status"] == "ongoing" == data["phone_call_info"]["call_status"]
+    assert call["start_timestamp"] is not None
+    assert call["events"][-1]["event"] == "Call dispatched to dialer"
+    assert call["events"][-1]["data"]["attempts"] == 1
+    assert store.get_call(tenant.organization_id, call["call_id"]) == call
+
+
+def test_the_job_is_signed_json_with_the_calls_numbers_agent_and_metadata(client, tenant, receiver):
+    call = create_phone_call(client, tenant)["data"]["call"]
+
+    [request] = receiver.received
+    assert request.path == "/jobs"
+    assert request.headers[SIGNATURE_HEADER] == sign(SECRET, request.body)
+    assert request.headers[SIGNATURE_HEADER] != sign("another secret", request.body)
+    assert json.loads(request.body) == {
+        "call_id": call["call_id"],
+        "organization_id": tenant.organization_id,
+        "agent_id": "ag",
+        "from_number": "+14157774444",
+        "to_number": "+12137774445",
+        "metadata": {"campaign": "x"},
+        "scheduled_timestamp": None,
+    }
+
+
+def test_a_refusal_is_not_retried_and_the_call_is_in_error(client, tenant, store, receiver):
+    receiver.replies = [(400, 0.0)]
+
+    body = create_phone_call(client, tenant)
+
+    assert len(receiver.received) == 1
+    assert body["data"]["status"] == "call_failed"
+    assert "refused (HTTP 400): no such number" in body["message"]
+    call = body["data"]["call"]
+    assert (call["call_status"], call["disconnection_reason"]) == ("error", "dial_failed")
+    assert call["events"][-1]["event"] == "Dialing failed"
+    assert store.get_call(tenant.organization_id, call["call_id"])["call_status"] == "error"
+
+
+def test_a_server_error_is_retried_until_accepted(client, tenant, receiver):
+    receiver.replies = [(503, 0.0), (500, 0.0)]
+
+    body = create_phone_call(client, tenant)
+
+    assert len(receiver.received) == 3
+    assert body["data"]["status"] == "call_initiated"
+    assert body["data"]["call"]["events"][-1]["data"]["attempts"] == 3
+
+
+def test_a_dialer_that_never_answers_in_time_fails_after_every_attempt(client, tenant, receiver):
+    receiver.replies = [(202, 1.0)] * 3
+
+    body = create_phone_call(client, tenant)
+
+    assert len(receiver.received) == 3
+    assert body["data"]["status"] == "call_failed"
+    assert "no answer within 0.5 s after 3 attempts" in body["message"]
+
+
+def test_an_unreachable_dialer_fails_the_call(store, data_dir, tenant):
+    settings = Settings(
+        data_dir=data_dir,
+        validate_responses=True,
+        dialer_url="http://127.0.0.1:9/jobs",  # discard port: nothing listens
+        dialer_secret=SECRET,
+        dialer_attempts=2,
+    )
+    with TestClient(create_app(settings, store)) as client:
+        body = create_phone_call(client, tenant)
+
+    assert body["data"]["status"] == "call_failed"
+    assert "unreachable (ConnectError) after 2 attempts" in body["message"]
+
+
+def test_a_scheduled_call_is_not_dialed_at_creation(client, tenant, receiver):
+    response = client.post(
+        "/api/calls/create-phone-call",
+        json={**PHONE, "scheduled_timestamp": 4102444800},
+        headers=tenant.headers,
+    )
+
+    assert response.json()["data"]["status"] == "call_scheduled"
+    assert receiver.received == []
+
+
+def test_an_invalid_request_reaches_no_dialer(client, tenant, receiver):
+    response = client.post(
+        "/api/calls/create-phone-call", json={**PHONE, "to_number": "12"}, headers=tenant.headers
+    )
+
+    assert_error(response, 400)
+    assert receiver.received == []
