@@ -235,6 +235,26 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
     return updated
 
 
+def claim_due(call: Call, now: int) -> Call:
+    """The scheduled `call`, due, marked as being dispatched (so that it is dialed once)."""
+    _require_scheduled(call)
+    if call["scheduled_timestamp"] * 1000 > now:
+        raise Conflict(f"Call '{call['call_id']}' is not due yet", message="Call is not due")
+    claimed = copy.deepcopy(call)
+    claimed["metadata"]["execution_status"] = "dispatching"
+    claimed["updated_at"] = now
+    late = max(0, now // 1000 - call["scheduled_timestamp"])
+    data = {"scheduled_timestamp": call["scheduled_timestamp"], "late_by_seconds": late}
+    claimed["events"].append(event(now, claimed, "Scheduled call due", data))
+    return claimed
+
+
+def being_dispatched(call: Call) -> bool:
+    """Whether the scheduler has claimed `call` and not yet recorded the outcome."""
+    claimed = call["metadata"].get("execution_status") == "dispatching"
+    return bool(call["call_status"] == "scheduled" and claimed)
+
+
 def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int) -> Call:
     """`call` after the dialer accepted it (`ongoing`) or did not (`error`)."""
     if call["call_status"] not in ("registered", "scheduled"):
@@ -284,6 +304,11 @@ def _require_scheduled(call: Call) -> None:
         raise Conflict(
             f"Call '{call['call_id']}' is not scheduled (status '{call['call_status']}')",
             message="Call is not scheduled",
+        )
+    if being_dispatched(call):
+        raise Conflict(
+            f"Call '{call['call_id']}' is being dispatched to the dialer",
+            message="Call is being dispatched",
         )
 
 

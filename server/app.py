@@ -13,6 +13,7 @@ from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 
+from integrations.scheduler import Scheduler
 from server import errors
 from server.security import SECURITY_MAP
 from server.settings import Settings
@@ -32,15 +33,24 @@ def load_spec() -> dict[str, Any]:
 def create_app(settings: Settings, store: Store) -> AsyncApp:
     """An ASGI app serving the Calls API from `store`. The caller opens and closes the store.
 
-    Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml).
+    Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml). With a
+    dialer configured, the scheduler runs for as long as the app does.
     """
     spec = load_spec()
     base_path = spec["servers"][0]["url"]
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-        # Starlette copies this state into every request's scope (request.state).
-        yield {"store": store, "settings": settings}
+        dialer = settings.dialer()
+        scheduler = Scheduler(store, dialer, settings.scheduler_interval) if dialer else None
+        if scheduler:
+            scheduler.start()
+        try:
+            # Starlette copies this state into every request's scope (request.state).
+            yield {"store": store, "settings": settings}
+        finally:
+            if scheduler:
+                scheduler.stop()
 
     app = AsyncApp(__name__, lifespan=lifespan)
     app.add_api(

@@ -46,6 +46,8 @@ class Settings:
     dialer_secret: str | None = None
     dialer_timeout: float = 5.0
     dialer_attempts: int = 3
+    # Seconds between two looks for due scheduled calls (with a dialer configured).
+    scheduler_interval: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -75,6 +77,8 @@ class Settings:
                 f"{PREFIX}DIALER_TIMEOUT must be in (0, 60] seconds and "
                 f"{PREFIX}DIALER_ATTEMPTS between 1 and 10"
             )
+        if not 0.05 <= self.scheduler_interval <= 60:
+            raise SettingsError(f"{PREFIX}SCHEDULER_INTERVAL must be between 0.05 and 60 seconds")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(
                 f"{PREFIX}LOG_LEVEL must be one of critical, error, warning, info, debug"
@@ -151,4 +155,5 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dialer_secret": _optional,
     "dialer_timeout": float,
     "dialer_attempts": int,
+    "scheduler_interval": float,
 }

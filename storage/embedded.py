@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, cast
 
+from sortedcontainers import SortedList
 from tinydb import TinyDB
 from tinydb.table import Table
 
@@ -39,6 +40,7 @@ from storage.call_index import OrgCallIndex
 from storage.journal import Change, JournalStorage
 
 _MISSING = object()
+_MAX = "\U0010ffff"  # sorts after every organization and call id
 
 
 class _RecordingView(MutableMapping[int, Any]):
@@ -134,6 +136,13 @@ class EmbeddedStore:
         for doc_id, call in _raw(self._calls).items():
             by_org.setdefault(call["organization_id"], []).append((int(doc_id), call))
         self._call_index = {org: OrgCallIndex(found) for org, found in by_org.items()}
+        # Scheduled calls of every organization by due time: (seconds, organization, call id).
+        self._schedule = SortedList(
+            (call["scheduled_timestamp"], org, call["call_id"])
+            for org, found in by_org.items()
+            for _, call in found
+            if call["call_status"] == "scheduled"
+        )
         self._org_ids: dict[str, int] = {}
         self._key_ids: dict[str, int] = {}
         for doc in self._organizations.all():
@@ -152,6 +161,7 @@ class EmbeddedStore:
                 )
             stored = _copy(call)
             index.add(self._calls.insert(stored), stored)
+            self._track_schedule(None, stored)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         with self._lock:
@@ -166,6 +176,7 @@ class EmbeddedStore:
             new = _copy(changed)
             self._calls.replace(doc_id, new)
             self._call_index[organization_id].replace(doc_id, old, new)
+            self._track_schedule(old, new)
             return changed
 
     def delete_call(self, organization_id: str, call_id: str) -> Call:
@@ -173,6 +184,7 @@ class EmbeddedStore:
             doc_id, old = self._stored_call(organization_id, call_id)
             self._calls.remove(doc_ids=[doc_id])
             self._call_index[organization_id].remove(doc_id, old)
+            self._track_schedule(old, None)
             return _copy(old)
 
     def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
@@ -183,6 +195,19 @@ class EmbeddedStore:
             table = _raw(self._calls)
             page, total = index.select(query, table)
             return [_copy(table[str(doc_id)]) for doc_id in page], total
+
+    def scheduled_calls(self, due_by: int) -> list[Call]:
+        with self._lock:
+            table = _raw(self._calls)
+            return [
+                _copy(table[str(self._call_index[org].call_ids[call_id])])
+                for _, org, call_id in self._schedule.irange(maximum=(due_by, _MAX, _MAX))
+            ]
+
+    def _track_schedule(self, old: Call | None, new: Call | None) -> None:
+        for call, update in ((old, self._schedule.discard), (new, self._schedule.add)):
+            if call is not None and call["call_status"] == "scheduled":
+                update((call["scheduled_timestamp"], call["organization_id"], call["call_id"]))
 
     def _stored_call(self, organization_id: str, call_id: str) -> tuple[int, Call]:
         """The document id and the stored call (to be copied, never mutated)."""

@@ -38,6 +38,9 @@ class Store(Protocol):
     def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
         """One page of the organization's calls that match `query`, and how many match."""
 
+    def scheduled_calls(self, due_by: int) -> list[Call]:
+        """Every organization's `scheduled` calls due at or before `due_by` (Unix seconds)."""
+
     # -- organizations and API keys --------------------------------------------------------
     def add_organization(self, organization: Organization) -> None:
         """Store a new organization. Raises DuplicateId if its id exists."""

@@ -1,0 +1,184 @@
+"""Scheduled phone calls are dialed once, when due: also across restarts and races."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from domain import calls
+from integrations.dialer import HttpDialer
+from integrations.scheduler import INTERRUPTED, Scheduler
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import ADMIN_TOKEN, assert_error, running_server
+
+SECRET = "dialer-secret-0123456789"
+PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_agent_id": "ag"}
+
+
+@pytest.fixture
+def client(store, data_dir, receiver):
+    settings = Settings(
+        data_dir=data_dir,
+        validate_responses=True,
+        dialer_url=receiver.url,
+        dialer_secret=SECRET,
+        dialer_timeout=5,
+        scheduler_interval=0.1,
+    )
+    with TestClient(create_app(settings, store)) as test_client:
+        yield test_client
+
+
+def schedule(client, tenant, in_seconds: int) -> dict:
+    body = {**PHONE, "scheduled_timestamp": int(time.time()) + in_seconds}
+    response = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    call: dict = response.json()["data"]["call"]
+    return call
+
+
+def wait_for(predicate, timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def stored(store, tenant, call) -> dict:
+    return store.get_call(tenant.organization_id, call["call_id"])
+
+
+def test_a_due_call_is_dialed_once_and_becomes_ongoing(client, tenant, store, receiver):
+    call = schedule(client, tenant, 1)
+
+    wait_for(lambda: stored(store, tenant, call)["call_status"] != "scheduled")
+    time.sleep(0.5)  # several more scheduler passes
+
+    final = stored(store, tenant, call)
+    assert final["call_status"] == "ongoing"
+    assert final["metadata"]["execution_status"] == "executed"
+    assert final["metadata"]["is_scheduled"] is False
+    assert [e["event"] for e in final["events"]][-2:] == [
+        "Scheduled call due",
+        "Call dispatched to dialer",
+    ]
+    assert len(receiver.received) == 1
+    assert time.time() >= call["scheduled_timestamp"]
+
+
+def test_a_refused_scheduled_call_fails(client, tenant, store, receiver):
+    receiver.replies = [(422, 0.0)]
+    call = schedule(client, tenant, 1)
+
+    wait_for(lambda: stored(store, tenant, call)["call_status"] != "scheduled")
+
+    final = stored(store, tenant, call)
+    assert final["call_status"] == "error"
+    assert final["metadata"]["execution_status"] == "failed"
+    assert "refused (HTTP 422)" in final["events"][-1]["data"]["result"]
+
+
+def test_a_cancelled_call_is_never_dialed(client, tenant, store, receiver):
+    call = schedule(client, tenant, 1)
+
+    cancelled = client.delete(f"/api/calls/{call['call_id']}/schedule", headers=tenant.headers)
+    time.sleep(2)
+
+    assert cancelled.status_code == 200
+    assert receiver.received == []
+    assert stored(store, tenant, call)["call_status"] == "registered"
+
+
+def test_a_rescheduled_call_is_dialed_at_the_new_time_only(client, tenant, store, receiver):
+    call = schedule(client, tenant, 1)
+    later = int(time.time()) + 3
+
+    moved = client.put(
+        f"/api/calls/{call['call_id']}/schedule",
+        json={"scheduled_timestamp": later},
+        headers=tenant.headers,
+    )
+    time.sleep(1.5)
+    assert moved.status_code == 200
+    assert receiver.received == []
+
+    wait_for(lambda: len(receiver.received) == 1)
+    assert time.time() >= later
+    time.sleep(0.5)
+    assert len(receiver.received) == 1
+
+
+def test_a_call_being_dispatched_can_no_longer_be_moved_or_cancelled(
+    client, tenant, store, receiver
+):
+    receiver.replies = [(202, 1.5)]  # a slow dialer
+    call = schedule(client, tenant, 1)
+    wait_for(lambda: len(receiver.received) == 1)
+    url = f"/api/calls/{call['call_id']}/schedule"
+
+    moved = client.put(url, json={"scheduled_timestamp": 4102444800}, headers=tenant.headers)
+    cancelled = client.delete(url, headers=tenant.headers)
+
+    assert_error(moved, 409, "being dispatched")
+    assert_error(cancelled, 409, "being dispatched")
+    wait_for(lambda: stored(store, tenant, call)["call_status"] == "ongoing")
+
+
+def test_a_claim_interrupted_by_a_restart_is_marked_failed_not_dialed_again(
+    store, tenant, receiver
+):
+    call = calls.new_call(
+        organization_id=tenant.organization_id,
+        agent_id="ag",
+        now=calls.now_ms() - 5000,
+        call_type="phone_call",
+        from_number="+14157774444",
+        to_number="+12137774445",
+    )
+    due = calls.schedule(call, int(time.time()) - 1, calls.now_ms() - 10_000)
+    store.add_call(calls.claim_due(due, calls.now_ms()))
+    scheduler = Scheduler(store, HttpDialer(receiver.url, SECRET), interval=0.1)
+
+    scheduler.start()
+    time.sleep(0.3)
+    scheduler.stop()
+
+    final = stored(store, tenant, call)
+    assert final["call_status"] == "error"
+    assert final["events"][-1]["data"]["result"] == INTERRUPTED
+    assert receiver.received == []
+
+
+def test_a_call_that_fell_due_while_the_server_was_down_is_dialed_once_on_start(tmp_path, receiver):
+    data = tmp_path / "data"
+    env = {
+        "CALLS_DIALER_URL": receiver.url,
+        "CALLS_DIALER_SECRET": SECRET,
+        "CALLS_SCHEDULER_INTERVAL": "0.1",
+    }
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with running_server(data, **env) as server:
+        base = server.base_url + "/api"
+        httpx.post(f"{base}/organizations", json={"organization_id": "acme"}, headers=admin)
+        key = httpx.post(f"{base}/organizations/acme/api-keys", headers=admin).json()["data"]
+        headers = {"X-API-KEY": key["api_key"], "X-API-SECRET": key["api_secret"]}
+        body = {**PHONE, "scheduled_timestamp": int(time.time()) + 2}
+        created = httpx.post(f"{base}/calls/create-phone-call", json=body, headers=headers)
+        call_id = created.json()["data"]["call"]["call_id"]
+    time.sleep(3)  # due while stopped
+    assert receiver.received == []
+
+    with running_server(data, **env) as server:
+        wait_for(lambda: len(receiver.received) == 1)
+        got = httpx.get(f"{server.base_url}/api/calls/{call_id}", headers=headers).json()
+    with running_server(data, **env):
+        time.sleep(0.5)
+
+    assert len(receiver.received) == 1
+    assert got["data"]["call_status"] == "ongoing"
+    due_event = next(e for e in got["data"]["events"] if e["event"] == "Scheduled call due")
+    assert due_event["data"]["late_by_seconds"] >= 1
