@@ -9,7 +9,8 @@ Hierarchy::
     ├── NotFound              404
     │   ├── CallNotFound          no such call in the caller's organization
     │   ├── OrganizationNotFound
-    │   └── ApiKeyNotFound
+    │   ├── ApiKeyNotFound
+    │   └── WebhookNotFound
     ├── Conflict              409 the request conflicts with the stored state
     │   ├── DuplicateId           a custom id that exists already
     │   └── IllegalTransition     a status change the lifecycle does not allow
@@ -71,6 +72,13 @@ class ApiKeyNotFound(NotFound):
 
     def __init__(self, api_key_id: str) -> None:
         super().__init__(f"API key with ID '{api_key_id}' does not exist")
+
+
+class WebhookNotFound(NotFound):
+    message = "Webhook not found"
+
+    def __init__(self, webhook_id: str) -> None:
+        super().__init__(f"Webhook with ID '{webhook_id}' does not exist")
 
 
 class Conflict(ApiError):

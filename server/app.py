@@ -14,10 +14,11 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 
 from integrations.scheduler import Scheduler
+from integrations.webhooks import WebhookDeliverer
 from server import errors
 from server.security import SECURITY_MAP
 from server.settings import Settings
-from server.validation import BodySizeLimit, validator_map
+from server.validation import BodySizeLimit, LiteralPathMethods, validator_map
 from storage import Store
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -43,14 +44,17 @@ def create_app(settings: Settings, store: Store) -> AsyncApp:
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         dialer = settings.dialer()
         scheduler = Scheduler(store, dialer, settings.scheduler_interval) if dialer else None
-        if scheduler:
-            scheduler.start()
+        deliverer = WebhookDeliverer(store) if settings.webhook_delivery else None
+        for service in (deliverer, scheduler):
+            if service:
+                service.start()
         try:
             # Starlette copies this state into every request's scope (request.state).
             yield {"store": store, "settings": settings}
         finally:
-            if scheduler:
-                scheduler.stop()
+            for service in (scheduler, deliverer):
+                if service:
+                    service.stop()
 
     app = AsyncApp(__name__, lifespan=lifespan)
     app.add_api(
@@ -67,5 +71,10 @@ def create_app(settings: Settings, store: Store) -> AsyncApp:
         BodySizeLimit,
         position=MiddlewarePosition.BEFORE_SWAGGER,
         max_bytes=settings.max_body_bytes,
+    )
+    app.add_middleware(
+        LiteralPathMethods,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        allowed=errors.AllowedMethods(spec, base_path),
     )
     return app

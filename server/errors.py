@@ -47,7 +47,7 @@ _AUTH_DETAILS = {
 
 def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
     """Register the envelope renderers on `app` for everything that can go wrong."""
-    allowed_methods = _AllowedMethods(spec, base_path)
+    allowed_methods = AllowedMethods(spec, base_path)
 
     def on_api_error(request: ConnexionRequest, exc: ApiError) -> ConnexionResponse:
         return _render(exc.status_code, exc.message, exc.error)
@@ -107,7 +107,7 @@ def _first_paragraph(detail: str) -> str:
     return detail.split("\n\n", 1)[0].strip() or "Request failed"
 
 
-class _AllowedMethods:
+class AllowedMethods:
     """The methods openapi.yaml documents for a path, for 405 `Allow` headers.
 
     Starlette answers 405 from the first route that matches the path only, so its own
@@ -116,6 +116,7 @@ class _AllowedMethods:
 
     def __init__(self, spec: Mapping[str, Any], base_path: str) -> None:
         self._routes = []
+        self.literal_paths = {base_path + p for p in spec["paths"] if "{" not in p}
         for template, item in spec["paths"].items():
             pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(base_path + template))
             methods = [m.upper() for m in item if m in _HTTP_METHODS]

@@ -46,6 +46,10 @@ class Settings:
     dialer_secret: str | None = None
     dialer_timeout: float = 5.0
     dialer_attempts: int = 3
+    # Deliver status events to webhooks (off for sandboxes whose webhooks must stay quiet).
+    webhook_delivery: bool = True
+    # Accept http:// webhook URLs (for loopback and testing); https:// only otherwise.
+    webhook_allow_http: bool = False
     # Seconds between two looks for due scheduled calls (with a dialer configured).
     scheduler_interval: float = 0.5
 
@@ -156,4 +160,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dialer_timeout": float,
     "dialer_attempts": int,
     "scheduler_interval": float,
+    "webhook_delivery": _boolean,
+    "webhook_allow_http": _boolean,
 }

@@ -12,9 +12,11 @@ from connexion.json_schema import Draft4RequestValidator
 from connexion.validators import VALIDATOR_MAP, DefaultsJSONRequestBodyValidator, ParameterValidator
 from jsonschema import Draft4Validator
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.errors import PayloadTooLarge
+from server.errors import AllowedMethods
 
 
 class JSONBodyValidator(DefaultsJSONRequestBodyValidator):  # type: ignore[misc]
@@ -124,6 +126,26 @@ class BodySizeLimit:
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"Request body is larger than the limit of {self.max_bytes} bytes")
+
+
+class LiteralPathMethods:
+    """ASGI middleware answering 405 for a method a literal path of the spec does not have.
+
+    Starlette prefers any route that matches both path and method, so without this
+    `PATCH /api/post-call-webhooks/create` would reach the `{webhook_id}` route and
+    `GET /api/calls/create` the `{call_id}` one, instead of being refused as the spec says.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: AllowedMethods) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        literal = scope["type"] == "http" and path in self.allowed.literal_paths
+        if literal and scope["method"] not in self.allowed.for_path(path):
+            raise HTTPException(status_code=405)
+        await self.app(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

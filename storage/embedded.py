@@ -33,10 +33,13 @@ from domain.errors import (
     CallNotFound,
     DuplicateId,
     OrganizationNotFound,
+    WebhookNotFound,
 )
 from domain.keys import ApiKey, Organization
 from domain.listing import CallQuery
+from domain.webhooks import Webhook
 from storage.call_index import OrgCallIndex
+from storage.interface import CallListener
 from storage.journal import Change, JournalStorage
 
 _MISSING = object()
@@ -131,6 +134,8 @@ class EmbeddedStore:
         self._calls = self._table("calls")
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
+        self._webhooks = self._table("webhooks")
+        self._listeners: list[CallListener] = []
         # Indexes: rebuilt here, kept up to date by every write below.
         by_org: dict[str, list[tuple[int, Call]]] = {}
         for doc_id, call in _raw(self._calls).items():
@@ -162,6 +167,7 @@ class EmbeddedStore:
             stored = _copy(call)
             index.add(self._calls.insert(stored), stored)
             self._track_schedule(None, stored)
+            self._notify(None, stored)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         with self._lock:
@@ -177,6 +183,7 @@ class EmbeddedStore:
             self._calls.replace(doc_id, new)
             self._call_index[organization_id].replace(doc_id, old, new)
             self._track_schedule(old, new)
+            self._notify(old, new)
             return changed
 
     def delete_call(self, organization_id: str, call_id: str) -> Call:
@@ -185,6 +192,7 @@ class EmbeddedStore:
             self._calls.remove(doc_ids=[doc_id])
             self._call_index[organization_id].remove(doc_id, old)
             self._track_schedule(old, None)
+            self._notify(old, None)
             return _copy(old)
 
     def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
@@ -268,6 +276,56 @@ class EmbeddedStore:
             changed = change(_copy(found[0]))
             self._keys.replace(found[0].doc_id, _copy(changed))
             return changed
+
+    # -- webhooks --------------------------------------------------------------------------
+    def add_webhook(self, webhook: Webhook) -> None:
+        with self._writing():
+            self._org_doc_id(webhook["organization_id"])
+            self._webhooks.insert(_copy(webhook))
+
+    def webhooks(self, organization_id: str) -> list[Webhook]:
+        with self._lock:
+            return [
+                _copy(hook)
+                for hook in _raw(self._webhooks).values()
+                if hook["organization_id"] == organization_id
+            ]
+
+    def get_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
+        with self._lock:
+            return _copy(self._stored_webhook(organization_id, webhook_id)[1])
+
+    def change_webhook(
+        self, organization_id: str, webhook_id: str, change: Callable[[Webhook], Webhook]
+    ) -> Webhook:
+        with self._writing():
+            doc_id, old = self._stored_webhook(organization_id, webhook_id)
+            changed = change(_copy(old))
+            self._webhooks.replace(doc_id, _copy(changed))
+            return changed
+
+    def delete_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
+        with self._writing():
+            doc_id, old = self._stored_webhook(organization_id, webhook_id)
+            self._webhooks.remove(doc_ids=[doc_id])
+            return _copy(old)
+
+    def _stored_webhook(self, organization_id: str, webhook_id: str) -> tuple[int, Webhook]:
+        for doc_id, hook in _raw(self._webhooks).items():
+            if hook["organization_id"] == organization_id and hook["id"] == webhook_id:
+                return int(doc_id), hook
+        raise WebhookNotFound(webhook_id)
+
+    # -- listening ---------------------------------------------------------------------------
+    def on_call_change(self, listener: CallListener) -> None:
+        self._listeners.append(listener)
+
+    def wait_durable(self) -> None:
+        self._journal.wait_durable()
+
+    def _notify(self, old: Call | None, new: Call | None) -> None:
+        for listener in self._listeners:
+            listener(old, new)
 
     def _org_doc_id(self, organization_id: str) -> int:
         try:

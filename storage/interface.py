@@ -15,6 +15,11 @@ from typing import Protocol
 from domain.calls import Call
 from domain.keys import ApiKey, Organization
 from domain.listing import CallQuery
+from domain.webhooks import Webhook
+
+# Called with (before, after) for every committed change of a call (None: absent), in
+# commit order, under the store's lock: it must only take note (queue), never block.
+CallListener = Callable[[Call | None, Call | None], None]
 
 
 class Store(Protocol):
@@ -61,6 +66,31 @@ class Store(Protocol):
         self, organization_id: str, api_key_id: str, change: Callable[[ApiKey], ApiKey]
     ) -> ApiKey:
         """Replace the key by `change(key)` atomically. Raises ApiKeyNotFound."""
+
+    # -- webhooks ----------------------------------------------------------------------------
+    def add_webhook(self, webhook: Webhook) -> None:
+        """Store a new webhook of an existing organization. Raises OrganizationNotFound."""
+
+    def webhooks(self, organization_id: str) -> list[Webhook]:
+        """The organization's webhooks, oldest first."""
+
+    def get_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
+        """The webhook. Raises WebhookNotFound, also for another organization's."""
+
+    def change_webhook(
+        self, organization_id: str, webhook_id: str, change: Callable[[Webhook], Webhook]
+    ) -> Webhook:
+        """Replace the webhook by `change(webhook)` atomically. Raises WebhookNotFound."""
+
+    def delete_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
+        """Remove the webhook and return it. Raises WebhookNotFound."""
+
+    # -- listening ---------------------------------------------------------------------------
+    def on_call_change(self, listener: CallListener) -> None:
+        """Call `listener` for every committed change of a call from now on."""
+
+    def wait_durable(self) -> None:
+        """Return once every change made so far is on disk."""
 
     def close(self) -> None:
         """Flush what needs flushing and release the data (the lock, connections)."""

@@ -138,3 +138,20 @@ def test_a_failed_journal_write_leaves_the_call_as_it_was(client, tenant, store,
 
     assert_error(response, 500)
     assert store.get_call(tenant.organization_id, call["call_id"]) == call
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/api/calls/create", "POST"),
+        ("PUT", "/api/calls/create-phone-call", "POST"),
+        ("PATCH", "/api/post-call-webhooks/create", "POST"),
+    ],
+)
+def test_a_literal_path_refuses_methods_a_template_beside_it_would_take(
+    client, tenant, method, path, allow
+):
+    response = client.request(method, path, headers=tenant.headers)
+
+    assert_error(response, 405, f"{method} is not allowed")
+    assert response.headers["allow"] == allow

@@ -1,0 +1,77 @@
+"""Post-call webhooks: where an organization wants to hear about its calls' status changes."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.calls import Call
+from domain.errors import BadRequest
+
+Webhook = dict[str, Any]
+
+# The event sent when a call enters a status (or, for None, is deleted).
+STATUS_EVENTS = {
+    "registered": "call_registered",
+    "scheduled": "call_scheduled",
+    "ongoing": "call_started",
+    "ended": "call_ended",
+    "error": "call_error",
+    None: "call_deleted",
+}
+
+
+def new_webhook(organization_id: str, fields: Mapping[str, Any], allow_http: bool) -> Webhook:
+    """A webhook with its signing secret (shown once, when created)."""
+    check_url(fields["url"], allow_http)
+    now = _iso_now()
+    return {
+        "id": f"webhook_{uuid.uuid4().hex}",
+        "organization_id": organization_id,
+        "name": fields["name"],
+        "url": fields["url"],
+        "description": fields.get("description"),
+        "is_active": fields["is_active"],
+        "secret": "whsec_" + secrets.token_urlsafe(32),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def changed(webhook: Webhook, fields: Mapping[str, Any], allow_http: bool) -> Webhook:
+    """`webhook` with `fields` (a PATCH body) applied."""
+    if "url" in fields:
+        check_url(fields["url"], allow_http)
+    return {**webhook, **fields, "updated_at": _iso_now()}
+
+
+def toggled(webhook: Webhook) -> Webhook:
+    """`webhook` switched on if it was off, and off if it was on."""
+    return {**webhook, "is_active": not webhook["is_active"], "updated_at": _iso_now()}
+
+
+def public_view(webhook: Webhook) -> Webhook:
+    """A webhook as listed: without its signing secret."""
+    return {k: v for k, v in webhook.items() if k != "secret"}
+
+
+def check_url(url: str, allow_http: bool) -> None:
+    """Raise BadRequest unless `url` is HTTPS (or HTTP, where explicitly allowed)."""
+    if not (url.startswith("https://") or (allow_http and url.startswith("http://"))):
+        raise BadRequest("Webhook URL must be HTTPS")
+
+
+def status_event(old: Call | None, new: Call | None) -> str | None:
+    """The event a change of a call is, if it changes the call's status (or its existence)."""
+    before = old["call_status"] if old else None
+    after = new["call_status"] if new else None
+    if before == after:
+        return None
+    return STATUS_EVENTS[after]
+
+
+def _iso_now() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,0 +1,133 @@
+"""Delivery of call status events to the organization's webhooks.
+
+Every committed change of a call that changes its status is turned, under the store's
+lock and so in commit order, into one delivery per active webhook of the call's
+organization, queued for that webhook. One worker thread per webhook POSTs its queue in
+order (so events of a call arrive in order), each only once the change is on disk,
+signed like dialer jobs (`X-Calls-Signature: sha256=<HMAC-SHA256 of the body>`, under the
+webhook's own secret), retried with exponential backoff on failure. The API request
+that made the change never waits for any of it. Deliveries still queued when the server
+stops are given a few seconds, then dropped (logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from domain import calls
+from domain.calls import Call
+from domain.webhooks import status_event
+from integrations.dialer import SIGNATURE_HEADER, sign
+from storage import Store
+
+log = logging.getLogger("calls_server.webhooks")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    url: str
+    secret: str
+    event: str
+    body: bytes
+
+
+class WebhookDeliverer:
+    """Listens to the store's call changes and delivers status events."""
+
+    def __init__(
+        self, store: Store, attempts: int = 5, backoff: float = 0.5, timeout: float = 5.0
+    ) -> None:
+        self.store = store
+        self.attempts = attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self._queues: dict[str, queue.Queue[Delivery | None]] = {}
+        self._workers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        self.store.on_call_change(self.on_call_change)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Let the workers finish their queues for up to `grace` seconds."""
+        with self._lock:
+            for pending in self._queues.values():
+                pending.put(None)
+            workers = list(self._workers)
+        deadline = time.monotonic() + grace
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._stopping.set()
+
+    def on_call_change(self, old: Call | None, new: Call | None) -> None:
+        event = status_event(old, new)
+        if event is None or self._stopping.is_set():
+            return
+        call: Call = new or old  # type: ignore[assignment]
+        for hook in self.store.webhooks(call["organization_id"]):
+            if not hook["is_active"]:
+                continue
+            payload = {
+                "event": event,
+                "event_id": str(uuid.uuid4()),
+                "timestamp": calls.now_ms(),
+                "organization_id": call["organization_id"],
+                "webhook_id": hook["id"],
+                "call": call,
+            }
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            self._queue_for(hook["id"]).put(Delivery(hook["url"], hook["secret"], event, body))
+
+    def _queue_for(self, webhook_id: str) -> queue.Queue[Delivery | None]:
+        with self._lock:
+            pending = self._queues.get(webhook_id)
+            if pending is None:
+                pending = self._queues[webhook_id] = queue.Queue()
+                worker = threading.Thread(
+                    target=self._work, args=(pending,), name=f"webhook-{webhook_id}", daemon=True
+                )
+                self._workers.append(worker)
+                worker.start()
+            return pending
+
+    def _work(self, pending: queue.Queue[Delivery | None]) -> None:
+        while (delivery := pending.get()) is not None:
+            try:
+                self.store.wait_durable()
+            except Exception:
+                log.error("not delivering %s: the change is not on disk", delivery.event)
+                continue
+            self._deliver(delivery)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(delivery.secret, delivery.body),
+            "X-Calls-Event": delivery.event,
+        }
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = httpx.post(
+                    delivery.url, content=delivery.body, headers=headers, timeout=self.timeout
+                )
+                if response.is_success:
+                    return
+                problem: Any = f"HTTP {response.status_code}"
+            except httpx.TransportError as e:
+                problem = type(e).__name__
+            if attempt < self.attempts:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+        log.warning(
+            "webhook delivery of %s to %s failed after %d attempts (%s)",
+            delivery.event, delivery.url, self.attempts, problem,
+        )  # fmt: skip

@@ -1,0 +1,192 @@
+"""The `webhooks` handlers, and delivery of status events to a real receiver on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from starlette.testclient import TestClient
+
+from integrations.dialer import SIGNATURE_HEADER, sign
+from server.app import create_app
+from server.settings import Settings
+from tests.conftest import assert_error, create_call
+
+
+@pytest.fixture
+def client(store, data_dir):
+    settings = Settings(data_dir=data_dir, validate_responses=True, webhook_allow_http=True)
+    with TestClient(create_app(settings, store)) as test_client:
+        yield test_client
+
+
+def register(client, tenant, url: str, **fields) -> dict:
+    body = {"name": "hook", "url": url, **fields}
+    response = client.post("/api/post-call-webhooks/create", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    hook: dict = response.json()["data"]
+    return hook
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def events(receiver) -> list[str]:
+    return [json.loads(r.body)["event"] for r in receiver.received]
+
+
+# -- the resource -----------------------------------------------------------------------------
+
+
+def test_create_webhook_returns_it_with_its_secret_once(client, tenant):
+    hook = register(client, tenant, "https://crm.example.com/hooks", description="CRM")
+
+    assert hook["id"].startswith("webhook_")
+    assert hook["secret"].startswith("whsec_")
+    assert (hook["organization_id"], hook["is_active"], hook["description"]) == (
+        tenant.organization_id,
+        True,
+        "CRM",
+    )
+    shown = client.get(f"/api/post-call-webhooks/{hook['id']}", headers=tenant.headers).json()
+    assert "secret" not in shown["data"]
+    assert shown["data"] == {k: v for k, v in hook.items() if k != "secret"}
+
+
+def test_create_webhook_requires_https(store, data_dir, tenant):
+    with TestClient(create_app(Settings(data_dir=data_dir), store)) as strict:
+        response = strict.post(
+            "/api/post-call-webhooks/create",
+            json={"name": "h", "url": "http://crm.example.com"},
+            headers=tenant.headers,
+        )
+
+    assert_error(response, 400, "Webhook URL must be HTTPS")
+    assert store.webhooks(tenant.organization_id) == []
+
+
+def test_list_webhooks_can_show_only_the_active_ones(client, tenant):
+    on = register(client, tenant, "https://a.example.com")
+    off = register(client, tenant, "https://b.example.com", is_active=False)
+
+    everything = client.get("/api/post-call-webhooks", headers=tenant.headers).json()["data"]
+    active = client.get("/api/post-call-webhooks?activeOnly=true", headers=tenant.headers)
+
+    assert [h["id"] for h in everything["webhooks"]] == [on["id"], off["id"]]
+    assert everything["count"] == 2
+    assert [h["id"] for h in active.json()["data"]["webhooks"]] == [on["id"]]
+
+
+def test_update_and_toggle_webhook(client, tenant):
+    hook = register(client, tenant, "https://a.example.com")
+    url = f"/api/post-call-webhooks/{hook['id']}"
+
+    updated = client.patch(url, json={"name": "renamed"}, headers=tenant.headers).json()["data"]
+    toggled = client.post(f"{url}/toggle", headers=tenant.headers).json()["data"]
+
+    assert updated["name"] == "renamed"
+    assert toggled["is_active"] is False
+    assert client.get(url, headers=tenant.headers).json()["data"]["is_active"] is False
+
+
+def test_delete_webhook_removes_it(client, tenant):
+    hook = register(client, tenant, "https://a.example.com")
+    url = f"/api/post-call-webhooks/{hook['id']}"
+
+    assert client.delete(url, headers=tenant.headers).status_code == 200
+
+    assert_error(client.get(url, headers=tenant.headers), 404, hook["id"])
+
+
+def test_another_organizations_webhook_is_404_and_unchanged(client, tenant, other_tenant, store):
+    hook = register(client, tenant, "https://a.example.com")
+    url = f"/api/post-call-webhooks/{hook['id']}"
+
+    for method, body in (("GET", None), ("PATCH", {"name": "x"}), ("DELETE", None)):
+        response = client.request(method, url, json=body, headers=other_tenant.headers)
+        assert_error(response, 404, hook["id"])
+    assert_error(client.post(f"{url}/toggle", headers=other_tenant.headers), 404)
+    assert store.get_webhook(tenant.organization_id, hook["id"])["name"] == "hook"
+    listed = client.get("/api/post-call-webhooks", headers=other_tenant.headers).json()
+    assert listed["data"]["count"] == 0
+
+
+# -- delivery -------------------------------------------------------------------------------
+
+
+def test_status_changes_are_delivered_in_order_and_signed(client, tenant, receiver):
+    hook = register(client, tenant, receiver.url + "/events")
+    call = create_call(client, tenant)
+    call_url = f"/api/calls/{call['call_id']}"
+    client.put(call_url, json={"call_status": "ongoing"}, headers=tenant.headers)
+    client.put(call_url, json={"transcript": "no status change"}, headers=tenant.headers)
+    client.put(call_url, json={"call_status": "ended"}, headers=tenant.headers)
+    client.delete(call_url, headers=tenant.headers)
+
+    wait_for(lambda: len(receiver.received) == 4)
+
+    assert events(receiver) == ["call_registered", "call_started", "call_ended", "call_deleted"]
+    for request in receiver.received:
+        assert request.path == "/events"
+        assert request.headers[SIGNATURE_HEADER] == sign(hook["secret"], request.body)
+        payload = json.loads(request.body)
+        assert payload["webhook_id"] == hook["id"]
+        assert payload["organization_id"] == tenant.organization_id
+        assert payload["call"]["call_id"] == call["call_id"]
+        assert request.headers["X-Calls-Event"] == payload["event"]
+    assert json.loads(receiver.received[2].body)["call"]["call_status"] == "ended"
+
+
+def test_a_scheduled_call_is_announced(client, tenant, receiver):
+    register(client, tenant, receiver.url)
+    body = {
+        "from_number": "+14157774444",
+        "to_number": "+12137774445",
+        "override_agent_id": "ag",
+        "scheduled_timestamp": 4102444800,
+    }
+    client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+
+    wait_for(lambda: len(receiver.received) == 1)
+    assert events(receiver) == ["call_scheduled"]
+
+
+def test_inactive_webhooks_and_other_organizations_hear_nothing(
+    client, tenant, other_tenant, receiver
+):
+    register(client, tenant, receiver.url, is_active=False)
+    register(client, other_tenant, receiver.url + "/other")
+
+    create_call(client, tenant)
+    time.sleep(1)
+
+    assert receiver.received == []
+
+
+def test_a_failed_delivery_is_retried(client, tenant, receiver):
+    receiver.replies = [(500, 0.0), (503, 0.0)]
+    register(client, tenant, receiver.url)
+
+    create_call(client, tenant)
+
+    wait_for(lambda: len(receiver.received) == 3)
+    assert events(receiver) == ["call_registered"] * 3
+
+
+def test_a_slow_receiver_never_holds_up_the_api(client, tenant, receiver):
+    receiver.replies = [(200, 2.0)]
+    register(client, tenant, receiver.url)
+
+    started = time.monotonic()
+    create_call(client, tenant)
+    second = create_call(client, tenant)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.5
+    wait_for(lambda: len(receiver.received) == 2)
+    assert json.loads(receiver.received[1].body)["call"]["call_id"] == second["call_id"]
