@@ -61,25 +61,21 @@ def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respo
         event_name="Phone call created via API",
         event_data={"from_number": body["from_number"], "to_number": body["to_number"]},
     )
-    dialer = settings().dialer()
     if "scheduled_timestamp" in body:
         call = calls.schedule(call, body["scheduled_timestamp"], now)
-        store().add_call(call)
+    store().add_call(call)
+    dialer = settings().dialer()
+    if call["call_status"] == "scheduled":
         status, message = "call_scheduled", "Phone call scheduled successfully"
     elif dialer is None:
-        store().add_call(call)
         status, message = "dialer_not_configured", NOT_DIALED
     else:
-        store().add_call(call)
         call = dispatch(store(), dialer, org, call["call_id"])
         if call["call_status"] == "ongoing":
             status, message = "call_initiated", "Phone call created and initiated successfully"
         else:
-            status = "call_failed"
-            message = (
-                "Phone call created, but the dialer did not take it: "
-                + (call["events"][-1]["data"]["result"])
-            )
+            reason = call["events"][-1]["data"]["result"]
+            status, message = "call_failed", f"Phone call created, but not dialed: {reason}"
     data = {
         "organization_id": org,
         "call_type": "phone_call",
