@@ -112,6 +112,14 @@ def assert_error(response: Any, status: int, error_contains: str = "") -> dict[s
     return body
 
 
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 # -- a real server process on loopback ------------------------------------------------------
 
 

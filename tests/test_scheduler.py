@@ -13,7 +13,7 @@ from integrations.dialer import HttpDialer
 from integrations.scheduler import INTERRUPTED, Scheduler
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import ADMIN_TOKEN, assert_error, running_server
+from tests.conftest import ADMIN_TOKEN, assert_error, running_server, wait_for
 
 SECRET = "dialer-secret-0123456789"
 PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_agent_id": "ag"}
@@ -39,13 +39,6 @@ def schedule(client, tenant, in_seconds: int) -> dict:
     assert response.status_code == 200, response.text
     call: dict = response.json()["data"]["call"]
     return call
-
-
-def wait_for(predicate, timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def stored(store, tenant, call) -> dict:

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from integrations.dialer import SIGNATURE_HEADER, sign
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import assert_error, create_call
+from tests.conftest import assert_error, create_call, wait_for
 
 
 @pytest.fixture
@@ -27,13 +27,6 @@ def register(client, tenant, url: str, **fields) -> dict:
     assert response.status_code == 200, response.text
     hook: dict = response.json()["data"]
     return hook
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def events(receiver) -> list[str]:
