@@ -76,10 +76,10 @@ def test_a_refused_scheduled_call_fails(client, tenant, store, receiver):
 
 
 def test_a_cancelled_call_is_never_dialed(client, tenant, store, receiver):
-    call = schedule(client, tenant, 1)
+    call = schedule(client, tenant, 2)  # seconds are whole: due in 1 to 2 s
 
     cancelled = client.delete(f"/api/calls/{call['call_id']}/schedule", headers=tenant.headers)
-    time.sleep(2)
+    time.sleep(2.5)
 
     assert cancelled.status_code == 200
     assert receiver.received == []
@@ -87,15 +87,15 @@ def test_a_cancelled_call_is_never_dialed(client, tenant, store, receiver):
 
 
 def test_a_rescheduled_call_is_dialed_at_the_new_time_only(client, tenant, store, receiver):
-    call = schedule(client, tenant, 1)
-    later = int(time.time()) + 3
+    call = schedule(client, tenant, 2)  # seconds are whole: due in 1 to 2 s
+    later = int(time.time()) + 4
 
     moved = client.put(
         f"/api/calls/{call['call_id']}/schedule",
         json={"scheduled_timestamp": later},
         headers=tenant.headers,
     )
-    time.sleep(1.5)
+    time.sleep(2.5)
     assert moved.status_code == 200
     assert receiver.received == []
 
