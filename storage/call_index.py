@@ -37,10 +37,12 @@ class OrgCallIndex:
         self.equal: dict[str, dict[Any, set[int]]] = {f: {} for f in EQUALITY_FIELDS}
         present: dict[str, list[tuple[Any, int, int]]] = {f: [] for f in SORT_FIELDS}
         missing: dict[str, list[tuple[int, int]]] = {f: [] for f in SORT_FIELDS}
+        created: dict[str, dict[Any, list[tuple[int, int]]]] = {f: {} for f in EQUALITY_FIELDS}
         for doc_id, call in calls:  # bulk build: one sort per list instead of n inserts
             self.call_ids[call["call_id"]] = doc_id
             for field in EQUALITY_FIELDS:
                 self.equal[field].setdefault(call[field], set()).add(doc_id)
+                created[field].setdefault(call[field], []).append((call["created_at"], doc_id))
             for field in SORT_FIELDS:
                 if call[field] is None:
                     missing[field].append((call["created_at"], doc_id))
@@ -48,6 +50,12 @@ class OrgCallIndex:
                     present[field].append((call[field], call["created_at"], doc_id))
         self.present = {f: SortedList(present[f]) for f in SORT_FIELDS}
         self.missing = {f: SortedList(missing[f]) for f in SORT_FIELDS}
+        # The calls of each filter value in creation order, for the default sort: a page
+        # of "the newest ended calls" walks the ended calls, not everything newer.
+        self.created: dict[str, dict[Any, SortedList]] = {
+            field: {value: SortedList(entries) for value, entries in by_value.items()}
+            for field, by_value in created.items()
+        }
         # Each call's entry in those lists, by doc id, to sort a few calls without lookups.
         self.entries: dict[str, dict[int, tuple[Any, ...]]] = {
             f: {entry[-1]: entry for entry in (*present[f], *missing[f])} for f in SORT_FIELDS
@@ -60,6 +68,8 @@ class OrgCallIndex:
         self.call_ids[call["call_id"]] = doc_id
         for field in EQUALITY_FIELDS:
             self.equal[field].setdefault(call[field], set()).add(doc_id)
+            by_value = self.created[field]
+            by_value.setdefault(call[field], SortedList()).add((call["created_at"], doc_id))
         for field in SORT_FIELDS:
             entry: tuple[Any, ...]
             if call[field] is None:
@@ -75,8 +85,11 @@ class OrgCallIndex:
         for field in EQUALITY_FIELDS:
             ids = self.equal[field][call[field]]
             ids.discard(doc_id)
+            ordered = self.created[field][call[field]]
+            ordered.remove((call["created_at"], doc_id))
             if not ids:
                 del self.equal[field][call[field]]
+                del self.created[field][call[field]]
         for field in SORT_FIELDS:
             entry = self.entries[field].pop(doc_id)
             (self.missing if len(entry) == 2 else self.present)[field].remove(entry)
@@ -92,6 +105,9 @@ class OrgCallIndex:
         start, stop = query.offset, query.offset + query.limit
         if candidates is None:
             return [self._at(query, i) for i in range(start, min(stop, total))], total
+        narrowest = self._narrowest_created(query)
+        if narrowest is not None:
+            return self._first_in(narrowest, candidates, stop)[start:], total
         # Walk the sort order until `stop` survivors turn up, or sort the survivors: whichever
         # is cheaper. Matches may cluster anywhere in the order, so the walk gets a budget
         # of what sorting would cost, and gives way to sorting when it runs out.
@@ -106,6 +122,33 @@ class OrgCallIndex:
             if steps > total:
                 break
         return self._sorted_few(query, candidates, stop)[start:], total
+
+    def _narrowest_created(self, query: CallQuery) -> Iterator[tuple[int, int]] | None:
+        """For the created_at order: the calls of the rarest equality filter, in order."""
+        fields = [f for f in EQUALITY_FIELDS if f in query.filters]
+        if query.sort_by != "created_at" or not fields:
+            return None
+
+        def size(field: str) -> int:
+            return sum(len(self.equal[field].get(v, ())) for v in query.filters[field])
+
+        field = min(fields, key=size)
+        lists = [self.created[field][v] for v in query.filters[field] if v in self.created[field]]
+        if query.descending:
+            return heapq.merge(*(reversed(entries) for entries in lists), reverse=True)
+        return heapq.merge(*lists)
+
+    @staticmethod
+    def _first_in(
+        ordered: Iterator[tuple[int, int]], candidates: set[int], count: int
+    ) -> list[int]:
+        page: list[int] = []
+        for _, doc_id in ordered:
+            if doc_id in candidates:
+                page.append(doc_id)
+                if len(page) == count:
+                    break
+        return page
 
     def _candidates(self, query: CallQuery, docs: Mapping[str, Call]) -> set[int] | None:
         filters = query.filters
