@@ -167,9 +167,8 @@ def cancel_schedule(call: Call, now: int) -> Call:
     cancelled = copy.deepcopy(call)
     previous = cancelled["scheduled_timestamp"]
     cancelled["call_status"] = "registered"
-    cancelled["scheduled_timestamp"] = None
+    _leave_schedule(cancelled, "cancelled")
     cancelled["metadata"].pop("scheduled_timestamp", None)
-    cancelled["metadata"].update(is_scheduled=False, execution_status="cancelled")
     cancelled["updated_at"] = now
     cancelled["events"].append(
         event(
@@ -220,11 +219,7 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
         event_data["new_status"] = new_status
         _stamp_status_times(updated, new_status, now)
         if old_status == "scheduled":
-            updated["scheduled_timestamp"] = None
-            updated["metadata"].update(
-                is_scheduled=False,
-                execution_status="executed" if new_status == "ongoing" else "failed",
-            )
+            _leave_schedule(updated, "executed" if new_status == "ongoing" else "failed")
 
     start, end = updated["start_timestamp"], updated["end_timestamp"]
     if start is not None and end is not None and end < start:
@@ -269,10 +264,7 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
     if not accepted:
         result["disconnection_reason"] = "dial_failed"
     if call["call_status"] == "scheduled":
-        result["scheduled_timestamp"] = None
-        result["metadata"].update(
-            is_scheduled=False, execution_status="executed" if accepted else "failed"
-        )
+        _leave_schedule(result, "executed" if accepted else "failed")
     result["updated_at"] = now
     name = "Call dispatched to dialer" if accepted else "Dialing failed"
     data = {"result": reason, "attempts": attempts, "previous_status": call["call_status"]}
@@ -283,6 +275,12 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
 def scheduled_for_human(scheduled_timestamp: int) -> str:
     """A scheduled time (Unix seconds) as ISO 8601 UTC, e.g. `2100-01-01T00:00:00Z`."""
     return datetime.fromtimestamp(scheduled_timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _leave_schedule(call: Call, execution_status: str) -> None:
+    """Mark `call` as no longer scheduled, saying how its schedule ended."""
+    call["scheduled_timestamp"] = None
+    call["metadata"].update(is_scheduled=False, execution_status=execution_status)
 
 
 def _stamp_status_times(call: Call, status: str, now: int) -> None:
