@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from domain import calls
+from calls_server.domain import calls
 
 
 async def create_call(request: Request) -> Response:

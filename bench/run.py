@@ -29,8 +29,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from domain import calls, keys  # noqa: E402
-from storage.journal import write_snapshot  # noqa: E402
+from calls_server.domain import calls, keys  # noqa: E402
+from calls_server.storage.journal import write_snapshot  # noqa: E402
 
 TRANSCRIPT = (
     "Agent: Hello, this is Ava from Acme, how can I help you today? User: I would like to "
@@ -195,7 +195,7 @@ def main() -> int:
         ids_file.write_text("\n".join(ids) + "\n")
         env["BENCH_IDS"] = str(ids_file)
         process, startup[size] = start(
-            [sys.executable, "-m", "server.cli", "--data-dir", str(data), "serve",
+            [sys.executable, "-m", "calls_server.cli", "--data-dir", str(data), "serve",
              "--port", str(args.port), "--log-level", "warning"],
             args.port, work / f"server-{size}.log",
         )  # fmt: skip

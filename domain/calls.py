@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.errors import BadRequest, Conflict, IllegalTransition
+from calls_server.domain.errors import BadRequest, Conflict, IllegalTransition
 
 Call = dict[str, Any]
 

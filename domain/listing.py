@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from domain.calls import Call
+from calls_server.domain.calls import Call
 
 # Range filters: the request's name -> the call field it bounds.
 RANGE_FIELDS = {

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.calls import Call
-from domain.errors import BadRequest
+from calls_server.domain.calls import Call
+from calls_server.domain.errors import BadRequest
 
 Webhook = dict[str, Any]
 

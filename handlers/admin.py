@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain import keys
-from domain.calls import now_ms
-from domain.errors import Conflict
-from handlers.envelope import Envelope, success
-from handlers.scope import store
+from calls_server.domain import keys
+from calls_server.domain.calls import now_ms
+from calls_server.domain.errors import Conflict
+from calls_server.handlers.envelope import Envelope, success
+from calls_server.handlers.scope import store
 
 Response = tuple[Envelope, int]
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain import calls
-from domain.listing import CallQuery
-from handlers.envelope import Envelope, success
-from handlers.scope import organization_id, settings, store
-from integrations.dispatch import dispatch
+from calls_server.domain import calls
+from calls_server.domain.listing import CallQuery
+from calls_server.handlers.envelope import Envelope, success
+from calls_server.handlers.scope import organization_id, settings, store
+from calls_server.integrations.dispatch import dispatch
 
 Response = tuple[Envelope, int]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain import calls
-from handlers.envelope import Envelope, success
-from handlers.scope import organization_id, store
+from calls_server.domain import calls
+from calls_server.handlers.envelope import Envelope, success
+from calls_server.handlers.scope import organization_id, store
 
 
 def update_schedule(

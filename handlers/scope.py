@@ -8,8 +8,8 @@ from typing import Any
 
 from connexion import request
 
-from server.settings import Settings
-from storage import Store
+from calls_server.settings import Settings
+from calls_server.storage import Store
 
 
 def store() -> Store:

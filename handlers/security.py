@@ -13,8 +13,8 @@ from typing import Any
 
 from connexion.lifecycle import ConnexionRequest
 
-from domain.errors import Forbidden, Unauthorized
-from domain.keys import KEY_PREFIX, SECRET_PREFIX, secret_matches
+from calls_server.domain.errors import Forbidden, Unauthorized
+from calls_server.domain.keys import KEY_PREFIX, SECRET_PREFIX, secret_matches
 
 BOTH_HEADERS = "Both X-API-KEY and X-API-SECRET headers are required"
 INVALID_PAIR = "Invalid API key or secret"

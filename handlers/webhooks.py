@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain import webhooks
-from handlers.envelope import Envelope, success
-from handlers.scope import organization_id, settings, store
+from calls_server.domain import webhooks
+from calls_server.handlers.envelope import Envelope, success
+from calls_server.handlers.scope import organization_id, settings, store
 
 Response = tuple[Envelope, int]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from domain import calls
-from integrations.dialer import Dialer, job_for
-from storage import Store
+from calls_server.domain import calls
+from calls_server.integrations.dialer import Dialer, job_for
+from calls_server.storage import Store
 
 
 def dispatch(store: Store, dialer: Dialer, organization_id: str, call_id: str) -> calls.Call:

@@ -19,11 +19,11 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from domain import calls
-from domain.errors import ApiError
-from integrations.dialer import Dialer
-from integrations.dispatch import dispatch
-from storage import Store
+from calls_server.domain import calls
+from calls_server.domain.errors import ApiError
+from calls_server.integrations.dialer import Dialer
+from calls_server.integrations.dispatch import dispatch
+from calls_server.storage import Store
 
 log = logging.getLogger("calls_server.scheduler")
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import httpx
 
-from domain import calls
-from domain.calls import Call
-from domain.webhooks import status_event
-from integrations.dialer import SIGNATURE_HEADER, sign
-from storage import Store
+from calls_server.domain import calls
+from calls_server.domain.calls import Call
+from calls_server.domain.webhooks import status_event
+from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
+from calls_server.storage import Store
 
 log = logging.getLogger("calls_server.webhooks")
 

@@ -27,20 +27,20 @@ from sortedcontainers import SortedList
 from tinydb import TinyDB
 from tinydb.table import Table
 
-from domain.calls import Call
-from domain.errors import (
+from calls_server.domain.calls import Call
+from calls_server.domain.errors import (
     ApiKeyNotFound,
     CallNotFound,
     DuplicateId,
     OrganizationNotFound,
     WebhookNotFound,
 )
-from domain.keys import ApiKey, Organization
-from domain.listing import CallQuery
-from domain.webhooks import Webhook
-from storage.call_index import OrgCallIndex
-from storage.interface import CallListener
-from storage.journal import Change, JournalStorage
+from calls_server.domain.keys import ApiKey, Organization
+from calls_server.domain.listing import CallQuery
+from calls_server.domain.webhooks import Webhook
+from calls_server.storage.call_index import OrgCallIndex
+from calls_server.storage.interface import CallListener
+from calls_server.storage.journal import Change, JournalStorage
 
 _MISSING = object()
 _MAX = "\U0010ffff"  # sorts after every organization and call id

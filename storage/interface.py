@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from domain.calls import Call
-from domain.keys import ApiKey, Organization
-from domain.listing import CallQuery
-from domain.webhooks import Webhook
+from calls_server.domain.calls import Call
+from calls_server.domain.keys import ApiKey, Organization
+from calls_server.domain.listing import CallQuery
+from calls_server.domain.webhooks import Webhook
 
 # Called with (before, after) for every committed change of a call (None: absent), in
 # commit order, under the store's lock: it must only take note (queue), never block.

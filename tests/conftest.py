@@ -20,10 +20,10 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from domain import keys
-from server.app import create_app
-from server.settings import Settings
-from storage import EmbeddedStore
+from calls_server.app import create_app
+from calls_server.domain import keys
+from calls_server.settings import Settings
+from calls_server.storage import EmbeddedStore
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
@@ -146,7 +146,7 @@ def free_port() -> int:
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the `calls-server` command to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "calls_server.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -171,7 +171,7 @@ def running_server(data_dir: Path, **env: str) -> Iterator[RunningServer]:
             [
                 sys.executable,
                 "-m",
-                "server.cli",
+                "calls_server.cli",
                 "--data-dir",
                 str(data_dir),
                 "serve",

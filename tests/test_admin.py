@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from domain.keys import hash_secret
-from server.app import create_app
-from server.settings import Settings
+from calls_server.app import create_app
+from calls_server.domain.keys import hash_secret
+from calls_server.settings import Settings
 from tests.conftest import assert_error
 
 

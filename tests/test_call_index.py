@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from domain import calls
-from domain.listing import CallQuery, normalize_filters
-from storage.call_index import SORT_FIELDS, OrgCallIndex
+from calls_server.domain import calls
+from calls_server.domain.listing import CallQuery, normalize_filters
+from calls_server.storage.call_index import SORT_FIELDS, OrgCallIndex
 
 
 def random_call(rng: random.Random, n: int) -> calls.Call:

@@ -13,8 +13,8 @@ import pytest
 from livekit import api
 from starlette.testclient import TestClient
 
-from server.app import create_app
-from server.settings import Settings
+from calls_server.app import create_app
+from calls_server.settings import Settings
 from tests.conftest import SEED_REQUEST, Tenant, assert_error, create_call
 
 SEED_PAGE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed-create-call.txt"
@@ -289,7 +289,7 @@ def test_get_call_of_an_unknown_id_is_404_naming_it(client, tenant):
 
 
 def _all() -> Any:
-    from domain.listing import CallQuery
+    from calls_server.domain.listing import CallQuery
 
     return CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
-from integrations.dialer import SIGNATURE_HEADER, sign
-from server.app import create_app
-from server.settings import Settings
+from calls_server.app import create_app
+from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
+from calls_server.settings import Settings
 from tests.conftest import assert_error
 
 SECRET = "dialer-secret-0123456789"

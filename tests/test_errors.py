@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain.listing import CallQuery
+from calls_server.domain.listing import CallQuery
 from tests.conftest import SEED_REQUEST, assert_error, create_call
 
 EVERYTHING = CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from storage import CorruptJournal, EmbeddedStore, JournalFailed
-from storage.journal import SNAPSHOT, JournalStorage, segment_name
+from calls_server.storage import CorruptJournal, EmbeddedStore, JournalFailed
+from calls_server.storage.journal import SNAPSHOT, JournalStorage, segment_name
 
 
 def journal_lines(directory) -> list[dict]:
@@ -145,8 +145,8 @@ def test_leftover_temporary_snapshots_are_removed_on_open(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys
-    from domain import calls
-    from storage import EmbeddedStore
+    from calls_server.domain import calls
+    from calls_server.storage import EmbeddedStore
     store = EmbeddedStore(sys.argv[1], compact_every=int(sys.argv[2]))
     n = 0
     while True:
@@ -192,7 +192,7 @@ def test_every_acknowledged_write_survives_kill_9(tmp_path, compact_every):
 
 
 def _everything():
-    from domain.listing import CallQuery
+    from calls_server.domain.listing import CallQuery
 
     return CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
 

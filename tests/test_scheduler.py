@@ -8,11 +8,11 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from domain import calls
-from integrations.dialer import HttpDialer
-from integrations.scheduler import INTERRUPTED, Scheduler
-from server.app import create_app
-from server.settings import Settings
+from calls_server.app import create_app
+from calls_server.domain import calls
+from calls_server.integrations.dialer import HttpDialer
+from calls_server.integrations.scheduler import INTERRUPTED, Scheduler
+from calls_server.settings import Settings
 from tests.conftest import ADMIN_TOKEN, assert_error, running_server, wait_for
 
 SECRET = "dialer-secret-0123456789"

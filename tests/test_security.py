@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain import keys
+from calls_server.domain import keys
 from tests.conftest import assert_error
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import Settings, SettingsError
+from calls_server.settings import Settings, SettingsError
 
 
 def test_defaults_work_on_a_fresh_machine():

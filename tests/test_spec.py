@@ -9,8 +9,8 @@ import pkgutil
 from openapi_spec_validator import validate
 from openapi_spec_validator.readers import read_from_filename
 
-import handlers
-from server.app import SPEC_PATH, load_spec
+from calls_server import handlers
+from calls_server.app import SPEC_PATH, load_spec
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 NOT_OPERATIONS = {"envelope", "scope", "security"}
@@ -34,7 +34,7 @@ def test_spec_passes_openapi_spec_validator():
 def test_every_operation_id_resolves_to_a_handler_function():
     for operation_id in operation_ids():
         module_name, function_name = operation_id.rsplit(".", 1)
-        module = importlib.import_module(f"handlers.{module_name}")
+        module = importlib.import_module(f"calls_server.handlers.{module_name}")
         assert inspect.isfunction(getattr(module, function_name, None)), operation_id
 
 
@@ -43,7 +43,7 @@ def test_every_public_handler_is_in_the_spec():
     for info in pkgutil.iter_modules(handlers.__path__):
         if info.name in NOT_OPERATIONS:
             continue
-        module = importlib.import_module(f"handlers.{info.name}")
+        module = importlib.import_module(f"calls_server.handlers.{info.name}")
         for name, function in inspect.getmembers(module, inspect.isfunction):
             if function.__module__ == module.__name__ and not name.startswith("_"):
                 assert f"{info.name}.{name}" in documented, f"{info.name}.{name}"

@@ -6,10 +6,15 @@ import threading
 
 import pytest
 
-from domain import calls, keys
-from domain.errors import ApiKeyNotFound, CallNotFound, DuplicateId, OrganizationNotFound
-from domain.listing import CallQuery
-from storage import DataDirectoryLocked, EmbeddedStore
+from calls_server.domain import calls, keys
+from calls_server.domain.errors import (
+    ApiKeyNotFound,
+    CallNotFound,
+    DuplicateId,
+    OrganizationNotFound,
+)
+from calls_server.domain.listing import CallQuery
+from calls_server.storage import DataDirectoryLocked, EmbeddedStore
 
 EVERYTHING = CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
 

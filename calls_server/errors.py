@@ -20,9 +20,9 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from domain.errors import ApiError
-from handlers.envelope import failure
-from handlers.security import BOTH_HEADERS
+from calls_server.domain.errors import ApiError
+from calls_server.handlers.envelope import failure
+from calls_server.handlers.security import BOTH_HEADERS
 
 log = logging.getLogger("calls_server")
 
@@ -88,7 +88,9 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
 
 def _is_admin_operation(request: ConnexionRequest) -> bool:
     routing = request.scope.get("extensions", {}).get("connexion_routing", {})
-    return str(routing.get("operation_id", "")).startswith(("admin.", "handlers.admin."))
+    return str(routing.get("operation_id", "")).startswith(
+        ("admin.", "calls_server.handlers.admin.")
+    )
 
 
 def _render(

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.dialer import HttpDialer
-from integrations.livekit import LiveKitRooms
+from calls_server.integrations.dialer import HttpDialer
+from calls_server.integrations.livekit import LiveKitRooms
 
 PREFIX = "CALLS_"
 

@@ -15,8 +15,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from domain.errors import PayloadTooLarge
-from server.errors import AllowedMethods
+from calls_server.domain.errors import PayloadTooLarge
+from calls_server.errors import AllowedMethods
 
 
 class JSONBodyValidator(DefaultsJSONRequestBodyValidator):  # type: ignore[misc]

@@ -19,12 +19,12 @@ from typing import Any
 
 import uvicorn
 
-from domain import keys
-from domain.calls import now_ms
-from domain.errors import ApiError
-from server.app import create_app
-from server.settings import Settings, SettingsError
-from storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
+from calls_server.app import create_app
+from calls_server.domain import keys
+from calls_server.domain.calls import now_ms
+from calls_server.domain.errors import ApiError
+from calls_server.settings import Settings, SettingsError
+from calls_server.storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
 
 
 def main(argv: Sequence[str] | None = None) -> int:

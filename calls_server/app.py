@@ -13,15 +13,16 @@ from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 
-from integrations.scheduler import Scheduler
-from integrations.webhooks import WebhookDeliverer
-from server import errors
-from server.security import SECURITY_MAP
-from server.settings import Settings
-from server.validation import BodySizeLimit, LiteralPathMethods, validator_map
-from storage import Store
+from calls_server import errors
+from calls_server.integrations.scheduler import Scheduler
+from calls_server.integrations.webhooks import WebhookDeliverer
+from calls_server.security import SECURITY_MAP
+from calls_server.settings import Settings
+from calls_server.storage import Store
+from calls_server.validation import BodySizeLimit, LiteralPathMethods, validator_map
 
-SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+# The contract travels inside the package (in the repository, a link to ../openapi.yaml).
+SPEC_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 
 
 def load_spec() -> dict[str, Any]:
@@ -59,7 +60,7 @@ def create_app(settings: Settings, store: Store) -> AsyncApp:
     app = AsyncApp(__name__, lifespan=lifespan)
     app.add_api(
         spec,
-        resolver=RelativeResolver("handlers"),
+        resolver=RelativeResolver("calls_server.handlers"),
         strict_validation=True,
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
