@@ -154,9 +154,15 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+SERVER_COMMAND = (sys.executable, "-m", "calls_server.cli")
+
+
 @contextmanager
-def running_server(data_dir: Path, **env: str) -> Iterator[RunningServer]:
-    """Start the server on a free port, wait until it answers, stop it with SIGTERM."""
+def running_server(
+    data_dir: Path, command: tuple[str, ...] = SERVER_COMMAND, **env: str
+) -> Iterator[RunningServer]:
+    """Start the server (`command`, default this interpreter's) on a free port, wait until it
+    answers, stop it with SIGTERM."""
     port = free_port()
     log_path = data_dir.parent / f"server-{port}.log"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -169,9 +175,7 @@ def running_server(data_dir: Path, **env: str) -> Iterator[RunningServer]:
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "calls_server.cli",
+                *command,
                 "--data-dir",
                 str(data_dir),
                 "serve",
