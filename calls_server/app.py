@@ -14,6 +14,8 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 
 from calls_server import errors
+from calls_server.handlers.scope import Services
+from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.security import SECURITY_MAP
@@ -32,8 +34,12 @@ def load_spec() -> dict[str, Any]:
     return spec
 
 
-def create_app(settings: Settings, store: Store) -> AsyncApp:
+def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> AsyncApp:
     """An ASGI app serving the Calls API from `store`. The caller opens and closes the store.
+
+    The dialer, LiveKit and the other services handlers use are built here, once, from
+    `settings`, and reach handlers through the lifespan state; `clock` is the time they all
+    read (tests pass one they can move).
 
     Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml). With a
     dialer configured, the scheduler runs for as long as the app does.
@@ -43,15 +49,26 @@ def create_app(settings: Settings, store: Store) -> AsyncApp:
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-        dialer = settings.dialer()
-        scheduler = Scheduler(store, dialer, settings.scheduler_interval) if dialer else None
-        deliverer = WebhookDeliverer(store) if settings.webhook_delivery else None
+        services = Services(
+            store=store,
+            clock=clock,
+            dialer=settings.dialer(),
+            rooms=settings.livekit_rooms(),
+            webhook_allow_http=settings.webhook_allow_http,
+            admin_token=settings.admin_token,
+        )
+        scheduler = (
+            Scheduler(store, services.dialer, settings.scheduler_interval, clock)
+            if services.dialer
+            else None
+        )
+        deliverer = WebhookDeliverer(store, clock=clock) if settings.webhook_delivery else None
         for service in (deliverer, scheduler):
             if service:
                 service.start()
         try:
             # Starlette copies this state into every request's scope (request.state).
-            yield {"store": store, "settings": settings}
+            yield {"services": services}
         finally:
             for service in (scheduler, deliverer):
                 if service:

@@ -21,8 +21,8 @@ import uvicorn
 
 from calls_server.app import create_app
 from calls_server.domain import keys
-from calls_server.domain.calls import now_ms
 from calls_server.domain.errors import ApiError
+from calls_server.integrations.clock import wall_clock
 from calls_server.settings import Settings, SettingsError
 from calls_server.storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
 
@@ -97,7 +97,7 @@ def create_org(args: argparse.Namespace, settings: Settings) -> int:
     """Create an organization and its first API key pair."""
     store = _open(settings)
     try:
-        organization = keys.new_organization(now_ms(), args.id, args.name)
+        organization = keys.new_organization(wall_clock(), args.id, args.name)
         store.add_organization(organization)
         key = _add_key(store, organization["organization_id"], args.key_name)
     finally:
@@ -134,7 +134,7 @@ def revoke_key(args: argparse.Namespace, settings: Settings) -> int:
     """Revoke one key of an organization."""
     store = _open(settings)
     try:
-        now = now_ms()
+        now = wall_clock()
         key = store.change_api_key(
             args.organization_id, args.api_key_id, lambda k: keys.revoked(k, now)
         )
@@ -145,7 +145,7 @@ def revoke_key(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, Any]:
-    record, secret = keys.new_api_key(organization_id, now_ms(), name)
+    record, secret = keys.new_api_key(organization_id, wall_clock(), name)
     store.add_api_key(record)
     return {**keys.public_view(record), "api_secret": secret}
 

@@ -20,9 +20,8 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from calls_server.domain.errors import ApiError
-from calls_server.handlers.envelope import failure
-from calls_server.handlers.security import BOTH_HEADERS
+from calls_server.domain.envelope import failure
+from calls_server.domain.errors import BOTH_HEADERS, ApiError
 
 log = logging.getLogger("calls_server")
 
@@ -78,7 +77,7 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
 
     def on_crash(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         log.error("unhandled error on %s %s", request.method, request.url, exc_info=exc)
-        return _render(500, _MESSAGES[500], "An unexpected error occurred; nothing was changed")
+        return _render(500, _MESSAGES[500], "An unexpected error occurred")
 
     app.add_error_handler(ApiError, on_api_error)
     app.add_error_handler(ProblemException, on_problem)

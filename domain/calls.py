@@ -9,7 +9,6 @@ atomically; handlers never edit a call themselves.
 from __future__ import annotations
 
 import copy
-import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -50,11 +49,6 @@ _PLAIN_UPDATE_FIELDS = (
     "telephony_identifier",
     "opt_out_sensitive_data_storage",
 )
-
-
-def now_ms() -> int:
-    """The current Unix time in milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 def new_call_id() -> str:

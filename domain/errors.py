@@ -19,6 +19,10 @@ Hierarchy::
 
 from __future__ import annotations
 
+# What a request without both credentials is told (by the security check and by the renderer
+# of Connexion's own "no token" error alike).
+BOTH_HEADERS = "Both X-API-KEY and X-API-SECRET headers are required"
+
 
 class ApiError(Exception):
     """An error answered with `status_code` and the envelope `{message, error}`."""

@@ -14,6 +14,8 @@ import string
 import uuid
 from typing import Any
 
+from calls_server.domain.errors import Conflict
+
 KEY_PREFIX = "sk_"
 SECRET_PREFIX = "s3cr3t_"
 _ALPHABET = string.ascii_letters + string.digits
@@ -55,7 +57,12 @@ def new_api_key(
 
 
 def revoked(key: ApiKey, now: int) -> ApiKey:
-    """`key` with status REVOKED."""
+    """`key` with status REVOKED. Raises Conflict if it is revoked already (its revocation
+    time stays the first one)."""
+    if key["status"] == "REVOKED":
+        raise Conflict(
+            f"API key '{key['api_key_id']}' is already revoked", message="Already revoked"
+        )
     return {**key, "status": "REVOKED", "revoked_at": now}
 
 

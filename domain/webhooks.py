@@ -24,10 +24,12 @@ STATUS_EVENTS = {
 }
 
 
-def new_webhook(organization_id: str, fields: Mapping[str, Any], allow_http: bool) -> Webhook:
+def new_webhook(
+    organization_id: str, fields: Mapping[str, Any], allow_http: bool, now: int
+) -> Webhook:
     """A webhook with its signing secret (shown once, when created)."""
     check_url(fields["url"], allow_http)
-    now = _iso_now()
+    created = iso_time(now)
     return {
         "id": f"webhook_{uuid.uuid4().hex}",
         "organization_id": organization_id,
@@ -36,21 +38,21 @@ def new_webhook(organization_id: str, fields: Mapping[str, Any], allow_http: boo
         "description": fields.get("description"),
         "is_active": fields["is_active"],
         "secret": "whsec_" + secrets.token_urlsafe(32),
-        "created_at": now,
-        "updated_at": now,
+        "created_at": created,
+        "updated_at": created,
     }
 
 
-def changed(webhook: Webhook, fields: Mapping[str, Any], allow_http: bool) -> Webhook:
+def changed(webhook: Webhook, fields: Mapping[str, Any], allow_http: bool, now: int) -> Webhook:
     """`webhook` with `fields` (a PATCH body) applied."""
     if "url" in fields:
         check_url(fields["url"], allow_http)
-    return {**webhook, **fields, "updated_at": _iso_now()}
+    return {**webhook, **fields, "updated_at": iso_time(now)}
 
 
-def toggled(webhook: Webhook) -> Webhook:
+def toggled(webhook: Webhook, now: int) -> Webhook:
     """`webhook` switched on if it was off, and off if it was on."""
-    return {**webhook, "is_active": not webhook["is_active"], "updated_at": _iso_now()}
+    return {**webhook, "is_active": not webhook["is_active"], "updated_at": iso_time(now)}
 
 
 def public_view(webhook: Webhook) -> Webhook:
@@ -73,5 +75,7 @@ def status_event(old: Call | None, new: Call | None) -> str | None:
     return STATUS_EVENTS[after]
 
 
-def _iso_now() -> str:
-    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def iso_time(ms: int) -> str:
+    """A Unix time in milliseconds as ISO 8601 UTC with milliseconds, as upstream shows it."""
+    seconds = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{seconds}.{ms % 1000:03d}Z"

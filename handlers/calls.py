@@ -15,14 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from calls_server.domain import calls
+from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import CallQuery
-from calls_server.handlers.envelope import Envelope, success
-from calls_server.handlers.scope import organization_id, settings, store
-from calls_server.integrations.dispatch import dispatch
+from calls_server.handlers.scope import organization_id, services
+from calls_server.integrations.dispatch import place_phone_call
 
 Response = tuple[Envelope, int]
 
-NOT_DIALED = "Phone call created, but not dialed: no outbound dialer is configured on this server"
 NO_MEDIA_SERVER = (
     "Web call created, but no access token was issued: "
     "no LiveKit server is configured on this server"
@@ -35,51 +34,26 @@ def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     call = calls.new_call(
         organization_id=org,
         agent_id=body["agent_id"],
-        now=calls.now_ms(),
+        now=services().clock(),
         call_type=body["call_type"],
         call_id=body.get("call_id"),
         direction=body.get("direction"),
         metadata=body.get("metadata"),
     )
-    store().add_call(call)
+    services().store.add_call(call)
     return success("Call created successfully", {"organization_id": org, "call": call}), 200
 
 
 def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/calls/create-phone-call"""
     org = organization_id(token_info)
-    now = calls.now_ms()
-    call = calls.new_call(
-        organization_id=org,
-        agent_id=body["override_agent_id"],
-        now=now,
-        call_type="phone_call",
-        direction="outbound",
-        from_number=body["from_number"],
-        to_number=body["to_number"],
-        metadata=body.get("metadata"),
-        event_name="Phone call created via API",
-        event_data={"from_number": body["from_number"], "to_number": body["to_number"]},
-    )
-    if "scheduled_timestamp" in body:
-        call = calls.schedule(call, body["scheduled_timestamp"], now)
-    store().add_call(call)
-    dialer = settings().dialer()
-    if call["call_status"] == "scheduled":
-        status, message = "call_scheduled", "Phone call scheduled successfully"
-    elif dialer is None:
-        status, message = "dialer_not_configured", NOT_DIALED
-    else:
-        call = dispatch(store(), dialer, org, call["call_id"])
-        if call["call_status"] == "ongoing":
-            status, message = "call_initiated", "Phone call created and initiated successfully"
-        else:
-            reason = call["events"][-1]["data"]["result"]
-            status, message = "call_failed", f"Phone call created, but not dialed: {reason}"
+    running = services()
+    placed = place_phone_call(running.store, running.dialer, running.clock, org, body)
+    call = placed.call
     data = {
         "organization_id": org,
         "call_type": "phone_call",
-        "status": status,
+        "status": placed.status,
         "call": call,
         "phone_call_info": {
             "from_number": call["from_number"],
@@ -88,7 +62,7 @@ def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respo
             "call_status": call["call_status"],
         },
     }
-    return success(message, data), 200
+    return success(placed.message, data), 200
 
 
 def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
@@ -100,14 +74,14 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
     call = calls.new_call(
         organization_id=org,
         agent_id=body["agent_id"],
-        now=calls.now_ms(),
+        now=services().clock(),
         call_type="web_call",
         metadata=metadata,
         event_name="Web call created via API",
     )
-    rooms = settings().livekit_rooms()
+    rooms = services().rooms
     token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None
-    store().add_call(call)
+    services().store.add_call(call)
     room = call["call_id"]
     data = {
         "organization_id": org,
@@ -129,8 +103,8 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
 
 
 async def get_call(call_id: str, token_info: dict[str, Any]) -> Response:
-    """GET /api/calls/{callId}"""
-    call = store().get_call(organization_id(token_info), call_id)
+    """GET /api/calls/{call_id}"""
+    call = services().store.get_call(organization_id(token_info), call_id)
     return success("Call retrieved successfully", call), 200
 
 
@@ -146,7 +120,7 @@ async def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Resp
 
 def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
     org = organization_id(token_info)
-    page, total = store().list_calls(org, query)
+    page, total = services().store.list_calls(org, query)
     data = {
         "organization_id": org,
         "calls": page,
@@ -160,16 +134,18 @@ def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
 
 
 def update_call(call_id: str, body: dict[str, Any], token_info: dict[str, Any]) -> Response:
-    """PUT /api/calls/{callId}"""
+    """PUT /api/calls/{call_id}"""
     org = organization_id(token_info)
-    now = calls.now_ms()
-    call = store().change_call(org, call_id, lambda stored: calls.update(stored, body, now))
+    now = services().clock()
+    call = services().store.change_call(
+        org, call_id, lambda stored: calls.update(stored, body, now)
+    )
     data = {"operation": "update", "organization_id": org, "call": call}
     return success("Call updated successfully", data), 200
 
 
 def delete_call(call_id: str, token_info: dict[str, Any]) -> Response:
-    """DELETE /api/calls/{callId}"""
+    """DELETE /api/calls/{call_id}"""
     org = organization_id(token_info)
-    store().delete_call(org, call_id)
+    services().store.delete_call(org, call_id)
     return success("Call deleted successfully", {"call_id": call_id, "organization_id": org}), 200

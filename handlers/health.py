@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from calls_server.handlers.envelope import Envelope, success
+from calls_server.domain.envelope import Envelope, success
 
 
 def get_health() -> tuple[Envelope, int]:

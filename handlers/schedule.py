@@ -5,23 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from calls_server.domain import calls
-from calls_server.handlers.envelope import Envelope, success
-from calls_server.handlers.scope import organization_id, store
+from calls_server.domain.envelope import Envelope, success
+from calls_server.handlers.scope import organization_id, services
 
 
 def update_schedule(
     call_id: str, body: dict[str, Any], token_info: dict[str, Any]
 ) -> tuple[Envelope, int]:
-    """PUT /api/calls/{callId}/schedule"""
+    """PUT /api/calls/{call_id}/schedule"""
     org = organization_id(token_info)
-    now = calls.now_ms()
+    now = services().clock()
     new_time = body["scheduled_timestamp"]
-    call = store().change_call(org, call_id, lambda stored: calls.reschedule(stored, new_time, now))
+    previous: list[int] = []
+
+    def move(stored: calls.Call) -> calls.Call:
+        previous.append(stored["scheduled_timestamp"])  # the time this change replaces
+        return calls.reschedule(stored, new_time, now)
+
+    call = services().store.change_call(org, call_id, move)
     data = {
         "operation": "schedule_update",
         "organization_id": org,
         "call_id": call_id,
-        "previous_scheduled_timestamp": _last_event_data(call)["previous_scheduled_timestamp"],
+        "previous_scheduled_timestamp": previous[-1],
         "new_scheduled_timestamp": new_time,
         "scheduled_for_human": calls.scheduled_for_human(new_time),
         "call": call,
@@ -30,21 +36,21 @@ def update_schedule(
 
 
 def cancel_schedule(call_id: str, token_info: dict[str, Any]) -> tuple[Envelope, int]:
-    """DELETE /api/calls/{callId}/schedule"""
+    """DELETE /api/calls/{call_id}/schedule"""
     org = organization_id(token_info)
-    now = calls.now_ms()
-    call = store().change_call(org, call_id, lambda stored: calls.cancel_schedule(stored, now))
+    now = services().clock()
+    cancelled: list[int] = []
+
+    def cancel(stored: calls.Call) -> calls.Call:
+        cancelled.append(stored["scheduled_timestamp"])  # the time this change cancels
+        return calls.cancel_schedule(stored, now)
+
+    call = services().store.change_call(org, call_id, cancel)
     data = {
         "operation": "schedule_cancelled",
         "organization_id": org,
         "call_id": call_id,
-        "cancelled_scheduled_timestamp": _last_event_data(call)["previous_scheduled_timestamp"],
+        "cancelled_scheduled_timestamp": cancelled[-1],
         "call": call,
     }
     return success("Scheduled call cancelled successfully - converted to regular call", data), 200
-
-
-def _last_event_data(call: calls.Call) -> dict[str, Any]:
-    """The data of the event the change just appended (it records the previous time)."""
-    data: dict[str, Any] = call["events"][-1]["data"]
-    return data

@@ -1,26 +1,39 @@
-"""What a handler needs from the request beyond its arguments: the store, the settings and
-the caller's organization. The app puts the first two in the lifespan state, which the
-ASGI server copies into every request."""
+"""What a handler needs beyond its arguments: the services the app factory built once, and
+the caller's organization. The app puts the services in its lifespan state, which the ASGI
+server copies into every request."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from connexion import request
 
-from calls_server.settings import Settings
+from calls_server.integrations.clock import Clock
+from calls_server.integrations.dialer import Dialer
+from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.storage import Store
 
 
-def store() -> Store:
-    """The store of the running app."""
-    found: Store = request.state.store
-    return found
+@dataclass(frozen=True)
+class Services:
+    """Everything handlers and security functions use, built once when the app starts."""
+
+    store: Store
+    clock: Clock
+    # The outbound dialer phone calls are handed to; None when none is configured.
+    dialer: Dialer | None
+    # Issues web calls' LiveKit tokens; None when no LiveKit server is configured.
+    rooms: LiveKitRooms | None
+    # Whether webhook URLs may be http:// (loopback, testing) and not only https://.
+    webhook_allow_http: bool
+    # The admin API's bearer token; None disables the admin API.
+    admin_token: str | None
 
 
-def settings() -> Settings:
-    """The settings of the running app."""
-    found: Settings = request.state.settings
+def services() -> Services:
+    """The services of the running app."""
+    found: Services = request.state.services
     return found
 
 

@@ -13,10 +13,9 @@ from typing import Any
 
 from connexion.lifecycle import ConnexionRequest
 
-from calls_server.domain.errors import Forbidden, Unauthorized
+from calls_server.domain.errors import BOTH_HEADERS, Forbidden, Unauthorized
 from calls_server.domain.keys import KEY_PREFIX, SECRET_PREFIX, secret_matches
 
-BOTH_HEADERS = "Both X-API-KEY and X-API-SECRET headers are required"
 INVALID_PAIR = "Invalid API key or secret"
 
 
@@ -30,7 +29,7 @@ def check_api_key_pair(
         raise Unauthorized(BOTH_HEADERS)
     if not (api_key.startswith(KEY_PREFIX) and secret.startswith(SECRET_PREFIX)):
         raise Unauthorized(INVALID_PAIR)
-    key = request.state.store.find_api_key(api_key)
+    key = request.state.services.store.find_api_key(api_key)
     # Always hash and compare, so an unknown key takes as long as a wrong secret.
     if key is None:
         secret_matches({"secret_sha256": "0" * 64}, secret)
@@ -58,7 +57,7 @@ def check_admin_token(
 ) -> dict[str, Any]:
     """Admin access when `token` is the configured admin token."""
     assert request is not None
-    expected: str | None = request.state.settings.admin_token
+    expected: str | None = request.state.services.admin_token
     if expected is None:
         raise Forbidden(
             "The admin API is disabled: start the server with CALLS_ADMIN_TOKEN set",

@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from calls_server.domain import webhooks
-from calls_server.handlers.envelope import Envelope, success
-from calls_server.handlers.scope import organization_id, settings, store
+from calls_server.domain.envelope import Envelope, success
+from calls_server.handlers.scope import organization_id, services
 
 Response = tuple[Envelope, int]
 
 
 def create_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/post-call-webhooks/create: the secret is shown in this response only."""
-    hook = webhooks.new_webhook(organization_id(token_info), body, settings().webhook_allow_http)
-    store().add_webhook(hook)
+    running = services()
+    hook = webhooks.new_webhook(
+        organization_id(token_info), body, running.webhook_allow_http, running.clock()
+    )
+    running.store.add_webhook(hook)
     return success("Webhook created successfully", hook), 200
 
 
@@ -22,34 +25,40 @@ async def list_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/post-call-webhooks (`activeOnly=true` for the active ones)."""
     found = [
         webhooks.public_view(hook)
-        for hook in store().webhooks(organization_id(token_info))
+        for hook in services().store.webhooks(organization_id(token_info))
         if hook["is_active"] or not params.get("activeOnly")
     ]
     return success("Webhooks retrieved successfully", {"webhooks": found, "count": len(found)}), 200
 
 
 async def get_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
-    """GET /api/post-call-webhooks/{webhookId}"""
-    hook = store().get_webhook(organization_id(token_info), webhook_id)
+    """GET /api/post-call-webhooks/{webhook_id}"""
+    hook = services().store.get_webhook(organization_id(token_info), webhook_id)
     return success("Webhook retrieved successfully", webhooks.public_view(hook)), 200
 
 
 def update_webhook(webhook_id: str, body: dict[str, Any], token_info: dict[str, Any]) -> Response:
-    """PATCH /api/post-call-webhooks/{webhookId}"""
-    allow_http = settings().webhook_allow_http
-    hook = store().change_webhook(
-        organization_id(token_info), webhook_id, lambda h: webhooks.changed(h, body, allow_http)
+    """PATCH /api/post-call-webhooks/{webhook_id}"""
+    running = services()
+    now = running.clock()
+    hook = running.store.change_webhook(
+        organization_id(token_info),
+        webhook_id,
+        lambda h: webhooks.changed(h, body, running.webhook_allow_http, now),
     )
     return success("Webhook updated successfully", webhooks.public_view(hook)), 200
 
 
 def delete_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
-    """DELETE /api/post-call-webhooks/{webhookId}"""
-    hook = store().delete_webhook(organization_id(token_info), webhook_id)
+    """DELETE /api/post-call-webhooks/{webhook_id}"""
+    hook = services().store.delete_webhook(organization_id(token_info), webhook_id)
     return success("Webhook deleted successfully", webhooks.public_view(hook)), 200
 
 
 def toggle_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
-    """POST /api/post-call-webhooks/{webhookId}/toggle"""
-    hook = store().change_webhook(organization_id(token_info), webhook_id, webhooks.toggled)
+    """POST /api/post-call-webhooks/{webhook_id}/toggle"""
+    now = services().clock()
+    hook = services().store.change_webhook(
+        organization_id(token_info), webhook_id, lambda h: webhooks.toggled(h, now)
+    )
     return success("Webhook toggled successfully", webhooks.public_view(hook)), 200

@@ -1,19 +1,76 @@
-"""Dialing a recorded phone call and recording what the dialer said."""
+"""Placing phone calls: recording them, handing them to the dialer, recording the outcome."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from calls_server.domain import calls
-from calls_server.integrations.dialer import Dialer, job_for
+from calls_server.integrations.clock import Clock
+from calls_server.integrations.dialer import Dialer, DialOutcome, job_for
 from calls_server.storage import Store
 
+NOT_DIALED = "Phone call created, but not dialed: no outbound dialer is configured on this server"
 
-def dispatch(store: Store, dialer: Dialer, organization_id: str, call_id: str) -> calls.Call:
+
+@dataclass(frozen=True)
+class PhoneCallPlaced:
+    """What became of a new phone call: `status` is what `create-phone-call` answers in
+    `data.status` (call_initiated, call_failed, call_scheduled, dialer_not_configured)."""
+
+    call: calls.Call
+    status: str
+    message: str
+
+
+def place_phone_call(
+    store: Store,
+    dialer: Dialer | None,
+    clock: Clock,
+    organization_id: str,
+    request: Mapping[str, Any],
+) -> PhoneCallPlaced:
+    """Record the outbound phone call `request` asks for (a create-phone-call body), then
+    schedule it, or dial it now when a dialer is configured."""
+    now = clock()
+    call = calls.new_call(
+        organization_id=organization_id,
+        agent_id=request["override_agent_id"],
+        now=now,
+        call_type="phone_call",
+        direction="outbound",
+        from_number=request["from_number"],
+        to_number=request["to_number"],
+        metadata=request.get("metadata"),
+        event_name="Phone call created via API",
+        event_data={"from_number": request["from_number"], "to_number": request["to_number"]},
+    )
+    if "scheduled_timestamp" in request:
+        call = calls.schedule(call, request["scheduled_timestamp"], now)
+        store.add_call(call)
+        return PhoneCallPlaced(call, "call_scheduled", "Phone call scheduled successfully")
+    store.add_call(call)
+    if dialer is None:
+        return PhoneCallPlaced(call, "dialer_not_configured", NOT_DIALED)
+    call, outcome = dispatch(store, dialer, clock, organization_id, call["call_id"])
+    if outcome.accepted:
+        message = "Phone call created and initiated successfully"
+        return PhoneCallPlaced(call, "call_initiated", message)
+    message = f"Phone call created, but not dialed: {outcome.reason}"
+    return PhoneCallPlaced(call, "call_failed", message)
+
+
+def dispatch(
+    store: Store, dialer: Dialer, clock: Clock, organization_id: str, call_id: str
+) -> tuple[calls.Call, DialOutcome]:
     """Hand the call to `dialer` and store the outcome: `ongoing`, or `error` with the reason."""
     outcome = dialer.dial(job_for(store.get_call(organization_id, call_id)))
-    return store.change_call(
+    call = store.change_call(
         organization_id,
         call_id,
         lambda call: calls.dispatched(
-            call, outcome.accepted, outcome.reason, outcome.attempts, calls.now_ms()
+            call, outcome.accepted, outcome.reason, outcome.attempts, clock()
         ),
     )
+    return call, outcome

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from calls_server.domain import calls
 from calls_server.domain.errors import ApiError
+from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.dispatch import dispatch
 from calls_server.storage import Store
@@ -33,10 +34,13 @@ INTERRUPTED = "interrupted by a restart after it was claimed; not dialed again"
 class Scheduler:
     """Runs while the app runs; `start` and `stop` come from the app's lifespan."""
 
-    def __init__(self, store: Store, dialer: Dialer, interval: float = 0.5) -> None:
+    def __init__(
+        self, store: Store, dialer: Dialer, interval: float = 0.5, clock: Clock = wall_clock
+    ) -> None:
         self.store = store
         self.dialer = dialer
         self.interval = interval
+        self.clock = clock
         self._stop = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -50,12 +54,13 @@ class Scheduler:
     def stop(self) -> None:
         """Stop looking; wait for the dispatches under way to be recorded."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._workers.shutdown(wait=True)
 
     def run_once(self) -> None:
         """Claim every due call and start dispatching it."""
-        now = calls.now_ms()
+        now = self.clock()
         for call in self.store.scheduled_calls(due_by=now // 1000):
             key = (call["organization_id"], call["call_id"])
             with self._lock:
@@ -63,7 +68,7 @@ class Scheduler:
                     continue
                 self._in_flight.add(key)
             try:
-                self.store.change_call(*key, lambda c: calls.claim_due(c, calls.now_ms()))
+                self.store.change_call(*key, lambda c: calls.claim_due(c, self.clock()))
             except ApiError as e:  # rescheduled, cancelled or deleted meanwhile
                 log.info("not dispatching %s: %s", key[1], e.error)
                 self._done(key)
@@ -79,7 +84,7 @@ class Scheduler:
 
     def _dispatch(self, key: tuple[str, str]) -> None:
         try:
-            dispatch(self.store, self.dialer, *key)
+            dispatch(self.store, self.dialer, self.clock, *key)
         except ApiError as e:  # deleted, or its status changed, while it was dialed
             log.warning("dispatch of %s not recorded: %s", key[1], e.error)
         except Exception:
@@ -97,5 +102,5 @@ class Scheduler:
                 self.store.change_call(
                     call["organization_id"],
                     call["call_id"],
-                    lambda c: calls.dispatched(c, False, INTERRUPTED, 0, calls.now_ms()),
+                    lambda c: calls.dispatched(c, False, INTERRUPTED, 0, self.clock()),
                 )

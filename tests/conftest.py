@@ -268,3 +268,21 @@ def receiver() -> Iterator[Receiver]:
     running = Receiver()
     yield running
     running.close()
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it (Unix milliseconds)."""
+
+    def __init__(self, now: int | None = None) -> None:
+        self.now = now if now is not None else time.time_ns() // 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1000)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

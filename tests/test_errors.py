@@ -117,7 +117,7 @@ def test_an_unexpected_failure_is_a_500_envelope_and_changes_nothing(client, ten
     finally:
         store.change_call = original
 
-    body = assert_error(response, 500, "nothing was changed")
+    body = assert_error(response, 500, "An unexpected error occurred")
     assert "disk on fire" not in body["error"]
     assert store.get_call(tenant.organization_id, call["call_id"]) == call
 

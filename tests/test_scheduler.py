@@ -1,4 +1,9 @@
-"""Scheduled phone calls are dialed once, when due: also across restarts and races."""
+"""Scheduled phone calls are dialed once, when due: also across restarts and races.
+
+The scheduler reads the time from a clock the tests move, and the tests run its passes
+themselves (`run_once`), so nothing here waits for time to pass but the one end-to-end
+test with a real server process.
+"""
 
 from __future__ import annotations
 
@@ -20,21 +25,23 @@ PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_a
 
 
 @pytest.fixture
-def client(store, data_dir, receiver):
-    settings = Settings(
-        data_dir=data_dir,
-        validate_responses=True,
-        dialer_url=receiver.url,
-        dialer_secret=SECRET,
-        dialer_timeout=5,
-        scheduler_interval=0.1,
-    )
-    with TestClient(create_app(settings, store)) as test_client:
+def client(store, data_dir, clock):
+    """The API on the test's clock; no dialer, so the app runs no scheduler of its own."""
+    settings = Settings(data_dir=data_dir, validate_responses=True)
+    with TestClient(create_app(settings, store, clock=clock)) as test_client:
         yield test_client
 
 
-def schedule(client, tenant, in_seconds: int) -> dict:
-    body = {**PHONE, "scheduled_timestamp": int(time.time()) + in_seconds}
+@pytest.fixture
+def scheduler(store, receiver, clock):
+    """A scheduler on the test's clock, dialing the receiver; its passes run when called."""
+    running = Scheduler(store, HttpDialer(receiver.url, SECRET, timeout=5), clock=clock)
+    yield running
+    running.stop()
+
+
+def schedule(client, tenant, clock, in_seconds: int) -> dict:
+    body = {**PHONE, "scheduled_timestamp": clock() // 1000 + in_seconds}
     response = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
     assert response.status_code == 200, response.text
     call: dict = response.json()["data"]["call"]
@@ -45,13 +52,33 @@ def stored(store, tenant, call) -> dict:
     return store.get_call(tenant.organization_id, call["call_id"])
 
 
-def test_a_due_call_is_dialed_once_and_becomes_ongoing(client, tenant, store, receiver):
-    call = schedule(client, tenant, 1)
-
+def settled(store, tenant, call) -> dict:
+    """The call once the scheduler has recorded the dialer's answer."""
     wait_for(lambda: stored(store, tenant, call)["call_status"] != "scheduled")
-    time.sleep(0.5)  # several more scheduler passes
+    return stored(store, tenant, call)
 
-    final = stored(store, tenant, call)
+
+def test_a_call_that_is_not_due_is_not_dialed(client, tenant, store, receiver, scheduler, clock):
+    call = schedule(client, tenant, clock, 60)
+    clock.advance(59)
+
+    scheduler.run_once()
+
+    assert receiver.received == []
+    assert stored(store, tenant, call)["call_status"] == "scheduled"
+
+
+def test_a_due_call_is_dialed_once_and_becomes_ongoing(
+    client, tenant, store, receiver, scheduler, clock
+):
+    call = schedule(client, tenant, clock, 60)
+    clock.advance(61)
+
+    scheduler.run_once()
+    final = settled(store, tenant, call)
+    scheduler.run_once()  # later passes find nothing to do
+    scheduler.run_once()
+
     assert final["call_status"] == "ongoing"
     assert final["metadata"]["execution_status"] == "executed"
     assert final["metadata"]["is_scheduled"] is False
@@ -60,56 +87,64 @@ def test_a_due_call_is_dialed_once_and_becomes_ongoing(client, tenant, store, re
         "Call dispatched to dialer",
     ]
     assert len(receiver.received) == 1
-    assert time.time() >= call["scheduled_timestamp"]
 
 
-def test_a_refused_scheduled_call_fails(client, tenant, store, receiver):
+def test_a_refused_scheduled_call_fails(client, tenant, store, receiver, scheduler, clock):
     receiver.replies = [(422, 0.0)]
-    call = schedule(client, tenant, 1)
+    call = schedule(client, tenant, clock, 60)
+    clock.advance(60)
 
-    wait_for(lambda: stored(store, tenant, call)["call_status"] != "scheduled")
+    scheduler.run_once()
+    final = settled(store, tenant, call)
 
-    final = stored(store, tenant, call)
     assert final["call_status"] == "error"
     assert final["metadata"]["execution_status"] == "failed"
     assert "refused (HTTP 422)" in final["events"][-1]["data"]["result"]
 
 
-def test_a_cancelled_call_is_never_dialed(client, tenant, store, receiver):
-    call = schedule(client, tenant, 2)  # seconds are whole: due in 1 to 2 s
+def test_a_cancelled_call_is_never_dialed(client, tenant, store, receiver, scheduler, clock):
+    call = schedule(client, tenant, clock, 60)
 
     cancelled = client.delete(f"/api/calls/{call['call_id']}/schedule", headers=tenant.headers)
-    time.sleep(2.5)
+    clock.advance(120)
+    scheduler.run_once()
 
     assert cancelled.status_code == 200
     assert receiver.received == []
     assert stored(store, tenant, call)["call_status"] == "registered"
 
 
-def test_a_rescheduled_call_is_dialed_at_the_new_time_only(client, tenant, store, receiver):
-    call = schedule(client, tenant, 2)  # seconds are whole: due in 1 to 2 s
-    later = int(time.time()) + 4
+def test_a_rescheduled_call_is_dialed_at_the_new_time_only(
+    client, tenant, store, receiver, scheduler, clock
+):
+    call = schedule(client, tenant, clock, 60)
+    later = clock() // 1000 + 300
 
     moved = client.put(
         f"/api/calls/{call['call_id']}/schedule",
         json={"scheduled_timestamp": later},
         headers=tenant.headers,
     )
-    time.sleep(2.5)
+    clock.advance(120)  # past the old time
+    scheduler.run_once()
     assert moved.status_code == 200
     assert receiver.received == []
 
-    wait_for(lambda: len(receiver.received) == 1)
-    assert time.time() >= later
-    time.sleep(0.5)
+    clock.advance(200)  # past the new one
+    scheduler.run_once()
+    settled(store, tenant, call)
+    scheduler.run_once()
+
     assert len(receiver.received) == 1
 
 
 def test_a_call_being_dispatched_can_no_longer_be_moved_or_cancelled(
-    client, tenant, store, receiver
+    client, tenant, store, receiver, scheduler, clock
 ):
     receiver.replies = [(202, 1.5)]  # a slow dialer
-    call = schedule(client, tenant, 1)
+    call = schedule(client, tenant, clock, 60)
+    clock.advance(60)
+    scheduler.run_once()
     wait_for(lambda: len(receiver.received) == 1)
     url = f"/api/calls/{call['call_id']}/schedule"
 
@@ -118,26 +153,25 @@ def test_a_call_being_dispatched_can_no_longer_be_moved_or_cancelled(
 
     assert_error(moved, 409, "being dispatched")
     assert_error(cancelled, 409, "being dispatched")
-    wait_for(lambda: stored(store, tenant, call)["call_status"] == "ongoing")
+    assert settled(store, tenant, call)["call_status"] == "ongoing"
 
 
 def test_a_claim_interrupted_by_a_restart_is_marked_failed_not_dialed_again(
-    store, tenant, receiver
+    store, tenant, receiver, clock
 ):
     call = calls.new_call(
         organization_id=tenant.organization_id,
         agent_id="ag",
-        now=calls.now_ms() - 5000,
+        now=clock() - 5000,
         call_type="phone_call",
         from_number="+14157774444",
         to_number="+12137774445",
     )
-    due = calls.schedule(call, int(time.time()) - 1, calls.now_ms() - 10_000)
-    store.add_call(calls.claim_due(due, calls.now_ms()))
-    scheduler = Scheduler(store, HttpDialer(receiver.url, SECRET), interval=0.1)
+    due = calls.schedule(call, clock() // 1000 - 1, clock() - 10_000)
+    store.add_call(calls.claim_due(due, clock()))
+    scheduler = Scheduler(store, HttpDialer(receiver.url, SECRET), clock=clock)
 
-    scheduler.start()
-    time.sleep(0.3)
+    scheduler.start()  # settles what a previous process left claimed, before any pass
     scheduler.stop()
 
     final = stored(store, tenant, call)
@@ -159,17 +193,16 @@ def test_a_call_that_fell_due_while_the_server_was_down_is_dialed_once_on_start(
         httpx.post(f"{base}/organizations", json={"organization_id": "acme"}, headers=admin)
         key = httpx.post(f"{base}/organizations/acme/api-keys", headers=admin).json()["data"]
         headers = {"X-API-KEY": key["api_key"], "X-API-SECRET": key["api_secret"]}
-        body = {**PHONE, "scheduled_timestamp": int(time.time()) + 2}
+        due = int(time.time()) + 1
+        body = {**PHONE, "scheduled_timestamp": due}
         created = httpx.post(f"{base}/calls/create-phone-call", json=body, headers=headers)
         call_id = created.json()["data"]["call"]["call_id"]
-    time.sleep(3)  # due while stopped
+    wait_for(lambda: time.time() >= due + 1)  # due while stopped (a real server's real clock)
     assert receiver.received == []
 
     with running_server(data, **env) as server:
         wait_for(lambda: len(receiver.received) == 1)
         got = httpx.get(f"{server.base_url}/api/calls/{call_id}", headers=headers).json()
-    with running_server(data, **env):
-        time.sleep(0.5)
 
     assert len(receiver.received) == 1
     assert got["data"]["call_status"] == "ongoing"

@@ -44,6 +44,19 @@ def test_list_and_revoke_key_commands(tmp_path):
         assert httpx.get(f"{server.base_url}/api/calls", headers=headers).status_code == 401
 
 
+def test_revoke_key_command_refuses_a_key_revoked_already(tmp_path):
+    data = tmp_path / "data"
+    key = json.loads(cli("--data-dir", str(data), "create-org", "--id", "acme").stdout)["api_key"]
+    first = cli("--data-dir", str(data), "revoke-key", "acme", key["api_key_id"])
+
+    second = cli("--data-dir", str(data), "revoke-key", "acme", key["api_key_id"])
+    listed = cli("--data-dir", str(data), "list-keys", "acme")
+
+    assert second.returncode == 1
+    assert "already revoked" in second.stderr
+    assert json.loads(listed.stdout)[0]["revoked_at"] == json.loads(first.stdout)["revoked_at"]
+
+
 def test_cli_reports_an_unknown_organization_clearly(tmp_path):
     result = cli("--data-dir", str(tmp_path / "data"), "create-key", "ghost")
 

@@ -14,6 +14,7 @@ from calls_server.domain.errors import (
     OrganizationNotFound,
 )
 from calls_server.domain.listing import CallQuery
+from calls_server.integrations.clock import wall_clock
 from calls_server.storage import DataDirectoryLocked, EmbeddedStore
 
 EVERYTHING = CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
@@ -23,7 +24,7 @@ def a_call(org: str = "org", call_id: str | None = None, **fields) -> calls.Call
     call = calls.new_call(
         organization_id=org,
         agent_id="agent",
-        now=calls.now_ms(),
+        now=wall_clock(),
         call_type="phone_call",
         call_id=call_id,
     )
@@ -162,7 +163,7 @@ def test_concurrent_writers_lose_nothing(store):
             store.change_call(
                 "org",
                 "shared",
-                lambda c, n=n, i=i: calls.update(c, {"metadata": {f"t{n}-{i}": i}}, calls.now_ms()),
+                lambda c, n=n, i=i: calls.update(c, {"metadata": {f"t{n}-{i}": i}}, wall_clock()),
             )
 
     workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
 from starlette.testclient import TestClient
 
 from calls_server.app import create_app
+from calls_server.domain import calls, webhooks
 from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
+from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.settings import Settings
 from tests.conftest import assert_error, create_call, wait_for
 
@@ -183,3 +186,22 @@ def test_a_slow_receiver_never_holds_up_the_api(client, tenant, receiver):
     assert elapsed < 1.5
     wait_for(lambda: len(receiver.received) == 2)
     assert json.loads(receiver.received[1].body)["call"]["call_id"] == second["call_id"]
+
+
+def test_deliveries_still_queued_at_stop_are_dropped_and_logged(store, tenant, receiver, caplog):
+    receiver.replies = [(200, 2.0)]  # the first delivery hangs; the rest wait behind it
+    hook = webhooks.new_webhook(
+        tenant.organization_id, {"name": "slow", "url": receiver.url, "is_active": True}, True, 1
+    )
+    store.add_webhook(hook)
+    deliverer = WebhookDeliverer(store)
+    deliverer.start()
+    for n in range(4):
+        store.add_call(calls.new_call(organization_id=tenant.organization_id, agent_id="a",
+                                      now=n, call_type="web_call"))  # fmt: skip
+    wait_for(lambda: len(receiver.received) == 1)
+
+    with caplog.at_level(logging.WARNING, logger="calls_server.webhooks"):
+        deliverer.stop(grace=0.2)
+
+    assert f"dropped 3 undelivered webhook events ({hook['id']}: 3)" in caplog.text

@@ -1,4 +1,4 @@
-"""The one JSON shape of every response body: `{message, status, error, data}`."""
+"""The one JSON shape of every response body, success or error: `{message, status, error, data}`."""
 
 from __future__ import annotations
 
