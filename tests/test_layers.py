@@ -1,0 +1,107 @@
+"""The dependency rule README's "How it is built" states, checked on every module's imports.
+
+Layers, lowest first: domain < storage < integrations < handlers < the wiring (the modules
+directly in calls_server/: app factory, CLI, settings, error rendering). A module may import
+from its own layer and the layers below it, never from one above. Error rendering imports
+the domain only.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+PACKAGE = "calls_server"
+LAYERS = ("domain", "storage", "integrations", "handlers", "wiring")
+# Modules held to a stricter rule than their layer's: what they may import from.
+NARROWER = {"calls_server.errors": {"domain"}}
+
+
+def layer_of(module: str) -> str | None:
+    """The layer a `calls_server...` module belongs to (None for modules of other projects)."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return "wiring"
+
+
+def imported_modules(source: str, module: str) -> set[str]:
+    """The absolute names of the modules `source` (the text of `module`) imports."""
+    found: set[str] = set()
+    package = module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                found.add(f"{base}.{node.module}" if node.module else base)
+            elif node.module:
+                found.add(node.module)
+    return found
+
+
+def violations(source: str, module: str) -> list[str]:
+    """Every import of `module` that points against the dependency rule."""
+    own = layer_of(module)
+    assert own is not None
+    allowed = NARROWER.get(module, set(LAYERS[: LAYERS.index(own) + 1]))
+    wrong = []
+    for target in sorted(imported_modules(source, module)):
+        layer = layer_of(target)
+        if layer is not None and target != PACKAGE and layer not in allowed:
+            wrong.append(f"{module} ({own}) imports {target} ({layer})")
+    return wrong
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of the package, by name, read from the real files of each layer."""
+    modules = {f"{PACKAGE}.{path.stem}": path for path in (REPOSITORY / PACKAGE).glob("*.py")}
+    for layer in LAYERS[:-1]:
+        for path in (REPOSITORY / layer).glob("*.py"):
+            modules[f"{PACKAGE}.{layer}.{path.stem}"] = path
+    return modules
+
+
+def test_every_layer_of_the_package_is_checked():
+    layers = {layer_of(name) for name in project_modules()}
+
+    assert layers == set(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(project_modules()))
+def test_imports_point_down_the_layers_only(module):
+    source = project_modules()[module].read_text(encoding="utf-8")
+
+    assert violations(source, module) == []
+
+
+def test_the_check_flags_an_import_against_the_rule():
+    source = "from calls_server.settings import Settings\nfrom calls_server.domain import calls\n"
+
+    found = violations(source, "calls_server.handlers.calls")
+
+    assert found == [
+        "calls_server.handlers.calls (handlers) imports calls_server.settings (wiring)"
+    ]
+
+
+def test_the_check_flags_error_rendering_reaching_into_handlers():
+    source = "from calls_server.handlers.security import BOTH_HEADERS\n"
+
+    assert violations(source, "calls_server.errors") == [
+        "calls_server.errors (wiring) imports calls_server.handlers.security (handlers)"
+    ]
+
+
+def test_the_check_resolves_relative_imports():
+    source = "from ..integrations import dialer\n"
+
+    assert violations(source, "calls_server.storage.embedded") == [
+        "calls_server.storage.embedded (storage) imports calls_server.integrations (integrations)"
+    ]
