@@ -14,14 +14,14 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 
 from calls_server import errors
+from calls_server.connexion_overrides import SECURITY_MAP, ExplodedFormURIParser, validator_map
 from calls_server.handlers.scope import Services
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
-from calls_server.security import SECURITY_MAP
+from calls_server.middleware import BodySizeLimit, LiteralPathMethods
 from calls_server.settings import Settings
 from calls_server.storage import Store
-from calls_server.validation import BodySizeLimit, LiteralPathMethods, validator_map
 
 # The contract travels inside the package (in the repository, a link to ../openapi.yaml).
 SPEC_PATH = Path(__file__).resolve().parent / "openapi.yaml"
@@ -81,6 +81,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         strict_validation=True,
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
+        uri_parser_class=ExplodedFormURIParser,
         security_map=SECURITY_MAP,
         swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=True),
     )

@@ -1,0 +1,203 @@
+"""Every place this server overrides Connexion's internals, each with its reason.
+
+Written against connexion==3.3.0 (pinned in pyproject.toml). Each override relies on
+private names of that version; tests/test_connexion_overrides.py records their signatures
+and fails when an upgrade renames or changes one, so that no override turns silently into
+dead code (or worse, into a wrong one).
+
+1. Security handlers: Connexion decides on every request, with `inspect.signature`, whether
+   each security function accepts `required_scopes` and `request` (`_accepts_kwarg`, four
+   inspections per Calls request). The answer never changes for a function: it is cached.
+2. The JSON body validator (`JSONBodyValidator`):
+   - parses bodies strictly (`calls_server.strict_json`): Connexion's `json.loads` takes
+     NaN, huge integers, lone surrogates and duplicate keys, and a body that is not UTF-8
+     or nested 100,000 levels deep is a 500 there;
+   - builds each schema's validator once: Connexion builds a validator class and instance
+     for every request, a fifth of a create's time;
+   - says which values an enum takes when a value matches none of an `anyOf` of enums
+     (jsonschema only says it is "not valid under any of the given schemas"), and quotes
+     only a short prefix of a long value;
+   - sets defaults only on objects (Connexion's set them on any instance: a 500 for a JSON
+     array body), and gives an absent optional body replaced by its default the JSON
+     content type (Connexion left it without one, so it reached handlers as bytes).
+3. Parameter errors name the parameter (Connexion's leave it out).
+4. The URI parser keeps the values of a repeated `form`/`explode` query parameter as they
+   were sent: Connexion joins them with commas and splits them again, so `?agent_id=a,b`
+   became two agent ids (spec-first/connexion#1905, open).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator, Callable, Iterator
+from typing import Any
+
+import jsonschema
+from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import BadRequestProblem
+from connexion.json_schema import Draft4RequestValidator, format_error_with_path
+from connexion.security import ApiKeySecurityHandler, BearerSecurityHandler
+from connexion.uri_parsing import OpenAPIURIParser
+from connexion.validators import VALIDATOR_MAP, DefaultsJSONRequestBodyValidator, ParameterValidator
+from jsonschema import Draft4Validator, ValidationError
+from starlette.datastructures import MutableHeaders
+from starlette.types import Receive, Scope
+
+from calls_server import strict_json
+
+# -- 1. security: a function's signature is inspected once --------------------------------
+
+_accepts_kwarg: Callable[[Callable[..., Any], str], bool] = functools.cache(
+    ApiKeySecurityHandler._accepts_kwarg
+)
+
+
+class ApiKeyHandler(ApiKeySecurityHandler):  # type: ignore[misc]
+    """`type: apiKey` schemes, inspecting each security function once."""
+
+    _accepts_kwarg = staticmethod(_accepts_kwarg)
+
+
+class BearerHandler(BearerSecurityHandler):  # type: ignore[misc]
+    """`type: http, scheme: bearer` schemes, inspecting each security function once."""
+
+    _accepts_kwarg = staticmethod(_accepts_kwarg)
+
+
+SECURITY_MAP = {"apiKey": ApiKeyHandler, "bearer": BearerHandler}
+
+
+# -- 2. request bodies ----------------------------------------------------------------------
+
+
+class JSONBodyValidator(DefaultsJSONRequestBodyValidator):  # type: ignore[misc]
+    """Validates JSON bodies strictly and fills in the spec's defaults (see the module's
+    docstring for what differs from Connexion's own)."""
+
+    async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
+        body = b"".join([message async for message in stream])
+        if not body:
+            return None
+        try:
+            return strict_json.loads(body)
+        except strict_json.InvalidJson as e:
+            raise BadRequestProblem(detail=str(e)) from None
+
+    def _validate(self, body: Any) -> dict[str, Any] | None:
+        if not self._nullable and body is None:
+            raise BadRequestProblem("Request body must not be empty")
+        try:
+            return self._validator.validate(body)  # type: ignore[no-any-return]
+        except ValidationError as error:
+            raise BadRequestProblem(detail=describe(error)) from None
+
+    def _insert_body(self, receive: Receive, *, body: Any, scope: Scope) -> tuple[Receive, Scope]:
+        receive, scope = super()._insert_body(receive, body=body, scope=scope)
+        if body is not None:
+            headers = MutableHeaders(scope=scope)
+            if "content-type" not in headers:
+                headers["content-type"] = "application/json"
+        return receive, scope
+
+    @property
+    def _validator(self) -> Any:
+        cached = _VALIDATORS.get(id(self._schema))
+        if cached is None or cached[0] is not self._schema:
+            validator = _DefaultsValidator(
+                self._schema, format_checker=Draft4Validator.FORMAT_CHECKER
+            )
+            cached = _VALIDATORS[id(self._schema)] = (self._schema, validator)
+        return cached[1]
+
+
+def _set_defaults(
+    validator: Any, properties: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    if isinstance(instance, dict):
+        for name, subschema in properties.items():
+            if "default" in subschema:
+                instance.setdefault(name, subschema["default"])
+    yield from _validate_properties(validator, properties, instance, schema)
+
+
+_validate_properties = Draft4RequestValidator.VALIDATORS["properties"]
+_DefaultsValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    Draft4RequestValidator, {"properties": _set_defaults}
+)
+# Per spec schema (kept alive by the spec): (schema, its validator).
+_VALIDATORS: dict[int, tuple[Any, Any]] = {}
+
+
+def describe(error: ValidationError) -> str:
+    """What is wrong with a value, in words: the rule it breaks, then where (as Connexion)."""
+    where = format_error_with_path(exception=error)
+    rule: Any = error.validator_value
+    if error.validator in ("anyOf", "oneOf"):
+        branches = rule
+        if all("enum" in branch for branch in branches):
+            allowed = [v for branch in branches for v in branch["enum"] if v is not None]
+            return f"{_show(error.instance)} is not one of {', '.join(allowed)}{where}"
+    if error.validator == "enum":
+        allowed = [str(v) for v in rule if v is not None]
+        return f"{_show(error.instance)} is not one of {', '.join(allowed)}{where}"
+    if error.validator in ("maxLength", "pattern") and isinstance(error.instance, str):
+        rule = (
+            f"is longer than {error.validator_value} characters"
+            if error.validator == "maxLength"
+            else f"does not match {error.validator_value!r}"
+        )
+        return f"{_show(error.instance)} {rule}{where}"
+    return f"{error.message}{where}"
+
+
+def _show(value: Any) -> str:
+    return strict_json.quoted(value) if isinstance(value, str) else repr(value)
+
+
+# -- 3. parameters --------------------------------------------------------------------------
+
+
+class NamedParameterValidator(ParameterValidator):  # type: ignore[misc]
+    """Parameter errors that name the parameter."""
+
+    @staticmethod
+    def validate_parameter(
+        parameter_type: str, value: Any, param: dict[str, Any], param_name: str | None = None
+    ) -> str | None:
+        error: str | None = ParameterValidator.validate_parameter(
+            parameter_type, value, param, param_name
+        )
+        if error is None or error.startswith("Missing"):
+            return error
+        reason = error.split("\n\n", 1)[0]
+        return f"Invalid {parameter_type} parameter '{param['name']}': {reason}"
+
+
+def validator_map() -> dict[str, Any]:
+    """Connexion's validator map with ours in place (the 'body' entry replaces the whole map)."""
+    body = MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": JSONBodyValidator})
+    return {"body": body, "parameter": NamedParameterValidator}
+
+
+# -- 4. query strings -----------------------------------------------------------------------
+
+
+class ExplodedFormURIParser(OpenAPIURIParser):  # type: ignore[misc]
+    """Repeated `form`/`explode` query parameters stay the list of values sent."""
+
+    @staticmethod
+    def _resolve_param_duplicates(values: list[str], param_defn: dict[str, Any], _in: str) -> Any:
+        if _exploded_form(param_defn, _in):
+            return list(values)
+        return OpenAPIURIParser._resolve_param_duplicates(values, param_defn, _in)
+
+    @staticmethod
+    def _split(value: Any, param_defn: dict[str, Any], _in: str) -> Any:
+        if isinstance(value, list):  # already the values, one per occurrence
+            return value
+        return OpenAPIURIParser._split(value, param_defn, _in)
+
+
+def _exploded_form(param_defn: dict[str, Any], _in: str) -> bool:
+    style = param_defn.get("style", OpenAPIURIParser.style_defaults[_in])
+    return bool(style == "form" and param_defn.get("explode", True))

@@ -1,0 +1,74 @@
+"""ASGI middleware in front of Connexion: the body-size limit, and 405 for the literal
+paths of the spec (which Starlette would otherwise route to a templated path)."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from calls_server.domain.errors import PayloadTooLarge
+from calls_server.errors import AllowedMethods
+
+
+class BodySizeLimit:
+    """ASGI middleware answering 413 for bodies over `max_bytes`, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            raise self._too_large()
+        await self.app(scope, self._counting(receive), send)
+
+    def _counting(self, receive: Receive) -> Receive:
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self._too_large()
+            return message
+
+        return counted
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"Request body is larger than the limit of {self.max_bytes} bytes")
+
+
+class LiteralPathMethods:
+    """ASGI middleware answering 405 for a method a literal path of the spec does not have.
+
+    Starlette prefers any route that matches both path and method, so without this
+    `PATCH /api/post-call-webhooks/create` would reach the `{webhook_id}` route and
+    `GET /api/calls/create` the `{call_id}` one, instead of being refused as the spec says.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: AllowedMethods) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        literal = scope["type"] == "http" and path in self.allowed.literal_paths
+        if literal and scope["method"] not in self.allowed.for_path(path):
+            raise HTTPException(status_code=405)
+        await self.app(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

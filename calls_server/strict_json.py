@@ -1,0 +1,119 @@
+"""JSON request bodies parsed strictly: what is accepted can be stored, answered and read
+back by any JSON client, and changed again later.
+
+Python's json module accepts NaN and Infinity (which JavaScript clients cannot parse back),
+integers of any size (beyond what a double, and so most clients, hold exactly), lone
+surrogates (not Unicode, so not encodable as UTF-8), duplicate keys (silently keeping the
+last), and nesting deep enough to exhaust the stack. Each is refused here, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# Limits of any JSON body, documented in openapi.yaml's description ("Input limits").
+MAX_DEPTH = 32  # nested objects and arrays
+MAX_KEY_LENGTH = 256  # characters of an object key
+MAX_STRING_LENGTH = 262_144  # characters of a string value
+MAX_SAFE_INTEGER = 2**53  # larger integers lose precision in JSON clients that use doubles
+_QUOTE = 60  # characters of offending input quoted in an error
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+class InvalidJson(ValueError):
+    """The body is not JSON this server accepts; the message says why, in plain words."""
+
+
+def loads(body: bytes) -> Any:
+    """The JSON value `body` holds. Raises InvalidJson when it breaks a rule of this module."""
+    _check_depth(body)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJson("Request body is not valid UTF-8") from None
+    try:
+        value = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_int=_integer,
+            parse_float=_float,
+            object_pairs_hook=_object,
+        )
+    except json.JSONDecodeError as e:
+        raise InvalidJson(f"Request body is not valid JSON: {e}") from None
+    _check_strings(value)
+    return value
+
+
+def quoted(value: str) -> str:
+    """`value` in quotes, cut to a short prefix if it is long."""
+    return repr(value if len(value) <= _QUOTE else value[:_QUOTE] + "…")
+
+
+def _check_depth(body: bytes) -> None:
+    # Counted on the raw bytes, before parsing, so that no deep value ever reaches the
+    # recursive parser (a 100,000-level body would exhaust its stack).
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRING.sub(b"", body)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            raise InvalidJson(f"Request body is nested too deeply (more than {MAX_DEPTH} levels)")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidJson(f"{name} is not a JSON number; JSON clients cannot read it back")
+
+
+def _integer(digits: str) -> int:
+    if len(digits.lstrip("-")) > 16:  # cheap test before converting huge digit strings
+        raise InvalidJson(f"The integer {quoted(digits)} is too large (at most ±2^53)")
+    value = int(digits)
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise InvalidJson(f"The integer {digits} is too large (at most ±2^53)")
+    return value
+
+
+def _float(literal: str) -> float:
+    value = float(literal)
+    if value in (float("inf"), float("-inf")):
+        raise InvalidJson(f"The number {quoted(literal)} is too large for a JSON client")
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise InvalidJson(f"The key {quoted(key)} appears more than once in an object")
+        value[key] = item
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    """Every key and string of `value` is valid Unicode and within its length limit."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                _check_text(key, MAX_KEY_LENGTH, "key")
+                pending.append(inner)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            _check_text(item, MAX_STRING_LENGTH, "string")
+
+
+def _check_text(text: str, limit: int, kind: str) -> None:
+    if len(text) > limit:
+        raise InvalidJson(f"A {kind} is longer than {limit} characters: {quoted(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJson(
+            f"A {kind} is not valid Unicode (a lone surrogate escape): {quoted(text)}"
+        ) from None
