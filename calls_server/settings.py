@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class Settings:
     scheduler_interval: float = 0.5
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "log_level", self.log_level.lower())
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be between 1 and 65535, not {self.port}")
         if self.admin_token is not None and len(self.admin_token) < 16:
@@ -92,11 +94,12 @@ class Settings:
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from `environ` (default: os.environ), then `overrides` that are not None."""
         environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             name = PREFIX + field.name.upper()
             if name in environ:
-                values[field.name] = _parse(name, environ[name], _PARSERS[field.name])
+                values[field.name] = _parse(name, environ[name], _parser(hints[field.name]))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -141,25 +144,13 @@ def _optional(raw: str) -> str | None:
     return raw or None
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "data_dir": Path,
-    "host": str,
-    "port": int,
-    "admin_token": _optional,
-    "max_body_bytes": int,
-    "validate_responses": _boolean,
-    "log_level": str.lower,
-    "compact_every": int,
-    "livekit_url": _optional,
-    "livekit_api_key": _optional,
-    "livekit_api_secret": _optional,
-    "livekit_token_ttl": int,
-    "livekit_identity": str,
-    "dialer_url": _optional,
-    "dialer_secret": _optional,
-    "dialer_timeout": float,
-    "dialer_attempts": int,
-    "scheduler_interval": float,
-    "webhook_delivery": _boolean,
-    "webhook_allow_http": _boolean,
-}
+def _parser(annotation: Any) -> Callable[[str], Any]:
+    """How an environment variable's text becomes a value of a field's type."""
+    if annotation == str | None:
+        return _optional
+    if annotation is bool:
+        return _boolean
+    if annotation in (str, int, float, Path):
+        parse: Callable[[str], Any] = annotation
+        return parse
+    raise TypeError(f"no parser for settings of type {annotation}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,55 @@ def test_a_complete_livekit_configuration_gives_rooms():
         120,
         "guest-{call_id}",
     )
+
+
+# A valid value, other than the default, for every setting (set together where they must be).
+EVERY_SETTING = {
+    "data_dir": "/srv/calls",
+    "host": "0.0.0.0",
+    "port": "9000",
+    "admin_token": "a-long-enough-admin-token",
+    "max_body_bytes": "2048",
+    "validate_responses": "true",
+    "log_level": "DEBUG",
+    "compact_every": "500",
+    "livekit_url": "wss://livekit.example.com",
+    "livekit_api_key": "APIkey",
+    "livekit_api_secret": "secret-secret",
+    "livekit_token_ttl": "600",
+    "livekit_identity": "caller-{call_id}",
+    "dialer_url": "https://dialer.example.com/jobs",
+    "dialer_secret": "dialer-secret",
+    "dialer_timeout": "2.5",
+    "dialer_attempts": "5",
+    "webhook_delivery": "false",
+    "webhook_allow_http": "true",
+    "scheduler_interval": "0.25",
+}
+
+
+def test_every_setting_is_read_from_its_environment_variable():
+    environ = {f"CALLS_{name.upper()}": text for name, text in EVERY_SETTING.items()}
+
+    settings = Settings.load(environ)
+
+    assert set(EVERY_SETTING) == {field.name for field in dataclasses.fields(Settings)}
+    defaults = Settings()
+    for name in EVERY_SETTING:
+        assert getattr(settings, name) != getattr(defaults, name), name
+    assert settings.log_level == "debug"
+    assert settings.data_dir == Path("/srv/calls")
+    assert settings.dialer_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("true", True), ("1", True), ("yes", True), ("on", True),
+     ("false", False), ("0", False), ("no", False), ("OFF", False)],
+)  # fmt: skip
+def test_booleans_take_the_usual_words(raw, value):
+    assert Settings.load({"CALLS_WEBHOOK_DELIVERY": raw}).webhook_delivery is value
+
+
+def test_an_empty_optional_setting_is_unset():
+    assert Settings.load({"CALLS_ADMIN_TOKEN": ""}).admin_token is None
