@@ -22,9 +22,11 @@ import uvicorn
 from calls_server.app import create_app
 from calls_server.domain import keys
 from calls_server.domain.errors import ApiError
+from calls_server.domain.quotas import Quota
 from calls_server.integrations.clock import wall_clock
 from calls_server.settings import Settings, SettingsError
 from calls_server.storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
+from calls_server.storage.journal import salvage
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +146,22 @@ def revoke_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def recover(args: argparse.Namespace, settings: Settings) -> int:
+    """Salvage everything readable of a damaged data directory into a new one."""
+    try:
+        report = salvage(settings.data_dir, args.to)
+    except FileExistsError as e:
+        print(f"calls-server: {e}", file=sys.stderr)
+        return 2
+    _print(report)
+    print(
+        f"Salvaged into {args.to}: {len(report['problems'])} problem(s), listed above. "
+        f"Start the server with --data-dir {args.to}.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, Any]:
     record, secret = keys.new_api_key(organization_id, wall_clock(), name)
     store.add_api_key(record)
@@ -151,7 +169,8 @@ def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, 
 
 
 def _open(settings: Settings) -> EmbeddedStore:
-    return EmbeddedStore(settings.data_dir, compact_every=settings.compact_every)
+    quota = Quota(max_calls=settings.quota_calls, max_bytes=settings.quota_bytes)
+    return EmbeddedStore(settings.data_dir, compact_every=settings.compact_every, quota=quota)
 
 
 def _print(value: Any) -> None:
@@ -194,6 +213,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("organization_id")
     revoke.add_argument("api_key_id")
     revoke.set_defaults(command=revoke_key)
+
+    salvage_ = commands.add_parser(
+        "recover",
+        help="copy everything readable of a damaged data directory into a new one",
+        description="Reads the data directory (--data-dir) as far as it can: the snapshot if "
+        "it is intact, then every intact journal record in order, skipping damaged ones; "
+        "writes the result as a new data directory and prints what could not be read.",
+    )
+    salvage_.add_argument("--to", type=Path, required=True, help="the new data directory")
+    salvage_.set_defaults(command=recover)
     return parser
 
 

@@ -147,6 +147,9 @@ def describe(error: ValidationError) -> str:
             else f"does not match {error.validator_value!r}"
         )
         return f"{_show(error.instance)} {rule}{where}"
+    if error.validator in ("maxProperties", "maxItems"):
+        things = "keys" if error.validator == "maxProperties" else "items"
+        return f"has more than {rule} {things}{where}"
     return f"{error.message}{where}"
 
 

@@ -53,6 +53,9 @@ class Settings:
     webhook_allow_http: bool = False
     # Seconds between two looks for due scheduled calls (with a dialer configured).
     scheduler_interval: float = 0.5
+    # Per organization: at most this many calls, and this many bytes of calls (0: no limit).
+    quota_calls: int = 0
+    quota_bytes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_level", self.log_level.lower())
@@ -85,6 +88,8 @@ class Settings:
             )
         if not 0.05 <= self.scheduler_interval <= 60:
             raise SettingsError(f"{PREFIX}SCHEDULER_INTERVAL must be between 0.05 and 60 seconds")
+        if self.quota_calls < 0 or self.quota_bytes < 0:
+            raise SettingsError(f"{PREFIX}QUOTA_CALLS and {PREFIX}QUOTA_BYTES must be 0 or more")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(
                 f"{PREFIX}LOG_LEVEL must be one of critical, error, warning, info, debug"

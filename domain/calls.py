@@ -29,6 +29,14 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "error": frozenset(),
 }
 
+# How much one call may hold (documented in openapi.yaml, "Limits"). Each update adds an
+# event, so a call updated without end would grow without end: past MAX_EVENTS the oldest
+# events but the first are dropped, and one event says how many.
+MAX_EVENTS = 200
+MAX_METADATA_KEYS = 100
+MAX_CALL_BYTES = 2 * 1024 * 1024  # the whole call as JSON
+EVENTS_OMITTED = "Earlier events omitted"
+
 # Metadata keys the server keeps for scheduled calls, as upstream shows them.
 SCHEDULE_METADATA_KEYS = ("is_scheduled", "scheduled_timestamp", "execution_status")
 
@@ -68,6 +76,15 @@ def event(now: int, call: Call, name: str, data: Mapping[str, Any] | None = None
     return {"timestamp": now, "event": name, "session_time": session_time, "data": dict(data or {})}
 
 
+def check_size(call_id: str, size: int) -> None:
+    """Raise BadRequest if a call of `size` bytes (as JSON) is larger than a call may be."""
+    if size > MAX_CALL_BYTES:
+        raise BadRequest(
+            f"Call '{call_id}' would take {size} bytes, more than the {MAX_CALL_BYTES} a "
+            "call may hold; store less (metadata, transcript) in it"
+        )
+
+
 def new_call(
     *,
     organization_id: str,
@@ -83,6 +100,7 @@ def new_call(
     event_data: Mapping[str, Any] | None = None,
 ) -> Call:
     """A new call in status `registered`, with its creation event."""
+    _check_metadata(metadata or {})
     call: Call = {
         "id": str(uuid.uuid4()),
         "call_id": call_id or new_call_id(),
@@ -113,7 +131,7 @@ def new_call(
         "call_cost": None,
         "telephony_identifier": None,
     }
-    call["events"].append(event(now, call, event_name, event_data))
+    _record(call, now, event_name, event_data)
     return call
 
 
@@ -126,9 +144,7 @@ def schedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
     scheduled["metadata"].update(
         is_scheduled=True, scheduled_timestamp=scheduled_timestamp, execution_status="pending"
     )
-    scheduled["events"].append(
-        event(now, scheduled, "Call scheduled", {"scheduled_timestamp": scheduled_timestamp})
-    )
+    _record(scheduled, now, "Call scheduled", {"scheduled_timestamp": scheduled_timestamp})
     return scheduled
 
 
@@ -141,16 +157,14 @@ def reschedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
     moved["scheduled_timestamp"] = scheduled_timestamp
     moved["metadata"]["scheduled_timestamp"] = scheduled_timestamp
     moved["updated_at"] = now
-    moved["events"].append(
-        event(
-            now,
-            moved,
-            "Scheduled call time updated",
-            {
-                "previous_scheduled_timestamp": previous,
-                "new_scheduled_timestamp": scheduled_timestamp,
-            },
-        )
+    _record(
+        moved,
+        now,
+        "Scheduled call time updated",
+        {
+            "previous_scheduled_timestamp": previous,
+            "new_scheduled_timestamp": scheduled_timestamp,
+        },
     )
     return moved
 
@@ -164,13 +178,11 @@ def cancel_schedule(call: Call, now: int) -> Call:
     _leave_schedule(cancelled, "cancelled")
     cancelled["metadata"].pop("scheduled_timestamp", None)
     cancelled["updated_at"] = now
-    cancelled["events"].append(
-        event(
-            now,
-            cancelled,
-            "Scheduled call cancelled - converted to regular call",
-            {"previous_scheduled_timestamp": previous, "cancelled_at": now // 1000},
-        )
+    _record(
+        cancelled,
+        now,
+        "Scheduled call cancelled - converted to regular call",
+        {"previous_scheduled_timestamp": previous, "cancelled_at": now // 1000},
     )
     return cancelled
 
@@ -195,6 +207,7 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
             updated["metadata"].pop(key, None)
         else:
             updated["metadata"][key] = copy.deepcopy(value)
+    _check_metadata(updated["metadata"])
 
     for field in ("start_timestamp", "end_timestamp"):
         if field in changes:
@@ -220,7 +233,7 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
         raise BadRequest(f"end_timestamp ({end}) is before start_timestamp ({start})")
     updated["call_duration"] = end - start if start is not None and end is not None else None
     updated["updated_at"] = now
-    updated["events"].append(event(now, updated, "Call updated via API", event_data))
+    _record(updated, now, "Call updated via API", event_data)
     return updated
 
 
@@ -234,7 +247,7 @@ def claim_due(call: Call, now: int) -> Call:
     claimed["updated_at"] = now
     late = max(0, now // 1000 - call["scheduled_timestamp"])
     data = {"scheduled_timestamp": call["scheduled_timestamp"], "late_by_seconds": late}
-    claimed["events"].append(event(now, claimed, "Scheduled call due", data))
+    _record(claimed, now, "Scheduled call due", data)
     return claimed
 
 
@@ -262,7 +275,7 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
     result["updated_at"] = now
     name = "Call dispatched to dialer" if accepted else "Dialing failed"
     data = {"result": reason, "attempts": attempts, "previous_status": call["call_status"]}
-    result["events"].append(event(now, result, name, data))
+    _record(result, now, name, data)
     return result
 
 
@@ -310,3 +323,31 @@ def _require_future(scheduled_timestamp: int, now: int) -> None:
             f"scheduled_timestamp {scheduled_timestamp} is not in the future "
             f"(now is {now // 1000}, Unix seconds)"
         )
+
+
+def _record(call: Call, now: int, name: str, data: Mapping[str, Any] | None = None) -> None:
+    """Append an event to `call` (a private copy), keeping its timeline within MAX_EVENTS:
+    the first event, one that counts the omitted ones, then the latest."""
+    events = call["events"]
+    events.append(event(now, call, name, data))
+    if len(events) <= MAX_EVENTS:
+        return
+    first, rest = events[0], events[1:]
+    omitted = 0
+    if rest[0]["event"] == EVENTS_OMITTED:
+        omitted, rest = rest[0]["data"]["omitted"], rest[1:]
+    drop = len(rest) - (MAX_EVENTS - 2)
+    marker = {
+        "timestamp": rest[drop - 1]["timestamp"],
+        "event": EVENTS_OMITTED,
+        "session_time": rest[drop - 1]["session_time"],
+        "data": {"omitted": omitted + drop},
+    }
+    call["events"] = [first, marker, *rest[drop:]]
+
+
+def _check_metadata(metadata: Mapping[str, Any]) -> None:
+    """Raise BadRequest if `metadata` holds more client keys than a call may hold."""
+    keys = len([key for key in metadata if key not in SCHEDULE_METADATA_KEYS])
+    if keys > MAX_METADATA_KEYS:
+        raise BadRequest(f"metadata would have {keys} keys, more than {MAX_METADATA_KEYS}")

@@ -14,7 +14,9 @@ Hierarchy::
     ├── Conflict              409 the request conflicts with the stored state
     │   ├── DuplicateId           a custom id that exists already
     │   └── IllegalTransition     a status change the lifecycle does not allow
-    └── PayloadTooLarge       413 the body is larger than the configured limit
+    ├── PayloadTooLarge       413 the body is larger than the configured limit
+    ├── QuotaExceeded         429 the organization holds as many calls or bytes as allowed
+    └── StoreUnavailable      503 the data directory cannot be written (e.g. the disk is full)
 """
 
 from __future__ import annotations
@@ -101,3 +103,13 @@ class IllegalTransition(Conflict):
 class PayloadTooLarge(ApiError):
     status_code = 413
     message = "Payload too large"
+
+
+class QuotaExceeded(ApiError):
+    status_code = 429
+    message = "Quota exceeded"
+
+
+class StoreUnavailable(ApiError):
+    status_code = 503
+    message = "Service unavailable"

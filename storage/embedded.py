@@ -2,16 +2,21 @@
 
 TinyDB as shipped rebuilds a whole table on every write and scans on every search. Here:
 
-- `JournaledTable` mutates the stored table in place (O(1) per write) and hands exactly
-  the documents it touched to the storage's journal (should that fail, the in-memory
-  change is rolled back); every write method then waits, outside the lock, until the
-  journal has them on disk (group commit);
+- `JournaledTable` (storage/tinydb_table.py) mutates the stored table in place (O(1) per
+  write) and hands exactly the documents it touched to the storage's journal (should that
+  fail, the in-memory change is rolled back); every write method then waits, outside the
+  lock, until the journal has them on disk (group commit);
 - a stored document is never mutated, only replaced (`JournaledTable.replace`), so that
   the journal can snapshot a shallow copy of the tables in the background;
-- lookups and listings go through in-memory indexes (`storage.call_index` per
-  organization, api_key -> document id), rebuilt once on open, so nothing scans;
+- every lookup and listing goes through in-memory indexes, rebuilt once on open: calls per
+  organization (`storage.call_index`), API keys by key and per organization, webhooks per
+  organization, scheduled calls by due time. No request reads another organization's
+  records;
 - one lock serializes every write and every read that spans documents, since neither
-  TinyDB nor its storages are thread-safe.
+  TinyDB nor its storages are thread-safe;
+- when the data directory cannot be written, a write is refused with 503 and rolled back;
+  should the journal no longer be known to match the disk, every request is refused with
+  503 until a restart, so that nothing is ever answered that the disk may not hold.
 """
 
 from __future__ import annotations
@@ -19,118 +24,47 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
 from sortedcontainers import SortedList
-from tinydb import TinyDB
-from tinydb.table import Table
 
+from calls_server.domain import calls
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import (
     ApiKeyNotFound,
     CallNotFound,
     DuplicateId,
     OrganizationNotFound,
+    StoreUnavailable,
     WebhookNotFound,
 )
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
+from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import Webhook
 from calls_server.storage.call_index import OrgCallIndex
 from calls_server.storage.interface import CallListener
-from calls_server.storage.journal import Change, JournalStorage
+from calls_server.storage.journal import JournalFailed, JournalStorage
+from calls_server.storage.tinydb_table import EmbeddedTinyDB, JournaledTable, raw_documents
 
-_MISSING = object()
 _MAX = "\U0010ffff"  # sorts after every organization and call id
-
-
-class _RecordingView(MutableMapping[int, Any]):
-    """The stored table (str keys) seen with int keys, remembering what was touched."""
-
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.raw = raw
-        self.originals: dict[str, Any] = {}
-
-    def _touch(self, key: str) -> None:
-        # A reference is enough: stored documents are replaced, never mutated.
-        self.originals.setdefault(key, self.raw.get(key, _MISSING))
-
-    def __getitem__(self, doc_id: int) -> Any:
-        key = str(doc_id)
-        self._touch(key)
-        return self.raw[key]
-
-    def __setitem__(self, doc_id: int, doc: Any) -> None:
-        key = str(doc_id)
-        self._touch(key)
-        self.raw[key] = doc
-
-    def __delitem__(self, doc_id: int) -> None:
-        key = str(doc_id)
-        self._touch(key)
-        del self.raw[key]
-
-    def __contains__(self, doc_id: object) -> bool:
-        return str(doc_id) in self.raw
-
-    def __iter__(self) -> Iterator[int]:
-        return (int(key) for key in self.raw)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def rollback(self) -> None:
-        for key, original in self.originals.items():
-            if original is _MISSING:
-                self.raw.pop(key, None)
-            else:
-                self.raw[key] = original
-
-
-class JournaledTable(Table):
-    """A TinyDB table whose writes cost O(1) and are journaled before they return."""
-
-    def _update_table(self, updater: Callable[[Any], None]) -> None:
-        storage = cast(JournalStorage, self._storage)
-        view = _RecordingView(storage.read().setdefault(self.name, {}))
-        try:
-            updater(view)
-            changes: list[Change] = [(self.name, key, view.raw.get(key)) for key in view.originals]
-            storage.commit(changes)
-        except BaseException:
-            view.rollback()
-            raise
-        finally:
-            self.clear_cache()
-
-    def update(self, *args: Any, **kwargs: Any) -> list[int]:
-        """Refused: TinyDB's update mutates stored documents in place; use `replace`."""
-        raise NotImplementedError("stored documents are never mutated: use replace()")
-
-    def replace(self, doc_id: int, doc: Mapping[str, Any]) -> None:
-        """Store `doc` in place of document `doc_id` (a new object: stored ones never change)."""
-
-        def swap(table: MutableMapping[int, Any]) -> None:
-            if doc_id not in table:
-                raise KeyError(doc_id)
-            table[doc_id] = dict(doc)
-
-        self._update_table(swap)
-
-
-class EmbeddedTinyDB(TinyDB):
-    table_class = JournaledTable
 
 
 class EmbeddedStore:
     """The `storage.interface.Store` of a data directory on local disk."""
 
-    def __init__(self, directory: str | os.PathLike[str], compact_every: int = 10_000) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        compact_every: int = 10_000,
+        quota: Quota | None = None,
+    ) -> None:
         self._lock = threading.RLock()
         self._db = EmbeddedTinyDB(directory, storage=JournalStorage, compact_every=compact_every)
         self._journal = cast(JournalStorage, self._db.storage)
+        self._quota = quota or Quota()
         self._calls = self._table("calls")
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
@@ -138,9 +72,14 @@ class EmbeddedStore:
         self._listeners: list[CallListener] = []
         # Indexes: rebuilt here, kept up to date by every write below.
         by_org: dict[str, list[tuple[int, Call]]] = {}
-        for doc_id, call in _raw(self._calls).items():
+        for doc_id, call in raw_documents(self._calls).items():
             by_org.setdefault(call["organization_id"], []).append((int(doc_id), call))
         self._call_index = {org: OrgCallIndex(found) for org, found in by_org.items()}
+        # The JSON size of each call, and their sum per organization (for the quota).
+        self._sizes = {int(i): _size(call) for i, call in raw_documents(self._calls).items()}
+        self._org_bytes: dict[str, int] = {}
+        for org, found in by_org.items():
+            self._org_bytes[org] = sum(self._sizes[doc_id] for doc_id, _ in found)
         # Scheduled calls of every organization by due time: (seconds, organization, call id).
         self._schedule = SortedList(
             (call["scheduled_timestamp"], org, call["call_id"])
@@ -148,29 +87,39 @@ class EmbeddedStore:
             for _, call in found
             if call["call_status"] == "scheduled"
         )
-        self._org_ids: dict[str, int] = {}
-        self._key_ids: dict[str, int] = {}
-        for doc in self._organizations.all():
-            self._org_ids[doc["organization_id"]] = doc.doc_id
+        self._org_ids = {doc["organization_id"]: doc.doc_id for doc in self._organizations.all()}
+        self._key_ids: dict[str, int] = {}  # api_key -> doc id
+        self._org_keys: dict[str, dict[str, int]] = {}  # organization -> api_key_id -> doc id
         for doc in self._keys.all():
             self._key_ids[doc["api_key"]] = doc.doc_id
+            self._org_keys.setdefault(doc["organization_id"], {})[doc["api_key_id"]] = doc.doc_id
+        self._org_webhooks: dict[str, dict[str, int]] = {}  # organization -> id -> doc id
+        for doc in self._webhooks.all():
+            self._org_webhooks.setdefault(doc["organization_id"], {})[doc["id"]] = doc.doc_id
 
     # -- calls -----------------------------------------------------------------------------
     def add_call(self, call: Call) -> None:
         with self._writing():
-            index = self._call_index.setdefault(call["organization_id"], OrgCallIndex())
-            if call["call_id"] in index.call_ids:
+            org = call["organization_id"]
+            index = self._call_index.get(org)
+            if index is not None and call["call_id"] in index.call_ids:
                 raise DuplicateId(
                     f"A call with ID '{call['call_id']}' already exists",
                     message="Call already exists",
                 )
-            stored = _copy(call)
-            index.add(self._calls.insert(stored), stored)
+            stored, size = _stored(call)
+            self._quota.check(len(index or ()) + 1, self._org_bytes.get(org, 0) + size)
+            doc_id = self._calls.insert(stored)
+            if index is None:
+                index = self._call_index[org] = OrgCallIndex()
+            index.add(doc_id, stored)
+            self._sizes[doc_id] = size
+            self._org_bytes[org] = self._org_bytes.get(org, 0) + size
             self._track_schedule(None, stored)
             self._notify(None, stored)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
-        with self._lock:
+        with self._reading():
             return _copy(self._stored_call(organization_id, call_id)[1])
 
     def change_call(
@@ -179,9 +128,13 @@ class EmbeddedStore:
         with self._writing():
             doc_id, old = self._stored_call(organization_id, call_id)
             changed = change(_copy(old))
-            new = _copy(changed)
+            new, size = _stored(changed)
+            grown = self._org_bytes[organization_id] - self._sizes[doc_id] + size
+            if size > self._sizes[doc_id]:
+                self._quota.check(len(self._call_index[organization_id]), grown)
             self._calls.replace(doc_id, new)
             self._call_index[organization_id].replace(doc_id, old, new)
+            self._sizes[doc_id], self._org_bytes[organization_id] = size, grown
             self._track_schedule(old, new)
             self._notify(old, new)
             return changed
@@ -191,22 +144,23 @@ class EmbeddedStore:
             doc_id, old = self._stored_call(organization_id, call_id)
             self._calls.remove(doc_ids=[doc_id])
             self._call_index[organization_id].remove(doc_id, old)
+            self._org_bytes[organization_id] -= self._sizes.pop(doc_id)
             self._track_schedule(old, None)
             self._notify(old, None)
             return _copy(old)
 
     def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
-        with self._lock:
+        with self._reading():
             index = self._call_index.get(organization_id)
             if index is None:
                 return [], 0
-            table = _raw(self._calls)
+            table = raw_documents(self._calls)
             page, total = index.select(query, table)
             return [_copy(table[str(doc_id)]) for doc_id in page], total
 
     def scheduled_calls(self, due_by: int) -> list[Call]:
-        with self._lock:
-            table = _raw(self._calls)
+        with self._reading():
+            table = raw_documents(self._calls)
             return [
                 _copy(table[str(self._call_index[org].call_ids[call_id])])
                 for _, org, call_id in self._schedule.irange(maximum=(due_by, _MAX, _MAX))
@@ -223,7 +177,7 @@ class EmbeddedStore:
         doc_id = None if index is None else index.call_ids.get(call_id)
         if doc_id is None:
             raise CallNotFound(call_id)
-        return doc_id, _raw(self._calls)[str(doc_id)]
+        return doc_id, raw_documents(self._calls)[str(doc_id)]
 
     # -- organizations and API keys --------------------------------------------------------
     def add_organization(self, organization: Organization) -> None:
@@ -237,62 +191,61 @@ class EmbeddedStore:
             self._org_ids[organization_id] = self._organizations.insert(_copy(organization))
 
     def get_organization(self, organization_id: str) -> Organization:
-        with self._lock:
-            return _copy(_get(self._organizations, self._org_doc_id(organization_id)))
+        with self._reading():
+            doc_id = self._org_doc_id(organization_id)
+            return _copy(raw_documents(self._organizations)[str(doc_id)])
 
     def add_api_key(self, key: ApiKey) -> None:
         with self._writing():
             self._org_doc_id(key["organization_id"])
-            self._key_ids[key["api_key"]] = self._keys.insert(_copy(key))
+            doc_id = self._keys.insert(_copy(key))
+            self._key_ids[key["api_key"]] = doc_id
+            self._org_keys.setdefault(key["organization_id"], {})[key["api_key_id"]] = doc_id
 
     def find_api_key(self, api_key: str) -> ApiKey | None:
         # Called on the event loop for every request, so it takes no lock (a writer may
         # hold it through an fsync): dict reads are atomic, and a stored document is
         # replaced, never mutated, so this sees the old or the new key, whole.
+        self._check_usable()
         doc_id = self._key_ids.get(api_key)
         if doc_id is None:
             return None
-        return dict(_raw(self._keys)[str(doc_id)])
+        return dict(raw_documents(self._keys)[str(doc_id)])
 
     def list_api_keys(self, organization_id: str) -> list[ApiKey]:
-        with self._lock:
+        with self._reading():
             self._org_doc_id(organization_id)
-            return [
-                _copy(key) for key in self._keys.all() if key["organization_id"] == organization_id
-            ]
+            table = raw_documents(self._keys)
+            ids = self._org_keys.get(organization_id, {}).values()
+            return [_copy(table[str(doc_id)]) for doc_id in sorted(ids)]
 
     def change_api_key(
         self, organization_id: str, api_key_id: str, change: Callable[[ApiKey], ApiKey]
     ) -> ApiKey:
         with self._writing():
             self._org_doc_id(organization_id)
-            found = [
-                key
-                for key in self._keys.all()
-                if key["organization_id"] == organization_id and key["api_key_id"] == api_key_id
-            ]
-            if not found:
+            doc_id = self._org_keys.get(organization_id, {}).get(api_key_id)
+            if doc_id is None:
                 raise ApiKeyNotFound(api_key_id)
-            changed = change(_copy(found[0]))
-            self._keys.replace(found[0].doc_id, _copy(changed))
+            changed = change(_copy(raw_documents(self._keys)[str(doc_id)]))
+            self._keys.replace(doc_id, _copy(changed))
             return changed
 
     # -- webhooks --------------------------------------------------------------------------
     def add_webhook(self, webhook: Webhook) -> None:
         with self._writing():
             self._org_doc_id(webhook["organization_id"])
-            self._webhooks.insert(_copy(webhook))
+            doc_id = self._webhooks.insert(_copy(webhook))
+            self._org_webhooks.setdefault(webhook["organization_id"], {})[webhook["id"]] = doc_id
 
     def webhooks(self, organization_id: str) -> list[Webhook]:
-        with self._lock:
-            return [
-                _copy(hook)
-                for hook in _raw(self._webhooks).values()
-                if hook["organization_id"] == organization_id
-            ]
+        with self._reading():
+            table = raw_documents(self._webhooks)
+            ids = self._org_webhooks.get(organization_id, {}).values()
+            return [_copy(table[str(doc_id)]) for doc_id in sorted(ids)]
 
     def get_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
-        with self._lock:
+        with self._reading():
             return _copy(self._stored_webhook(organization_id, webhook_id)[1])
 
     def change_webhook(
@@ -308,20 +261,22 @@ class EmbeddedStore:
         with self._writing():
             doc_id, old = self._stored_webhook(organization_id, webhook_id)
             self._webhooks.remove(doc_ids=[doc_id])
+            del self._org_webhooks[organization_id][webhook_id]
             return _copy(old)
 
     def _stored_webhook(self, organization_id: str, webhook_id: str) -> tuple[int, Webhook]:
-        for doc_id, hook in _raw(self._webhooks).items():
-            if hook["organization_id"] == organization_id and hook["id"] == webhook_id:
-                return int(doc_id), hook
-        raise WebhookNotFound(webhook_id)
+        doc_id = self._org_webhooks.get(organization_id, {}).get(webhook_id)
+        if doc_id is None:
+            raise WebhookNotFound(webhook_id)
+        return doc_id, raw_documents(self._webhooks)[str(doc_id)]
 
     # -- listening ---------------------------------------------------------------------------
     def on_call_change(self, listener: CallListener) -> None:
         self._listeners.append(listener)
 
     def wait_durable(self) -> None:
-        self._journal.wait_durable()
+        with _unavailable_when_failed():
+            self._journal.wait_durable()
 
     def _notify(self, old: Call | None, new: Call | None) -> None:
         for listener in self._listeners:
@@ -337,26 +292,53 @@ class EmbeddedStore:
         with self._lock:
             self._db.close()
 
+    def abandon(self) -> None:
+        """Let go of the data directory without a final snapshot, as a killed process would
+        (for crash and recovery tests)."""
+        with self._lock:
+            self._journal.abandon()
+
+    def _check_usable(self) -> None:
+        with _unavailable_when_failed():
+            self._journal.check_usable()
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the lock for a read, once the store is known to match the disk."""
+        with self._lock:
+            self._check_usable()
+            yield
+
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """Hold the lock for a write; after it, wait until the write is on disk."""
-        with self._lock:
-            yield
-        self._journal.wait_durable()
+        with _unavailable_when_failed():
+            with self._lock:
+                yield
+            self._journal.wait_durable()
 
     def _table(self, name: str) -> JournaledTable:
         return cast(JournaledTable, self._db.table(name, cache_size=0))
 
 
-def _raw(table: Table) -> dict[str, Call]:
-    """The stored documents of `table` by id, without TinyDB's per-read copies."""
-    return cast(dict[str, Call], table._read_table())
+@contextmanager
+def _unavailable_when_failed() -> Iterator[None]:
+    """JournalFailed, as the API's 503."""
+    try:
+        yield
+    except JournalFailed as e:
+        raise StoreUnavailable(f"The store cannot take this request: {e}") from e
 
 
-def _get(table: Table, doc_id: int) -> dict[str, Any]:
-    doc = table.get(doc_id=doc_id)
-    assert doc is not None, "an index points at a missing document"
-    return doc
+def _stored(call: Call) -> tuple[Call, int]:
+    """A private copy of `call` to store, and its JSON size; refused if it is too large."""
+    text = json.dumps(call)
+    calls.check_size(call["call_id"], len(text))
+    return dict(json.loads(text)), len(text)
+
+
+def _size(call: Mapping[str, Any]) -> int:
+    return len(json.dumps(call))
 
 
 def _copy(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,32 +1,43 @@
 """A TinyDB Storage kept in memory and made durable by an append-only journal.
 
-The data directory holds:
+The data directory (0700, its files 0600, whatever the umask) holds:
 
-- `snapshot.json`: the whole database as of journal record `seq`, written to a temporary
+- `snapshot.json`: the whole database as of journal record `seq`, a JSON document followed
+  by a trailer line `#crc32=<8 hex> bytes=<n>` over the document, written to a temporary
   file, fsync'd and atomically renamed into place, so it is always complete;
-- `journal-<first seq>.jsonl` segments: one JSON line per committed write, on disk before
-  the write is acknowledged. On open they are replayed over the snapshot (records the
-  snapshot already holds are skipped by their seq); a torn last line, from a crash in the
-  middle of an append, is dropped, since that write was never acknowledged;
+- `journal-<first seq>.jsonl` segments: one line per committed write,
+  `<8 hex CRC-32 of the JSON> {"seq": n, "changes": [...]}`, on disk before the write is
+  acknowledged;
 - `lock`: held with `flock` while the directory is open, so a second process is refused
   instead of corrupting the data. The kernel drops the lock when the process dies.
+
+On open the snapshot is loaded and the segments replayed over it (records the snapshot
+already holds are skipped by their seq). Every checksum is verified and the sequence
+numbers must run on without a gap from the snapshot through the last segment. The only
+damage repaired silently (and logged) is a torn tail: an incomplete last line of the last
+segment, from a crash in the middle of an append, which was never acknowledged. Anything
+else refuses to open with `CorruptJournal`, naming the file, the byte offset and what to do
+(`calls-server recover`, see `salvage`).
 
 Commits are grouped: a writer appends its record under the caller's lock, then waits
 outside it (`wait_durable`) until an fsync covers the record; one fsync serves every
 record written while the previous one ran. Until then other requests may already read the
-change, but nobody has been told it is saved. Should an fsync fail, what the OS holds is
-unknown: the journal refuses all further writes (`JournalFailed`) until a restart
-recovers from what is on disk.
+change, but nobody has been told it is saved. Appends go straight to the file descriptor
+(no user-space buffer): an append that fails (a full disk) is cut off again before the
+error is reported, so the refused record never reaches the disk later, and the journal
+goes on once there is room. Should the cut or an fsync fail, what the disk holds is
+unknown: the journal refuses all further reads and writes (`JournalFailed`) until a
+restart recovers from what is on disk.
 
 Compaction runs in the background every `compact_every` records, or every as many records
-as there are stored documents if that is more: the journal moves on to a new segment, the
-tables are copied shallowly (stored documents are never mutated, only replaced) and a
-thread writes the snapshot, then deletes the segments it covers. Writers wait for none
-of it.
+as there are stored documents if that is more. The writer whose record triggers it waits
+while the journal moves on to a new segment (an fsync) and the tables are copied
+shallowly (stored documents are never mutated, only replaced); a thread then writes the
+snapshot and deletes the segments it covers, and no writer waits for that part.
 
 TinyDB's `Storage.write(data)` only ever sees the whole database, so the journal records
-are produced a layer up, by the table (`storage.embedded.JournaledTable`), and handed to
-`commit`.
+are produced a layer up, by the table (`storage.tinydb_table.JournaledTable`), and handed
+to `commit`.
 """
 
 from __future__ import annotations
@@ -37,6 +48,9 @@ import json
 import logging
 import os
 import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,9 +63,16 @@ Change = tuple[str, str, dict[str, Any] | None]
 SNAPSHOT = "snapshot.json"
 LOCK = "lock"
 SEGMENT_GLOB = "journal-*.jsonl"
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
 # Documents per json.dumps call in a snapshot: the C encoder holds the GIL for a whole
 # call, so one call for 100k calls would stall the server for most of a second.
 SNAPSHOT_CHUNK = 500
+RECOVERY_HINT = (
+    "Nothing was changed. Keep a copy of the data directory, then run "
+    "`calls-server --data-dir <this directory> recover --to <new directory>` to salvage "
+    "everything readable, and start the server on the new directory."
+)
 
 log = logging.getLogger("calls_server.journal")
 
@@ -61,11 +82,11 @@ class DataDirectoryLocked(RuntimeError):
 
 
 class CorruptJournal(RuntimeError):
-    """A journal record other than the very last one cannot be read."""
+    """The data on disk is damaged or incomplete in a way that is not a torn last append."""
 
 
 class JournalFailed(RuntimeError):
-    """An fsync failed: no write can be made durable any more until a restart."""
+    """A write could not be made durable or undone: the store is unusable until a restart."""
 
 
 def segment_name(first_seq: int) -> str:
@@ -73,26 +94,140 @@ def segment_name(first_seq: int) -> str:
     return f"journal-{first_seq:012d}.jsonl"
 
 
+def encode_record(seq: int, changes: list[Change]) -> bytes:
+    """One journal line: the record's CRC-32, a space, the record as JSON, a newline."""
+    payload = json.dumps({"seq": seq, "changes": changes}, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
 def write_snapshot(directory: Path, seq: int, tables: Tables) -> None:
     """Atomically replace the snapshot in `directory` by `tables` as of record `seq`."""
-    snapshot = directory / SNAPSHOT
     temporary = directory / f".{SNAPSHOT}.{threading.get_ident()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(f'{{"seq":{seq},"tables":{{')
-        for number, (name, documents) in enumerate(tables.items()):
-            f.write(("," if number else "") + json.dumps(name) + ":{")
-            items = list(documents.items())
-            for start in range(0, len(items), SNAPSHOT_CHUNK):
-                chunk = json.dumps(
-                    dict(items[start : start + SNAPSHOT_CHUNK]), separators=(",", ":")
-                )
-                f.write(("," if start else "") + chunk[1:-1])
-            f.write("}")
-        f.write("}}")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, snapshot)
+    try:
+        with _create(temporary) as f:
+            crc, size = 0, 0
+            for piece in _snapshot_pieces(seq, tables):
+                data = piece.encode()
+                f.write(data)
+                crc, size = zlib.crc32(data, crc), size + len(data)
+            f.write(b"\n#crc32=%08x bytes=%d\n" % (crc, size))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, directory / SNAPSHOT)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()  # only still there if something failed
     _fsync_directory(directory)
+
+
+def _snapshot_pieces(seq: int, tables: Tables) -> Iterator[str]:
+    yield f'{{"seq":{seq},"tables":{{'
+    for number, (name, documents) in enumerate(tables.items()):
+        yield ("," if number else "") + json.dumps(name) + ":{"
+        items = list(documents.items())
+        for start in range(0, len(items), SNAPSHOT_CHUNK):
+            chunk = json.dumps(dict(items[start : start + SNAPSHOT_CHUNK]), separators=(",", ":"))
+            yield ("," if start else "") + chunk[1:-1]
+        yield "}"
+    yield "}}"
+
+
+@dataclass
+class Replay:
+    """What a data directory holds: its tables as of record `seq`, and what was wrong."""
+
+    seq: int = 0
+    tables: Tables = field(default_factory=dict)
+    records: int = 0  # records applied from the segments
+    problems: list[str] = field(default_factory=list)  # only when salvaging
+    torn_tail: tuple[Path, int] | None = None  # (segment, offset) of an incomplete last line
+
+
+def replay(directory: Path, salvage: bool = False) -> Replay:
+    """Load the snapshot and replay the segments of `directory`, verifying everything.
+
+    Strict (the default): the first problem raises CorruptJournal. Salvaging: every
+    readable record is applied in order and each problem is listed instead; records
+    after a gap in the sequence are still applied (each carries whole documents), and
+    the gap is reported.
+    """
+    state = Replay()
+
+    def problem(message: str) -> None:
+        if not salvage:
+            raise CorruptJournal(f"{message}. {RECOVERY_HINT}")
+        state.problems.append(message)
+
+    snapshot = directory / SNAPSHOT
+    if snapshot.exists():
+        try:
+            state.seq, state.tables = _load_snapshot(snapshot)
+        except ValueError as e:
+            problem(f"{snapshot}: {e}")
+    segments = sorted(directory.glob(SEGMENT_GLOB), key=_first_seq)
+    for index, path in enumerate(segments):
+        data = path.read_bytes()
+        last_segment = index == len(segments) - 1
+        offset = 0
+        while offset < len(data):
+            end = data.find(b"\n", offset)
+            if end < 0:  # no newline: an append cut short
+                if last_segment:
+                    state.torn_tail = (path, offset)
+                else:
+                    problem(f"{path}: an incomplete record at byte {offset}")
+                break
+            try:
+                seq, changes = _decode_record(data[offset:end])
+            except ValueError as e:
+                problem(f"{path}: the record at byte {offset} is damaged: {e}")
+                offset = end + 1
+                continue
+            if offset == 0 and seq != _first_seq(path):
+                problem(f"{path}: begins with record {seq}, not {_first_seq(path)} as named")
+            if seq <= state.seq:
+                offset = end + 1
+                continue  # already in the snapshot
+            if seq != state.seq + 1:
+                if state.seq == 0 and not snapshot.exists():
+                    cause = f"{SNAPSHOT} is missing"
+                elif seq - 1 == state.seq + 1:
+                    cause = f"record {seq - 1} is missing"
+                else:
+                    cause = f"records {state.seq + 1} to {seq - 1} are missing"
+                problem(
+                    f"{path}: record {seq} at byte {offset} does not follow record "
+                    f"{state.seq}: {cause}"
+                )
+            for table, doc_id, doc in changes:
+                _apply(state.tables, table, doc_id, doc)
+            state.seq = seq
+            state.records += 1
+            offset = end + 1
+    return state
+
+
+def salvage(source: Path, target: Path) -> dict[str, Any]:
+    """Copy everything readable of data directory `source` into a new directory `target`
+    (a snapshot, no segments) and report what could not be read."""
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} exists and is not empty; name a new directory")
+    with _lock(source / LOCK):  # no server may write while it is read
+        state = replay(source, salvage=True)
+    problems = list(state.problems)
+    if state.torn_tail is not None:
+        path, offset = state.torn_tail
+        problems.append(f"{path}: an incomplete last record at byte {offset} (never acknowledged)")
+    _make_directory(target)
+    write_snapshot(target, state.seq, state.tables)
+    return {
+        "source": str(source),
+        "target": str(target),
+        "last_record": state.seq,
+        "records_replayed": state.records,
+        "documents": {name: len(docs) for name, docs in state.tables.items()},
+        "problems": problems,
+    }
 
 
 class JournalStorage(Storage):
@@ -100,7 +235,7 @@ class JournalStorage(Storage):
 
     def __init__(self, directory: str | os.PathLike[str], compact_every: int = 10_000) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _make_directory(self.directory)
         self.compact_every = compact_every
         self._lock_file = _lock(self.directory / LOCK)
         self._compaction: threading.Thread | None = None
@@ -110,8 +245,10 @@ class JournalStorage(Storage):
         self._failed: OSError | None = None
         try:
             _remove_temporaries(self.directory)
-            self._seq, self._tables = _load_snapshot(self.directory / SNAPSHOT)
-            self._records = self._replay()
+            state = replay(self.directory)
+            if state.torn_tail is not None:
+                _cut_torn_tail(*state.torn_tail)
+            self._seq, self._tables, self._records = state.seq, state.tables, state.records
             self._written = self._durable = self._seq
             self._segment = self._open_segment()
         except BaseException:
@@ -134,14 +271,28 @@ class JournalStorage(Storage):
         if self._lock_file.closed:
             return
         try:
-            self._wait_for_compaction()
-            self._rotate()
-            self._compact(self._seq, self._copy_tables(), self._segment_first)
+            self.wait_for_compaction()
+            if self._failed is None:
+                self._rotate()
+                self._compact(self._seq, self._copy_tables(), self._segment_first)
         finally:
-            self._segment.close()
+            os.close(self._segment)
             self._lock_file.close()
 
     # -- the journal ---------------------------------------------------------------------
+    @property
+    def failed(self) -> bool:
+        """Whether a write could not be made durable or undone (nothing works until a restart)."""
+        return self._failed is not None
+
+    def check_usable(self) -> None:
+        """Raise JournalFailed if the journal can no longer be trusted to match the disk."""
+        if self._failed is not None:
+            raise JournalFailed(
+                f"the data directory cannot be written ({self._failed.strerror}); "
+                "restart the server once the cause is fixed"
+            )
+
     def commit(self, changes: list[Change]) -> None:
         """Write `changes` (already applied in memory) to the journal as one record.
 
@@ -165,8 +316,7 @@ class JournalStorage(Storage):
         with self._sync:
             target = self._written
             while self._durable < target:
-                if self._failed is not None:
-                    raise JournalFailed("the journal could not be synced to disk") from None
+                self.check_usable()
                 if self._syncing:  # another writer's fsync is running: it may cover us
                     self._sync.wait()
                     continue
@@ -174,9 +324,9 @@ class JournalStorage(Storage):
                 goal, segment = self._written, self._segment
                 self._sync.release()
                 try:
-                    os.fsync(segment.fileno())
+                    os.fsync(segment)
                 except OSError as e:
-                    log.critical("fsync of the journal failed, refusing further writes: %s", e)
+                    log.critical("fsync of the journal failed, refusing reads and writes: %s", e)
                     self._failed = e
                 finally:
                     self._sync.acquire()
@@ -184,6 +334,7 @@ class JournalStorage(Storage):
                     self._sync.notify_all()
                 if self._failed is None:
                     self._durable = max(self._durable, goal)
+            self.check_usable()
 
     def compact_in_background(self) -> None:
         """Start a new segment and snapshot everything before it on another thread."""
@@ -197,17 +348,21 @@ class JournalStorage(Storage):
         self._compaction.start()
 
     def _append(self, changes: list[Change]) -> None:
-        if self._failed is not None:
-            raise JournalFailed("the journal could not be synced to disk; restart the server")
-        line = json.dumps({"seq": self._seq + 1, "changes": changes}, separators=(",", ":"))
-        size = self._segment.tell()
+        self.check_usable()
+        line = encode_record(self._seq + 1, changes)
+        size = os.lseek(self._segment, 0, os.SEEK_END)
         try:
-            self._segment.write(line.encode("utf-8") + b"\n")
-            self._segment.flush()
-        except OSError:
-            # No half record may stay in front of the next one (disk full, say).
-            self._segment.truncate(size)
-            raise
+            written = 0
+            while written < len(line):
+                written += os.write(self._segment, line[written:])
+        except OSError as e:
+            # No part of a refused record may stay in front of the next one.
+            try:
+                os.ftruncate(self._segment, size)
+            except OSError as undo:
+                log.critical("could not cut a failed append off the journal: %s", undo)
+                self._failed = undo
+            raise JournalFailed(f"the record could not be written ({e.strerror})") from e
         self._seq += 1
         self._records += 1
         self._written = self._seq
@@ -217,16 +372,18 @@ class JournalStorage(Storage):
         with self._sync:
             while self._syncing:
                 self._sync.wait()
-            os.fsync(self._segment.fileno())
+            os.fsync(self._segment)
             self._durable = self._written
-            self._segment.close()
+            os.close(self._segment)
             self._segment = self._open_segment()
             self._records = 0
             self._sync.notify_all()
 
-    def _open_segment(self) -> IO[bytes]:
+    def _open_segment(self) -> int:
         self._segment_first = self._seq + 1
-        segment = open(self.directory / segment_name(self._segment_first), "ab")  # noqa: SIM115
+        path = self.directory / segment_name(self._segment_first)
+        segment = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        os.fchmod(segment, FILE_MODE)
         _fsync_directory(self.directory)
         return segment
 
@@ -239,52 +396,50 @@ class JournalStorage(Storage):
         except OSError:
             log.exception("snapshot failed; the journal keeps every record until the next one")
             return
-        for path in self._segments():
+        for path in sorted(self.directory.glob(SEGMENT_GLOB), key=_first_seq):
             if _first_seq(path) < keep_from:
                 path.unlink()
 
     def _compacting(self) -> bool:
         return self._compaction is not None and self._compaction.is_alive()
 
-    def _wait_for_compaction(self) -> None:
+    def wait_for_compaction(self) -> None:
+        """Return once the snapshot under way, if any, is written."""
         if self._compaction is not None:
             self._compaction.join()
 
-    def _segments(self) -> list[Path]:
-        return sorted(self.directory.glob(SEGMENT_GLOB), key=_first_seq)
+    def abandon(self) -> None:
+        """Let go of the directory without a final snapshot, as a killed process would."""
+        self.wait_for_compaction()
+        os.close(self._segment)
+        self._lock_file.close()
 
-    def _replay(self) -> int:
-        segments = self._segments()
-        replayed = 0
-        for index, path in enumerate(segments):
-            data = path.read_bytes()
-            good_end = 0
-            for line in data.split(b"\n"):
-                end = good_end + len(line) + 1
-                if not line.strip():
-                    good_end = min(end, len(data))
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    if index == len(segments) - 1 and end >= len(data):
-                        # A torn last record: never acknowledged. Cut it off, so that
-                        # it does not end up in the middle of the journal.
-                        with open(path, "r+b") as f:
-                            f.truncate(good_end)
-                            os.fsync(f.fileno())
-                        break
-                    raise CorruptJournal(
-                        f"{path}: a record at byte {good_end} is unreadable"
-                    ) from None
-                good_end = min(end, len(data))
-                if record["seq"] <= self._seq:
-                    continue
-                for table, doc_id, doc in record["changes"]:
-                    _apply(self._tables, table, doc_id, doc)
-                self._seq = record["seq"]
-                replayed += 1
-        return replayed
+
+def _decode_record(line: bytes) -> tuple[int, list[Change]]:
+    """The seq and changes of a journal line (without its newline); ValueError if damaged."""
+    checksum, _, payload = line.partition(b" ")
+    if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(payload):
+        raise ValueError("its checksum does not match")
+    record = json.loads(payload)
+    if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+        raise ValueError("it has no sequence number")
+    if not isinstance(record.get("changes"), list):
+        raise ValueError("it has no changes")
+    return record["seq"], record["changes"]
+
+
+def _load_snapshot(path: Path) -> tuple[int, Tables]:
+    data = path.read_bytes()
+    document, _, trailer = data.rstrip(b"\n").rpartition(b"\n")
+    try:
+        fields = dict(part.split(b"=", 1) for part in trailer.lstrip(b"#").split())
+        expected_crc, expected_size = int(fields[b"crc32"], 16), int(fields[b"bytes"])
+    except (ValueError, KeyError):
+        raise ValueError("its checksum trailer is missing or damaged") from None
+    if len(document) != expected_size or zlib.crc32(document) != expected_crc:
+        raise ValueError(f"its checksum does not match (damaged within its {len(data)} bytes)")
+    snapshot = json.loads(document)
+    return snapshot["seq"], snapshot["tables"]
 
 
 def _apply(tables: Tables, table: str, doc_id: str, doc: dict[str, Any] | None) -> None:
@@ -297,12 +452,40 @@ def _apply(tables: Tables, table: str, doc_id: str, doc: dict[str, Any] | None) 
         tables.setdefault(table, {})[doc_id] = doc
 
 
+def _cut_torn_tail(path: Path, offset: int) -> None:
+    log.warning(
+        "%s: cut off an incomplete last record at byte %d (a crash mid-append; it was never "
+        "acknowledged)",
+        path,
+        offset,
+    )
+    with open(path, "r+b") as f:
+        f.truncate(offset)
+        os.fsync(f.fileno())
+
+
 def _first_seq(path: Path) -> int:
     return int(path.stem.split("-", 1)[1])
 
 
+def _make_directory(directory: Path) -> None:
+    directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+    directory.chmod(DIRECTORY_MODE)  # mkdir's mode is filtered by the umask
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(FILE_MODE)
+
+
+def _create(path: Path) -> IO[bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return os.fdopen(fd, "wb")
+
+
 def _lock(path: Path) -> IO[str]:
-    lock_file = open(path, "a+")  # noqa: SIM115 (held open for the lifetime of the storage)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    lock_file = os.fdopen(fd, "a+")  # held open for the lifetime of the storage
     try:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -317,14 +500,6 @@ def _lock(path: Path) -> IO[str]:
     lock_file.write(str(os.getpid()))
     lock_file.flush()
     return lock_file
-
-
-def _load_snapshot(path: Path) -> tuple[int, Tables]:
-    if not path.exists():
-        return 0, {}
-    with open(path, encoding="utf-8") as f:
-        snapshot = json.load(f)
-    return snapshot["seq"], snapshot["tables"]
 
 
 def _remove_temporaries(directory: Path) -> None:

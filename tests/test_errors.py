@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from calls_server.domain.listing import CallQuery
+from calls_server.storage import journal
 from tests.conftest import SEED_REQUEST, assert_error, create_call
 
 EVERYTHING = CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
@@ -122,22 +123,44 @@ def test_an_unexpected_failure_is_a_500_envelope_and_changes_nothing(client, ten
     assert store.get_call(tenant.organization_id, call["call_id"]) == call
 
 
-def test_a_failed_journal_write_leaves_the_call_as_it_was(client, tenant, store, monkeypatch):
+def test_a_full_disk_is_a_503_that_changes_nothing_and_passes(client, tenant, store, monkeypatch):
     call = create_call(client, tenant)
 
-    def no_space(changes):
+    def no_space(fd, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store._db.storage, "commit", no_space)
+    monkeypatch.setattr(journal.os, "write", no_space)
     response = client.put(
         f"/api/calls/{call['call_id']}",
         json={"call_status": "ongoing", "metadata": {"k": "v"}},
         headers=tenant.headers,
     )
     monkeypatch.undo()
+    later = client.put(
+        f"/api/calls/{call['call_id']}", json={"metadata": {"k": "v"}}, headers=tenant.headers
+    )
 
-    assert_error(response, 500)
-    assert store.get_call(tenant.organization_id, call["call_id"]) == call
+    assert_error(response, 503, "No space left on device")
+    assert later.status_code == 200  # the cause is gone: writes go on
+    assert later.json()["data"]["call"]["call_status"] == "registered"
+
+
+def test_after_a_failed_fsync_every_request_is_a_503(client, tenant, store, monkeypatch):
+    call = create_call(client, tenant)
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal.os, "fsync", broken)
+    write = client.put(
+        f"/api/calls/{call['call_id']}", json={"metadata": {"k": "v"}}, headers=tenant.headers
+    )
+    monkeypatch.undo()
+    read = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers)
+
+    assert_error(write, 503, "Input/output error")
+    assert_error(read, 503, "restart the server")
+    store.abandon()  # what the disk holds is unknown: no final snapshot
 
 
 @pytest.mark.parametrize(

@@ -14,15 +14,29 @@ import time
 import pytest
 
 from calls_server.storage import CorruptJournal, EmbeddedStore, JournalFailed
-from calls_server.storage.journal import SNAPSHOT, JournalStorage, segment_name
+from calls_server.storage.journal import (
+    SNAPSHOT,
+    JournalStorage,
+    encode_record,
+    segment_name,
+    write_snapshot,
+)
 
 
 def journal_lines(directory) -> list[dict]:
+    """The records of every segment (each line: a checksum, a space, the record)."""
     return [
-        json.loads(line)
+        json.loads(line.split(" ", 1)[1])
         for path in sorted(directory.glob("journal-*.jsonl"))
         for line in path.read_text().splitlines()
     ]
+
+
+def snapshot_of(directory) -> dict:
+    """The snapshot's document (its last line is the checksum trailer)."""
+    document, trailer = (directory / SNAPSHOT).read_text().rstrip("\n").rsplit("\n", 1)
+    assert trailer.startswith("#crc32=")
+    return dict(json.loads(document))
 
 
 def test_each_commit_is_one_journal_line(tmp_path):
@@ -42,7 +56,7 @@ def test_close_compacts_into_a_snapshot_and_drops_the_old_segments(tmp_path):
 
     storage.close()
 
-    assert json.loads((tmp_path / SNAPSHOT).read_text()) == {
+    assert snapshot_of(tmp_path) == {
         "seq": 1,
         "tables": {"t": {"1": {"a": 1}}},
     }
@@ -55,9 +69,9 @@ def test_compaction_runs_in_the_background_every_n_records(tmp_path):
     for n in range(7):
         storage.read().setdefault("t", {})["1"] = {"n": n}
         storage.commit([("t", "1", {"n": n})])
-        storage._wait_for_compaction()
+        storage.wait_for_compaction()
 
-    assert json.loads((tmp_path / SNAPSHOT).read_text())["seq"] == 6
+    assert snapshot_of(tmp_path)["seq"] == 6
     assert [record["seq"] for record in journal_lines(tmp_path)] == [7]
     storage.close()
 
@@ -70,9 +84,9 @@ def test_a_larger_store_compacts_after_as_many_records_as_documents(tmp_path):
     assert not (tmp_path / SNAPSHOT).exists()
 
     storage.commit([("t", "9", {"n": 9})])
-    storage._wait_for_compaction()
+    storage.wait_for_compaction()
 
-    assert json.loads((tmp_path / SNAPSHOT).read_text())["seq"] == 10
+    assert snapshot_of(tmp_path)["seq"] == 10
     storage.close()
 
 
@@ -81,7 +95,7 @@ def test_reopen_replays_the_segments_over_the_snapshot(tmp_path):
     for n in range(5):
         storage.read().setdefault("t", {})[str(n)] = {"n": n}
         storage.commit([("t", str(n), {"n": n})])
-        storage._wait_for_compaction()
+        storage.wait_for_compaction()
     crash(storage)
 
     reopened = JournalStorage(tmp_path)
@@ -92,9 +106,7 @@ def test_reopen_replays_the_segments_over_the_snapshot(tmp_path):
 
 def crash(storage: JournalStorage) -> None:
     """Let go of the files as a killed process would: no final snapshot."""
-    storage._wait_for_compaction()
-    storage._segment.close()
-    storage._lock_file.close()
+    storage.abandon()
 
 
 def test_a_torn_last_record_is_dropped_and_cut_off_on_open(tmp_path):
@@ -102,7 +114,7 @@ def test_a_torn_last_record_is_dropped_and_cut_off_on_open(tmp_path):
     storage.commit([("t", "1", {"a": 1})])
     crash(storage)
     with open(tmp_path / segment_name(1), "ab") as f:
-        f.write(b'{"seq": 2, "changes": [["t", "2", {"a"')
+        f.write(encode_record(2, [("t", "2", {"a": 2})])[:-9])  # cut short, no newline
 
     reopened = JournalStorage(tmp_path)
     reopened.commit([("t", "3", {"a": 3})])
@@ -114,18 +126,18 @@ def test_a_torn_last_record_is_dropped_and_cut_off_on_open(tmp_path):
 
 
 def test_an_unreadable_record_before_the_last_is_refused(tmp_path):
-    (tmp_path / segment_name(1)).write_bytes(b'garbage\n{"seq": 1, "changes": []}\n')
+    (tmp_path / segment_name(1)).write_bytes(b"garbage\n" + encode_record(1, []))
 
     with pytest.raises(CorruptJournal, match="byte 0"):
         JournalStorage(tmp_path)
 
 
 def test_records_already_in_the_snapshot_are_not_replayed_twice(tmp_path):
-    (tmp_path / SNAPSHOT).write_text(json.dumps({"seq": 2, "tables": {"t": {"1": {"v": 2}}}}))
-    (tmp_path / segment_name(1)).write_text(
-        '{"seq": 1, "changes": [["t", "1", {"v": 1}]]}\n'
-        '{"seq": 2, "changes": [["t", "1", {"v": 2}]]}\n'
-        '{"seq": 3, "changes": [["t", "2", {"v": 3}]]}\n'
+    write_snapshot(tmp_path, 2, {"t": {"1": {"v": 2}}})
+    (tmp_path / segment_name(1)).write_bytes(
+        encode_record(1, [("t", "1", {"v": 1})])
+        + encode_record(2, [("t", "1", {"v": 2})])
+        + encode_record(3, [("t", "2", {"v": 3})])
     )
 
     storage = JournalStorage(tmp_path)
@@ -207,7 +219,7 @@ def test_concurrent_commits_share_fsyncs(tmp_path, monkeypatch):
         time.sleep(0.005)
         real_fsync(fd)
 
-    monkeypatch.setattr("storage.journal.os.fsync", slow_fsync)
+    monkeypatch.setattr("calls_server.storage.journal.os.fsync", slow_fsync)
     caller_lock = threading.Lock()
 
     def writer(n: int) -> None:
@@ -223,7 +235,6 @@ def test_concurrent_commits_share_fsyncs(tmp_path, monkeypatch):
     for t in threads:
         t.join()
 
-    assert storage._durable == storage._written == 160
     assert len(fsyncs) < 160 / 2
     monkeypatch.undo()
     storage.close()
@@ -238,7 +249,7 @@ def test_a_failed_fsync_refuses_every_later_write(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("storage.journal.os.fsync", broken_fsync)
+    monkeypatch.setattr("calls_server.storage.journal.os.fsync", broken_fsync)
     storage.commit([("t", "1", {"a": 1})])
     with pytest.raises(JournalFailed):
         storage.wait_durable()

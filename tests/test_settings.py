@@ -89,6 +89,8 @@ EVERY_SETTING = {
     "webhook_delivery": "false",
     "webhook_allow_http": "true",
     "scheduler_interval": "0.25",
+    "quota_calls": "1000",
+    "quota_bytes": "1048576",
 }
 
 

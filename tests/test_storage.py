@@ -154,7 +154,7 @@ def test_a_second_open_of_the_same_directory_is_refused_with_a_clear_message(sto
 
 
 def test_concurrent_writers_lose_nothing(store):
-    threads, per_thread = 8, 50
+    threads, per_thread = 8, 12  # within a call's limits: 96 metadata keys, 97 events
     store.add_call(a_call(call_id="shared"))
 
     def work(n: int) -> None:

@@ -1,0 +1,115 @@
+"""Where the embedded store overrides TinyDB's internals, and why.
+
+Written against tinydb==4.9.0 (pinned in pyproject.toml). TinyDB rebuilds a whole table
+dict twice on every insert, update or remove (`Table._update_table`: O(stored documents)
+per write, 3.4 s per insert at 100k documents on its JSON storage), has no notion of a
+journal, and copies every document it hands out. TinyDB's maintainers point users at
+subclassing `Table` and `Storage` for such needs (msiemens/tinydb discussion #526; no
+locking either: #529, #537). The overrides:
+
+- `JournaledTable._update_table`: mutates the stored table in place through a view that
+  records which documents were touched, and hands exactly those to the storage's journal
+  (`storage.journal.JournalStorage.commit`); on failure it restores them.
+- `JournaledTable.update` is refused (TinyDB's mutates stored documents in place, which the
+  background snapshot must never see); `replace` swaps in a new document instead.
+- `raw_documents` reads the stored documents through `Table._read_table`, without the copy
+  TinyDB makes per read (callers copy what they hand out).
+
+tests/test_tinydb_table.py records the signatures of the private names relied on here, so
+that an upgrade that changes them fails a test instead of breaking silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any, cast
+
+from tinydb import TinyDB
+from tinydb.table import Table
+
+from calls_server.storage.journal import Change, JournalStorage
+
+_MISSING = object()
+
+
+class _RecordingView(MutableMapping[int, Any]):
+    """The stored table (str keys) seen with int keys, remembering what was touched."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.originals: dict[str, Any] = {}
+
+    def _touch(self, key: str) -> None:
+        # A reference is enough: stored documents are replaced, never mutated.
+        self.originals.setdefault(key, self.raw.get(key, _MISSING))
+
+    def __getitem__(self, doc_id: int) -> Any:
+        key = str(doc_id)
+        self._touch(key)
+        return self.raw[key]
+
+    def __setitem__(self, doc_id: int, doc: Any) -> None:
+        key = str(doc_id)
+        self._touch(key)
+        self.raw[key] = doc
+
+    def __delitem__(self, doc_id: int) -> None:
+        key = str(doc_id)
+        self._touch(key)
+        del self.raw[key]
+
+    def __contains__(self, doc_id: object) -> bool:
+        return str(doc_id) in self.raw
+
+    def __iter__(self) -> Iterator[int]:
+        return (int(key) for key in self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def rollback(self) -> None:
+        for key, original in self.originals.items():
+            if original is _MISSING:
+                self.raw.pop(key, None)
+            else:
+                self.raw[key] = original
+
+
+class JournaledTable(Table):
+    """A TinyDB table whose writes cost O(1) and are journaled before they return."""
+
+    def _update_table(self, updater: Callable[[Any], None]) -> None:
+        storage = cast(JournalStorage, self.storage)
+        view = _RecordingView(storage.read().setdefault(self.name, {}))
+        try:
+            updater(view)
+            changes: list[Change] = [(self.name, key, view.raw.get(key)) for key in view.originals]
+            storage.commit(changes)
+        except BaseException:
+            view.rollback()
+            raise
+        finally:
+            self.clear_cache()
+
+    def update(self, *args: Any, **kwargs: Any) -> list[int]:
+        """Refused: TinyDB's update mutates stored documents in place; use `replace`."""
+        raise NotImplementedError("stored documents are never mutated: use replace()")
+
+    def replace(self, doc_id: int, doc: Mapping[str, Any]) -> None:
+        """Store `doc` in place of document `doc_id` (a new object: stored ones never change)."""
+
+        def swap(table: MutableMapping[int, Any]) -> None:
+            if doc_id not in table:
+                raise KeyError(doc_id)
+            table[doc_id] = dict(doc)
+
+        self._update_table(swap)
+
+
+class EmbeddedTinyDB(TinyDB):
+    table_class = JournaledTable
+
+
+def raw_documents(table: Table) -> dict[str, Any]:
+    """The stored documents of `table` by id, without TinyDB's per-read copies."""
+    return cast(dict[str, Any], table._read_table())
