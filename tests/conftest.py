@@ -67,6 +67,15 @@ def client(settings: Settings, store: EmbeddedStore) -> Iterator[TestClient]:
         yield c
 
 
+@contextmanager
+def app_client(store: EmbeddedStore, clock: Any = None, **settings: Any) -> Iterator[TestClient]:
+    """A client of the app over `store` with the given settings (response validation on)."""
+    configured = Settings(validate_responses=True, **settings)
+    app = create_app(configured, store) if clock is None else create_app(configured, store, clock)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
 def add_tenant(store: EmbeddedStore, organization_id: str) -> Tenant:
     """Create an organization with one key, straight in the store."""
     store.add_organization(keys.new_organization(1, organization_id))
@@ -134,6 +143,17 @@ class RunningServer:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def new_key_headers(self, organization_id: str | None = None) -> dict[str, str]:
+        """Create an organization (with `organization_id`, or a generated one) and a key
+        pair over the admin API; the two headers that authenticate with it."""
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        body = {"organization_id": organization_id} if organization_id else {}
+        created = httpx.post(f"{self.base_url}/api/organizations", json=body, headers=admin)
+        org = created.json()["data"]["organization_id"]
+        key = httpx.post(f"{self.base_url}/api/organizations/{org}/api-keys", headers=admin)
+        data = key.json()["data"]
+        return {"X-API-KEY": data["api_key"], "X-API-SECRET": data["api_secret"]}
 
 
 def free_port() -> int:

@@ -4,15 +4,13 @@ stored, with a clear 4xx, and nothing accepted can later make its own call uncha
 from __future__ import annotations
 
 import pytest
-from starlette.testclient import TestClient
 
-from calls_server.app import create_app
 from calls_server.domain import calls
 from calls_server.domain.errors import BadRequest, QuotaExceeded
 from calls_server.domain.quotas import Quota
 from calls_server.settings import Settings
 from calls_server.storage import EmbeddedStore
-from tests.conftest import add_tenant, assert_error, create_call
+from tests.conftest import add_tenant, app_client, assert_error, create_call
 
 
 def test_a_long_timeline_keeps_its_first_and_latest_events_and_counts_the_rest(client, tenant):
@@ -82,9 +80,9 @@ def quota_store(data_dir):
     opened.close()
 
 
-def test_an_organization_over_its_call_quota_gets_429_and_others_do_not(quota_store, settings):
+def test_an_organization_over_its_call_quota_gets_429_and_others_do_not(quota_store, data_dir):
     ours, theirs = add_tenant(quota_store, "ours"), add_tenant(quota_store, "theirs")
-    with TestClient(create_app(settings, quota_store)) as client:
+    with app_client(quota_store, data_dir=data_dir) as client:
         for _ in range(3):
             create_call(client, ours)
 

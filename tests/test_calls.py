@@ -11,11 +11,8 @@ from typing import Any
 import jwt
 import pytest
 from livekit import api
-from starlette.testclient import TestClient
 
-from calls_server.app import create_app
-from calls_server.settings import Settings
-from tests.conftest import SEED_REQUEST, Tenant, assert_error, create_call
+from tests.conftest import SEED_REQUEST, Tenant, app_client, assert_error, create_call
 
 # The upstream reference page of POST /api/calls/create, as published (a copy: the suite reads
 # nothing outside the repository).
@@ -722,10 +719,7 @@ LIVEKIT = {
 
 @pytest.fixture
 def livekit_client(store, data_dir):
-    settings = Settings(
-        data_dir=data_dir, validate_responses=True, livekit_token_ttl=600, **LIVEKIT
-    )
-    with TestClient(create_app(settings, store)) as client:
+    with app_client(store, data_dir=data_dir, livekit_token_ttl=600, **LIVEKIT) as client:
         yield client
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, running_server
@@ -42,12 +41,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api_key_headers(server) -> list[str]:
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    org = httpx.post(f"{server.base_url}/api/organizations", headers=admin).json()["data"]
-    key = httpx.post(
-        f"{server.base_url}/api/organizations/{org['organization_id']}/api-keys", headers=admin
-    ).json()["data"]
-    return [f"X-API-KEY: {key['api_key']}", f"X-API-SECRET: {key['api_secret']}"]
+    return [f"{name}: {value}" for name, value in server.new_key_headers().items()]
 
 
 def schemathesis(server, headers: list[str], *selection: str) -> subprocess.CompletedProcess[str]:

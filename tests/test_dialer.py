@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from calls_server.app import create_app
 from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
 from calls_server.settings import Settings
-from tests.conftest import assert_error
+from tests.conftest import app_client, assert_error
 
 SECRET = "dialer-secret-0123456789"
 PHONE = {
@@ -23,15 +23,8 @@ PHONE = {
 
 @pytest.fixture
 def client(store, data_dir, receiver):
-    settings = Settings(
-        data_dir=data_dir,
-        validate_responses=True,
-        dialer_url=receiver.url + "/jobs",
-        dialer_secret=SECRET,
-        dialer_timeout=0.5,
-        dialer_attempts=3,
-    )
-    with TestClient(create_app(settings, store)) as test_client:
+    dialer = {"dialer_url": receiver.url + "/jobs", "dialer_secret": SECRET}
+    with app_client(store, data_dir=data_dir, dialer_timeout=0.5, **dialer) as test_client:
         yield test_client
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, running_server
+from tests.conftest import running_server
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -70,15 +70,9 @@ def test_the_installed_command_serves_the_api_from_the_installed_package(install
     command = (str(installed / "bin" / "calls-server"),)
     with running_server(tmp_path / "data", command=command) as server:
         spec = httpx.get(f"{server.base_url}/api/openapi.json").json()
-        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        org = httpx.post(f"{server.base_url}/api/organizations", headers=admin).json()["data"]
-        key = httpx.post(
-            f"{server.base_url}/api/organizations/{org['organization_id']}/api-keys",
-            headers=admin,
-        ).json()["data"]
         created = httpx.post(
             f"{server.base_url}/api/calls/create",
-            headers={"X-API-KEY": key["api_key"], "X-API-SECRET": key["api_secret"]},
+            headers=server.new_key_headers(),
             json={"agent_id": "agent-123"},
         )
 

@@ -9,17 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN, running_server
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def new_tenant(base_url: str) -> dict[str, str]:
-    org = httpx.post(f"{base_url}/api/organizations", headers=ADMIN).json()["data"]
-    key = httpx.post(
-        f"{base_url}/api/organizations/{org['organization_id']}/api-keys", headers=ADMIN
-    ).json()["data"]
-    return {"X-API-KEY": key["api_key"], "X-API-SECRET": key["api_secret"]}
+from tests.conftest import running_server
 
 
 def run_threads(count: int, target, *args) -> None:
@@ -33,7 +23,7 @@ def run_threads(count: int, target, *args) -> None:
 def test_32_concurrent_clients_lose_no_call_and_no_metadata_merge(tmp_path):
     clients, each, shared_count = 32, 100, 64  # 50 merges a shared call: within its limits
     with running_server(tmp_path / "data") as server:
-        headers = new_tenant(server.base_url)
+        headers = server.new_key_headers()
         url = server.base_url + "/api/calls"
         shared = [
             httpx.post(f"{url}/create", json={"agent_id": "shared"}, headers=headers).json()[
@@ -90,7 +80,7 @@ def test_every_acknowledged_write_survives_kill_9_under_load(tmp_path):
     ledger = Ledger()
     rng = random.Random(7)
     with running_server(data) as server:
-        headers = new_tenant(server.base_url)
+        headers = server.new_key_headers()
 
     for round_ in range(4):
         # Compact often, so that kills also land during snapshots and segment rotation.

@@ -11,14 +11,11 @@ import time
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
-from calls_server.app import create_app
 from calls_server.domain import calls
 from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.scheduler import INTERRUPTED, Scheduler
-from calls_server.settings import Settings
-from tests.conftest import ADMIN_TOKEN, assert_error, running_server, wait_for
+from tests.conftest import app_client, assert_error, running_server, wait_for
 
 SECRET = "dialer-secret-0123456789"
 PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_agent_id": "ag"}
@@ -27,8 +24,7 @@ PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_a
 @pytest.fixture
 def client(store, data_dir, clock):
     """The API on the test's clock; no dialer, so the app runs no scheduler of its own."""
-    settings = Settings(data_dir=data_dir, validate_responses=True)
-    with TestClient(create_app(settings, store, clock=clock)) as test_client:
+    with app_client(store, clock=clock, data_dir=data_dir) as test_client:
         yield test_client
 
 
@@ -187,13 +183,10 @@ def test_a_call_that_fell_due_while_the_server_was_down_is_dialed_once_on_start(
         "CALLS_DIALER_SECRET": SECRET,
         "CALLS_SCHEDULER_INTERVAL": "0.1",
     }
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with running_server(data, **env) as server:
         base = server.base_url + "/api"
-        httpx.post(f"{base}/organizations", json={"organization_id": "acme"}, headers=admin)
-        key = httpx.post(f"{base}/organizations/acme/api-keys", headers=admin).json()["data"]
-        headers = {"X-API-KEY": key["api_key"], "X-API-SECRET": key["api_secret"]}
-        due = int(time.time()) + 1
+        headers = server.new_key_headers()
+        due = int(time.time()) + 3  # after this server has stopped, even on a busy machine
         body = {**PHONE, "scheduled_timestamp": due}
         created = httpx.post(f"{base}/calls/create-phone-call", json=body, headers=headers)
         call_id = created.json()["data"]["call"]["call_id"]

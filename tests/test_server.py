@@ -87,9 +87,7 @@ def test_a_user_journey_over_http_survives_a_restart(tmp_path):
     data = tmp_path / "data"
     with running_server(data) as server:
         url = server.base_url
-        httpx.post(f"{url}/api/organizations", json={"organization_id": "acme"}, headers=ADMIN)
-        key = httpx.post(f"{url}/api/organizations/acme/api-keys", headers=ADMIN).json()["data"]
-        headers = {"X-API-KEY": key["api_key"], "X-API-SECRET": key["api_secret"]}
+        headers = server.new_key_headers("acme")
         call = httpx.post(f"{url}/api/calls/create", json=SEED_REQUEST, headers=headers).json()
         call_id = call["data"]["call"]["call_id"]
         updated = httpx.put(

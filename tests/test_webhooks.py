@@ -14,13 +14,12 @@ from calls_server.domain import calls, webhooks
 from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
 from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.settings import Settings
-from tests.conftest import assert_error, create_call, wait_for
+from tests.conftest import app_client, assert_error, create_call, wait_for
 
 
 @pytest.fixture
 def client(store, data_dir):
-    settings = Settings(data_dir=data_dir, validate_responses=True, webhook_allow_http=True)
-    with TestClient(create_app(settings, store)) as test_client:
+    with app_client(store, data_dir=data_dir, webhook_allow_http=True) as test_client:
         yield test_client
 
 
