@@ -2,36 +2,51 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-import yaml
 from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
+from connexion.operations import AbstractOperation
 from connexion.options import SwaggerUIOptions
-from connexion.resolver import RelativeResolver
+from connexion.resolver import Resolver
 
 from calls_server import errors
 from calls_server.connexion_overrides import SECURITY_MAP, ExplodedFormURIParser, validator_map
+from calls_server.contract import published, spec_for
 from calls_server.handlers.scope import Services
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
-from calls_server.middleware import BodySizeLimit, LiteralPathMethods
+from calls_server.middleware import BodySizeLimit, LiteralPathMethods, PublishedSpec
 from calls_server.settings import Settings
 from calls_server.storage import Store
 
-# The contract travels inside the package (in the repository, a link to ../openapi.yaml).
-SPEC_PATH = Path(__file__).resolve().parent / "openapi.yaml"
+
+class HandlerResolver(Resolver):  # type: ignore[misc]
+    """Resolves an `operationId` (`createCall`) to the function of that name in snake case
+    (`create_call`) in the handler module of the operation's first tag (`handlers/calls.py`),
+    so that the spec names operations as clients see them and no module path leaks."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.tags = {
+            operation["operationId"]: operation["tags"][0]
+            for item in spec["paths"].values()
+            for operation in item.values()
+            if isinstance(operation, dict) and "operationId" in operation
+        }
+
+    def resolve_operation_id(self, operation: AbstractOperation) -> str:
+        return handler_name(operation.operation_id, self.tags[operation.operation_id])
 
 
-def load_spec() -> dict[str, Any]:
-    """openapi.yaml, parsed."""
-    with open(SPEC_PATH, encoding="utf-8") as f:
-        spec: dict[str, Any] = yaml.safe_load(f)
-    return spec
+def handler_name(operation_id: str, tag: str) -> str:
+    """The dotted path of the handler of `operation_id`, tagged `tag`."""
+    function = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", operation_id).lower()
+    return f"calls_server.handlers.{tag}.{function}"
 
 
 def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> AsyncApp:
@@ -44,7 +59,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
     Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml). With a
     dialer configured, the scheduler runs for as long as the app does.
     """
-    spec = load_spec()
+    spec = spec_for(settings)
     base_path = spec["servers"][0]["url"]
 
     @asynccontextmanager
@@ -77,19 +92,27 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
     app = AsyncApp(__name__, lifespan=lifespan)
     app.add_api(
         spec,
-        resolver=RelativeResolver("calls_server.handlers"),
+        resolver=HandlerResolver(spec),
         strict_validation=True,
         validate_responses=settings.validate_responses,
         validator_map=validator_map(),
         uri_parser_class=ExplodedFormURIParser,
         security_map=SECURITY_MAP,
-        swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=True),
+        swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=False),
     )
     errors.install(app, spec, base_path)
     app.add_middleware(
         BodySizeLimit,
         position=MiddlewarePosition.BEFORE_SWAGGER,
         max_bytes=settings.max_body_bytes,
+    )
+    as_json, as_yaml = published(spec)
+    app.add_middleware(
+        PublishedSpec,
+        position=MiddlewarePosition.BEFORE_SWAGGER,
+        base_path=base_path,
+        as_json=as_json,
+        as_yaml=as_yaml,
     )
     app.add_middleware(
         LiteralPathMethods,

@@ -14,7 +14,8 @@ dead code (or worse, into a wrong one).
      or nested 100,000 levels deep is a 500 there;
    - builds each schema's validator once: Connexion builds a validator class and instance
      for every request, a fifth of a create's time;
-   - says which values an enum takes when a value matches none of an `anyOf` of enums
+   - answers a schema's own error text where the spec gives one (`x-error`), and says
+     which values an enum takes when a value matches none of an `anyOf` of enums
      (jsonschema only says it is "not valid under any of the given schemas"), and quotes
      only a short prefix of a long value;
    - sets defaults only on objects (Connexion's set them on any instance: a 500 for a JSON
@@ -131,6 +132,8 @@ _VALIDATORS: dict[int, tuple[Any, Any]] = {}
 def describe(error: ValidationError) -> str:
     """What is wrong with a value, in words: the rule it breaks, then where (as Connexion)."""
     where = format_error_with_path(exception=error)
+    if isinstance(error.schema, dict) and "x-error" in error.schema:
+        return f"{error.schema['x-error']}{where}"  # the spec's own words for this rule
     rule: Any = error.validator_value
     if error.validator in ("anyOf", "oneOf"):
         branches = rule

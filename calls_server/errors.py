@@ -56,7 +56,7 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
         detail = str(exc.detail or exc.title or "")
         if status == 401:
             detail = _AUTH_DETAILS.get(detail, detail)
-            if detail == BOTH_HEADERS and _is_admin_operation(request):
+            if detail == BOTH_HEADERS and _is_admin_operation(request, base_path):
                 detail = ADMIN_HEADER
         elif status >= 500:
             # A response that breaks the contract: a bug; say so without leaking internals.
@@ -85,11 +85,8 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
     app.add_error_handler(Exception, on_crash)
 
 
-def _is_admin_operation(request: ConnexionRequest) -> bool:
-    routing = request.scope.get("extensions", {}).get("connexion_routing", {})
-    return str(routing.get("operation_id", "")).startswith(
-        ("admin.", "calls_server.handlers.admin.")
-    )
+def _is_admin_operation(request: ConnexionRequest, base_path: str) -> bool:
+    return str(request.url.path).startswith(f"{base_path}/organizations")
 
 
 def _render(

@@ -72,3 +72,30 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class PublishedSpec:
+    """ASGI middleware serving the spec at `{base}/openapi.json` and `{base}/openapi.yaml`.
+
+    Connexion would serve it fully dereferenced (no `$ref` left, four times the size, and
+    with the Python paths of the security functions), which generated clients cannot use.
+    """
+
+    def __init__(self, app: ASGIApp, base_path: str, as_json: bytes, as_yaml: bytes) -> None:
+        self.app = app
+        self.documents = {
+            f"{base_path}/openapi.json": (as_json, b"application/json"),
+            f"{base_path}/openapi.yaml": (as_yaml, b"application/yaml"),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.documents.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if found is None or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body, content_type = found
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )

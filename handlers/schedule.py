@@ -9,7 +9,7 @@ from calls_server.domain.envelope import Envelope, success
 from calls_server.handlers.scope import organization_id, services
 
 
-def update_schedule(
+def update_call_schedule(
     call_id: str, body: dict[str, Any], token_info: dict[str, Any]
 ) -> tuple[Envelope, int]:
     """PUT /api/calls/{call_id}/schedule"""
@@ -35,7 +35,7 @@ def update_schedule(
     return success("Scheduled call time updated successfully", data), 200
 
 
-def cancel_schedule(call_id: str, token_info: dict[str, Any]) -> tuple[Envelope, int]:
+def cancel_call_schedule(call_id: str, token_info: dict[str, Any]) -> tuple[Envelope, int]:
     """DELETE /api/calls/{call_id}/schedule"""
     org = organization_id(token_info)
     now = services().clock()

@@ -11,7 +11,7 @@ from calls_server.handlers.scope import organization_id, services
 Response = tuple[Envelope, int]
 
 
-def create_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/post-call-webhooks/create: the secret is shown in this response only."""
     running = services()
     hook = webhooks.new_webhook(
@@ -21,7 +21,7 @@ def create_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Response
     return success("Webhook created successfully", hook), 200
 
 
-async def list_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
+async def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/post-call-webhooks (`activeOnly=true` for the active ones)."""
     found = [
         webhooks.public_view(hook)
@@ -31,13 +31,15 @@ async def list_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
     return success("Webhooks retrieved successfully", {"webhooks": found, "count": len(found)}), 200
 
 
-async def get_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
+async def get_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
     """GET /api/post-call-webhooks/{webhook_id}"""
     hook = services().store.get_webhook(organization_id(token_info), webhook_id)
     return success("Webhook retrieved successfully", webhooks.public_view(hook)), 200
 
 
-def update_webhook(webhook_id: str, body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+def update_post_call_webhook(
+    webhook_id: str, body: dict[str, Any], token_info: dict[str, Any]
+) -> Response:
     """PATCH /api/post-call-webhooks/{webhook_id}"""
     running = services()
     now = running.clock()
@@ -49,13 +51,13 @@ def update_webhook(webhook_id: str, body: dict[str, Any], token_info: dict[str, 
     return success("Webhook updated successfully", webhooks.public_view(hook)), 200
 
 
-def delete_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
+def delete_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
     """DELETE /api/post-call-webhooks/{webhook_id}"""
     hook = services().store.delete_webhook(organization_id(token_info), webhook_id)
     return success("Webhook deleted successfully", webhooks.public_view(hook)), 200
 
 
-def toggle_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
+def toggle_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
     """POST /api/post-call-webhooks/{webhook_id}/toggle"""
     now = services().clock()
     hook = services().store.change_webhook(

@@ -5,21 +5,30 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 
+import yaml
 from openapi_spec_validator import validate
 from openapi_spec_validator.readers import read_from_filename
 
 from calls_server import handlers
-from calls_server.app import SPEC_PATH, load_spec
+from calls_server.app import handler_name
+from calls_server.contract import SPEC_PATH, load_spec
+from tests.conftest import app_client
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
-NOT_OPERATIONS = {"envelope", "scope", "security"}
+NOT_OPERATIONS = {"scope", "security"}
 
 
 def operation_ids() -> set[str]:
+    return set(handlers_by_operation())
+
+
+def handlers_by_operation() -> dict[str, str]:
+    """Each operationId and the dotted path of the handler it resolves to."""
     spec = load_spec()
     return {
-        operation["operationId"]
+        operation["operationId"]: handler_name(operation["operationId"], operation["tags"][0])
         for item in spec["paths"].values()
         for method, operation in item.items()
         if method in HTTP_METHODS
@@ -32,21 +41,26 @@ def test_spec_passes_openapi_spec_validator():
 
 
 def test_every_operation_id_resolves_to_a_handler_function():
-    for operation_id in operation_ids():
-        module_name, function_name = operation_id.rsplit(".", 1)
-        module = importlib.import_module(f"calls_server.handlers.{module_name}")
+    for operation_id, path in handlers_by_operation().items():
+        module_name, function_name = path.rsplit(".", 1)
+        module = importlib.import_module(module_name)
         assert inspect.isfunction(getattr(module, function_name, None)), operation_id
 
 
+def test_operation_ids_are_short_names_not_module_paths():
+    for operation_id in operation_ids():
+        assert re.fullmatch("[a-z][A-Za-z]+", operation_id), operation_id
+
+
 def test_every_public_handler_is_in_the_spec():
-    documented = operation_ids()
+    documented = set(handlers_by_operation().values())
     for info in pkgutil.iter_modules(handlers.__path__):
         if info.name in NOT_OPERATIONS:
             continue
         module = importlib.import_module(f"calls_server.handlers.{info.name}")
         for name, function in inspect.getmembers(module, inspect.isfunction):
             if function.__module__ == module.__name__ and not name.startswith("_"):
-                assert f"{info.name}.{name}" in documented, f"{info.name}.{name}"
+                assert f"{module.__name__}.{name}" in documented, f"{info.name}.{name}"
 
 
 def test_every_link_names_an_existing_operation():
@@ -74,3 +88,31 @@ def test_every_secured_operation_documents_401():
         for method, operation in item.items():
             if method in HTTP_METHODS and operation.get("security", spec["security"]):
                 assert "401" in operation["responses"], operation["operationId"]
+
+
+def test_the_served_spec_is_the_source_as_written_without_internals(client):
+    served = client.get("/api/openapi.json")
+    as_yaml = client.get("/api/openapi.yaml")
+
+    source = load_spec()
+    document = served.json()
+    assert served.headers["content-type"] == "application/json"
+    assert yaml.safe_load(as_yaml.text) == document
+    assert document["paths"] == source["paths"]  # $refs and all
+    assert "$ref" in served.text
+    assert "x-apikeyInfoFunc" not in served.text
+    assert "x-bearerInfoFunc" not in served.text
+    assert "calls_server" not in served.text
+
+
+def test_the_served_spec_says_http_webhook_urls_are_taken_where_the_server_takes_them(store):
+    with app_client(store, webhook_allow_http=True) as client:
+        relaxed = client.get("/api/openapi.json").json()
+    with app_client(store) as client:
+        strict = client.get("/api/openapi.json").json()
+
+    def url_rule(spec):
+        return spec["components"]["schemas"]["CreateWebhookRequest"]["properties"]["url"]["pattern"]
+
+    assert url_rule(strict) == "^https://[!-~]+$"
+    assert url_rule(relaxed) == "^https?://[!-~]+$"

@@ -1,0 +1,56 @@
+"""The contract: openapi.yaml as this server runs it and as it publishes it.
+
+The spec travels inside the package (in the repository, a link to ../openapi.yaml). What a
+server runs and serves follows its settings where they change the rules (plain-HTTP
+webhook URLs), so that the spec a client sees always says what this server does. It is
+published as written, with its `$ref`s (generators name types after them), without the
+extensions that only tell Connexion where the security functions live.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from calls_server.settings import Settings
+
+SPEC_PATH = Path(__file__).resolve().parent / "openapi.yaml"
+# Extensions for Connexion only: Python paths of this server's internals.
+_INTERNAL = ("x-apikeyInfoFunc", "x-bearerInfoFunc")
+_HTTPS_ONLY = "^https://[!-~]+$"
+_HTTP_TOO = "^https?://[!-~]+$"
+
+
+def load_spec() -> dict[str, Any]:
+    """openapi.yaml, parsed, as written."""
+    with open(SPEC_PATH, encoding="utf-8") as f:
+        spec: dict[str, Any] = yaml.safe_load(f)
+    return spec
+
+
+def spec_for(settings: Settings) -> dict[str, Any]:
+    """The spec a server with `settings` runs: webhook URLs may be http:// where allowed."""
+    spec = load_spec()
+    if settings.webhook_allow_http:
+        schemas = spec["components"]["schemas"]
+        for name in ("CreateWebhookRequest", "UpdateWebhookRequest"):
+            url = schemas[name]["properties"]["url"]
+            assert url["pattern"] == _HTTPS_ONLY, "the webhook URL rule changed in openapi.yaml"
+            url["pattern"] = _HTTP_TOO
+            url["description"] = "HTTPS, or plain HTTP (this server allows it)"
+    return spec
+
+
+def published(spec: dict[str, Any]) -> tuple[bytes, bytes]:
+    """`spec` as served at openapi.json and openapi.yaml: as written, minus internals."""
+    public = copy.deepcopy(spec)
+    for scheme in public["components"]["securitySchemes"].values():
+        for name in _INTERNAL:
+            scheme.pop(name, None)
+    as_json = json.dumps(public, indent=2).encode()
+    as_yaml = yaml.safe_dump(public, sort_keys=False, allow_unicode=True).encode()
+    return as_json, as_yaml
