@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from calls_server.domain import calls
+from calls_server.integrations.clock import wall_clock
 
 
 async def create_call(request: Request) -> Response:
@@ -23,7 +24,7 @@ async def create_call(request: Request) -> Response:
     call = calls.new_call(
         organization_id="bench",
         agent_id=body["agent_id"],
-        now=calls.now_ms(),
+        now=wall_clock(),
         call_type=body.get("call_type", "phone_call"),
         direction=body.get("direction"),
         metadata=body.get("metadata"),

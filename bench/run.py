@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calls_server.domain import calls, keys  # noqa: E402
+from calls_server.integrations.clock import wall_clock  # noqa: E402
 from calls_server.storage.journal import write_snapshot  # noqa: E402
 
 TRANSCRIPT = (
@@ -63,7 +64,7 @@ def make_dataset(directory: Path, size: int) -> tuple[dict[str, str], list[str]]
     organization = keys.new_organization(0, "bench", "Benchmark")
     key, secret = keys.new_api_key("bench", 0)
     table: dict[str, calls.Call] = {}
-    start = calls.now_ms() - size * 1000
+    start = wall_clock() - size * 1000
     for n in range(size):
         call = calls.new_call(
             organization_id="bench",

@@ -12,6 +12,7 @@ from connexion.middleware import MiddlewarePosition
 from connexion.operations import AbstractOperation
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
+from starlette.middleware.cors import CORSMiddleware
 
 from calls_server import errors
 from calls_server.connexion_overrides import SECURITY_MAP, ExplodedFormURIParser, validator_map
@@ -20,9 +21,18 @@ from calls_server.handlers.scope import Services
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
-from calls_server.middleware import BodySizeLimit, LiteralPathMethods, PublishedSpec
+from calls_server.middleware import BodySizeLimit, LiteralPathMethods, PublishedSpec, RequestId
 from calls_server.settings import Settings
 from calls_server.storage import Store
+
+# What a browser on an allowed origin may send: both credentials, bodies, and the request id.
+CORS_REQUEST_HEADERS = [
+    "X-API-KEY",
+    "X-API-SECRET",
+    "Authorization",
+    "Content-Type",
+    "X-Request-ID",
+]
 
 
 class HandlerResolver(Resolver):  # type: ignore[misc]
@@ -106,6 +116,19 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         position=MiddlewarePosition.BEFORE_SWAGGER,
         max_bytes=settings.max_body_bytes,
     )
+    if settings.cors_origins:
+        origins = [origin.strip() for origin in settings.cors_origins.split(",")]
+        app.add_middleware(
+            CORSMiddleware,
+            position=MiddlewarePosition.BEFORE_EXCEPTION,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        )
+    # Outermost, so that every response, errors and preflights included, carries the id.
+    app.add_middleware(RequestId, position=MiddlewarePosition.BEFORE_EXCEPTION)
     as_json, as_yaml = published(spec)
     app.add_middleware(
         PublishedSpec,

@@ -10,6 +10,7 @@ import argparse
 import gc
 import json
 import logging
+import logging.config
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -21,9 +22,10 @@ import uvicorn
 
 from calls_server.app import create_app
 from calls_server.domain import keys
-from calls_server.domain.errors import ApiError
+from calls_server.domain.errors import ApiError, DuplicateId
 from calls_server.domain.quotas import Quota
 from calls_server.integrations.clock import wall_clock
+from calls_server.logs import log_config
 from calls_server.settings import Settings, SettingsError
 from calls_server.storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
 from calls_server.storage.journal import salvage
@@ -54,8 +56,13 @@ GC_THRESHOLDS = (10_000, 20, 100)
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish first."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_json))
+    fresh = not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
     store = _open(settings)
+    if args.create_org:
+        _first_key(store, args.create_org, settings)
+    elif fresh:
+        print(FIRST_RUN.format(data_dir=settings.data_dir), file=sys.stderr)
     # What the store loaded lives as long as the process: keep it out of the cyclic
     # collector's full passes, which would otherwise walk every stored call (pauses of
     # hundreds of milliseconds at 100k calls).
@@ -78,6 +85,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=log_config(settings.log_level, settings.log_json),
             timeout_graceful_shutdown=30,
         )
     except (KeyboardInterrupt, _Stopped):
@@ -85,6 +93,31 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     return 0
+
+
+FIRST_RUN = """\
+This data directory ({data_dir}) is new: it has no organization and no API key yet.
+To get a key pair, stop the server and run `calls-server create-org --id acme`, or start
+it with `calls-server serve --create-org acme`, which creates both and prints them once."""
+
+
+def _first_key(store: Store, organization_id: str, settings: Settings) -> None:
+    """Create `organization_id` with a key pair and print them once, with a first request;
+    an organization that exists already is left as it is."""
+    try:
+        store.add_organization(keys.new_organization(wall_clock(), organization_id))
+    except DuplicateId:
+        print(f"Organization {organization_id!r} exists already: no new key.", file=sys.stderr)
+        return
+    key = _add_key(store, organization_id, "first key")
+    base = f"http://{settings.host}:{settings.port}/api"
+    print(
+        f"Organization {organization_id!r} created with a key pair. {keys.SECRET_WARNING}\n"
+        f"  export KEY={key['api_key']} SECRET={key['api_secret']}\n"
+        f'  curl -s {base}/calls/create -H "X-API-KEY: $KEY" -H "X-API-SECRET: $SECRET" '
+        "-H 'Content-Type: application/json' -d '{\"agent_id\": \"agent-123\"}'",
+        file=sys.stderr,
+    )
 
 
 class _Stopped(Exception):
@@ -192,6 +225,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="address to listen on (CALLS_HOST, default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (CALLS_PORT, default 8080)")
     run.add_argument("--log-level", help="critical|error|warning|info|debug (CALLS_LOG_LEVEL)")
+    run.add_argument(
+        "--create-org",
+        metavar="ID",
+        help="first run: create this organization with a key pair and print them once",
+    )
     run.set_defaults(command=serve)
 
     org = commands.add_parser("create-org", help="create an organization and its first key pair")

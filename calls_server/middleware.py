@@ -1,8 +1,14 @@
-"""ASGI middleware in front of Connexion: the body-size limit, and 405 for the literal
-paths of the spec (which Starlette would otherwise route to a templated path)."""
+"""ASGI middleware in front of Connexion: request ids, the published spec, the body-size
+limit, and 405 for the literal paths of the spec (which Starlette would otherwise route to a
+templated path)."""
 
 from __future__ import annotations
 
+import re
+import uuid
+from contextvars import ContextVar
+
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -99,3 +105,35 @@ class PublishedSpec:
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
+
+
+# The id of the request being handled, for log lines (see calls_server/logs.py).
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+_ACCEPTED_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestId:
+    """ASGI middleware giving every request an id: the client's `X-Request-ID` when it sends
+    a usable one, a new one otherwise. It is returned on every response (errors included)
+    and written in every log line made while the request is handled."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = Headers(scope=scope).get("x-request-id", "")
+        request_id = sent if _ACCEPTED_ID.fullmatch(sent) else uuid.uuid4().hex
+        token = current_request_id.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)

@@ -34,6 +34,10 @@ class Settings:
     # Validate every response against openapi.yaml (on in tests; costs time per request).
     validate_responses: bool = False
     log_level: str = "info"
+    # Log lines as JSON objects (one per line) instead of text.
+    log_json: bool = False
+    # Browser origins allowed to call the API (CORS), comma-separated; empty: none.
+    cors_origins: str = ""
     # Journal records between two snapshots of the embedded store.
     compact_every: int = 10_000
     # A LiveKit server for web calls: URL, API key and secret together, or none of them.

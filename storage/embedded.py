@@ -75,11 +75,14 @@ class EmbeddedStore:
         for doc_id, call in raw_documents(self._calls).items():
             by_org.setdefault(call["organization_id"], []).append((int(doc_id), call))
         self._call_index = {org: OrgCallIndex(found) for org, found in by_org.items()}
-        # The JSON size of each call, and their sum per organization (for the quota).
-        self._sizes = {int(i): _size(call) for i, call in raw_documents(self._calls).items()}
+        # With a byte quota: the JSON size of each call, and their sum per organization.
+        # (Measured only then: it costs a serialization of every call at start.)
+        self._sizes: dict[int, int] = {}
         self._org_bytes: dict[str, int] = {}
-        for org, found in by_org.items():
-            self._org_bytes[org] = sum(self._sizes[doc_id] for doc_id, _ in found)
+        if self._quota.max_bytes:
+            for org, found in by_org.items():
+                self._sizes.update((doc_id, _size(call)) for doc_id, call in found)
+                self._org_bytes[org] = sum(self._sizes[doc_id] for doc_id, _ in found)
         # Scheduled calls of every organization by due time: (seconds, organization, call id).
         self._schedule = SortedList(
             (call["scheduled_timestamp"], org, call["call_id"])
@@ -113,8 +116,9 @@ class EmbeddedStore:
             if index is None:
                 index = self._call_index[org] = OrgCallIndex()
             index.add(doc_id, stored)
-            self._sizes[doc_id] = size
-            self._org_bytes[org] = self._org_bytes.get(org, 0) + size
+            if self._quota.max_bytes:
+                self._sizes[doc_id] = size
+                self._org_bytes[org] = self._org_bytes.get(org, 0) + size
             self._track_schedule(None, stored)
             self._notify(None, stored)
 
@@ -129,12 +133,14 @@ class EmbeddedStore:
             doc_id, old = self._stored_call(organization_id, call_id)
             changed = change(_copy(old))
             new, size = _stored(changed)
-            grown = self._org_bytes[organization_id] - self._sizes[doc_id] + size
-            if size > self._sizes[doc_id]:
-                self._quota.check(len(self._call_index[organization_id]), grown)
+            if self._quota.max_bytes:
+                grown = self._org_bytes[organization_id] - self._sizes[doc_id] + size
+                if size > self._sizes[doc_id]:
+                    self._quota.check(len(self._call_index[organization_id]), grown)
             self._calls.replace(doc_id, new)
             self._call_index[organization_id].replace(doc_id, old, new)
-            self._sizes[doc_id], self._org_bytes[organization_id] = size, grown
+            if self._quota.max_bytes:
+                self._sizes[doc_id], self._org_bytes[organization_id] = size, grown
             self._track_schedule(old, new)
             self._notify(old, new)
             return changed
@@ -144,7 +150,8 @@ class EmbeddedStore:
             doc_id, old = self._stored_call(organization_id, call_id)
             self._calls.remove(doc_ids=[doc_id])
             self._call_index[organization_id].remove(doc_id, old)
-            self._org_bytes[organization_id] -= self._sizes.pop(doc_id)
+            if self._quota.max_bytes:
+                self._org_bytes[organization_id] -= self._sizes.pop(doc_id)
             self._track_schedule(old, None)
             self._notify(old, None)
             return _copy(old)

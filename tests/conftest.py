@@ -179,7 +179,10 @@ SERVER_COMMAND = (sys.executable, "-m", "calls_server.cli")
 
 @contextmanager
 def running_server(
-    data_dir: Path, command: tuple[str, ...] = SERVER_COMMAND, **env: str
+    data_dir: Path,
+    command: tuple[str, ...] = SERVER_COMMAND,
+    serve_args: tuple[str, ...] = (),
+    **env: str,
 ) -> Iterator[RunningServer]:
     """Start the server (`command`, default this interpreter's) on a free port, wait until it
     answers, stop it with SIGTERM."""
@@ -199,6 +202,7 @@ def running_server(
                 "--data-dir",
                 str(data_dir),
                 "serve",
+                *serve_args,
                 "--port",
                 str(port),
             ],

@@ -90,6 +90,8 @@ EVERY_SETTING = {
     "webhook_allow_http": "true",
     "scheduler_interval": "0.25",
     "quota_calls": "1000",
+    "log_json": "true",
+    "cors_origins": "https://app.example.com",
     "quota_bytes": "1048576",
 }
 

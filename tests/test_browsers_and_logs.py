@@ -1,0 +1,133 @@
+"""What browsers and support desks need: CORS when configured, a request id on every
+request and response and in every log line, JSON log lines on request, and a first run
+that leads straight to a working key."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+
+import httpx
+
+from calls_server.logs import log_config
+from tests.conftest import SEED_REQUEST, app_client, assert_error, cli, running_server
+
+ORIGIN = "https://app.example.com"
+
+
+def test_a_request_id_is_generated_and_returned(client, tenant):
+    response = client.get("/api/calls", headers=tenant.headers)
+
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_a_request_id_sent_by_the_client_is_returned(client, tenant):
+    response = client.get("/api/calls", headers={**tenant.headers, "X-Request-ID": "desk-4711"})
+
+    assert response.headers["x-request-id"] == "desk-4711"
+
+
+def test_an_unusable_request_id_is_replaced(client, tenant):
+    response = client.get("/api/calls", headers={**tenant.headers, "X-Request-ID": "a b\tc"})
+
+    assert response.headers["x-request-id"] != "a b\tc"
+
+
+def test_error_responses_carry_the_request_id_too(client):
+    response = client.get("/api/calls", headers={"X-Request-ID": "desk-4712"})
+
+    assert_error(response, 401)
+    assert response.headers["x-request-id"] == "desk-4712"
+
+
+def test_cors_is_off_by_default(client, tenant):
+    preflight = client.options(
+        "/api/calls",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"},
+    )
+
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_an_allowed_origin_gets_its_preflight_answered_with_the_credential_headers(store, tenant):
+    with app_client(store, cors_origins=f"{ORIGIN}, https://other.example.com") as client:
+        preflight = client.options(
+            "/api/calls/create",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key, x-api-secret, content-type",
+            },
+        )
+        created = client.post(
+            "/api/calls/create", json=SEED_REQUEST, headers={**tenant.headers, "Origin": ORIGIN}
+        )
+
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert {"x-api-key", "x-api-secret", "content-type"} <= set(allowed.replace(" ", "").split(","))
+    assert created.status_code == 200
+    assert created.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in created.headers["access-control-expose-headers"].lower()
+
+
+def test_another_origin_is_not_allowed(store):
+    with app_client(store, cors_origins=ORIGIN) as client:
+        preflight = client.options(
+            "/api/calls",
+            headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"},
+        )
+
+    assert preflight.status_code == 400
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_json_log_lines_carry_the_request_id(capsys):
+    logging.config.dictConfig(log_config("info", as_json=True))
+    try:
+        from calls_server.middleware import current_request_id
+
+        token = current_request_id.set("desk-4713")
+        logging.getLogger("calls_server.test").warning("hello %s", "desk")
+        current_request_id.reset(token)
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["message"] == "hello desk"
+    assert line["request_id"] == "desk-4713"
+    assert line["level"] == "warning"
+
+
+def test_the_server_logs_every_request_with_its_id(tmp_path):
+    with running_server(tmp_path / "data", CALLS_LOG_LEVEL="info", CALLS_LOG_JSON="true") as server:
+        httpx.get(f"{server.base_url}/api/calls", headers={"X-Request-ID": "desk-4714"})
+        log = server.log()
+
+    access = [json.loads(line) for line in log.splitlines() if "desk-4714" in line]
+    assert access, log
+    assert all(entry["request_id"] == "desk-4714" for entry in access)
+
+
+def test_a_first_run_says_how_to_get_a_key(tmp_path):
+    with running_server(tmp_path / "data") as server:
+        log = server.log()
+
+    assert "calls-server serve --create-org" in log
+
+
+def test_serve_can_create_the_first_organization_and_print_its_key_once(tmp_path):
+    with running_server(tmp_path / "data", serve_args=("--create-org", "acme")) as server:
+        log = server.log()
+        key = log.split("export KEY=", 1)[1].split()[0]
+        secret = log.split("SECRET=", 1)[1].split()[0]
+        response = httpx.get(
+            f"{server.base_url}/api/calls", headers={"X-API-KEY": key, "X-API-SECRET": secret}
+        )
+
+    assert response.status_code == 200
+    assert response.json()["data"]["organization_id"] == "acme"
+    listed = cli("--data-dir", str(tmp_path / "data"), "list-keys", "acme")
+    assert len(json.loads(listed.stdout)) == 1
