@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import logging.config
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -179,6 +180,31 @@ def revoke_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def mcp(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve a Calls server's operations to MCP clients (agents) as tools."""
+    if not (args.api_key and args.api_secret):
+        print(
+            "calls-server: the MCP server needs the organization's key pair: set "
+            "CALLS_MCP_API_KEY and CALLS_MCP_API_SECRET",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        from calls_server.mcp import build_server
+    except ImportError:
+        print(
+            "calls-server: the MCP server needs the `mcp` extra: pip install 'calls-server[mcp]'",
+            file=sys.stderr,
+        )
+        return 2
+    server = build_server(args.url, args.api_key, args.api_secret)
+    if args.transport == "stdio":
+        server.run(transport="stdio", show_banner=False)
+    else:
+        server.run(transport="http", host=args.host, port=args.port, show_banner=False)
+    return 0
+
+
 def recover(args: argparse.Namespace, settings: Settings) -> int:
     """Salvage everything readable of a damaged data directory into a new one."""
     try:
@@ -251,6 +277,27 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("organization_id")
     revoke.add_argument("api_key_id")
     revoke.set_defaults(command=revoke_key)
+
+    agents = commands.add_parser(
+        "mcp",
+        help="serve the Calls operations to MCP clients (agents) as tools",
+        description="An MCP server whose tools are the Calls, schedule and webhook operations "
+        "of openapi.yaml, calling a running Calls server with one organization's key pair "
+        "(CALLS_MCP_API_KEY, CALLS_MCP_API_SECRET). Needs the `mcp` extra.",
+    )
+    agents.add_argument(
+        "--url",
+        default=os.environ.get("CALLS_MCP_URL", "http://127.0.0.1:8080/api"),
+        help="the Calls server's API base URL (CALLS_MCP_URL, default http://127.0.0.1:8080/api)",
+    )
+    agents.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    agents.add_argument("--host", default="127.0.0.1", help="with --transport http")
+    agents.add_argument("--port", type=int, default=8090, help="with --transport http")
+    agents.set_defaults(
+        command=mcp,
+        api_key=os.environ.get("CALLS_MCP_API_KEY"),
+        api_secret=os.environ.get("CALLS_MCP_API_SECRET"),
+    )
 
     salvage_ = commands.add_parser(
         "recover",

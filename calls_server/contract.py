@@ -45,12 +45,18 @@ def spec_for(settings: Settings) -> dict[str, Any]:
     return spec
 
 
-def published(spec: dict[str, Any]) -> tuple[bytes, bytes]:
-    """`spec` as served at openapi.json and openapi.yaml: as written, minus internals."""
-    public = copy.deepcopy(spec)
-    for scheme in public["components"]["securitySchemes"].values():
+def public(spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` as others may see it: as written, minus the extensions naming internals."""
+    shown = copy.deepcopy(spec)
+    for scheme in shown["components"]["securitySchemes"].values():
         for name in _INTERNAL:
             scheme.pop(name, None)
-    as_json = json.dumps(public, indent=2).encode()
-    as_yaml = yaml.safe_dump(public, sort_keys=False, allow_unicode=True).encode()
+    return shown
+
+
+def published(spec: dict[str, Any]) -> tuple[bytes, bytes]:
+    """`spec` as served at openapi.json and openapi.yaml: as written, minus internals."""
+    public_spec = public(spec)
+    as_json = json.dumps(public_spec, indent=2).encode()
+    as_yaml = yaml.safe_dump(public_spec, sort_keys=False, allow_unicode=True).encode()
     return as_json, as_yaml
