@@ -116,3 +116,27 @@ def test_the_served_spec_says_http_webhook_urls_are_taken_where_the_server_takes
 
     assert url_rule(strict) == "^https://[!-~]+$"
     assert url_rule(relaxed) == "^https?://[!-~]+$"
+
+
+def test_every_error_response_has_an_example_in_the_envelope():
+    for name, response in load_spec()["components"]["responses"].items():
+        example = response["content"]["application/json"].get("example")
+        assert example is not None, name
+        assert example["status"] == "error", name
+        assert example["data"] is None, name
+        assert example["message"], name
+        assert example["error"], name
+
+
+def test_every_operation_says_what_it_does():
+    for path, item in load_spec()["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                assert operation.get("summary"), f"{method} {path}"
+
+
+def test_every_operation_has_a_description():
+    for path, item in load_spec()["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                assert operation.get("description", "").strip(), f"{method} {path}"
