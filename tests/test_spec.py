@@ -8,6 +8,7 @@ import pkgutil
 import re
 
 import yaml
+from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 from openapi_spec_validator.readers import read_from_filename
 
@@ -140,3 +141,45 @@ def test_every_operation_has_a_description():
         for method, operation in item.items():
             if method in HTTP_METHODS:
                 assert operation.get("description", "").strip(), f"{method} {path}"
+
+
+def resolved(node, spec):
+    """`node` with every `$ref` into `spec` replaced by what it points at."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = spec
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return resolved(target, spec)
+        return {key: resolved(value, spec) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolved(item, spec) for item in node]
+    return node
+
+
+def test_every_success_response_has_an_example_valid_under_strict_openapi_3_0():
+    spec = load_spec()
+    checked = 0
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            content = resolved(operation["responses"]["200"], spec)["content"]["application/json"]
+            examples = [e["value"] for e in content.get("examples", {}).values()]
+            assert examples, f"{method} {path} has no example"
+            validator = OAS30Validator(
+                content["schema"], format_checker=OAS30Validator.FORMAT_CHECKER
+            )
+            for example in examples:
+                errors = [e.message for e in validator.iter_errors(example)]
+                assert errors == [], f"{method} {path}: {errors[:3]}"
+                checked += 1
+    assert checked >= 21
+
+
+def test_every_error_example_is_a_valid_error_envelope():
+    spec = load_spec()
+    envelope = OAS30Validator(resolved(spec["components"]["schemas"]["ErrorEnvelope"], spec))
+    for name, response in spec["components"]["responses"].items():
+        example = response["content"]["application/json"]["example"]
+        assert list(envelope.iter_errors(example)) == [], name
