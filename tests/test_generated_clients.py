@@ -175,10 +175,12 @@ def run_main_flows(client_package: Any, models: Any, client: Any) -> None:
 
 
 @pytest.mark.skipif(shutil.which("npx") is None, reason="Node.js (npx) is not installed")
-def test_typescript_types_generate_and_compile_strictly(tmp_path):
+@pytest.mark.parametrize("source", ["spec file", "served spec"])
+def test_typescript_types_generate_and_compile_strictly(source, server, tmp_path):
     npx = ["npx", "--yes"]
+    spec = str(SPEC_PATH) if source == "spec file" else f"{server.base_url}/api/openapi.json"
     generated = subprocess.run(
-        [*npx, OPENAPI_TYPESCRIPT, str(SPEC_PATH), "-o", str(tmp_path / "api.d.ts")],
+        [*npx, OPENAPI_TYPESCRIPT, spec, "-o", str(tmp_path / "api.d.ts")],
         capture_output=True,
         text=True,
         timeout=300,
