@@ -236,6 +236,13 @@ def running_server(
                 process.wait()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real server shared by the tests of one module (each takes its own key pair)."""
+    with running_server(tmp_path_factory.mktemp("server") / "data") as running:
+        yield running
+
+
 # -- a real HTTP receiver on loopback (stands in for the dialer) ----------------------------
 
 

@@ -21,19 +21,14 @@ from typing import Any
 import pytest
 
 from calls_server.contract import SPEC_PATH, load_spec
-from tests.conftest import running_server
+from tests.conftest import SEED_REQUEST
 
 pytestmark = pytest.mark.generators
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 OPENAPI_TYPESCRIPT = "openapi-typescript@7.13.0"
 TYPESCRIPT = "typescript@5.9"
-SEED = {
-    "agent_id": "agent-123",
-    "call_type": "PHONE_CALL",
-    "direction": "OUTBOUND",
-    "metadata": {"customer_id": "cust-001", "priority": "high", "campaign": "summer-2024"},
-}
+SEED = SEED_REQUEST
 
 
 def generate_python(source: list[str], out: Path) -> subprocess.CompletedProcess[str]:
@@ -52,12 +47,6 @@ def assert_clean(result: subprocess.CompletedProcess[str]) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "warning" not in output.lower(), output
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("generated") / "data") as running:
-        yield running
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from fastmcp.exceptions import ToolError
 
 from calls_server.contract import load_spec
 from calls_server.mcp import TOOL_TAGS, build_server
-from tests.conftest import running_server
 
 SEED = {
     "agent_id": "agent-123",
@@ -32,12 +31,6 @@ def tool_for(method: str, path: str) -> str:
     """The tool of an operation: its operationId, looked up in the spec."""
     name: str = load_spec()["paths"][path][method]["operationId"]
     return name
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("mcp") / "data") as running:
-        yield running
 
 
 @pytest.fixture
