@@ -79,7 +79,8 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             clock=clock,
             dialer=settings.dialer(),
             rooms=settings.livekit_rooms(),
-            webhook_allow_http=settings.webhook_allow_http,
+            egress=settings.egress(),
+            webhook_limit=settings.webhooks_per_organization,
             admin_token=settings.admin_token,
         )
         scheduler = (
@@ -87,7 +88,11 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             if services.dialer
             else None
         )
-        deliverer = WebhookDeliverer(store, clock=clock) if settings.webhook_delivery else None
+        deliverer = (
+            WebhookDeliverer(store, services.egress, clock=clock)
+            if settings.webhook_delivery
+            else None
+        )
         for service in (deliverer, scheduler):
             if service:
                 service.start()

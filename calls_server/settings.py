@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from calls_server.integrations.dialer import HttpDialer
+from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
 
 PREFIX = "CALLS_"
@@ -55,6 +56,11 @@ class Settings:
     webhook_delivery: bool = True
     # Accept http:// webhook URLs (for loopback and testing); https:// only otherwise.
     webhook_allow_http: bool = False
+    # Private networks webhooks may go to (CIDRs, comma-separated): on-premises receivers,
+    # or 127.0.0.0/8 for tests. Public addresses are always allowed.
+    webhook_allow_networks: str = ""
+    # How many webhooks one organization may have.
+    webhooks_per_organization: int = 16
     # Seconds between two looks for due scheduled calls (with a dialer configured).
     scheduler_interval: float = 0.5
     # Per organization: at most this many calls, and this many bytes of calls (0: no limit).
@@ -92,6 +98,12 @@ class Settings:
             )
         if not 0.05 <= self.scheduler_interval <= 60:
             raise SettingsError(f"{PREFIX}SCHEDULER_INTERVAL must be between 0.05 and 60 seconds")
+        try:
+            EgressPolicy.parse_networks(self.webhook_allow_networks)
+        except ValueError as e:
+            raise SettingsError(f"{PREFIX}WEBHOOK_ALLOW_NETWORKS: {e}") from None
+        if not 1 <= self.webhooks_per_organization <= 1000:
+            raise SettingsError(f"{PREFIX}WEBHOOKS_PER_ORGANIZATION must be between 1 and 1000")
         if self.quota_calls < 0 or self.quota_bytes < 0:
             raise SettingsError(f"{PREFIX}QUOTA_CALLS and {PREFIX}QUOTA_BYTES must be 0 or more")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
@@ -118,6 +130,13 @@ class Settings:
             return None
         return HttpDialer(
             self.dialer_url, self.dialer_secret, self.dialer_timeout, self.dialer_attempts
+        )
+
+    def egress(self) -> EgressPolicy:
+        """Where webhooks may be sent."""
+        return EgressPolicy(
+            allow_http=self.webhook_allow_http,
+            allowed_networks=EgressPolicy.parse_networks(self.webhook_allow_networks),
         )
 
     def livekit_rooms(self) -> LiveKitRooms | None:

@@ -11,6 +11,7 @@ from connexion import request
 
 from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer
+from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.storage import Store
 
@@ -25,8 +26,10 @@ class Services:
     dialer: Dialer | None
     # Issues web calls' LiveKit tokens; None when no LiveKit server is configured.
     rooms: LiveKitRooms | None
-    # Whether webhook URLs may be http:// (loopback, testing) and not only https://.
-    webhook_allow_http: bool
+    # Where webhooks may be sent (public addresses, and the networks the operator allows).
+    egress: EgressPolicy
+    # How many webhooks one organization may have.
+    webhook_limit: int
     # The admin API's bearer token; None disables the admin API.
     admin_token: str | None
 

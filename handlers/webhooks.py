@@ -14,9 +14,10 @@ Response = tuple[Envelope, int]
 def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/post-call-webhooks/create: the secret is shown in this response only."""
     running = services()
-    hook = webhooks.new_webhook(
-        organization_id(token_info), body, running.webhook_allow_http, running.clock()
-    )
+    org = organization_id(token_info)
+    running.egress.check_url(body["url"])
+    existing = len(running.store.webhooks(org))
+    hook = webhooks.new_webhook(org, body, running.clock(), existing, running.webhook_limit)
     running.store.add_webhook(hook)
     return success("Webhook created successfully", hook), 200
 
@@ -42,11 +43,11 @@ def update_post_call_webhook(
 ) -> Response:
     """PATCH /api/post-call-webhooks/{webhook_id}"""
     running = services()
+    if "url" in body:
+        running.egress.check_url(body["url"])
     now = running.clock()
     hook = running.store.change_webhook(
-        organization_id(token_info),
-        webhook_id,
-        lambda h: webhooks.changed(h, body, running.webhook_allow_http, now),
+        organization_id(token_info), webhook_id, lambda h: webhooks.changed(h, body, now)
     )
     return success("Webhook updated successfully", webhooks.public_view(hook)), 200
 

@@ -1,7 +1,8 @@
 """The outbound dialer: phone calls are handed to the operator's dialer over HTTP.
 
-The job is POSTed as JSON, signed with HMAC-SHA256 of the exact body bytes under the
-configured secret (header `X-Calls-Signature: sha256=<hex>`), with a timeout per attempt.
+The job is POSTed as JSON, signed under the configured secret (integrations/signing.py:
+`Calls-Signature: t=...,v1=...`, and the deprecated `X-Calls-Signature`), with an
+`Idempotency-Key` (the call id, the same on every attempt) and a timeout per attempt.
 A 2xx accepts the call. Another 4xx (but 408 and 429) refuses it at once; a 5xx, 408, 429,
 timeout or connection error is retried, with exponential backoff, up to the configured
 number of attempts.
@@ -9,8 +10,6 @@ number of attempts.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Mapping
@@ -19,7 +18,8 @@ from typing import Any, Protocol
 
 import httpx
 
-SIGNATURE_HEADER = "X-Calls-Signature"
+from calls_server.integrations.signing import signature_headers
+
 _RETRIED = frozenset({408, 429})
 
 
@@ -39,11 +39,6 @@ class Dialer(Protocol):
         """Deliver `job`; never raises for the dialer's own failures."""
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The signature header's value for `body`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 @dataclass(frozen=True)
 class HttpDialer:
     """A dialer reached by an HTTP POST of the job."""
@@ -56,11 +51,14 @@ class HttpDialer:
 
     def dial(self, job: Mapping[str, Any]) -> DialOutcome:
         body = json.dumps(job, separators=(",", ":"), sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body)}
+        # The same key on every attempt: a dialer that honors it places the call once, even
+        # when an attempt timed out after the dialer had taken it.
+        headers = {"Content-Type": "application/json", "Idempotency-Key": job["call_id"]}
         reason = ""
         for attempt in range(1, self.attempts + 1):
             try:
-                response = httpx.post(self.url, content=body, headers=headers, timeout=self.timeout)
+                signed = {**headers, **signature_headers(self.secret, body, int(time.time()))}
+                response = httpx.post(self.url, content=body, headers=signed, timeout=self.timeout)
             except httpx.TimeoutException:
                 reason = f"no answer within {self.timeout:g} s"
             except httpx.TransportError as e:

@@ -4,8 +4,9 @@ Every committed change of a call that changes its status is turned, under the st
 lock and so in commit order, into one delivery per active webhook of the call's
 organization, queued for that webhook. One worker thread per webhook POSTs its queue in
 order (so events of a call arrive in order), each only once the change is on disk,
-signed like dialer jobs (`X-Calls-Signature: sha256=<HMAC-SHA256 of the body>`, under the
-webhook's own secret), retried with exponential backoff on failure. The API request
+signed like dialer jobs (integrations/signing.py, under the webhook's own secret),
+sent only to addresses the egress policy allows (integrations/egress.py), retried with
+exponential backoff on failure, over one client that keeps its connections. The request
 that made the change never waits for any of it. Deliveries still queued when the server
 stops are given a few seconds, then dropped; how many, and for which webhooks, is logged.
 """
@@ -26,7 +27,8 @@ import httpx
 from calls_server.domain.calls import Call
 from calls_server.domain.webhooks import status_event
 from calls_server.integrations.clock import Clock, wall_clock
-from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
+from calls_server.integrations.egress import EgressPolicy, UnsafeTarget
+from calls_server.integrations.signing import signature_headers
 from calls_server.storage import Store
 
 log = logging.getLogger("calls_server.webhooks")
@@ -46,12 +48,17 @@ class WebhookDeliverer:
     def __init__(
         self,
         store: Store,
+        egress: EgressPolicy,
         attempts: int = 5,
         backoff: float = 0.5,
         timeout: float = 5.0,
         clock: Clock = wall_clock,
     ) -> None:
         self.store = store
+        self.egress = egress
+        # One client for every delivery: connections are kept and reused. Redirects are
+        # not followed (a receiver must not be able to send the server elsewhere).
+        self._http = httpx.Client(timeout=timeout, follow_redirects=False)
         self.clock = clock
         self.attempts = attempts
         self.backoff = backoff
@@ -80,6 +87,7 @@ class WebhookDeliverer:
             if count := _drain(pending):
                 dropped[hook] = count
             pending.put(None)  # a worker still busy ends after its current delivery
+        self._http.close()
         if dropped:
             log.warning(
                 "stopping: dropped %d undelivered webhook events (%s)",
@@ -128,19 +136,28 @@ class WebhookDeliverer:
             self._deliver(delivery)
 
     def _deliver(self, delivery: Delivery) -> None:
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(delivery.secret, delivery.body),
-            "X-Calls-Event": delivery.event,
-        }
         for attempt in range(1, self.attempts + 1):
             try:
-                response = httpx.post(
-                    delivery.url, content=delivery.body, headers=headers, timeout=self.timeout
+                # Checked at each attempt, connecting to the very address checked: a name
+                # that resolves elsewhere since registration (DNS rebinding) gets nowhere.
+                target = self.egress.target(delivery.url)
+                headers = {
+                    "Content-Type": "application/json",
+                    "Host": target.host,
+                    "X-Calls-Event": delivery.event,
+                    **signature_headers(delivery.secret, delivery.body, self.clock() // 1000),
+                }
+                response = self._http.post(
+                    target.url,
+                    content=delivery.body,
+                    headers=headers,
+                    extensions={"sni_hostname": target.host},
                 )
                 if response.is_success:
                     return
                 problem: Any = f"HTTP {response.status_code}"
+            except UnsafeTarget as e:
+                problem = e.error
             except httpx.TransportError as e:
                 problem = type(e).__name__
             if attempt < self.attempts:

@@ -35,6 +35,10 @@ def server(tmp_path_factory):
         CALLS_VALIDATE_RESPONSES="true",
         CALLS_WEBHOOK_DELIVERY="false",
         CALLS_WEBHOOK_ALLOW_HTTP="true",
+        # Let generated URLs register (nothing is delivered), so that the stateful phase
+        # reaches the webhook operations; tests/test_egress.py covers the address rules.
+        CALLS_WEBHOOK_ALLOW_NETWORKS="0.0.0.0/0,::/0",
+        CALLS_WEBHOOKS_PER_ORGANIZATION="1000",  # Schemathesis registers hundreds
     ) as running:
         yield running
     assert running.process.returncode == 0, running.log()

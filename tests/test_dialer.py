@@ -8,7 +8,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from calls_server.app import create_app
-from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
+from calls_server.integrations.signing import (
+    LEGACY_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    legacy_signature,
+    verify,
+)
 from calls_server.settings import Settings
 from tests.conftest import app_client, assert_error
 
@@ -53,8 +58,10 @@ def test_the_job_is_signed_json_with_the_calls_numbers_agent_and_metadata(client
 
     [request] = receiver.received
     assert request.path == "/jobs"
-    assert request.headers[SIGNATURE_HEADER] == sign(SECRET, request.body)
-    assert request.headers[SIGNATURE_HEADER] != sign("another secret", request.body)
+    assert verify(SECRET, request.body, request.headers[SIGNATURE_HEADER])
+    assert not verify("another secret", request.body, request.headers[SIGNATURE_HEADER])
+    assert request.headers[LEGACY_SIGNATURE_HEADER] == legacy_signature(SECRET, request.body)
+    assert request.headers["Idempotency-Key"] == call["call_id"]
     assert json.loads(request.body) == {
         "call_id": call["call_id"],
         "organization_id": tenant.organization_id,

@@ -88,6 +88,8 @@ EVERY_SETTING = {
     "dialer_attempts": "5",
     "webhook_delivery": "false",
     "webhook_allow_http": "true",
+    "webhook_allow_networks": "10.1.0.0/16, 127.0.0.0/8",
+    "webhooks_per_organization": "4",
     "scheduler_interval": "0.25",
     "quota_calls": "1000",
     "log_json": "true",

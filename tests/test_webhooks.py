@@ -11,7 +11,13 @@ from starlette.testclient import TestClient
 
 from calls_server.app import create_app
 from calls_server.domain import calls, webhooks
-from calls_server.integrations.dialer import SIGNATURE_HEADER, sign
+from calls_server.integrations.egress import EgressPolicy
+from calls_server.integrations.signing import (
+    LEGACY_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    legacy_signature,
+    verify,
+)
 from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.settings import Settings
 from tests.conftest import app_client, assert_error, create_call, wait_for
@@ -19,8 +25,15 @@ from tests.conftest import app_client, assert_error, create_call, wait_for
 
 @pytest.fixture
 def client(store, data_dir):
-    with app_client(store, data_dir=data_dir, webhook_allow_http=True) as test_client:
+    # The receivers of these tests listen on loopback: an operator's allowance.
+    loopback = {"webhook_allow_http": True, "webhook_allow_networks": "127.0.0.0/8"}
+    with app_client(store, data_dir=data_dir, **loopback) as test_client:
         yield test_client
+
+
+LOOPBACK = EgressPolicy(
+    allow_http=True, allowed_networks=EgressPolicy.parse_networks("127.0.0.0/8")
+)
 
 
 def register(client, tenant, url: str, **fields) -> dict:
@@ -128,7 +141,9 @@ def test_status_changes_are_delivered_in_order_and_signed(client, tenant, receiv
     assert events(receiver) == ["call_registered", "call_started", "call_ended", "call_deleted"]
     for request in receiver.received:
         assert request.path == "/events"
-        assert request.headers[SIGNATURE_HEADER] == sign(hook["secret"], request.body)
+        assert verify(hook["secret"], request.body, request.headers[SIGNATURE_HEADER])
+        legacy = request.headers[LEGACY_SIGNATURE_HEADER]
+        assert legacy == legacy_signature(hook["secret"], request.body)
         payload = json.loads(request.body)
         assert payload["webhook_id"] == hook["id"]
         assert payload["organization_id"] == tenant.organization_id
@@ -190,10 +205,14 @@ def test_a_slow_receiver_never_holds_up_the_api(client, tenant, receiver):
 def test_deliveries_still_queued_at_stop_are_dropped_and_logged(store, tenant, receiver, caplog):
     receiver.replies = [(200, 2.0)]  # the first delivery hangs; the rest wait behind it
     hook = webhooks.new_webhook(
-        tenant.organization_id, {"name": "slow", "url": receiver.url, "is_active": True}, True, 1
+        tenant.organization_id,
+        {"name": "slow", "url": receiver.url, "is_active": True},
+        now=1,
+        existing=0,
+        limit=16,
     )
     store.add_webhook(hook)
-    deliverer = WebhookDeliverer(store)
+    deliverer = WebhookDeliverer(store, LOOPBACK)
     deliverer.start()
     for n in range(4):
         store.add_call(calls.new_call(organization_id=tenant.organization_id, agent_id="a",
