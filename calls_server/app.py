@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
+import anyio
 from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
 from connexion.operations import AbstractOperation
@@ -63,8 +65,9 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
     """An ASGI app serving the Calls API from `store`. The caller opens and closes the store.
 
     The dialer, LiveKit and the other services handlers use are built here, once, from
-    `settings`, and reach handlers through the lifespan state; `clock` is the time they all
-    read (tests pass one they can move).
+    `settings`, and reach handlers through the lifespan state; `clock` is the time handlers,
+    the scheduler, webhook deliveries and dialer signatures read (tests pass one they can
+    move). LiveKit's SDK dates its tokens by the system clock.
 
     Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml). With a
     dialer configured, the scheduler runs for as long as the app does.
@@ -74,13 +77,15 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+        dialer = settings.dialer()
         services = Services(
             store=store,
             clock=clock,
-            dialer=settings.dialer(),
+            dialer=replace(dialer, clock=clock) if dialer else None,  # signs on app time
             rooms=settings.livekit_rooms(),
             egress=settings.egress(),
             webhook_limit=settings.webhooks_per_organization,
+            dial_limiter=anyio.CapacityLimiter(settings.dialer_concurrency),
             admin_token=settings.admin_token,
         )
         scheduler = (

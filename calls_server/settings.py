@@ -52,6 +52,8 @@ class Settings:
     dialer_secret: str | None = None
     dialer_timeout: float = 5.0
     dialer_attempts: int = 3
+    # Phone calls being handed to the dialer at once, at most (each holds a worker thread).
+    dialer_concurrency: int = 8
     # Deliver status events to webhooks (off for sandboxes whose webhooks must stay quiet).
     webhook_delivery: bool = True
     # Accept http:// webhook URLs (for loopback and testing); https:// only otherwise.
@@ -96,6 +98,8 @@ class Settings:
                 f"{PREFIX}DIALER_TIMEOUT must be in (0, 60] seconds and "
                 f"{PREFIX}DIALER_ATTEMPTS between 1 and 10"
             )
+        if not 1 <= self.dialer_concurrency <= 256:
+            raise SettingsError(f"{PREFIX}DIALER_CONCURRENCY must be between 1 and 256")
         if not 0.05 <= self.scheduler_interval <= 60:
             raise SettingsError(f"{PREFIX}SCHEDULER_INTERVAL must be between 0.05 and 60 seconds")
         try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from calls_server.domain import calls
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import CallQuery
@@ -44,11 +46,24 @@ def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     return success("Call created successfully", {"organization_id": org, "call": call}), 200
 
 
-def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
-    """POST /api/calls/create-phone-call"""
+async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /api/calls/create-phone-call
+
+    Placing the call (an fsync, then the dialer, retries included) runs on a worker thread
+    of its own bounded pool: a slow or hanging dialer holds at most that many threads, and
+    never those that serve every other request.
+    """
     org = organization_id(token_info)
     running = services()
-    placed = place_phone_call(running.store, running.dialer, running.clock, org, body)
+    placed = await anyio.to_thread.run_sync(
+        place_phone_call,
+        running.store,
+        running.dialer,
+        running.clock,
+        org,
+        body,
+        limiter=running.dial_limiter,
+    )
     call = placed.call
     data = {
         "organization_id": org,

@@ -7,8 +7,9 @@ from importlib.metadata import PackageNotFoundError, version
 from calls_server.domain.envelope import Envelope, success
 
 
-def get_health() -> tuple[Envelope, int]:
-    """GET /api/health: the process is up and serving."""
+async def get_health() -> tuple[Envelope, int]:
+    """GET /api/health: the process is up and serving (answered on the event loop, so a
+    busy worker pool does not make a live server look dead)."""
     try:
         running = version("calls-server")
     except PackageNotFoundError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from connexion import request
 
 from calls_server.integrations.clock import Clock
@@ -30,6 +31,8 @@ class Services:
     egress: EgressPolicy
     # How many webhooks one organization may have.
     webhook_limit: int
+    # Worker threads phone calls are placed on (dialing may hang): a pool of their own.
+    dial_limiter: anyio.CapacityLimiter
     # The admin API's bearer token; None disables the admin API.
     admin_token: str | None
 

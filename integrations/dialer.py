@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.signing import signature_headers
 
 _RETRIED = frozenset({408, 429})
@@ -48,6 +49,7 @@ class HttpDialer:
     timeout: float = 5.0
     attempts: int = 3
     backoff: float = 0.5  # seconds before the second attempt; doubles each time
+    clock: Clock = wall_clock  # the time each attempt's signature carries
 
     def dial(self, job: Mapping[str, Any]) -> DialOutcome:
         body = json.dumps(job, separators=(",", ":"), sort_keys=True).encode()
@@ -57,7 +59,7 @@ class HttpDialer:
         reason = ""
         for attempt in range(1, self.attempts + 1):
             try:
-                signed = {**headers, **signature_headers(self.secret, body, int(time.time()))}
+                signed = {**headers, **signature_headers(self.secret, body, self.clock() // 1000)}
                 response = httpx.post(self.url, content=body, headers=signed, timeout=self.timeout)
             except httpx.TimeoutException:
                 reason = f"no answer within {self.timeout:g} s"
