@@ -12,9 +12,10 @@ import hmac
 import secrets
 import string
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from calls_server.domain.errors import Conflict
+from calls_server.domain.errors import Conflict, Unauthorized
 
 KEY_PREFIX = "sk_"
 SECRET_PREFIX = "s3cr3t_"
@@ -24,6 +25,8 @@ Organization = dict[str, Any]
 ApiKey = dict[str, Any]
 
 SECRET_WARNING = "Store the API secret now: it is shown only once and cannot be retrieved later."
+INVALID_PAIR = "Invalid API key or secret"
+_NO_KEY: ApiKey = {"secret_sha256": "0" * 64}  # what an unknown key's secret is compared to
 
 
 def new_organization(
@@ -64,6 +67,22 @@ def revoked(key: ApiKey, now: int) -> ApiKey:
             f"API key '{key['api_key_id']}' is already revoked", message="Already revoked"
         )
     return {**key, "status": "REVOKED", "revoked_at": now}
+
+
+def authenticated(api_key: str, secret: str, find: Callable[[str], ApiKey | None]) -> ApiKey:
+    """The key record of the pair `api_key`/`secret`, looked up with `find`. Raises
+    Unauthorized unless the pair is well formed, the secret is the key's, and the key is
+    ACTIVE."""
+    if not (api_key.startswith(KEY_PREFIX) and secret.startswith(SECRET_PREFIX)):
+        raise Unauthorized(INVALID_PAIR)
+    key = find(api_key)
+    # Hash and compare even for an unknown key, so that it takes as long as a wrong secret.
+    matches = secret_matches(key or _NO_KEY, secret)
+    if key is None or not matches:
+        raise Unauthorized(INVALID_PAIR)
+    if key["status"] != "ACTIVE":
+        raise Unauthorized("API key has been revoked")
+    return key
 
 
 def public_view(key: ApiKey) -> ApiKey:

@@ -13,31 +13,19 @@ from typing import Any
 
 from connexion.lifecycle import ConnexionRequest
 
+from calls_server.domain import keys
 from calls_server.domain.errors import BOTH_HEADERS, Forbidden, Unauthorized
-from calls_server.domain.keys import KEY_PREFIX, SECRET_PREFIX, secret_matches
-
-INVALID_PAIR = "Invalid API key or secret"
 
 
 def check_api_key_pair(
     api_key: str, required_scopes: Any = None, request: ConnexionRequest | None = None
 ) -> dict[str, Any]:
-    """The caller's key record (minus its hash) when the key/secret pair is valid and active."""
+    """Who is calling (key and organization) when the key/secret pair is valid and active."""
     assert request is not None  # Connexion passes it: the signature asks for it
     secret = request.headers.get("X-API-SECRET")
     if not secret:
         raise Unauthorized(BOTH_HEADERS)
-    if not (api_key.startswith(KEY_PREFIX) and secret.startswith(SECRET_PREFIX)):
-        raise Unauthorized(INVALID_PAIR)
-    key = request.state.services.store.find_api_key(api_key)
-    # Always hash and compare, so an unknown key takes as long as a wrong secret.
-    if key is None:
-        secret_matches({"secret_sha256": "0" * 64}, secret)
-        raise Unauthorized(INVALID_PAIR)
-    if not secret_matches(key, secret):
-        raise Unauthorized(INVALID_PAIR)
-    if key["status"] != "ACTIVE":
-        raise Unauthorized("API key has been revoked")
+    key = keys.authenticated(api_key, secret, request.state.services.store.find_api_key)
     return {
         "sub": key["api_key_id"],
         "organization_id": key["organization_id"],
