@@ -135,6 +135,29 @@ def new_call(
     return call
 
 
+def new_web_call(
+    *,
+    organization_id: str,
+    agent_id: str,
+    now: int,
+    metadata: Mapping[str, Any] | None = None,
+    is_widget_call: bool | None = None,
+) -> Call:
+    """A new web call; whether it comes from the widget, when the request says, is kept in
+    its metadata (`is_widget_call`)."""
+    kept = dict(metadata or {})
+    if is_widget_call is not None:
+        kept["is_widget_call"] = is_widget_call
+    return new_call(
+        organization_id=organization_id,
+        agent_id=agent_id,
+        now=now,
+        call_type="web_call",
+        metadata=kept,
+        event_name="Web call created via API",
+    )
+
+
 def schedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
     """A freshly created call, put in status `scheduled` for `scheduled_timestamp` (seconds)."""
     _require_future(scheduled_timestamp, now)

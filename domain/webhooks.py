@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +61,11 @@ def toggled(webhook: Webhook, now: int) -> Webhook:
 def public_view(webhook: Webhook) -> Webhook:
     """A webhook as listed: without its signing secret."""
     return {k: v for k, v in webhook.items() if k != "secret"}
+
+
+def listed(webhooks: Iterable[Webhook], active_only: bool) -> list[Webhook]:
+    """The webhooks a listing shows, without their secrets: all, or only the active ones."""
+    return [public_view(hook) for hook in webhooks if hook["is_active"] or not active_only]
 
 
 def status_event(old: Call | None, new: Call | None) -> str | None:

@@ -83,16 +83,12 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
 def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/calls/create-web-call"""
     org = organization_id(token_info)
-    metadata = dict(body.get("metadata") or {})
-    if "is_widget_call" in body:
-        metadata["is_widget_call"] = body["is_widget_call"]
-    call = calls.new_call(
+    call = calls.new_web_call(
         organization_id=org,
         agent_id=body["agent_id"],
         now=services().clock(),
-        call_type="web_call",
-        metadata=metadata,
-        event_name="Web call created via API",
+        metadata=body.get("metadata"),
+        is_widget_call=body.get("is_widget_call"),
     )
     rooms = services().rooms
     token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None

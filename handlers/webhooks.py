@@ -24,11 +24,8 @@ def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -
 
 async def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/post-call-webhooks (`activeOnly=true` for the active ones)."""
-    found = [
-        webhooks.public_view(hook)
-        for hook in services().store.webhooks(organization_id(token_info))
-        if hook["is_active"] or not params.get("activeOnly")
-    ]
+    stored = services().store.webhooks(organization_id(token_info))
+    found = webhooks.listed(stored, active_only=bool(params.get("activeOnly")))
     return success("Webhooks retrieved successfully", {"webhooks": found, "count": len(found)}), 200
 
 
