@@ -179,9 +179,9 @@ def test_a_claim_interrupted_by_a_restart_is_marked_failed_not_dialed_again(
 def test_a_call_that_fell_due_while_the_server_was_down_is_dialed_once_on_start(tmp_path, receiver):
     data = tmp_path / "data"
     dialer = {"CALLS_DIALER_URL": receiver.url, "CALLS_DIALER_SECRET": SECRET}
-    # The first server never looks for due calls (an hour between looks), however slow the
+    # The first server never looks for due calls (a minute between looks), however slow the
     # machine: the call falls due for the second one to find at start.
-    with running_server(data, **dialer, CALLS_SCHEDULER_INTERVAL="3600") as server:
+    with running_server(data, **dialer, CALLS_SCHEDULER_INTERVAL="60") as server:
         base = server.base_url + "/api"
         headers = server.new_key_headers()
         due = int(time.time()) + 1
