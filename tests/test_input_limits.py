@@ -3,6 +3,8 @@ refused whole with a 400 naming the problem, and nothing is stored."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import assert_error
@@ -32,12 +34,13 @@ def stored_calls(client, tenant) -> list:
         (b'{"agent_id": "a", "metadata": {"\\udfff": 1}}', "not valid Unicode"),
         (b'{"agent_id": "a", "agent_id": "b"}', "'agent_id' appears more than once"),
         (b'{"agent_id": "a", "metadata": {"' + b"k" * 257 + b'": 1}}', "longer than 256"),
+        (b'{"agent_id": "a", "metadata": {"x": "' + b"v" * 262_145 + b'"}}', "longer than 262144"),
         (b'{"agent_id": "\xff"}', "not valid UTF-8"),
     ],
     ids=[
         "nan", "infinity", "minus-infinity", "integer-beyond-2^53", "float-overflow",
         "5000-digits", "lone-surrogate-value", "lone-surrogate-key", "duplicate-key",
-        "long-key", "not-utf8",
+        "long-key", "long-string", "not-utf8",
     ],
 )  # fmt: skip
 def test_a_body_clients_cannot_read_back_is_refused(client, tenant, body, reason):
@@ -58,6 +61,17 @@ def test_a_body_nested_a_hundred_thousand_levels_is_a_400_not_a_crash(client, te
     body = b'{"agent_id": "a", "metadata": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
 
     assert_error(post_raw(client, tenant, body), 400, "nested too deeply")
+
+
+def test_an_unterminated_string_of_escaped_quotes_is_refused_at_once(client, tenant):
+    # Each escaped quote could start a string; scanning again from each took minutes.
+    body = b'{"agent_id": "a", "metadata": {"x": "' + b'\\"' * 400_000
+
+    started = time.monotonic()
+    response = post_raw(client, tenant, body)
+
+    assert_error(response, 400, "not valid JSON")
+    assert time.monotonic() - started < 5
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting(client, tenant):
