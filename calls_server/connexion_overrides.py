@@ -16,12 +16,14 @@ dead code (or worse, into a wrong one).
      for every request, a fifth of a create's time;
    - answers a schema's own error text where the spec gives one (`x-error`), and says
      which values an enum takes when a value matches none of an `anyOf` of enums
-     (jsonschema only says it is "not valid under any of the given schemas"), and quotes
-     only a short prefix of a long value;
+     (jsonschema only says it is "not valid under any of the given schemas"), shows
+     values as JSON (`null`, not Python's `None`), names the keys a `not` forbids (not
+     the schema as a Python dict), and quotes only a short prefix of a long value;
    - sets defaults only on objects (Connexion's set them on any instance: a 500 for a JSON
      array body), and gives an absent optional body replaced by its default the JSON
      content type (Connexion left it without one, so it reached handlers as bytes).
-3. Parameter errors name the parameter (Connexion's leave it out).
+3. Parameter errors name the parameter (Connexion's leave it out), in the words of body
+   errors.
 4. The URI parser keeps the values of a repeated `form`/`explode` query parameter as they
    were sent: Connexion joins them with commas and splits them again, so `?agent_id=a,b`
    became two agent ids (spec-first/connexion#1905, open).
@@ -30,6 +32,7 @@ dead code (or worse, into a wrong one).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
@@ -125,39 +128,65 @@ _validate_properties = Draft4RequestValidator.VALIDATORS["properties"]
 _DefaultsValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     Draft4RequestValidator, {"properties": _set_defaults}
 )
+_MESSAGE_LIMIT = 300  # characters of a rule broken, in an error message
 # Per spec schema (kept alive by the spec): (schema, its validator).
 _VALIDATORS: dict[int, tuple[Any, Any]] = {}
 
 
 def describe(error: ValidationError) -> str:
-    """What is wrong with a value, in words: the rule it breaks, then where (as Connexion)."""
+    """What is wrong with a value, in words: the rule it breaks, then where (as Connexion).
+
+    Values are shown as JSON (`null`, not `None`) and cut to a short prefix."""
     where = format_error_with_path(exception=error)
     if isinstance(error.schema, dict) and "x-error" in error.schema:
         return f"{error.schema['x-error']}{where}"  # the spec's own words for this rule
+    # Messages that list what was sent (unexpected keys) are cut, whatever the body held.
+    return f"{strict_json.shortened(_rule_broken(error), _MESSAGE_LIMIT)}{where}"
+
+
+def _rule_broken(error: ValidationError) -> str:
     rule: Any = error.validator_value
-    if error.validator in ("anyOf", "oneOf"):
-        branches = rule
-        if all("enum" in branch for branch in branches):
-            allowed = [v for branch in branches for v in branch["enum"] if v is not None]
-            return f"{_show(error.instance)} is not one of {', '.join(allowed)}{where}"
+    shown = _show(error.instance)
+    if error.validator in ("anyOf", "oneOf") and all("enum" in branch for branch in rule):
+        allowed = [v for branch in rule for v in branch["enum"] if v is not None]
+        return f"{shown} is not one of {', '.join(map(str, allowed))}"
     if error.validator == "enum":
-        allowed = [str(v) for v in rule if v is not None]
-        return f"{_show(error.instance)} is not one of {', '.join(allowed)}{where}"
-    if error.validator in ("maxLength", "pattern") and isinstance(error.instance, str):
-        rule = (
-            f"is longer than {error.validator_value} characters"
-            if error.validator == "maxLength"
-            else f"does not match {error.validator_value!r}"
-        )
-        return f"{_show(error.instance)} {rule}{where}"
+        return f"{shown} is not one of {', '.join(str(v) for v in rule if v is not None)}"
+    if error.validator == "type":
+        types = ", ".join(f"'{t}'" for t in ([rule] if isinstance(rule, str) else rule))
+        return f"{shown} is not of type {types}"
+    if error.validator == "maxLength":
+        return f"{shown} is longer than {rule} characters"
+    if error.validator == "pattern":
+        return f"{shown} does not match {rule!r}"
     if error.validator in ("maxProperties", "maxItems"):
-        things = "keys" if error.validator == "maxProperties" else "items"
-        return f"has more than {rule} {things}{where}"
-    return f"{error.message}{where}"
+        return f"has more than {rule} {'keys' if error.validator == 'maxProperties' else 'items'}"
+    if error.validator == "not" and isinstance(error.instance, dict):
+        # jsonschema adds the whole schema as a Python dict; name the keys it forbids instead.
+        forbidden = sorted(_required_keys(rule) & set(error.instance))
+        if forbidden:
+            keys = ", ".join(strict_json.quoted(key) for key in forbidden)
+            return f"{shown} should not be valid: it may not have the key {keys}"
+    if error.validator == "not":
+        return f"{shown} should not be valid here"
+    # jsonschema's other messages start with the value's Python repr; show it as JSON.
+    prefix = repr(error.instance)
+    if error.message.startswith(prefix):
+        return shown + error.message[len(prefix) :]
+    return error.message
+
+
+def _required_keys(schema: Any) -> set[str]:
+    """The keys a `required` schema, or an `anyOf` of them, asks for."""
+    branches = schema.get("anyOf", [schema]) if isinstance(schema, dict) else []
+    return {key for branch in branches for key in branch.get("required", [])}
 
 
 def _show(value: Any) -> str:
-    return strict_json.quoted(value) if isinstance(value, str) else repr(value)
+    """A value as a client sent it: strings quoted, anything else as JSON, both cut short."""
+    if isinstance(value, str):
+        return strict_json.quoted(value)
+    return strict_json.shortened(json.dumps(value, ensure_ascii=False, default=str))
 
 
 # -- 3. parameters --------------------------------------------------------------------------
@@ -175,7 +204,12 @@ class NamedParameterValidator(ParameterValidator):  # type: ignore[misc]
         )
         if error is None or error.startswith("Missing"):
             return error
-        reason = error.split("\n\n", 1)[0]
+        # Connexion returned the error as text; validate again (only on this failing path)
+        # for the error itself, to say it in the same words as body errors.
+        schema = param.get("schema", param)
+        checker = Draft4Validator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+        failure = next(checker.iter_errors(value), None)
+        reason = error.split("\n\n", 1)[0] if failure is None else describe(failure)
         return f"Invalid {parameter_type} parameter '{param['name']}': {reason}"
 
 
@@ -193,7 +227,7 @@ class ExplodedFormURIParser(OpenAPIURIParser):  # type: ignore[misc]
 
     @staticmethod
     def _resolve_param_duplicates(values: list[str], param_defn: dict[str, Any], _in: str) -> Any:
-        if _exploded_form(param_defn, _in):
+        if _in == "query" and _exploded_form(param_defn, _in):  # not form bodies: no arrays
             return list(values)
         return OpenAPIURIParser._resolve_param_duplicates(values, param_defn, _in)
 

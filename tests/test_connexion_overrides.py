@@ -7,14 +7,14 @@ import inspect
 
 import connexion.security
 import pytest
-from connexion.json_schema import format_error_with_path
+from connexion.json_schema import Draft4RequestValidator, format_error_with_path
 from connexion.security import AbstractSecurityHandler
 from connexion.uri_parsing import OpenAPIURIParser
 from connexion.validators import DefaultsJSONRequestBodyValidator, ParameterValidator
 from connexion.validators.abstract import AbstractRequestBodyValidator
 
 from calls_server import connexion_overrides
-from tests.conftest import create_call
+from tests.conftest import assert_error, create_call
 
 # The private (or protected) names the overrides rely on, with the signatures they were
 # written against (connexion 3.3.0). An upgrade that changes one must be looked at.
@@ -29,6 +29,7 @@ RELIED_ON = {
     (OpenAPIURIParser, "_resolve_param_duplicates"): "(values, param_defn, _in)",
     (OpenAPIURIParser, "_split"): "(value, param_defn, _in)",
     (OpenAPIURIParser, "style_defaults"): "dict",
+    (Draft4RequestValidator, "VALIDATORS"): "dict",
 }
 
 
@@ -66,6 +67,10 @@ def test_the_error_path_format_the_renderer_keeps_is_unchanged():
     assert inspect.signature(format_error_with_path).parameters.keys() == {"exception"}
 
 
+def test_the_defaults_validator_extends_connexions_properties_rule():
+    assert "properties" in Draft4RequestValidator.VALIDATORS
+
+
 def test_a_security_function_is_inspected_once_not_per_request(client, tenant, monkeypatch):
     inspected = []
     original = connexion.security.inspect_function_arguments
@@ -95,3 +100,82 @@ def test_a_comma_inside_a_repeated_query_value_is_part_of_the_value(client, tena
     assert [c["agent_id"] for c in one.json()["data"]["calls"]] == ["a,b"]
     assert sorted(c["agent_id"] for c in both.json()["data"]["calls"]) == ["a", "b"]
     assert one.json()["data"]["applied_filters"]["agent_id"] == ["a,b"]
+
+
+def test_a_body_schema_validator_is_built_once_not_per_request(client, tenant, monkeypatch):
+    built = []
+    original = connexion_overrides._DefaultsValidator
+    monkeypatch.setattr(
+        connexion_overrides,
+        "_DefaultsValidator",
+        lambda *args, **kwargs: built.append(args[0]) or original(*args, **kwargs),
+    )
+    monkeypatch.setattr(connexion_overrides, "_VALIDATORS", {})
+
+    for _ in range(5):
+        create_call(client, tenant)
+
+    assert len(built) == 1
+
+
+def create_invalid(client, tenant, **body):
+    return client.post("/api/calls/create", json=body, headers=tenant.headers)
+
+
+def test_a_value_matching_no_enum_of_an_any_of_is_told_the_allowed_values(client, tenant):
+    response = create_invalid(client, tenant, agent_id="a", call_type="FAX")
+
+    body = assert_error(response, 400)
+    assert body["error"] == (
+        "'FAX' is not one of phone_call, web_call, PHONE_CALL, WEB_CALL - 'call_type'"
+    )
+
+
+def test_a_null_is_shown_as_json_not_as_python(client, tenant):
+    response = create_invalid(client, tenant, agent_id="a", call_id=None)
+
+    body = assert_error(response, 400)
+    assert body["error"] == "null is not of type 'string' - 'call_id'"
+
+
+def test_only_a_short_prefix_of_a_long_value_is_quoted(client, tenant):
+    response = create_invalid(client, tenant, agent_id="a", call_type="x" * 5000)
+
+    body = assert_error(response, 400, "'" + "x" * 60 + "…' is not one of")
+    assert len(body["error"]) < 200
+
+
+def test_a_forbidden_key_is_named_not_the_schema_that_forbids_it(client, tenant):
+    response = create_invalid(client, tenant, agent_id="a", metadata={"is_scheduled": True})
+
+    body = assert_error(response, 400)
+    assert body["error"] == (
+        '{"is_scheduled": true} should not be valid: '
+        "it may not have the key 'is_scheduled' - 'metadata'"
+    )
+
+
+def test_many_unexpected_keys_make_a_short_message(client, tenant):
+    extra = {f"key-{n:03}-" + "k" * 200: 1 for n in range(50)}
+
+    response = create_invalid(client, tenant, agent_id="a", **extra)
+
+    body = assert_error(response, 400, "Additional properties are not allowed")
+    assert len(body["error"]) < 400
+
+
+def test_a_parameter_error_names_the_parameter_and_the_allowed_values(client, tenant):
+    response = client.get("/api/calls", params={"sort_by": "colour"}, headers=tenant.headers)
+
+    body = assert_error(response, 400)
+    assert body["error"] == (
+        "Invalid query parameter 'sort_by': 'colour' is not one of "
+        "created_at, updated_at, start_timestamp, end_timestamp, call_duration"
+    )
+
+
+def test_a_long_query_value_is_quoted_short(client, tenant):
+    response = client.get("/api/calls", params={"agent_id": "q" * 5000}, headers=tenant.headers)
+
+    body = assert_error(response, 400, "Invalid query parameter 'agent_id': 'qqq")
+    assert len(body["error"]) < 200
