@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any
 
-# Limits of any JSON body, documented in openapi.yaml's description ("Input limits").
+# Limits of any JSON body, documented in openapi.yaml's description ("Limits").
 MAX_DEPTH = 32  # nested objects and arrays
 MAX_KEY_LENGTH = 256  # characters of an object key
 MAX_STRING_LENGTH = 262_144  # characters of a string value
