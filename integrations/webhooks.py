@@ -8,7 +8,8 @@ signed like dialer jobs (integrations/signing.py, under the webhook's own secret
 sent only to addresses the egress policy allows (integrations/egress.py), retried with
 exponential backoff on failure, over one client that keeps its connections. The request
 that made the change never waits for any of it. Deliveries still queued when the server
-stops are given a few seconds, then dropped; how many, and for which webhooks, is logged.
+stops are given a few seconds, then dropped; how many, and for which webhooks, is logged
+(and so is a delivery under way then, which makes no further attempt).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class WebhookDeliverer:
 
     def stop(self, grace: float = 5.0) -> None:
         """Let the workers finish their queues for up to `grace` seconds; drop (and log)
-        what is still queued then."""
+        what is still queued then. A delivery under way then makes no further attempt."""
         with self._lock:
             for pending in self._queues.values():
                 pending.put(None)
@@ -137,6 +138,12 @@ class WebhookDeliverer:
 
     def _deliver(self, delivery: Delivery) -> None:
         for attempt in range(1, self.attempts + 1):
+            if self._stopping.is_set():  # the client is closed, or about to be
+                log.warning(
+                    "stopping: dropped the delivery of %s to %s after %d attempts",
+                    delivery.event, delivery.url, attempt - 1,
+                )  # fmt: skip
+                return
             try:
                 # Checked at each attempt, connecting to the very address checked: a name
                 # that resolves elsewhere since registration (DNS rebinding) gets nowhere.
@@ -160,8 +167,12 @@ class WebhookDeliverer:
                 problem = e.error
             except httpx.TransportError as e:
                 problem = type(e).__name__
+            except RuntimeError:
+                if not self._stopping.is_set():
+                    raise
+                problem = "stopping"  # stop() closed the client under this attempt
             if attempt < self.attempts:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                self._stopping.wait(self.backoff * 2 ** (attempt - 1))  # cut short by stop()
         log.warning(
             "webhook delivery of %s to %s failed after %d attempts (%s)",
             delivery.event, delivery.url, self.attempts, problem,

@@ -226,3 +226,29 @@ def test_deliveries_still_queued_at_stop_are_dropped_and_logged(store, tenant, r
         deliverer.stop(grace=0.2)
 
     assert f"dropped 3 undelivered webhook events ({hook['id']}: 3)" in caplog.text
+
+
+def test_a_delivery_under_way_at_stop_is_dropped_and_logged_not_retried(
+    store, tenant, receiver, caplog
+):
+    receiver.replies = [(500, 0.5)]  # a slow failure: the delivery would be retried
+    store.add_webhook(
+        webhooks.new_webhook(
+            tenant.organization_id,
+            {"name": "failing", "url": receiver.url, "is_active": True},
+            now=1,
+            existing=0,
+            limit=16,
+        )
+    )
+    deliverer = WebhookDeliverer(store, LOOPBACK, backoff=0.01)
+    deliverer.start()
+    store.add_call(calls.new_call(organization_id=tenant.organization_id, agent_id="a",
+                                  now=1, call_type="web_call"))  # fmt: skip
+    wait_for(lambda: len(receiver.received) == 1)
+
+    with caplog.at_level(logging.WARNING, logger="calls_server.webhooks"):
+        deliverer.stop(grace=0.1)
+        wait_for(lambda: "dropped the delivery of call_registered" in caplog.text)
+
+    assert len(receiver.received) == 1
