@@ -102,7 +102,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             if service:
                 service.start()
         try:
-            # Starlette copies this state into every request's scope (request.state).
+            # The ASGI server copies this state into every request's scope (request.state).
             yield {"services": services}
         finally:
             for service in (scheduler, deliverer):
