@@ -49,7 +49,7 @@ import logging
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -243,6 +243,7 @@ class JournalStorage(Storage):
         self._sync = threading.Condition()
         self._syncing = False
         self._failed: OSError | None = None
+        self._transaction: _Transaction | None = None
         try:
             _remove_temporaries(self.directory)
             state = replay(self.directory)
@@ -293,18 +294,45 @@ class JournalStorage(Storage):
                 "restart the server once the cause is fixed"
             )
 
-    def commit(self, changes: list[Change]) -> None:
+    def commit(self, changes: list[Change], undo: Callable[[], None] | None = None) -> None:
         """Write `changes` (already applied in memory) to the journal as one record.
 
         The caller serializes commits (and the in-memory changes they describe), then
         calls `wait_durable` without its lock before acknowledging them. If this raises,
-        nothing was written and the caller undoes its in-memory change.
+        nothing was written and the caller undoes its in-memory change. Inside
+        `transaction`, the changes join the transaction's record instead, and `undo` is
+        what undoes them should the transaction not be written.
         """
+        if self._transaction is not None:
+            self._transaction.changes.extend(changes)
+            if undo is not None:
+                self._transaction.undos.append(undo)
+            return
         if not changes:
             return
         self._append(changes)
         if self._records >= self._compaction_due() and not self._compacting():
             self.compact_in_background()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every commit inside one record, written when the block ends: all of them or
+        none. Should the block raise, or the record not be written, every in-memory change
+        made inside is undone (latest first). Nested blocks join the outermost one; the
+        caller holds its lock throughout, as for `commit`."""
+        if self._transaction is not None:
+            yield
+            return
+        self._transaction = transaction = _Transaction()
+        try:
+            yield
+            self._transaction = None
+            self.commit(transaction.changes)
+        except BaseException:
+            self._transaction = None
+            for undo in reversed(transaction.undos):
+                undo()
+            raise
 
     def _compaction_due(self) -> int:
         # A snapshot costs O(stored documents), so take one only after as many records:
@@ -413,6 +441,12 @@ class JournalStorage(Storage):
         self.wait_for_compaction()
         os.close(self._segment)
         self._lock_file.close()
+
+
+@dataclass
+class _Transaction:
+    changes: list[Change] = field(default_factory=list)
+    undos: list[Callable[[], None]] = field(default_factory=list)
 
 
 def _decode_record(line: bytes) -> tuple[int, list[Change]]:

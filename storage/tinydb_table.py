@@ -84,7 +84,7 @@ class JournaledTable(Table):
         try:
             updater(view)
             changes: list[Change] = [(self.name, key, view.raw.get(key)) for key in view.originals]
-            storage.commit(changes)
+            storage.commit(changes, undo=view.rollback)
         except BaseException:
             view.rollback()
             raise

@@ -49,6 +49,61 @@ def test_each_commit_is_one_journal_line(tmp_path):
     storage.close()
 
 
+def test_the_commits_of_a_transaction_are_one_journal_line(tmp_path):
+    storage = JournalStorage(tmp_path)
+
+    with storage.transaction():
+        storage.read().setdefault("calls", {})["1"] = {"a": 1}
+        storage.commit([("calls", "1", {"a": 1})])
+        storage.read().setdefault("events", {})["1"] = {"e": 1}
+        storage.commit([("events", "1", {"e": 1})])
+        assert journal_lines(tmp_path) == []  # nothing before the block ends
+
+    assert journal_lines(tmp_path) == [
+        {"seq": 1, "changes": [["calls", "1", {"a": 1}], ["events", "1", {"e": 1}]]}
+    ]
+    storage.close()
+
+
+def test_a_transaction_that_raises_writes_nothing_and_undoes_every_change(tmp_path):
+    storage = JournalStorage(tmp_path)
+    undone = []
+
+    def two_commits_then_a_failure() -> None:
+        with storage.transaction():
+            storage.commit([("calls", "1", {"a": 1})], undo=lambda: undone.append("calls"))
+            storage.commit([("events", "1", {"e": 1})], undo=lambda: undone.append("events"))
+            raise RuntimeError("the second half failed")
+
+    with pytest.raises(RuntimeError):
+        two_commits_then_a_failure()
+
+    assert journal_lines(tmp_path) == []
+    assert undone == ["events", "calls"]  # latest first
+    storage.close()
+
+
+def test_a_transaction_the_disk_refuses_undoes_every_change(tmp_path, monkeypatch):
+    storage = JournalStorage(tmp_path)
+    undone = []
+
+    def full_disk(changes):
+        raise JournalFailed("the record could not be written (No space left on device)")
+
+    def two_commits() -> None:
+        with storage.transaction():
+            storage.commit([("calls", "1", {"a": 1})], undo=lambda: undone.append("calls"))
+            storage.commit([("events", "1", {"e": 1})], undo=lambda: undone.append("events"))
+
+    monkeypatch.setattr(storage, "_append", full_disk)
+    with pytest.raises(JournalFailed):
+        two_commits()
+
+    assert undone == ["events", "calls"]
+    monkeypatch.undo()
+    storage.close()
+
+
 def test_close_compacts_into_a_snapshot_and_drops_the_old_segments(tmp_path):
     storage = JournalStorage(tmp_path)
     storage.read()["t"] = {"1": {"a": 1}}
