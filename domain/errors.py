@@ -87,6 +87,13 @@ class WebhookNotFound(NotFound):
         super().__init__(f"Webhook with ID '{webhook_id}' does not exist")
 
 
+class WebhookEventNotFound(NotFound):
+    message = "Webhook event not found"
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"Event with ID '{event_id}' does not exist for this webhook")
+
+
 class Conflict(ApiError):
     status_code = 409
     message = "Conflict"
