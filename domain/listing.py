@@ -86,16 +86,21 @@ class CallQuery:
 
     def pagination(self, total: int) -> dict[str, Any]:
         """The pagination block, with both names upstream uses for the count."""
-        total_pages = math.ceil(total / self.limit)
-        return {
-            "page": self.page,
-            "limit": self.limit,
-            "total": total,
-            "total_count": total,
-            "total_pages": total_pages,
-            "has_next_page": self.page + 1 < total_pages,
-            "has_previous_page": self.page > 0,
-        }
+        return pagination(self.page, self.limit, total)
+
+
+def pagination(page: int, limit: int, total: int) -> dict[str, Any]:
+    """The pagination block of 0-based page `page` of `limit` items out of `total`."""
+    total_pages = math.ceil(total / limit)
+    return {
+        "page": page,
+        "limit": limit,
+        "total": total,
+        "total_count": total,
+        "total_pages": total_pages,
+        "has_next_page": page + 1 < total_pages,
+        "has_previous_page": page > 0,
+    }
 
 
 def normalize_filters(criteria: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,10 @@ TinyDB as shipped rebuilds a whole table on every write and scans on every searc
   the journal can snapshot a shallow copy of the tables in the background;
 - every lookup and listing goes through in-memory indexes, rebuilt once on open: calls per
   organization (`storage.call_index`), API keys by key and per organization, webhooks per
-  organization, scheduled calls by due time. No request reads another organization's
-  records;
+  organization, webhook events per webhook, scheduled calls by due time. No request reads
+  another organization's records;
+- the webhook events a change of a call owes (the outbox) are written in the same journal
+  record as the change (`JournalStorage.transaction`): both are on disk, or neither;
 - one lock serializes every write and every read that spans documents, since neither
   TinyDB nor its storages are thread-safe;
 - when the data directory cannot be written, a write is refused with 503 and rolled back;
@@ -30,7 +32,7 @@ from typing import Any, cast
 
 from sortedcontainers import SortedList
 
-from calls_server.domain import calls
+from calls_server.domain import calls, webhooks
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import (
     ApiKeyNotFound,
@@ -38,14 +40,15 @@ from calls_server.domain.errors import (
     DuplicateId,
     OrganizationNotFound,
     StoreUnavailable,
+    WebhookEventNotFound,
     WebhookNotFound,
 )
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
 from calls_server.domain.quotas import Quota
-from calls_server.domain.webhooks import Webhook
+from calls_server.domain.webhooks import Webhook, WebhookEvent
 from calls_server.storage.call_index import OrgCallIndex
-from calls_server.storage.interface import CallListener
+from calls_server.storage.interface import EventListener, EventSource
 from calls_server.storage.journal import JournalFailed, JournalStorage
 from calls_server.storage.tinydb_table import EmbeddedTinyDB, JournaledTable, raw_documents
 
@@ -69,7 +72,9 @@ class EmbeddedStore:
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
         self._webhooks = self._table("webhooks")
-        self._listeners: list[CallListener] = []
+        self._events = self._table("webhook_events")
+        self._event_source: EventSource | None = None
+        self._event_listener: EventListener | None = None
         # Indexes: rebuilt here, kept up to date by every write below.
         by_org: dict[str, list[tuple[int, Call]]] = {}
         for doc_id, call in raw_documents(self._calls).items():
@@ -99,6 +104,10 @@ class EmbeddedStore:
         self._org_webhooks: dict[str, dict[str, int]] = {}  # organization -> id -> doc id
         for doc in self._webhooks.all():
             self._org_webhooks.setdefault(doc["organization_id"], {})[doc["id"]] = doc.doc_id
+        # webhook -> event id -> doc id, in the order recorded
+        self._hook_events: dict[str, dict[str, int]] = {}
+        for doc_id, event in sorted(raw_documents(self._events).items(), key=_doc_order):
+            self._hook_events.setdefault(event["webhook_id"], {})[event["event_id"]] = int(doc_id)
 
     # -- calls -----------------------------------------------------------------------------
     def add_call(self, call: Call) -> None:
@@ -112,7 +121,9 @@ class EmbeddedStore:
                 )
             stored, size = _stored(call)
             self._quota.check(len(index or ()) + 1, self._org_bytes.get(org, 0) + size)
-            doc_id = self._calls.insert(stored)
+            with self._journal.transaction():
+                doc_id = self._calls.insert(stored)
+                events = self._record_events(None, stored)
             if index is None:
                 index = self._call_index[org] = OrgCallIndex()
             index.add(doc_id, stored)
@@ -120,7 +131,7 @@ class EmbeddedStore:
                 self._sizes[doc_id] = size
                 self._org_bytes[org] = self._org_bytes.get(org, 0) + size
             self._track_schedule(None, stored)
-            self._notify(None, stored)
+            self._index_events(events)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         with self._reading():
@@ -137,23 +148,27 @@ class EmbeddedStore:
                 grown = self._org_bytes[organization_id] - self._sizes[doc_id] + size
                 if size > self._sizes[doc_id]:
                     self._quota.check(len(self._call_index[organization_id]), grown)
-            self._calls.replace(doc_id, new)
+            with self._journal.transaction():
+                self._calls.replace(doc_id, new)
+                events = self._record_events(old, new)
             self._call_index[organization_id].replace(doc_id, old, new)
             if self._quota.max_bytes:
                 self._sizes[doc_id], self._org_bytes[organization_id] = size, grown
             self._track_schedule(old, new)
-            self._notify(old, new)
+            self._index_events(events)
             return changed
 
     def delete_call(self, organization_id: str, call_id: str) -> Call:
         with self._writing():
             doc_id, old = self._stored_call(organization_id, call_id)
-            self._calls.remove(doc_ids=[doc_id])
+            with self._journal.transaction():
+                self._calls.remove(doc_ids=[doc_id])
+                events = self._record_events(old, None)
             self._call_index[organization_id].remove(doc_id, old)
             if self._quota.max_bytes:
                 self._org_bytes[organization_id] -= self._sizes.pop(doc_id)
             self._track_schedule(old, None)
-            self._notify(old, None)
+            self._index_events(events)
             return _copy(old)
 
     def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
@@ -267,8 +282,13 @@ class EmbeddedStore:
     def delete_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
         with self._writing():
             doc_id, old = self._stored_webhook(organization_id, webhook_id)
-            self._webhooks.remove(doc_ids=[doc_id])
+            events = self._hook_events.get(webhook_id, {})
+            with self._journal.transaction():
+                self._webhooks.remove(doc_ids=[doc_id])
+                if events:
+                    self._events.remove(doc_ids=list(events.values()))
             del self._org_webhooks[organization_id][webhook_id]
+            self._hook_events.pop(webhook_id, None)
             return _copy(old)
 
     def _stored_webhook(self, organization_id: str, webhook_id: str) -> tuple[int, Webhook]:
@@ -277,17 +297,120 @@ class EmbeddedStore:
             raise WebhookNotFound(webhook_id)
         return doc_id, raw_documents(self._webhooks)[str(doc_id)]
 
-    # -- listening ---------------------------------------------------------------------------
-    def on_call_change(self, listener: CallListener) -> None:
-        self._listeners.append(listener)
+    # -- webhook events (the outbox) ---------------------------------------------------------
+    def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
+        with self._lock:
+            self._event_source, self._event_listener = source, listener
 
+    def pending_webhook_events(self) -> list[WebhookEvent]:
+        with self._reading():
+            table = raw_documents(self._events)
+            pending = sorted(
+                doc_id
+                for events in self._hook_events.values()
+                for doc_id in events.values()
+                if table[str(doc_id)]["status"] == "pending"
+            )
+            return [_copy(table[str(doc_id)]) for doc_id in pending]
+
+    def list_webhook_events(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        status: str | None = None,
+        since: int | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[WebhookEvent], int]:
+        with self._reading():
+            self._stored_webhook(organization_id, webhook_id)
+            table = raw_documents(self._events)
+            newest_first = reversed(self._hook_events.get(webhook_id, {}).values())
+            matching = [
+                event
+                for event in (table[str(doc_id)] for doc_id in newest_first)
+                if (status is None or event["status"] == status)
+                and (since is None or event["created_at"] >= since)
+            ]
+            chosen = matching[offset : offset + limit] if limit else matching[offset:]
+            return [_copy(event) for event in chosen], len(matching)
+
+    def get_webhook_event(
+        self, organization_id: str, webhook_id: str, event_id: str
+    ) -> WebhookEvent:
+        with self._reading():
+            return _copy(self._stored_event(organization_id, webhook_id, event_id)[1])
+
+    def change_webhook_event(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        event_id: str,
+        change: Callable[[WebhookEvent], WebhookEvent],
+    ) -> WebhookEvent:
+        with self._writing():
+            doc_id, old = self._stored_event(organization_id, webhook_id, event_id)
+            changed = change(_copy(old))
+            self._events.replace(doc_id, _copy(changed))
+            if changed["status"] == "pending" and (
+                old["status"] != "pending" or changed["next_attempt_at"] < old["next_attempt_at"]
+            ):
+                self._tell([changed])  # queued again, or due sooner
+            return changed
+
+    def prune_webhook_events(self, settled_before: int) -> int:
+        with self._writing():
+            table = raw_documents(self._events)
+            done = [
+                (webhook_id, event_id, doc_id)
+                for webhook_id, events in self._hook_events.items()
+                for event_id, doc_id in events.items()
+                if (settled := webhooks.settled_at(table[str(doc_id)])) is not None
+                and settled < settled_before
+            ]
+            if done:
+                self._events.remove(doc_ids=[doc_id for _, _, doc_id in done])
+            for webhook_id, event_id, _ in done:
+                del self._hook_events[webhook_id][event_id]
+            return len(done)
+
+    def _record_events(self, old: Call | None, new: Call | None) -> list[tuple[int, WebhookEvent]]:
+        """Insert the events a change of a call owes (inside its transaction)."""
+        if self._event_source is None:
+            return []
+        organization_id = (new or old or {})["organization_id"]
+        table = raw_documents(self._webhooks)
+        hooks = [
+            table[str(doc_id)]
+            for doc_id in sorted(self._org_webhooks.get(organization_id, {}).values())
+        ]
+        owed = self._event_source(old, new, hooks)
+        return [(self._events.insert(event), event) for event in owed]
+
+    def _index_events(self, recorded: list[tuple[int, WebhookEvent]]) -> None:
+        """Index events once their transaction is written, and tell the listener."""
+        for doc_id, event in recorded:
+            self._hook_events.setdefault(event["webhook_id"], {})[event["event_id"]] = doc_id
+        if recorded:
+            self._tell([event for _, event in recorded])
+
+    def _tell(self, events: list[WebhookEvent]) -> None:
+        if self._event_listener is not None:
+            self._event_listener([_copy(event) for event in events])
+
+    def _stored_event(
+        self, organization_id: str, webhook_id: str, event_id: str
+    ) -> tuple[int, WebhookEvent]:
+        self._stored_webhook(organization_id, webhook_id)
+        doc_id = self._hook_events.get(webhook_id, {}).get(event_id)
+        if doc_id is None:
+            raise WebhookEventNotFound(event_id)
+        return doc_id, raw_documents(self._events)[str(doc_id)]
+
+    # -- durability ----------------------------------------------------------------------------
     def wait_durable(self) -> None:
         with _unavailable_when_failed():
             self._journal.wait_durable()
-
-    def _notify(self, old: Call | None, new: Call | None) -> None:
-        for listener in self._listeners:
-            listener(old, new)
 
     def _org_doc_id(self, organization_id: str) -> int:
         try:
@@ -342,6 +465,10 @@ def _stored(call: Call) -> tuple[Call, int]:
     text = json.dumps(call)
     calls.check_size(call["call_id"], len(text))
     return dict(json.loads(text)), len(text)
+
+
+def _doc_order(item: tuple[str, Any]) -> int:
+    return int(item[0])
 
 
 def _size(call: Mapping[str, Any]) -> int:

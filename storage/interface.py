@@ -15,11 +15,16 @@ from typing import Protocol
 from calls_server.domain.calls import Call
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
-from calls_server.domain.webhooks import Webhook
+from calls_server.domain.webhooks import Webhook, WebhookEvent
 
-# Called with (before, after) for every committed change of a call (None: absent), in
-# commit order, under the store's lock: it must only take note (queue), never block.
-CallListener = Callable[[Call | None, Call | None], None]
+# Called with (before, after, the organization's webhooks) for every change of a call
+# (None: absent), inside its write: the webhook events that change owes, to be recorded in
+# the same atomic write. Must be quick and pure.
+EventSource = Callable[[Call | None, Call | None, list[Webhook]], list[WebhookEvent]]
+# Called with webhook events that have just become pending (recorded, or queued again) or
+# due sooner, in
+# commit order, under the store's lock: it must only take note, never block.
+EventListener = Callable[[list[WebhookEvent]], None]
 
 
 class Store(Protocol):
@@ -83,11 +88,47 @@ class Store(Protocol):
         """Replace the webhook by `change(webhook)` atomically. Raises WebhookNotFound."""
 
     def delete_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
-        """Remove the webhook and return it. Raises WebhookNotFound."""
+        """Remove the webhook and its events, and return it. Raises WebhookNotFound."""
 
-    # -- listening ---------------------------------------------------------------------------
-    def on_call_change(self, listener: CallListener) -> None:
-        """Call `listener` for every committed change of a call from now on."""
+    # -- webhook events (the outbox) ---------------------------------------------------------
+    def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
+        """From now on, record with every change of a call, atomically, the events `source`
+        says it owes; tell `listener` of every event that becomes pending."""
+
+    def pending_webhook_events(self) -> list[WebhookEvent]:
+        """Every organization's pending events, in the order they were recorded."""
+
+    def list_webhook_events(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        status: str | None = None,
+        since: int | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[WebhookEvent], int]:
+        """`limit` (None: all) of the webhook's events from `offset`, newest first, only those
+        in `status` and recorded at or after `since` (Unix ms) if given, and how many match.
+        Raises WebhookNotFound."""
+
+    def get_webhook_event(
+        self, organization_id: str, webhook_id: str, event_id: str
+    ) -> WebhookEvent:
+        """The event. Raises WebhookNotFound or WebhookEventNotFound."""
+
+    def change_webhook_event(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        event_id: str,
+        change: Callable[[WebhookEvent], WebhookEvent],
+    ) -> WebhookEvent:
+        """Replace the event by `change(event)` atomically and return the new record."""
+
+    def prune_webhook_events(self, settled_before: int) -> int:
+        """Remove events delivered or given up before then (Unix ms); how many were removed."""
+
+    # -- durability ----------------------------------------------------------------------------
 
     def wait_durable(self) -> None:
         """Return once every change made so far is on disk."""
