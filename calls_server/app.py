@@ -94,7 +94,16 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             else None
         )
         deliverer = (
-            WebhookDeliverer(store, services.egress, clock=clock)
+            WebhookDeliverer(
+                store,
+                services.egress,
+                settings.webhook_retries(),
+                concurrency=settings.webhook_concurrency,
+                per_endpoint=settings.webhook_connections_per_endpoint,
+                timeout=settings.webhook_timeout,
+                retention=settings.webhook_event_retention,
+                clock=clock,
+            )
             if settings.webhook_delivery
             else None
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calls_server.domain.webhooks import RetryPolicy
 from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
@@ -63,6 +64,23 @@ class Settings:
     webhook_allow_networks: str = ""
     # How many webhooks one organization may have.
     webhooks_per_organization: int = 16
+    # Deliveries under way at once: for all webhooks together, and for one webhook (each
+    # call's events still go one at a time, in order).
+    webhook_concurrency: int = 16
+    webhook_connections_per_endpoint: int = 8
+    # Seconds a receiver has to answer one delivery.
+    webhook_timeout: float = 5.0
+    # Retries: the first after this many seconds, each later one after twice the previous
+    # wait, at most the max; an event is given up (marked failed, kept) once retrying it
+    # would go on past `webhook_retry_for` seconds since it was queued.
+    webhook_retry_first_delay: float = 30.0
+    webhook_retry_max_delay: float = 3600.0
+    webhook_retry_for: float = 3 * 86400.0
+    # A webhook whose every delivery has failed for this many seconds is switched off.
+    webhook_disable_after: float = 3 * 86400.0
+    # Seconds delivered and failed events are kept once settled (to be listed and
+    # redelivered). Each keeps the call as sent, in memory on the embedded store.
+    webhook_event_retention: float = 7 * 86400.0
     # Seconds between two looks for due scheduled calls (with a dialer configured).
     scheduler_interval: float = 0.5
     # Per organization: at most this many calls, and this many bytes of calls (0: no limit).
@@ -108,6 +126,23 @@ class Settings:
             raise SettingsError(f"{PREFIX}WEBHOOK_ALLOW_NETWORKS: {e}") from None
         if not 1 <= self.webhooks_per_organization <= 1000:
             raise SettingsError(f"{PREFIX}WEBHOOKS_PER_ORGANIZATION must be between 1 and 1000")
+        if not 1 <= self.webhook_concurrency <= 256:
+            raise SettingsError(f"{PREFIX}WEBHOOK_CONCURRENCY must be between 1 and 256")
+        if not 1 <= self.webhook_connections_per_endpoint <= self.webhook_concurrency:
+            raise SettingsError(
+                f"{PREFIX}WEBHOOK_CONNECTIONS_PER_ENDPOINT must be between 1 and "
+                f"{PREFIX}WEBHOOK_CONCURRENCY"
+            )
+        if not 0 < self.webhook_timeout <= 60:
+            raise SettingsError(f"{PREFIX}WEBHOOK_TIMEOUT must be in (0, 60] seconds")
+        if not 0 < self.webhook_retry_first_delay <= self.webhook_retry_max_delay:
+            raise SettingsError(
+                f"{PREFIX}WEBHOOK_RETRY_FIRST_DELAY must be more than 0 and at most "
+                f"{PREFIX}WEBHOOK_RETRY_MAX_DELAY"
+            )
+        for name in ("webhook_retry_for", "webhook_disable_after", "webhook_event_retention"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be more than 0 seconds")
         if self.quota_calls < 0 or self.quota_bytes < 0:
             raise SettingsError(f"{PREFIX}QUOTA_CALLS and {PREFIX}QUOTA_BYTES must be 0 or more")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
@@ -134,6 +169,15 @@ class Settings:
             return None
         return HttpDialer(
             self.dialer_url, self.dialer_secret, self.dialer_timeout, self.dialer_attempts
+        )
+
+    def webhook_retries(self) -> RetryPolicy:
+        """When failed webhook deliveries are retried, given up, and endpoints switched off."""
+        return RetryPolicy(
+            first_delay=self.webhook_retry_first_delay,
+            max_delay=self.webhook_retry_max_delay,
+            give_up_after=self.webhook_retry_for,
+            disable_after=self.webhook_disable_after,
         )
 
     def egress(self) -> EgressPolicy:

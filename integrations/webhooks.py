@@ -1,32 +1,47 @@
-"""Delivery of call status events to the organization's webhooks.
+"""Delivery of call status events to the organization's webhooks, from the store's outbox.
 
-Every committed change of a call that changes its status is turned, under the store's
-lock and so in commit order, into one delivery per active webhook of the call's
-organization, queued for that webhook. One worker thread per webhook POSTs its queue in
-order (so events of a call arrive in order), each only once the change is on disk,
-signed like dialer jobs (integrations/signing.py, under the webhook's own secret),
-sent only to addresses the egress policy allows (integrations/egress.py), retried with
-exponential backoff on failure, over one client that keeps its connections. The request
-that made the change never waits for any of it. Deliveries still queued when the server
-stops are given a few seconds, then dropped; how many, and for which webhooks, is logged
-(and so is a delivery under way then, which makes no further attempt).
+The store records the events a change of a call owes (one per active webhook) in the same
+atomic write as the change (`Store.record_webhook_events`, fed by `domain.webhooks
+.owed_events`), so an event exists exactly when its change does, across crashes. This
+module delivers them from there, at least once and with the same `event_id` on every
+attempt:
+
+- events wait in lanes, one per (webhook, call): a lane sends one event at a time, in the
+  order recorded, so each call's events arrive at each webhook in order; a lane whose head
+  event waits for its retry waits as a whole, and only that call's events wait with it;
+- lanes of one webhook run side by side, at most `per_endpoint` at once (its own pool of
+  kept-alive connections), and a fixed pool of `concurrency` worker threads serves every
+  webhook: a hanging endpoint holds at most `per_endpoint` workers, each for at most
+  `timeout`, and never a thread of its own;
+- each attempt resolves the URL again and connects only to the address the egress policy
+  allowed (no DNS rebinding), and no redirect is followed;
+- each attempt is signed (integrations/signing.py) and its outcome (status code, latency,
+  error) recorded on the event, which is then delivered, due again after the retry
+  policy's backoff, or failed for good once the policy's window has passed; failures long
+  enough switch the webhook off with the reason (`domain.webhooks.after_attempt`);
+- an event is sent only once its change is on disk;
+- on stop, the attempts under way finish (each within `timeout`) and are recorded; every
+  other pending event stays in the store and is delivered after the next start.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from calls_server.domain import webhooks
 from calls_server.domain.calls import Call
-from calls_server.domain.webhooks import status_event
+from calls_server.domain.errors import WebhookEventNotFound, WebhookNotFound
+from calls_server.domain.webhooks import Attempt, RetryPolicy, Webhook, WebhookEvent
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.egress import EgressPolicy, UnsafeTarget
 from calls_server.integrations.signing import signature_headers
@@ -34,158 +49,280 @@ from calls_server.storage import Store
 
 log = logging.getLogger("calls_server.webhooks")
 
+# How often lanes of webhooks that are switched off are looked at again (they may be
+# switched on), and how often settled events past their retention are pruned (seconds).
+RECHECK_EVERY = 1.0
+PRUNE_EVERY = 60.0
 
-@dataclass(frozen=True)
-class Delivery:
-    url: str
-    secret: str
-    event: str
-    body: bytes
+Lane = tuple[str, str]  # (webhook id, call id)
 
 
 class WebhookDeliverer:
-    """Listens to the store's call changes and delivers status events."""
+    """Records the events call changes owe, and delivers them from the store."""
 
     def __init__(
         self,
         store: Store,
         egress: EgressPolicy,
-        attempts: int = 5,
-        backoff: float = 0.5,
+        policy: RetryPolicy | None = None,
+        concurrency: int = 16,
+        per_endpoint: int = 8,
         timeout: float = 5.0,
+        retention: float = 7 * 86400.0,
         clock: Clock = wall_clock,
     ) -> None:
         self.store = store
         self.egress = egress
-        # One client for every delivery: connections are kept and reused. Redirects are
-        # not followed (a receiver must not be able to send the server elsewhere).
-        self._http = httpx.Client(timeout=timeout, follow_redirects=False)
-        self.clock = clock
-        self.attempts = attempts
-        self.backoff = backoff
+        self.policy = policy or RetryPolicy()
+        self.per_endpoint = per_endpoint
         self.timeout = timeout
-        self._queues: dict[str, queue.Queue[Delivery | None]] = {}
-        self._workers: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self.retention = retention
+        self.clock = clock
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="webhook-delivery")
+        self._wake = threading.Condition()
+        # Per lane: the event ids it still has to send, in order; the webhook's organization.
+        self._lanes: dict[Lane, deque[str]] = {}
+        self._organizations: dict[str, str] = {}
+        self._queued: set[tuple[str, str]] = set()  # (webhook, event id) in those lanes
+        self._due: list[tuple[int, int, Lane]] = []  # heap of (when, tie, lane)
+        self._scheduled: dict[Lane, int] = {}  # lane -> when it is due (its heap entry)
+        self._busy: set[Lane] = set()  # lanes with an attempt under way
+        self._in_flight: Counter[str] = Counter()  # webhook -> its lanes under way
+        self._held: dict[str, deque[Lane]] = {}  # webhook -> due lanes over its limit
+        self._parked: set[Lane] = set()  # lanes of webhooks switched off
+        self._tie = itertools.count()
+        self._clients: dict[str, httpx.Client] = {}
+        self._stopping = False
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="webhook-dispatch", daemon=True
+        )
 
+    # -- the store's side --------------------------------------------------------------------
     def start(self) -> None:
-        self.store.on_call_change(self.on_call_change)
+        """Record events from now on, queue those still pending, and start delivering."""
+        self.store.record_webhook_events(self._owed, self._pending)
+        self._pending(self.store.pending_webhook_events())
+        self._dispatcher.start()
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Let the workers finish their queues for up to `grace` seconds; drop (and log)
-        what is still queued then. A delivery under way then makes no further attempt."""
-        with self._lock:
-            for pending in self._queues.values():
-                pending.put(None)
-            workers = list(self._workers)
-        deadline = time.monotonic() + grace
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        self._stopping.set()
-        dropped: dict[str, int] = {}
-        for hook, pending in self._queues.items():
-            if count := _drain(pending):
-                dropped[hook] = count
-            pending.put(None)  # a worker still busy ends after its current delivery
-        self._http.close()
-        if dropped:
-            log.warning(
-                "stopping: dropped %d undelivered webhook events (%s)",
-                sum(dropped.values()),
-                ", ".join(f"{hook}: {count}" for hook, count in sorted(dropped.items())),
+    def _owed(self, old: Call | None, new: Call | None, hooks: list[Webhook]) -> list[WebhookEvent]:
+        return webhooks.owed_events(old, new, hooks, self.clock(), str(uuid.uuid4()))
+
+    def _pending(self, events: list[WebhookEvent]) -> None:
+        with self._wake:
+            for event in events:
+                webhook_id, event_id = event["webhook_id"], event["event_id"]
+                lane = (webhook_id, event["call_id"])
+                # Already queued: recorded while start() read the pending ones, or due sooner.
+                if (webhook_id, event_id) not in self._queued:
+                    self._queued.add((webhook_id, event_id))
+                    self._lanes.setdefault(lane, deque()).append(event_id)
+                    self._organizations[webhook_id] = event["organization_id"]
+                self._schedule(lane, self.clock())
+            self._wake.notify()
+
+    def stop(self) -> None:
+        """Finish the attempts under way (each within the timeout) and stop; every event
+        still pending stays in the store for the next start."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._dispatcher.is_alive():
+            self._dispatcher.join()
+        self._pool.shutdown(wait=True)
+        for client in self._clients.values():
+            client.close()
+        kept: Counter[str] = Counter()
+        for (webhook_id, _), lane in self._lanes.items():
+            kept[webhook_id] += len(lane)
+        if kept:
+            log.info(
+                "stopping: %d webhook events are pending (%s); they are kept and delivered "
+                "after the next start",
+                kept.total(),
+                ", ".join(f"{hook}: {count}" for hook, count in sorted(kept.items())),
             )
 
-    def on_call_change(self, old: Call | None, new: Call | None) -> None:
-        event = status_event(old, new)
-        if event is None or self._stopping.is_set():
+    # -- dispatching ---------------------------------------------------------------------------
+    def _schedule(self, lane: Lane, when: int) -> None:
+        """Have `lane` looked at by `when` (Unix ms); the caller holds `_wake`."""
+        if lane in self._busy:
+            return  # looked at again when its attempt ends
+        if lane in self._scheduled and self._scheduled[lane] <= when:
             return
-        call: Call = new or old  # type: ignore[assignment]
-        for hook in self.store.webhooks(call["organization_id"]):
-            if not hook["is_active"]:
-                continue
-            payload = {
-                "event": event,
-                "event_id": str(uuid.uuid4()),
-                "timestamp": self.clock(),
-                "organization_id": call["organization_id"],
-                "webhook_id": hook["id"],
-                "call": call,
-            }
-            body = json.dumps(payload, separators=(",", ":")).encode()
-            self._queue_for(hook["id"]).put(Delivery(hook["url"], hook["secret"], event, body))
+        self._scheduled[lane] = when
+        self._parked.discard(lane)
+        heapq.heappush(self._due, (when, next(self._tie), lane))
 
-    def _queue_for(self, webhook_id: str) -> queue.Queue[Delivery | None]:
-        with self._lock:
-            pending = self._queues.get(webhook_id)
-            if pending is None:
-                pending = self._queues[webhook_id] = queue.Queue()
-                worker = threading.Thread(
-                    target=self._work, args=(pending,), name=f"webhook-{webhook_id}", daemon=True
-                )
-                self._workers.append(worker)
-                worker.start()
-            return pending
+    def _dispatch(self) -> None:
+        recheck = prune = time.monotonic()
+        with self._wake:
+            while not self._stopping:
+                now = self.clock()
+                while self._due and self._due[0][0] <= now:
+                    when, _, lane = heapq.heappop(self._due)
+                    if self._scheduled.get(lane) != when:
+                        continue  # superseded by an earlier entry
+                    del self._scheduled[lane]
+                    webhook_id = lane[0]
+                    if self._in_flight[webhook_id] >= self.per_endpoint:
+                        self._held.setdefault(webhook_id, deque()).append(lane)
+                        continue
+                    self._busy.add(lane)
+                    self._in_flight[webhook_id] += 1
+                    self._pool.submit(self._work, lane)
+                if time.monotonic() >= recheck:
+                    recheck = time.monotonic() + RECHECK_EVERY
+                    for lane in list(self._parked):
+                        self._schedule(lane, now)
+                if time.monotonic() >= prune:
+                    prune = time.monotonic() + PRUNE_EVERY
+                    self._pool.submit(self._prune)
+                wait = RECHECK_EVERY if not self._due else (self._due[0][0] - now) / 1000
+                self._wake.wait(max(0.001, min(wait, RECHECK_EVERY)))
 
-    def _work(self, pending: queue.Queue[Delivery | None]) -> None:
-        while (delivery := pending.get()) is not None:
-            try:
-                self.store.wait_durable()
-            except Exception:
-                log.error("not delivering %s: the change is not on disk", delivery.event)
-                continue
-            self._deliver(delivery)
-
-    def _deliver(self, delivery: Delivery) -> None:
-        for attempt in range(1, self.attempts + 1):
-            if self._stopping.is_set():  # the client is closed, or about to be
-                log.warning(
-                    "stopping: dropped the delivery of %s to %s after %d attempts",
-                    delivery.event, delivery.url, attempt - 1,
-                )  # fmt: skip
-                return
-            try:
-                # Checked at each attempt, connecting to the very address checked: a name
-                # that resolves elsewhere since registration (DNS rebinding) gets nowhere.
-                target = self.egress.target(delivery.url)
-                headers = {
-                    "Content-Type": "application/json",
-                    "Host": target.host,
-                    "X-Calls-Event": delivery.event,
-                    **signature_headers(delivery.secret, delivery.body, self.clock() // 1000),
-                }
-                response = self._http.post(
-                    target.url,
-                    content=delivery.body,
-                    headers=headers,
-                    extensions={"sni_hostname": target.host},
-                )
-                if response.is_success:
-                    return
-                problem: Any = f"HTTP {response.status_code}"
-            except UnsafeTarget as e:
-                problem = e.error
-            except httpx.TransportError as e:
-                problem = type(e).__name__
-            except RuntimeError:
-                if not self._stopping.is_set():
-                    raise
-                problem = "stopping"  # stop() closed the client under this attempt
-            if attempt < self.attempts:
-                self._stopping.wait(self.backoff * 2 ** (attempt - 1))  # cut short by stop()
-        log.warning(
-            "webhook delivery of %s to %s failed after %d attempts (%s)",
-            delivery.event, delivery.url, self.attempts, problem,
-        )  # fmt: skip
-
-
-def _drain(pending: queue.Queue[Delivery | None]) -> int:
-    """Empty `pending` and count the deliveries it held (not the stop markers)."""
-    count = 0
-    while True:
+    def _work(self, lane: Lane) -> None:
+        when: int | None = None
         try:
-            item = pending.get_nowait()
-        except queue.Empty:
-            return count
-        if item is not None:
-            count += 1
+            when = self._next(lane)
+        except Exception:
+            log.exception("webhook %s: delivery failed unexpectedly; retrying soon", lane[0])
+            when = self.clock() + int(self.policy.first_delay * 1000)
+        finally:
+            with self._wake:
+                webhook_id = lane[0]
+                self._busy.discard(lane)
+                self._in_flight[webhook_id] -= 1
+                if when is None and self._lanes.get(lane) and lane not in self._parked:
+                    when = self.clock()  # queued in it while it was busy
+                if not self._stopping:
+                    if when is not None:
+                        self._schedule(lane, when)
+                    held = self._held.get(webhook_id)
+                    if held:  # a slot of this webhook is free: the next lane waiting for one
+                        self._schedule(held.popleft(), self.clock())
+                    self._wake.notify()
+
+    def _next(self, lane: Lane) -> int | None:
+        """Attempt the lane's head event if it is due; when to look at the lane again (None:
+        not until something new is queued in it, or its webhook is switched on)."""
+        webhook_id = lane[0]
+        with self._wake:
+            queue = self._lanes.get(lane)
+            if not queue:
+                return None
+            organization_id, event_id = self._organizations[webhook_id], queue[0]
+        try:
+            hook = self.store.get_webhook(organization_id, webhook_id)
+            event = self.store.get_webhook_event(organization_id, webhook_id, event_id)
+        except WebhookNotFound:
+            self._forget(webhook_id)
+            return None
+        except WebhookEventNotFound:
+            return self._done(lane)
+        if event["status"] != "pending":
+            return self._done(lane)
+        if not hook["is_active"]:
+            with self._wake:
+                self._parked.add(lane)
+            return None
+        if event["next_attempt_at"] > self.clock():
+            return int(event["next_attempt_at"])
+        self.store.wait_durable()  # never announce a change that is not on disk
+        attempt = self._post(hook, event)
+        event = self.store.change_webhook_event(
+            organization_id,
+            webhook_id,
+            event_id,
+            lambda stored: webhooks.attempted(stored, attempt, self.policy),
+        )
+        if webhooks.after_attempt(hook, attempt, self.policy) is not hook:
+            self.store.change_webhook(
+                organization_id,
+                webhook_id,
+                lambda stored: webhooks.after_attempt(stored, attempt, self.policy),
+            )
+        if event["status"] == "failed":
+            log.warning(
+                "webhook %s: gave up on event %s (%s) after %d attempts (last: %s)",
+                webhook_id, event_id, event["event"], event["attempt_count"], attempt.problem,
+            )  # fmt: skip
+        if event["status"] != "pending":
+            return self._done(lane)
+        return int(event["next_attempt_at"])
+
+    def _done(self, lane: Lane) -> int | None:
+        """The lane's head event needs nothing more: on to the next one, now."""
+        with self._wake:
+            queue = self._lanes.get(lane)
+            if queue:
+                self._queued.discard((lane[0], queue.popleft()))
+            if not queue:
+                self._lanes.pop(lane, None)
+                return None
+        return self.clock()
+
+    def _forget(self, webhook_id: str) -> None:
+        """The webhook was deleted (and its events with it)."""
+        with self._wake:
+            for lane in [lane for lane in self._lanes if lane[0] == webhook_id]:
+                for event_id in self._lanes.pop(lane):
+                    self._queued.discard((webhook_id, event_id))
+            client = self._clients.pop(webhook_id, None)
+        if client is not None:
+            client.close()
+
+    def _prune(self) -> None:
+        try:
+            pruned = self.store.prune_webhook_events(self.clock() - int(self.retention * 1000))
+        except Exception:
+            log.exception("pruning old webhook events failed; trying again later")
+            return
+        if pruned:
+            log.info("pruned %d delivered or failed webhook events past their retention", pruned)
+
+    # -- one attempt ---------------------------------------------------------------------------
+    def _post(self, hook: Webhook, event: WebhookEvent) -> Attempt:
+        body = json.dumps(event["payload"], separators=(",", ":")).encode()
+        sent = self.clock()
+        started = time.monotonic()
+
+        def outcome(status_code: int | None = None, error: str | None = None) -> Attempt:
+            latency = int((time.monotonic() - started) * 1000)
+            return Attempt(at=sent, latency_ms=latency, status_code=status_code, error=error)
+
+        try:
+            # Checked at each attempt, connecting to the very address checked: a name that
+            # resolves elsewhere since registration (DNS rebinding) gets nowhere.
+            target = self.egress.target(hook["url"])
+            headers = {
+                "Content-Type": "application/json",
+                "Host": target.host,
+                "X-Calls-Event": event["event"],
+                **signature_headers(hook["secret"], body, sent // 1000),
+            }
+            response = self._client(hook["id"]).post(
+                target.url,
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": target.host},
+            )
+        except UnsafeTarget as e:
+            return outcome(error=e.error)
+        except httpx.TimeoutException:
+            return outcome(error=f"no answer within {self.timeout:g} s")
+        except httpx.TransportError as e:
+            return outcome(error=f"{type(e).__name__}: {e}"[:300])
+        return outcome(status_code=response.status_code)
+
+    def _client(self, webhook_id: str) -> httpx.Client:
+        with self._wake:
+            client = self._clients.get(webhook_id)
+            if client is None:
+                # As many connections as the webhook may have attempts under way.
+                limits = httpx.Limits(
+                    max_connections=self.per_endpoint, max_keepalive_connections=self.per_endpoint
+                )
+                client = self._clients[webhook_id] = httpx.Client(
+                    timeout=self.timeout, follow_redirects=False, limits=limits
+                )
+            return client
