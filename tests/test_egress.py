@@ -43,6 +43,12 @@ def test_internal_targets_are_refused(url):
         EgressPolicy(allow_http=True).check_url(url)
 
 
+@pytest.mark.parametrize("url", REFUSED)
+def test_internal_targets_are_refused_at_delivery_too(url):
+    with pytest.raises(UnsafeTarget):
+        EgressPolicy(allow_http=True).target(url)
+
+
 def test_plain_http_is_refused_unless_allowed():
     with pytest.raises(UnsafeTarget, match="must be HTTPS"):
         STRICT.check_url("http://93.184.215.14/hooks")
