@@ -53,7 +53,13 @@ def log_config(level: str, as_json: bool) -> dict[str, Any]:
         },
         "root": {"handlers": ["default"], "level": level.upper()},
         "loggers": {
-            name: {"handlers": ["default"], "level": level.upper(), "propagate": False}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            **{
+                name: {"handlers": ["default"], "level": level.upper(), "propagate": False}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
+            # httpx logs every request at INFO: one line per webhook delivery and dialer job,
+            # URL included (which may carry a receiver's token). Attempts are recorded on
+            # the events instead; its warnings still come through.
+            "httpx": {"level": "WARNING"},
         },
     }

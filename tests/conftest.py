@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -256,20 +256,25 @@ class Received:
 class Receiver:
     """An HTTP server on 127.0.0.1 that records every POST and answers from a script.
 
-    `replies` is consumed one per request: (status, seconds to wait before answering);
+    `reply_to`, if set, answers each request: (status, seconds to wait before answering).
+    Otherwise `replies` is consumed one per request:
     when it runs out, requests get 202 at once.
     """
 
     def __init__(self, port: int = 0) -> None:
         self.received: list[Received] = []
         self.replies: list[tuple[int, float]] = []
+        self.reply_to: Callable[[Received], tuple[int, float]] | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.received.append(Received(self.path, dict(self.headers), body))
-                status, delay = receiver.replies.pop(0) if receiver.replies else (202, 0.0)
+                if receiver.reply_to is not None:
+                    status, delay = receiver.reply_to(receiver.received[-1])
+                else:
+                    status, delay = receiver.replies.pop(0) if receiver.replies else (202, 0.0)
                 time.sleep(delay)
                 payload = b'{"ok": true}' if status < 400 else b"no such number"
                 try:

@@ -295,15 +295,16 @@ def test_a_call_whose_event_hangs_holds_up_no_other_calls_events(client, tenant,
 def test_an_event_is_given_up_after_the_retry_window_and_the_next_one_is_sent(
     store, data_dir, tenant, receiver
 ):
-    receiver.replies = [(500, 0.0)] * 100
+    # The receiver refuses the call's first event, and takes the next.
+    receiver.reply_to = lambda request: (
+        (500, 0.0) if b"call_registered" in request.body else (200, 0.0)
+    )
     settings = {**LOOPBACK_SETTINGS, "webhook_retry_for": 0.3}
     with app_client(store, data_dir=data_dir, **settings) as client:
         hook = register(client, tenant, receiver.url)
         call = create_call(client, tenant)
         client.delete(f"/api/calls/{call['call_id']}", headers=tenant.headers)
 
-        wait_for(lambda: [e["status"] for e in hook_events(client, tenant, hook)][-1] == "failed")
-        receiver.replies = []
         wait_for(lambda: hook_events(client, tenant, hook)[0]["status"] == "delivered")
 
         deleted, registered = hook_events(client, tenant, hook)
