@@ -89,7 +89,7 @@ class WebhookDeliverer:
         self._busy: set[Lane] = set()  # lanes with an attempt under way
         self._in_flight: Counter[str] = Counter()  # webhook -> its lanes under way
         self._held: dict[str, deque[Lane]] = {}  # webhook -> due lanes over its limit
-        self._parked: set[Lane] = set()  # lanes of webhooks switched off
+        self._parked: dict[str, set[Lane]] = {}  # webhook switched off -> its waiting lanes
         self._tie = itertools.count()
         self._clients: dict[str, httpx.Client] = {}
         self._stopping = False
@@ -150,7 +150,7 @@ class WebhookDeliverer:
         if lane in self._scheduled and self._scheduled[lane] <= when:
             return
         self._scheduled[lane] = when
-        self._parked.discard(lane)
+        self._parked.get(lane[0], set()).discard(lane)
         heapq.heappush(self._due, (when, next(self._tie), lane))
 
     def _dispatch(self) -> None:
@@ -172,8 +172,8 @@ class WebhookDeliverer:
                     self._pool.submit(self._work, lane)
                 if time.monotonic() >= recheck:
                     recheck = time.monotonic() + RECHECK_EVERY
-                    for lane in list(self._parked):
-                        self._schedule(lane, now)
+                    if self._parked:
+                        self._pool.submit(self._unpark)
                 if time.monotonic() >= prune:
                     prune = time.monotonic() + PRUNE_EVERY
                     self._pool.submit(self._prune)
@@ -192,7 +192,8 @@ class WebhookDeliverer:
                 webhook_id = lane[0]
                 self._busy.discard(lane)
                 self._in_flight[webhook_id] -= 1
-                if when is None and self._lanes.get(lane) and lane not in self._parked:
+                parked = lane in self._parked.get(webhook_id, ())
+                if when is None and self._lanes.get(lane) and not parked:
                     when = self.clock()  # queued in it while it was busy
                 if not self._stopping:
                     if when is not None:
@@ -223,7 +224,7 @@ class WebhookDeliverer:
             return self._done(lane)
         if not hook["is_active"]:
             with self._wake:
-                self._parked.add(lane)
+                self._parked.setdefault(webhook_id, set()).add(lane)
             return None
         if event["next_attempt_at"] > self.clock():
             return int(event["next_attempt_at"])
@@ -261,9 +262,27 @@ class WebhookDeliverer:
                 return None
         return self.clock()
 
+    def _unpark(self) -> None:
+        """Look at the switched-off webhooks once each; the lanes of those switched on again
+        are due now."""
+        with self._wake:
+            parked = [(self._organizations[hook], hook) for hook in self._parked]
+        for organization_id, webhook_id in parked:
+            try:
+                if not self.store.get_webhook(organization_id, webhook_id)["is_active"]:
+                    continue
+            except WebhookNotFound:
+                self._forget(webhook_id)
+                continue
+            with self._wake:
+                for lane in self._parked.pop(webhook_id, set()):
+                    self._schedule(lane, self.clock())
+                self._wake.notify()
+
     def _forget(self, webhook_id: str) -> None:
         """The webhook was deleted (and its events with it)."""
         with self._wake:
+            self._parked.pop(webhook_id, None)
             for lane in [lane for lane in self._lanes if lane[0] == webhook_id]:
                 for event_id in self._lanes.pop(lane):
                     self._queued.discard((webhook_id, event_id))

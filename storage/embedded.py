@@ -53,6 +53,15 @@ from calls_server.storage.journal import JournalFailed, JournalStorage
 from calls_server.storage.tinydb_table import EmbeddedTinyDB, JournaledTable, raw_documents
 
 _MAX = "\U0010ffff"  # sorts after every organization and call id
+# The fields of a webhook event its listener is told of.
+_EVENT_SUMMARY = (
+    "event_id",
+    "webhook_id",
+    "organization_id",
+    "call_id",
+    "status",
+    "next_attempt_at",
+)
 
 
 class EmbeddedStore:
@@ -396,7 +405,8 @@ class EmbeddedStore:
 
     def _tell(self, events: list[WebhookEvent]) -> None:
         if self._event_listener is not None:
-            self._event_listener([_copy(event) for event in events])
+            # What the listener needs to queue them, without copying their payloads.
+            self._event_listener([{k: event[k] for k in _EVENT_SUMMARY} for event in events])
 
     def _stored_event(
         self, organization_id: str, webhook_id: str, event_id: str

@@ -22,7 +22,7 @@ from calls_server.domain.webhooks import Webhook, WebhookEvent
 # the same atomic write. Must be quick and pure.
 EventSource = Callable[[Call | None, Call | None, list[Webhook]], list[WebhookEvent]]
 # Called with webhook events that have just become pending (recorded, or queued again) or
-# due sooner, in
+# due sooner (each summed up: its ids, status and next attempt, not its payload), in
 # commit order, under the store's lock: it must only take note, never block.
 EventListener = Callable[[list[WebhookEvent]], None]
 
