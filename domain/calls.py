@@ -20,9 +20,11 @@ Call = dict[str, Any]
 
 # Which `call_status` a PUT may move a call to, from each status. Leaving `scheduled` for
 # `registered` is the schedule-cancel endpoint's job; entering `scheduled` is the
-# phone-call create's (a schedule needs a time).
+# phone-call create's (a schedule needs a time). `registered -> ended` is a record written
+# after the fact (a dialer that reports only the final state, an import of past calls).
+# What stays illegal is leaving a final state, or going back.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "registered": frozenset({"ongoing", "error"}),
+    "registered": frozenset({"ongoing", "ended", "error"}),
     "scheduled": frozenset({"ongoing", "error"}),
     "ongoing": frozenset({"ended", "error"}),
     "ended": frozenset(),

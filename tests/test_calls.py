@@ -600,6 +600,7 @@ def test_update_call_with_end_before_start_is_400_and_changes_nothing(client, te
     [
         ([], "ongoing"),
         ([], "error"),
+        ([], "ended"),
         (["ongoing"], "ended"),
         (["ongoing"], "error"),
         ([], "registered"),
@@ -620,7 +621,6 @@ def test_update_call_allows_the_lifecycle_transitions(client, tenant, path, targ
 @pytest.mark.parametrize(
     ("path", "target", "reason"),
     [
-        ([], "ended", "from 'registered' to 'ended'"),
         ([], "scheduled", "from 'registered' to 'scheduled'"),
         (["ongoing"], "registered", "from 'ongoing' to 'registered'"),
         (["ongoing", "ended"], "ongoing", "'ended' is final"),
@@ -639,6 +639,26 @@ def test_update_call_refuses_illegal_transitions_with_409(
 
     assert body["message"] == "Illegal status transition"
     assert store.get_call(tenant.organization_id, call["call_id"]) == before
+
+
+def test_a_call_can_be_recorded_after_the_fact_straight_from_registered_to_ended(
+    client, tenant
+):
+    call = create_call(client, tenant)
+    body = {
+        "call_status": "ended",
+        "start_timestamp": 1_700_000_000_000,
+        "end_timestamp": 1_700_000_095_000,
+        "disconnection_reason": "USER_HANGUP",
+    }
+
+    response = put(client, tenant, call["call_id"], body)
+
+    assert response.status_code == 200, response.text
+    ended = response.json()["data"]["call"]
+    assert (ended["call_status"], ended["call_duration"]) == ("ended", 95_000)
+    assert ended["start_timestamp"] == 1_700_000_000_000
+    assert ended["events"][-1]["data"]["previous_status"] == "registered"
 
 
 def test_update_call_still_takes_post_call_data_on_an_ended_call(client, tenant):
