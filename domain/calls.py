@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from calls_server.domain.errors import BadRequest, Conflict, IllegalTransition
@@ -302,11 +301,6 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
     data = {"result": reason, "attempts": attempts, "previous_status": call["call_status"]}
     _record(result, now, name, data)
     return result
-
-
-def scheduled_for_human(scheduled_timestamp: int) -> str:
-    """A scheduled time (Unix seconds) as ISO 8601 UTC, e.g. `2100-01-01T00:00:00Z`."""
-    return datetime.fromtimestamp(scheduled_timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _leave_schedule(call: Call, execution_status: str) -> None:

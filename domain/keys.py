@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from calls_server.domain import iso8601
 from calls_server.domain.errors import Conflict, Unauthorized
 
 KEY_PREFIX = "sk_"
@@ -46,14 +47,14 @@ def new_api_key(
     """A new ACTIVE key record (with the secret's hash) and the secret itself."""
     secret = SECRET_PREFIX + _random(40)
     record = {
-        "api_key_id": f"key_{uuid.uuid4().hex}",
+        "api_key_id": f"apikey_{uuid.uuid4().hex}",
         "api_key": KEY_PREFIX + _random(32),
         "secret_sha256": hash_secret(secret),
         "organization_id": organization_id,
         "name": name,
         "description": description,
         "status": "ACTIVE",
-        "created_at": now,
+        "created_at": iso8601.utc(now, milliseconds=False),
         "revoked_at": None,
     }
     return record, secret
@@ -66,7 +67,7 @@ def revoked(key: ApiKey, now: int) -> ApiKey:
         raise Conflict(
             f"API key '{key['api_key_id']}' is already revoked", message="Already revoked"
         )
-    return {**key, "status": "REVOKED", "revoked_at": now}
+    return {**key, "status": "REVOKED", "revoked_at": iso8601.utc(now, milliseconds=False)}
 
 
 def authenticated(api_key: str, secret: str, find: Callable[[str], ApiKey | None]) -> ApiKey:
@@ -86,8 +87,13 @@ def authenticated(api_key: str, secret: str, find: Callable[[str], ApiKey | None
 
 
 def public_view(key: ApiKey) -> ApiKey:
-    """A key as it may be shown: everything but the secret's hash."""
-    return {k: v for k, v in key.items() if k != "secret_sha256"}
+    """A key as it may be shown: everything but the secret's hash, its times as upstream
+    writes them (keys stored by earlier versions hold Unix milliseconds)."""
+    shown = {k: v for k, v in key.items() if k != "secret_sha256"}
+    for field in ("created_at", "revoked_at"):
+        if isinstance(shown[field], int):
+            shown[field] = iso8601.utc(shown[field], milliseconds=False)
+    return shown
 
 
 def hash_secret(secret: str) -> str:

@@ -7,9 +7,9 @@ import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from calls_server.domain import iso8601
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import BadRequest
 
@@ -41,7 +41,7 @@ def new_webhook(
         raise BadRequest(
             f"An organization may have at most {limit} webhooks; delete one it no longer needs"
         )
-    created = iso_time(now)
+    created = iso8601.utc(now)
     return {
         "id": f"webhook_{uuid.uuid4().hex}",
         "organization_id": organization_id,
@@ -60,7 +60,7 @@ def new_webhook(
 def changed(webhook: Webhook, fields: Mapping[str, Any], now: int) -> Webhook:
     """`webhook` with `fields` (a PATCH body) applied; switching it on clears why it was
     switched off and its failing streak."""
-    updated = {**webhook, **fields, "updated_at": iso_time(now)}
+    updated = {**webhook, **fields, "updated_at": iso8601.utc(now)}
     return _enabled(updated) if fields.get("is_active") else updated
 
 
@@ -200,8 +200,8 @@ def after_attempt(webhook: Webhook, attempt: Attempt, policy: RetryPolicy) -> We
     if attempt.succeeded:
         return {**webhook, "failing_since": None} if since else webhook
     if since is None:
-        return {**webhook, "failing_since": iso_time(attempt.at)}
-    failing_for = attempt.at - _ms(since)
+        return {**webhook, "failing_since": iso8601.utc(attempt.at)}
+    failing_for = attempt.at - iso8601.parse_utc(since)
     if webhook["is_active"] and failing_for >= policy.disable_after * 1000:
         reason = (
             f"Switched off automatically: every delivery failed since {since} "
@@ -211,7 +211,7 @@ def after_attempt(webhook: Webhook, attempt: Attempt, policy: RetryPolicy) -> We
             **webhook,
             "is_active": False,
             "disabled_reason": reason,
-            "updated_at": iso_time(attempt.at),
+            "updated_at": iso8601.utc(attempt.at),
         }
     return webhook
 
@@ -237,15 +237,3 @@ def _attempt_view(attempt: Attempt) -> dict[str, Any]:
         "latency_ms": attempt.latency_ms,
         "error": attempt.error,
     }
-
-
-def _ms(iso: str) -> int:
-    return round(
-        datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp() * 1000
-    )
-
-
-def iso_time(ms: int) -> str:
-    """A Unix time in milliseconds as ISO 8601 UTC with milliseconds, as upstream shows it."""
-    seconds = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{seconds}.{ms % 1000:03d}Z"

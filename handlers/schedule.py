@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from calls_server.domain import calls
+from calls_server.domain import calls, iso8601
 from calls_server.domain.envelope import Envelope, success
 from calls_server.handlers.scope import organization_id, services
 
@@ -29,7 +29,7 @@ def update_call_schedule(
         "call_id": call_id,
         "previous_scheduled_timestamp": previous[-1],
         "new_scheduled_timestamp": new_time,
-        "scheduled_for_human": calls.scheduled_for_human(new_time),
+        "scheduled_for_human": iso8601.utc(new_time * 1000, milliseconds=False),
         "call": call,
     }
     return success("Scheduled call time updated successfully", data), 200

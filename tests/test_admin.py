@@ -7,6 +7,7 @@ import re
 import pytest
 
 from calls_server.app import create_app
+from calls_server.domain import keys
 from calls_server.domain.keys import hash_secret
 from calls_server.settings import Settings
 from tests.conftest import assert_error
@@ -60,6 +61,31 @@ def test_create_api_key_returns_the_secret_once_and_stores_only_its_hash(
     stored = store.find_api_key(key["api_key"])
     assert stored["secret_sha256"] == hash_secret(key["api_secret"])
     assert key["api_secret"] not in str(stored)
+
+
+def test_a_key_has_upstreams_id_and_time_forms(client, admin_headers, acme):
+    key = new_key(client, admin_headers)
+
+    assert re.fullmatch(r"apikey_[0-9a-f]{32}", key["api_key_id"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", key["created_at"])
+    assert key["revoked_at"] is None
+
+
+def test_a_key_stored_by_an_earlier_version_is_listed_and_revoked_in_the_new_forms(
+    client, admin_headers, store, acme
+):
+    record, _ = keys.new_api_key("acme", 1_795_539_480_657)
+    old = {**record, "api_key_id": "key_" + "0" * 32, "created_at": 1_795_539_480_657}
+    store.add_api_key(old)
+
+    listed = client.get("/api/organizations/acme/api-keys", headers=admin_headers).json()
+    revoked = client.delete(
+        f"/api/organizations/acme/api-keys/{old['api_key_id']}", headers=admin_headers
+    )
+
+    assert listed["data"]["api_keys"][-1]["created_at"] == "2026-11-24T16:58:00Z"
+    assert revoked.status_code == 200
+    assert revoked.json()["data"]["status"] == "REVOKED"
 
 
 def test_create_api_key_makes_a_working_key_pair(client, admin_headers, acme):

@@ -641,9 +641,7 @@ def test_update_call_refuses_illegal_transitions_with_409(
     assert store.get_call(tenant.organization_id, call["call_id"]) == before
 
 
-def test_a_call_can_be_recorded_after_the_fact_straight_from_registered_to_ended(
-    client, tenant
-):
+def test_a_call_can_be_recorded_after_the_fact_straight_from_registered_to_ended(client, tenant):
     call = create_call(client, tenant)
     body = {
         "call_status": "ended",

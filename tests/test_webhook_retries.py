@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from calls_server.domain import calls, webhooks
+from calls_server.domain import calls, iso8601, webhooks
 from calls_server.domain.webhooks import Attempt, RetryPolicy
 
 POLICY = RetryPolicy(first_delay=30, max_delay=3600, give_up_after=86400, disable_after=86400)
@@ -103,7 +103,7 @@ def test_a_first_failure_starts_the_webhooks_failing_streak_and_a_success_ends_i
         failing, Attempt(at=2 * HOUR, latency_ms=1, status_code=200), POLICY
     )
 
-    assert failing["failing_since"] == webhooks.iso_time(HOUR)
+    assert failing["failing_since"] == iso8601.utc(HOUR)
     assert healthy["failing_since"] is None
     assert (
         webhooks.after_attempt(healthy, Attempt(at=3 * HOUR, latency_ms=1, status_code=200), POLICY)
