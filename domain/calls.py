@@ -100,8 +100,10 @@ def new_call(
     event_name: str = "Call created via API",
     event_data: Mapping[str, Any] | None = None,
 ) -> Call:
-    """A new call in status `registered`, with its creation event."""
-    _check_metadata(metadata or {})
+    """A new call in status `registered`, with its creation event. (Schedule keys in
+    `metadata` are the server's: ignored.)"""
+    metadata = _client_metadata(metadata)
+    _check_metadata(metadata)
     call: Call = {
         "id": str(uuid.uuid4()),
         "call_id": call_id or new_call_id(),
@@ -122,7 +124,7 @@ def new_call(
         "recording_url": None,
         "public_log_url": None,
         "opt_out_sensitive_data_storage": False,
-        "metadata": copy.deepcopy(dict(metadata or {})),
+        "metadata": copy.deepcopy(metadata),
         "events": [],
         "transcript": None,
         "transcript_object": [],
@@ -226,7 +228,7 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
             value = changes[field]
             updated[field] = enum_value(value) if field == "direction" else copy.deepcopy(value)
 
-    for key, value in (changes.get("metadata") or {}).items():
+    for key, value in _client_metadata(changes.get("metadata")).items():
         if value is None:
             updated["metadata"].pop(key, None)
         else:
@@ -363,6 +365,12 @@ def _record(call: Call, now: int, name: str, data: Mapping[str, Any] | None = No
         "data": {"omitted": omitted + drop},
     }
     call["events"] = [first, marker, *rest[drop:]]
+
+
+def _client_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`metadata` from a request without the schedule keys the server keeps itself, so that
+    what a GET returned can be sent back as it is (its schedule keys are ignored)."""
+    return {k: v for k, v in (metadata or {}).items() if k not in SCHEDULE_METADATA_KEYS}
 
 
 def _check_metadata(metadata: Mapping[str, Any]) -> None:

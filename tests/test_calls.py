@@ -113,6 +113,25 @@ def test_create_call_defaults_to_a_phone_call_without_direction(client, tenant):
     assert (call["call_type"], call["direction"]) == ("phone_call", None)
 
 
+def test_a_json_body_sent_without_a_content_type_is_accepted_as_upstreams_examples_send_it(
+    client, tenant
+):
+    response = client.post(
+        "/api/calls/create", content=b'{"agent_id": "agent-123"}', headers=tenant.headers
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["call"]["agent_id"] == "agent-123"
+
+
+def test_a_body_declared_as_another_media_type_is_415(client, tenant):
+    headers = {**tenant.headers, "Content-Type": "text/plain"}
+
+    response = client.post("/api/calls/create", content=b'{"agent_id": "a"}', headers=headers)
+
+    assert_error(response, 415, "text/plain")
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -123,7 +142,6 @@ def test_create_call_defaults_to_a_phone_call_without_direction(client, tenant):
         ({"agent_id": "a", "colour": "red"}, "'colour' was unexpected"),
         ({"agent_id": "a", "metadata": []}, "is not of type 'object'"),
         ({"agent_id": "a", "call_id": "has space"}, "does not match"),
-        ({"agent_id": "a", "metadata": {"is_scheduled": True}}, "should not be valid"),
     ],
 )
 def test_create_call_rejects_an_invalid_body_with_400(client, tenant, store, body, reason):
@@ -526,6 +544,33 @@ def test_update_call_merges_metadata_and_removes_null_keys(client, tenant, store
     assert store.get_call(tenant.organization_id, call["call_id"])["metadata"] == expected
 
 
+def test_the_metadata_of_a_scheduled_call_can_be_sent_back_as_a_get_returned_it(
+    client, tenant, store
+):
+    at = int(time.time()) + 3600
+    body = {**PHONE, "scheduled_timestamp": at, "metadata": {"k": "v"}}
+    created = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+    call_id = created.json()["data"]["call"]["call_id"]
+    fetched = client.get(f"/api/calls/{call_id}", headers=tenant.headers).json()["data"]
+    sent_back = {**fetched["metadata"], "k": "w", "execution_status": "made-up"}
+
+    response = put(client, tenant, call_id, {"metadata": sent_back})
+
+    assert response.status_code == 200, response.text
+    expected = {**fetched["metadata"], "k": "w"}  # the server's schedule keys stay its own
+    assert response.json()["data"]["call"]["metadata"] == expected
+    assert store.get_call(tenant.organization_id, call_id)["metadata"] == expected
+
+
+def test_schedule_keys_sent_when_creating_a_call_are_ignored(client, tenant):
+    body = {"agent_id": "a", "metadata": {"is_scheduled": True, "k": "v"}}
+
+    response = client.post("/api/calls/create", json=body, headers=tenant.headers)
+
+    assert response.status_code == 200
+    assert response.json()["data"]["call"]["metadata"] == {"k": "v"}
+
+
 def test_update_call_appends_an_event_naming_the_changed_fields(client, tenant):
     call = create_call(client, tenant)
 
@@ -678,7 +723,7 @@ def test_update_call_still_takes_post_call_data_on_an_ended_call(client, tenant)
         {"agent_id": "other"},
         {"start_timestamp": "soon"},
         {"from_number": "12"},
-        {"metadata": {"execution_status": "done"}},
+        {"metadata": "not an object"},
     ],
 )
 def test_update_call_rejects_an_invalid_body_with_400(client, tenant, store, body):
