@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from calls_server import errors
 from calls_server.connexion_overrides import SECURITY_MAP, ExplodedFormURIParser, validator_map
 from calls_server.contract import published, spec_for
+from calls_server.domain.casing import Casing
 from calls_server.handlers.scope import Services
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.scheduler import Scheduler
@@ -87,6 +88,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             webhook_limit=settings.webhooks_per_organization,
             dial_limiter=anyio.CapacityLimiter(settings.dialer_concurrency),
             admin_token=settings.admin_token,
+            casing=Casing(settings.enum_case),
         )
         scheduler = (
             Scheduler(store, services.dialer, settings.scheduler_interval, clock)

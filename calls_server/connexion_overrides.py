@@ -161,25 +161,11 @@ def _rule_broken(error: ValidationError) -> str:
         return f"{shown} does not match {rule!r}"
     if error.validator in ("maxProperties", "maxItems"):
         return f"has more than {rule} {'keys' if error.validator == 'maxProperties' else 'items'}"
-    if error.validator == "not" and isinstance(error.instance, dict):
-        # jsonschema adds the whole schema as a Python dict; name the keys it forbids instead.
-        forbidden = sorted(_required_keys(rule) & set(error.instance))
-        if forbidden:
-            keys = ", ".join(strict_json.quoted(key) for key in forbidden)
-            return f"{shown} should not be valid: it may not have the key {keys}"
-    if error.validator == "not":
-        return f"{shown} should not be valid here"
     # jsonschema's other messages start with the value's Python repr; show it as JSON.
     prefix = repr(error.instance)
     if error.message.startswith(prefix):
         return shown + error.message[len(prefix) :]
     return error.message
-
-
-def _required_keys(schema: Any) -> set[str]:
-    """The keys a `required` schema, or an `anyOf` of them, asks for."""
-    branches = schema.get("anyOf", [schema]) if isinstance(schema, dict) else []
-    return {key for branch in branches for key in branch.get("required", [])}
 
 
 def _show(value: Any) -> str:

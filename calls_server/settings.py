@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calls_server.domain.casing import MODES
 from calls_server.domain.webhooks import RetryPolicy
 from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.egress import EgressPolicy
@@ -83,12 +84,16 @@ class Settings:
     webhook_event_retention: float = 7 * 86400.0
     # Seconds between two looks for due scheduled calls (with a dialer configured).
     scheduler_interval: float = 0.5
+    # How responses case enum values (call_status, call_type, direction): `upstream` (UPPER
+    # where upstream shows calls as listed, lower elsewhere), `lower` or `upper` throughout.
+    enum_case: str = "upstream"
     # Per organization: at most this many calls, and this many bytes of calls (0: no limit).
     quota_calls: int = 0
     quota_bytes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_level", self.log_level.lower())
+        object.__setattr__(self, "enum_case", self.enum_case.lower())
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be between 1 and 65535, not {self.port}")
         if self.admin_token is not None and len(self.admin_token) < 16:
@@ -143,6 +148,8 @@ class Settings:
         for name in ("webhook_retry_for", "webhook_disable_after", "webhook_event_retention"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be more than 0 seconds")
+        if self.enum_case not in MODES:
+            raise SettingsError(f"{PREFIX}ENUM_CASE must be one of {', '.join(MODES)}")
         if self.quota_calls < 0 or self.quota_bytes < 0:
             raise SettingsError(f"{PREFIX}QUOTA_CALLS and {PREFIX}QUOTA_BYTES must be 0 or more")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):

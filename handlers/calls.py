@@ -43,7 +43,8 @@ def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
         metadata=body.get("metadata"),
     )
     services().store.add_call(call)
-    return success("Call created successfully", {"organization_id": org, "call": call}), 200
+    data = {"organization_id": org, "call": services().casing.call(call)}
+    return success("Call created successfully", data), 200
 
 
 async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
@@ -64,17 +65,17 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
         body,
         limiter=running.dial_limiter,
     )
-    call = placed.call
+    call, casing = placed.call, running.casing
     data = {
         "organization_id": org,
-        "call_type": "phone_call",
+        "call_type": casing.value("phone_call"),
         "status": placed.status,
-        "call": call,
+        "call": casing.call(call, listed=True),
         "phone_call_info": {
             "from_number": call["from_number"],
             "to_number": call["to_number"],
-            "direction": call["direction"],
-            "call_status": call["call_status"],
+            "direction": casing.value(call["direction"]),
+            "call_status": casing.value(call["call_status"]),
         },
     }
     return success(placed.message, data), 200
@@ -93,15 +94,15 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
     rooms = services().rooms
     token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None
     services().store.add_call(call)
-    room = call["call_id"]
+    room, casing = call["call_id"], services().casing
     data = {
         "organization_id": org,
-        "call_type": "web_call",
-        "call": call,
+        "call_type": casing.value("web_call"),
+        "call": casing.call(call, listed=True),
         "web_call_info": {
             "room_name": room,
             "access_token": token,
-            "call_status": call["call_status"],
+            "call_status": casing.value(call["call_status"]),
             "agent_id": call["agent_id"],
         },
         "livekit_connection": {
@@ -116,7 +117,7 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
 async def get_call(call_id: str, token_info: dict[str, Any]) -> Response:
     """GET /api/calls/{call_id}"""
     call = services().store.get_call(organization_id(token_info), call_id)
-    return success("Call retrieved successfully", call), 200
+    return success("Call retrieved successfully", services().casing.call(call, listed=True)), 200
 
 
 async def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
@@ -134,7 +135,7 @@ def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
     page, total = services().store.list_calls(org, query)
     data = {
         "organization_id": org,
-        "calls": page,
+        "calls": [services().casing.call(call, listed=True) for call in page],
         "pagination": query.pagination(total),
         "returned_count": len(page),
         "sort_order": query.sort_order,
@@ -151,7 +152,7 @@ def update_call(call_id: str, body: dict[str, Any], token_info: dict[str, Any]) 
     call = services().store.change_call(
         org, call_id, lambda stored: calls.update(stored, body, now)
     )
-    data = {"operation": "update", "organization_id": org, "call": call}
+    data = {"operation": "update", "organization_id": org, "call": services().casing.call(call)}
     return success("Call updated successfully", data), 200
 
 

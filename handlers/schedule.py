@@ -30,7 +30,7 @@ def update_call_schedule(
         "previous_scheduled_timestamp": previous[-1],
         "new_scheduled_timestamp": new_time,
         "scheduled_for_human": iso8601.utc(new_time * 1000, milliseconds=False),
-        "call": call,
+        "call": services().casing.call(call),
     }
     return success("Scheduled call time updated successfully", data), 200
 
@@ -51,6 +51,6 @@ def cancel_call_schedule(call_id: str, token_info: dict[str, Any]) -> tuple[Enve
         "organization_id": org,
         "call_id": call_id,
         "cancelled_scheduled_timestamp": cancelled[-1],
-        "call": call,
+        "call": services().casing.call(call),
     }
     return success("Scheduled call cancelled successfully - converted to regular call", data), 200

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 from connexion import request
 
+from calls_server.domain.casing import Casing
 from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.egress import EgressPolicy
@@ -35,6 +36,8 @@ class Services:
     dial_limiter: anyio.CapacityLimiter
     # The admin API's bearer token; None disables the admin API.
     admin_token: str | None
+    # How responses case enum values (as upstream does, or one way throughout).
+    casing: Casing
 
 
 def services() -> Services:

@@ -56,9 +56,20 @@ def store(data_dir: Path) -> Iterator[EmbeddedStore]:
     opened.close()
 
 
+# In-process tests compare responses with the stored calls, which are in lower case: their
+# apps answer in lower case throughout. Upstream's casing, the default, has its own tests
+# (test_casing.py), as do the real server processes, which run on the defaults.
+STORED_CASE = "lower"
+
+
 @pytest.fixture
 def settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, admin_token=ADMIN_TOKEN, validate_responses=True)
+    return Settings(
+        data_dir=data_dir,
+        admin_token=ADMIN_TOKEN,
+        validate_responses=True,
+        enum_case=STORED_CASE,
+    )
 
 
 @pytest.fixture
@@ -70,7 +81,7 @@ def client(settings: Settings, store: EmbeddedStore) -> Iterator[TestClient]:
 @contextmanager
 def app_client(store: EmbeddedStore, clock: Any = None, **settings: Any) -> Iterator[TestClient]:
     """A client of the app over `store` with the given settings (response validation on)."""
-    configured = Settings(validate_responses=True, **settings)
+    configured = Settings(**{"validate_responses": True, "enum_case": STORED_CASE, **settings})
     app = create_app(configured, store) if clock is None else create_app(configured, store, clock)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client

@@ -191,7 +191,7 @@ const call = {} as Schemas["Call"];
 const envelope: Schemas["CallEnvelope"] = {
   message: "Call retrieved successfully", status: "success", error: null, data: call,
 };
-const direction: "inbound" | "outbound" | null = envelope.data.direction;
+const direction: "inbound" | "outbound" | "INBOUND" | "OUTBOUND" | null = envelope.data.direction;
 const listed: Schemas["CallListEnvelope"]["data"]["calls"] = [envelope.data];
 const failed: Schemas["ErrorEnvelope"] = {
   message: "Call not found", status: "error", error: "Call with ID 'x' does not exist", data: null,

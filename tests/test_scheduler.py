@@ -196,6 +196,6 @@ def test_a_call_that_fell_due_while_the_server_was_down_is_dialed_once_on_start(
         got = httpx.get(f"{server.base_url}/api/calls/{call_id}", headers=headers).json()
 
     assert len(receiver.received) == 1
-    assert got["data"]["call_status"] == "ongoing"
+    assert got["data"]["call_status"] == "ONGOING"  # a GET answers UPPER case, as upstream
     due_event = next(e for e in got["data"]["events"] if e["event"] == "Scheduled call due")
     assert due_event["data"]["late_by_seconds"] >= 1

@@ -100,6 +100,6 @@ def test_a_user_journey_over_http_survives_a_restart(tmp_path):
     assert server.process.returncode == 0, server.log()
     with running_server(data) as server:
         got = httpx.get(f"{server.base_url}/api/calls/{call_id}", headers=headers)
-        assert got.json()["data"]["call_status"] == "ongoing"
+        assert got.json()["data"]["call_status"] == "ONGOING"  # GET: UPPER, as upstream
         deleted = httpx.delete(f"{server.base_url}/api/calls/{call_id}", headers=headers)
         assert deleted.status_code == 200

@@ -101,6 +101,7 @@ EVERY_SETTING = {
     "webhook_event_retention": "3600",
     "scheduler_interval": "0.25",
     "quota_calls": "1000",
+    "enum_case": "upper",
     "log_json": "true",
     "cors_origins": "https://app.example.com",
     "quota_bytes": "1048576",

@@ -1,0 +1,41 @@
+"""How a response cases enum values (`call_status`, `call_type`, `direction`).
+
+Calls are stored in lower case. Upstream answers in UPPER case where it shows a call as
+listed (get one call, both list forms, the `call` inside the phone and web creates) and in
+lower case everywhere else (create, update, schedule changes, the wrapper fields of the
+phone and web creates); `upstream` reproduces that, `lower` and `upper` answer one way
+throughout (CALLS_ENUM_CASE). Inputs take either case regardless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from calls_server.domain.calls import Call
+
+MODES = ("upstream", "lower", "upper")
+CASED_FIELDS = ("call_status", "call_type", "direction")
+
+
+@dataclass(frozen=True)
+class Casing:
+    """The casing mode of the running server: one of MODES."""
+
+    mode: str = "upstream"
+
+    def call(self, call: Call, listed: bool = False) -> Call:
+        """`call` as a response shows it; `listed` where upstream shows calls as listed."""
+        if not self._upper(listed):
+            return call
+        return {**call, **{field: _upper(call[field]) for field in CASED_FIELDS}}
+
+    def value(self, value: str | None) -> str | None:
+        """An enum value outside a call record (a wrapper field), as a response shows it."""
+        return _upper(value) if self._upper(False) else value
+
+    def _upper(self, listed: bool) -> bool:
+        return listed if self.mode == "upstream" else self.mode == "upper"
+
+
+def _upper(value: str | None) -> str | None:
+    return value.upper() if value is not None else None
