@@ -94,6 +94,15 @@ class WebhookEventNotFound(NotFound):
         super().__init__(f"Event with ID '{event_id}' does not exist for this webhook")
 
 
+class AgentNotFound(NotFound):
+    message = "Agent not found"
+
+    def __init__(self, agent_id: str, organization_id: str) -> None:
+        super().__init__(
+            f"Agent with ID '{agent_id}' does not exist in organization '{organization_id}'"
+        )
+
+
 class Conflict(ApiError):
     status_code = 409
     message = "Conflict"

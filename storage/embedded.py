@@ -33,8 +33,10 @@ from typing import Any, cast
 from sortedcontainers import SortedList
 
 from calls_server.domain import calls, webhooks
+from calls_server.domain.agents import Agent
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import (
+    AgentNotFound,
     ApiKeyNotFound,
     CallNotFound,
     DuplicateId,
@@ -82,6 +84,9 @@ class EmbeddedStore:
         self._keys = self._table("api_keys")
         self._webhooks = self._table("webhooks")
         self._events = self._table("webhook_events")
+        self._agents = _OrgRecords(
+            self._table("agents"), "agent_id", lambda org, key: AgentNotFound(key, org)
+        )
         self._event_source: EventSource | None = None
         self._event_listener: EventListener | None = None
         # Indexes: rebuilt here, kept up to date by every write below.
@@ -261,6 +266,30 @@ class EmbeddedStore:
             changed = change(_copy(raw_documents(self._keys)[str(doc_id)]))
             self._keys.replace(doc_id, _copy(changed))
             return changed
+
+    # -- agents ------------------------------------------------------------------------------
+    def add_agent(self, agent: Agent) -> None:
+        with self._writing():
+            self._org_doc_id(agent["organization_id"])
+            self._agents.add(agent)
+
+    def agents(self, organization_id: str) -> list[Agent]:
+        with self._reading():
+            return self._agents.all(organization_id)
+
+    def get_agent(self, organization_id: str, agent_id: str) -> Agent:
+        with self._reading():
+            return _copy(self._agents.stored(organization_id, agent_id)[1])
+
+    def change_agent(
+        self, organization_id: str, agent_id: str, change: Callable[[Agent], Agent]
+    ) -> Agent:
+        with self._writing():
+            return self._agents.change(organization_id, agent_id, change)
+
+    def delete_agent(self, organization_id: str, agent_id: str) -> Agent:
+        with self._writing():
+            return self._agents.remove(organization_id, agent_id)
 
     # -- webhooks --------------------------------------------------------------------------
     def add_webhook(self, webhook: Webhook) -> None:
@@ -459,6 +488,51 @@ class EmbeddedStore:
 
     def _table(self, name: str) -> JournaledTable:
         return cast(JournaledTable, self._db.table(name, cache_size=0))
+
+
+class _OrgRecords:
+    """A table of records that each belong to one organization and are found by an id of
+    their own (`key`), with its index. The store's lock is held by the caller."""
+
+    def __init__(
+        self, table: JournaledTable, key: str, not_found: Callable[[str, str], Exception]
+    ) -> None:
+        self.table, self.key, self.not_found = table, key, not_found
+        self.index: dict[str, dict[str, int]] = {}  # organization -> record id -> doc id
+        for doc in table.all():
+            self.index.setdefault(doc["organization_id"], {})[doc[key]] = doc.doc_id
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        doc_id = self.table.insert(_copy(record))
+        self.index.setdefault(record["organization_id"], {})[record[self.key]] = doc_id
+
+    def exists(self, organization_id: str, key: str) -> bool:
+        return key in self.index.get(organization_id, {})
+
+    def all(self, organization_id: str) -> list[dict[str, Any]]:
+        table = raw_documents(self.table)
+        ids = self.index.get(organization_id, {}).values()
+        return [_copy(table[str(doc_id)]) for doc_id in sorted(ids)]
+
+    def stored(self, organization_id: str, key: str) -> tuple[int, dict[str, Any]]:
+        doc_id = self.index.get(organization_id, {}).get(key)
+        if doc_id is None:
+            raise self.not_found(organization_id, key)
+        return doc_id, raw_documents(self.table)[str(doc_id)]
+
+    def change(
+        self, organization_id: str, key: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        doc_id, old = self.stored(organization_id, key)
+        changed = change(_copy(old))
+        self.table.replace(doc_id, _copy(changed))
+        return changed
+
+    def remove(self, organization_id: str, key: str) -> dict[str, Any]:
+        doc_id, old = self.stored(organization_id, key)
+        self.table.remove(doc_ids=[doc_id])
+        del self.index[organization_id][key]
+        return _copy(old)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from calls_server.domain.agents import Agent
 from calls_server.domain.calls import Call
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
@@ -71,6 +72,24 @@ class Store(Protocol):
         self, organization_id: str, api_key_id: str, change: Callable[[ApiKey], ApiKey]
     ) -> ApiKey:
         """Replace the key by `change(key)` atomically. Raises ApiKeyNotFound."""
+
+    # -- agents ------------------------------------------------------------------------------
+    def add_agent(self, agent: Agent) -> None:
+        """Store a new agent of an existing organization. Raises OrganizationNotFound."""
+
+    def agents(self, organization_id: str) -> list[Agent]:
+        """The organization's agents, oldest first."""
+
+    def get_agent(self, organization_id: str, agent_id: str) -> Agent:
+        """The agent. Raises AgentNotFound, also for another organization's."""
+
+    def change_agent(
+        self, organization_id: str, agent_id: str, change: Callable[[Agent], Agent]
+    ) -> Agent:
+        """Replace the agent by `change(agent)` atomically. Raises AgentNotFound."""
+
+    def delete_agent(self, organization_id: str, agent_id: str) -> Agent:
+        """Remove the agent and return it. Raises AgentNotFound."""
 
     # -- webhooks ----------------------------------------------------------------------------
     def add_webhook(self, webhook: Webhook) -> None:

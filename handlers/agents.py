@@ -1,0 +1,92 @@
+"""Handlers of the `agents` tag: the organization's voice agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from calls_server.domain import agents
+from calls_server.domain.envelope import Envelope, success
+from calls_server.domain.listing import pagination
+from calls_server.handlers.scope import organization_id, services
+
+Response = tuple[Envelope, int]
+
+
+async def list_agents(token_info: dict[str, Any], **params: Any) -> Response:
+    """GET /api/agents"""
+    return _list(token_info, params, names=None)
+
+
+async def search_agents(token_info: dict[str, Any], body: dict[str, Any] | None = None) -> Response:
+    """POST /api/agents: the criteria come in the body."""
+    criteria = body or {}
+    names = (criteria.get("filter_criteria") or {}).get("agent_name")
+    return _list(token_info, criteria, names=[names] if isinstance(names, str) else names)
+
+
+def _list(
+    token_info: dict[str, Any], criteria: dict[str, Any], names: list[str] | None
+) -> Response:
+    org = organization_id(token_info)
+    page, limit = criteria.get("page", 0), criteria.get("limit", 20)
+    sort_by, sort_order = (
+        criteria.get("sort_by", "updated_at"),
+        criteria.get("sort_order", "descending"),
+    )
+    found = agents.selected(
+        services().store.agents(org), sort_by, sort_order == "descending", names
+    )
+    shown = [agents.summary(agent) for agent in found[page * limit : (page + 1) * limit]]
+    data = {
+        "organization_id": org,
+        "agents": shown,
+        "pagination": pagination(page, limit, len(found)),
+        "returned_count": len(shown),
+        "sort_order": sort_order,
+        "sort_by": sort_by,
+    }
+    return success("Agents retrieved successfully", data), 200
+
+
+def create_agent(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /api/agents/create"""
+    agent = agents.new_agent(organization_id(token_info), body, services().clock())
+    services().store.add_agent(agent)
+    return success("Agent created successfully", agents.view(agent)), 200
+
+
+async def get_agent_full(agent_id: str, token_info: dict[str, Any]) -> Response:
+    """GET /api/agents/{agent_id}/full"""
+    agent = services().store.get_agent(organization_id(token_info), agents.agent_id(agent_id))
+    return success("Full agent data retrieved successfully", agents.view(agent)), 200
+
+
+get_agent = get_agent_full  # GET /api/agents/{agent_id}: upstream documents only /full
+
+
+def update_agent(agent_id: str, body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """PATCH /api/agents/{agent_id}"""
+    now = services().clock()
+    agent = services().store.change_agent(
+        organization_id(token_info),
+        agents.agent_id(agent_id),
+        lambda stored: agents.patched(stored, body, now),
+    )
+    return success("Agent updated successfully", agents.view(agent)), 200
+
+
+def delete_agent(agent_id: str, token_info: dict[str, Any]) -> Response:
+    """DELETE /api/agents/{agent_id}"""
+    org = organization_id(token_info)
+    agent = services().store.delete_agent(org, agents.agent_id(agent_id))
+    data = {"agent_id": agent["agent_id"], "organization_id": org}
+    return success("Agent deleted successfully", data), 200
+
+
+def duplicate_agent(agent_id: str, body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /api/agents/{agent_id}/duplicate"""
+    org, store = organization_id(token_info), services().store
+    original = store.get_agent(org, agents.agent_id(agent_id))
+    copy = agents.duplicated(original, body["agent_name"], services().clock())
+    store.add_agent(copy)
+    return success("Agent duplicated successfully", agents.view(copy)), 200
