@@ -103,6 +103,13 @@ class AgentNotFound(NotFound):
         )
 
 
+class PhoneNumberNotFound(NotFound):
+    message = "Phone number not found"
+
+    def __init__(self, phone_number: str) -> None:
+        super().__init__(f"Phone number '{phone_number}' does not exist")
+
+
 class Conflict(ApiError):
     status_code = 409
     message = "Conflict"

@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from calls_server.domain import calls
+from calls_server.domain import calls, phone_numbers
+from calls_server.domain.errors import PhoneNumberNotFound
+from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer, DialOutcome, job_for
 from calls_server.storage import Store
@@ -34,9 +36,12 @@ def place_phone_call(
     """Record the outbound phone call `request` asks for (a create-phone-call body), then
     schedule it, or dial it now when a dialer is configured."""
     now = clock()
+    agent_id = request.get("override_agent_id") or _bound_agent(
+        store, organization_id, request["from_number"]
+    )
     call = calls.new_call(
         organization_id=organization_id,
-        agent_id=request["override_agent_id"],
+        agent_id=agent_id,
         now=now,
         call_type="phone_call",
         direction="outbound",
@@ -59,6 +64,15 @@ def place_phone_call(
         return PhoneCallPlaced(call, "call_initiated", message)
     message = f"Phone call created, but not dialed: {outcome.reason}"
     return PhoneCallPlaced(call, "call_failed", message)
+
+
+def _bound_agent(store: Store, organization_id: str, from_number: str) -> str:
+    try:
+        number: PhoneNumber | None = store.get_phone_number(organization_id, from_number)
+    except PhoneNumberNotFound:
+        number = None
+    known = {agent["agent_id"] for agent in store.agents(organization_id)}
+    return phone_numbers.outbound_agent(from_number, number, known.__contains__)
 
 
 def dispatch(

@@ -41,12 +41,14 @@ from calls_server.domain.errors import (
     CallNotFound,
     DuplicateId,
     OrganizationNotFound,
+    PhoneNumberNotFound,
     StoreUnavailable,
     WebhookEventNotFound,
     WebhookNotFound,
 )
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
+from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import Webhook, WebhookEvent
 from calls_server.storage.call_index import OrgCallIndex
@@ -86,6 +88,9 @@ class EmbeddedStore:
         self._events = self._table("webhook_events")
         self._agents = _OrgRecords(
             self._table("agents"), "agent_id", lambda org, key: AgentNotFound(key, org)
+        )
+        self._numbers = _OrgRecords(
+            self._table("phone_numbers"), "phone_number", lambda _, key: PhoneNumberNotFound(key)
         )
         self._event_source: EventSource | None = None
         self._event_listener: EventListener | None = None
@@ -290,6 +295,38 @@ class EmbeddedStore:
     def delete_agent(self, organization_id: str, agent_id: str) -> Agent:
         with self._writing():
             return self._agents.remove(organization_id, agent_id)
+
+    # -- phone numbers -----------------------------------------------------------------------
+    def add_phone_number(self, number: PhoneNumber) -> None:
+        with self._writing():
+            self._org_doc_id(number["organization_id"])
+            if self._numbers.exists(number["organization_id"], number["phone_number"]):
+                raise DuplicateId(
+                    f"Phone number '{number['phone_number']}' already exists",
+                    message="Phone number already exists",
+                )
+            self._numbers.add(number)
+
+    def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
+        with self._reading():
+            return self._numbers.all(organization_id)
+
+    def get_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
+        with self._reading():
+            return _copy(self._numbers.stored(organization_id, phone_number)[1])
+
+    def change_phone_number(
+        self,
+        organization_id: str,
+        phone_number: str,
+        change: Callable[[PhoneNumber], PhoneNumber],
+    ) -> PhoneNumber:
+        with self._writing():
+            return self._numbers.change(organization_id, phone_number, change)
+
+    def delete_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
+        with self._writing():
+            return self._numbers.remove(organization_id, phone_number)
 
     # -- webhooks --------------------------------------------------------------------------
     def add_webhook(self, webhook: Webhook) -> None:

@@ -16,6 +16,7 @@ from calls_server.domain.agents import Agent
 from calls_server.domain.calls import Call
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
+from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.webhooks import Webhook, WebhookEvent
 
 # Called with (before, after, the organization's webhooks) for every change of a call
@@ -90,6 +91,28 @@ class Store(Protocol):
 
     def delete_agent(self, organization_id: str, agent_id: str) -> Agent:
         """Remove the agent and return it. Raises AgentNotFound."""
+
+    # -- phone numbers -----------------------------------------------------------------------
+    def add_phone_number(self, number: PhoneNumber) -> None:
+        """Store a new number of an existing organization. Raises DuplicateId if the
+        organization has it already."""
+
+    def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
+        """The organization's numbers, oldest first."""
+
+    def get_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
+        """The number. Raises PhoneNumberNotFound, also for another organization's."""
+
+    def change_phone_number(
+        self,
+        organization_id: str,
+        phone_number: str,
+        change: Callable[[PhoneNumber], PhoneNumber],
+    ) -> PhoneNumber:
+        """Replace the number by `change(number)` atomically. Raises PhoneNumberNotFound."""
+
+    def delete_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
+        """Remove the number and return it. Raises PhoneNumberNotFound."""
 
     # -- webhooks ----------------------------------------------------------------------------
     def add_webhook(self, webhook: Webhook) -> None:

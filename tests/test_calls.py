@@ -229,14 +229,6 @@ def test_create_phone_call_rejects_a_number_that_is_not_e164(client, tenant, num
     assert_error(response, 400, "does not match")
 
 
-def test_create_phone_call_without_an_agent_is_400_saying_an_agent_is_required(client, tenant):
-    body = {k: v for k, v in PHONE.items() if k != "override_agent_id"}
-
-    response = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
-
-    assert_error(response, 400, "'override_agent_id' is a required property")
-
-
 # -- POST /api/calls/create-web-call -----------------------------------------------------------
 
 
