@@ -95,7 +95,11 @@ def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) ->
         key = httpx.post(f"{base}/organizations/bench/api-keys", headers=admin).json()["data"]
         headers = {"X-API-KEY": key["api_key"], "X-API-SECRET": key["api_secret"]}
         for n in range(hooks):
-            hook = {"name": f"hook-{n}", "url": f"http://127.0.0.1:{args.receiver_port}/{n}"}
+            hook = {
+                "name": f"hook-{n}",
+                "url": f"http://127.0.0.1:{args.receiver_port}/{n}",
+                "status_events": True,  # every status change: one event per create
+            }
             created = httpx.post(f"{base}/post-call-webhooks/create", json=hook, headers=headers)
             created.raise_for_status()
         env = {"BENCH_KEY": key["api_key"], "BENCH_SECRET": key["api_secret"]}

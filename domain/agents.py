@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from calls_server.domain import iso8601
@@ -23,6 +23,8 @@ PREFIX = "agent_"
 NAME_RULE = "agent_name must be 1-50 characters and not blank"
 # Shown, never stored, never taken from a PATCH.
 READ_ONLY = ("agent_id", "organization_id", "created_at", "updated_at")
+# Kept by the assignment endpoints, not by create or PATCH.
+MANAGED = ("post_call_webhook_id", "post_call_webhook_ids")
 # Nested configuration a PATCH merges key by key instead of replacing.
 MERGED = ("llm_config", "tts_config", "stt_config", "rag_config")
 SUMMARY = ("agent_id", "agent_name", "language", "created_at", "updated_at")
@@ -35,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "test_variables": {},
     "webhook_url": None,
     "post_call_webhook_id": None,
+    "post_call_webhook_ids": [],
     "end_call_after_silence_ms": 60000,
     "max_call_duration_ms": 3600000,
     "take_turn_after_silence_seconds": 6,
@@ -91,7 +94,8 @@ def patched(agent: Agent, fields: Mapping[str, Any], now: int) -> Agent:
 def duplicated(agent: Agent, name: str, now: int) -> Agent:
     """A copy of `agent`, every setting included, under a new id and `name`."""
     copied = {k: v for k, v in copy.deepcopy(agent).items() if k not in READ_ONLY}
-    return new_agent(agent["organization_id"], {**copied, "agent_name": name}, now)
+    duplicate = new_agent(agent["organization_id"], {**copied, "agent_name": name}, now)
+    return {**duplicate, **{key: copied[key] for key in MANAGED if key in copied}}
 
 
 def view(agent: Agent) -> Agent:
@@ -112,7 +116,7 @@ def summary(agent: Agent) -> Agent:
 
 
 def _configured(agent: Agent, fields: Mapping[str, Any]) -> Agent:
-    given = {k: copy.deepcopy(v) for k, v in fields.items() if k not in READ_ONLY}
+    given = {k: copy.deepcopy(v) for k, v in fields.items() if k not in READ_ONLY + MANAGED}
     # The short shape's fields, mapped onto the full configuration.
     if "language" in given:
         language = given.pop("language")
@@ -133,6 +137,32 @@ def _configured(agent: Agent, fields: Mapping[str, Any]) -> Agent:
         raise BadRequest(NAME_RULE, message="Validation error")
     agent["agent_name"] = name.strip()
     return agent
+
+
+def assigned(agent: Agent, webhook_id: str) -> Agent:
+    """`agent` with the webhook assigned (again: no duplicate), now its latest one."""
+    ids = [i for i in agent.get("post_call_webhook_ids", []) if i != webhook_id]
+    return {
+        **agent,
+        "post_call_webhook_ids": [*ids, webhook_id],
+        "post_call_webhook_id": webhook_id,
+    }
+
+
+def unassigned(agent: Agent, webhook_ids: Collection[str]) -> Agent:
+    """`agent` without the `webhook_ids` assigned to it."""
+    ids = [i for i in agent.get("post_call_webhook_ids", []) if i not in webhook_ids]
+    return {**agent, "post_call_webhook_ids": ids, "post_call_webhook_id": ids[-1] if ids else None}
+
+
+def webhook_ids(agent: Agent | None) -> list[str]:
+    """The webhooks assigned to `agent` (none for an agent this server does not hold)."""
+    return list((agent or {}).get("post_call_webhook_ids", []))
+
+
+def total_tools(agent: Agent) -> int:
+    """Upstream's count of an agent's tools: its LLM tools and its post-call webhooks."""
+    return len((agent.get("llm_config") or {}).get("tools") or []) + len(webhook_ids(agent))
 
 
 def selected(

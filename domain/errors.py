@@ -81,7 +81,7 @@ class ApiKeyNotFound(NotFound):
 
 
 class WebhookNotFound(NotFound):
-    message = "Webhook not found"
+    message = "Post-call webhook not found"
 
     def __init__(self, webhook_id: str) -> None:
         super().__init__(f"Webhook with ID '{webhook_id}' does not exist")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,9 @@ WebhookEvent = dict[str, Any]
 
 # The most recent attempts an event keeps (their count is kept whole).
 ATTEMPTS_KEPT = 20
+
+# The statuses that end a call: entering one is the post-call event upstream sends.
+POST_CALL_STATUSES = ("ended", "error")
 
 # The event sent when a call enters a status (or, for None, is deleted).
 STATUS_EVENTS = {
@@ -49,6 +52,7 @@ def new_webhook(
         "url": fields["url"],
         "description": fields.get("description"),
         "is_active": fields["is_active"],
+        "status_events": fields.get("status_events", False),
         "disabled_reason": None,
         "failing_since": None,
         "secret": "whsec_" + secrets.token_urlsafe(32),
@@ -73,16 +77,40 @@ def _enabled(webhook: Webhook) -> Webhook:
     return {**webhook, "disabled_reason": None, "failing_since": None}
 
 
-def public_view(webhook: Webhook) -> Webhook:
-    """A webhook as listed: without its signing secret (and with the fields of its delivery
-    health, which webhooks stored by earlier versions lack)."""
-    shown = {"disabled_reason": None, "failing_since": None, **webhook}
-    return {k: v for k, v in shown.items() if k != "secret"}
+def public_view(webhook: Webhook, agent_count: int = 0) -> Webhook:
+    """A webhook as shown: without its signing secret, with the number of agents it is
+    assigned to (and with the fields webhooks stored by earlier versions lack; those sent
+    every status change)."""
+    shown = {"disabled_reason": None, "failing_since": None, "status_events": True, **webhook}
+    return {**{k: v for k, v in shown.items() if k != "secret"}, "agent_count": agent_count}
 
 
-def listed(webhooks: Iterable[Webhook], active_only: bool) -> list[Webhook]:
+def tool(webhook: Webhook) -> dict[str, Any]:
+    """A webhook as an agent's post-call tool (upstream keeps assignments as tools)."""
+    return {
+        "name": webhook["name"],
+        "url": webhook["url"],
+        "description": webhook.get("description"),
+        "trigger": "post_call",
+        "webhook_id": webhook["id"],
+    }
+
+
+def toggled_message(webhook: Webhook) -> str:
+    """What the toggle answers: which way it went."""
+    state = "activated" if webhook["is_active"] else "deactivated"
+    return f"Post-call webhook {state} successfully"
+
+
+def listed(
+    webhooks: Iterable[Webhook], active_only: bool, agent_counts: Mapping[str, int]
+) -> list[Webhook]:
     """The webhooks a listing shows, without their secrets: all, or only the active ones."""
-    return [public_view(hook) for hook in webhooks if hook["is_active"] or not active_only]
+    return [
+        public_view(hook, agent_counts.get(hook["id"], 0))
+        for hook in webhooks
+        if hook["is_active"] or not active_only
+    ]
 
 
 def status_event(old: Call | None, new: Call | None) -> str | None:
@@ -131,14 +159,26 @@ class Attempt:
 
 
 def owed_events(
-    old: Call | None, new: Call | None, hooks: Iterable[Webhook], now: int, event_id: str
+    old: Call | None,
+    new: Call | None,
+    hooks: Iterable[Webhook],
+    assigned: Collection[str],
+    now: int,
+    event_id: str,
 ) -> list[WebhookEvent]:
     """The events a change of a call owes its organization's active webhooks, all with the
-    same `event_id`: one per webhook, or none if the change does not change the status."""
+    same `event_id`, at most one per webhook.
+
+    As upstream: a call that ends (`ended`, or `error`) is owed to the webhooks `assigned`
+    to its agent (the post-call event). This server's extension: every status change is
+    owed to the webhooks that asked for `status_events`.
+    """
     name = status_event(old, new)
     if name is None:
         return []
     call: Call = new or old  # type: ignore[assignment]
+    post_call = new is not None and new["call_status"] in POST_CALL_STATUSES
+    hooks = [h for h in hooks if h.get("status_events") or (post_call and h["id"] in assigned)]
     return [
         {
             "event_id": event_id,

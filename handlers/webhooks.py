@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from calls_server.domain import webhooks
+from calls_server.domain import agents, webhooks
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import pagination
 from calls_server.handlers.scope import organization_id, services
@@ -20,20 +20,24 @@ def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -
     existing = len(running.store.webhooks(org))
     hook = webhooks.new_webhook(org, body, running.clock(), existing, running.webhook_limit)
     running.store.add_webhook(hook)
-    return success("Webhook created successfully", hook), 200
+    shown = {**webhooks.public_view(hook), "secret": hook["secret"]}
+    return success("Post-call webhook created successfully", shown), 200
 
 
 async def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/post-call-webhooks (`activeOnly=true` for the active ones)."""
-    stored = services().store.webhooks(organization_id(token_info))
-    found = webhooks.listed(stored, active_only=bool(params.get("activeOnly")))
-    return success("Webhooks retrieved successfully", {"webhooks": found, "count": len(found)}), 200
+    org = organization_id(token_info)
+    stored = services().store.webhooks(org)
+    found = webhooks.listed(stored, bool(params.get("activeOnly")), _agent_counts(org))
+    data = {"webhooks": found, "count": len(found)}
+    return success("Post-call webhooks retrieved successfully", data), 200
 
 
 async def get_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
     """GET /api/post-call-webhooks/{webhook_id}"""
-    hook = services().store.get_webhook(organization_id(token_info), webhook_id)
-    return success("Webhook retrieved successfully", webhooks.public_view(hook)), 200
+    org = organization_id(token_info)
+    hook = services().store.get_webhook(org, webhook_id)
+    return success("Post-call webhook retrieved successfully", _shown(org, hook)), 200
 
 
 def update_post_call_webhook(
@@ -43,26 +47,35 @@ def update_post_call_webhook(
     running = services()
     if "url" in body:
         running.egress.check_url(body["url"])
-    now = running.clock()
-    hook = running.store.change_webhook(
-        organization_id(token_info), webhook_id, lambda h: webhooks.changed(h, body, now)
-    )
-    return success("Webhook updated successfully", webhooks.public_view(hook)), 200
+    now, org = running.clock(), organization_id(token_info)
+    hook = running.store.change_webhook(org, webhook_id, lambda h: webhooks.changed(h, body, now))
+    return success("Post-call webhook updated successfully", _shown(org, hook)), 200
 
 
 def delete_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
-    """DELETE /api/post-call-webhooks/{webhook_id}"""
-    hook = services().store.delete_webhook(organization_id(token_info), webhook_id)
-    return success("Webhook deleted successfully", webhooks.public_view(hook)), 200
+    """DELETE /api/post-call-webhooks/{webhook_id}: its assignments to agents go with it."""
+    services().store.delete_webhook(organization_id(token_info), webhook_id)
+    return success("Post-call webhook deleted successfully", None), 200
 
 
 def toggle_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
     """POST /api/post-call-webhooks/{webhook_id}/toggle"""
-    now = services().clock()
-    hook = services().store.change_webhook(
-        organization_id(token_info), webhook_id, lambda h: webhooks.toggled(h, now)
-    )
-    return success("Webhook toggled successfully", webhooks.public_view(hook)), 200
+    now, org = services().clock(), organization_id(token_info)
+    hook = services().store.change_webhook(org, webhook_id, lambda h: webhooks.toggled(h, now))
+    return success(webhooks.toggled_message(hook), _shown(org, hook)), 200
+
+
+def _agent_counts(organization_id: str) -> dict[str, int]:
+    """How many of the organization's agents each webhook is assigned to."""
+    counts: dict[str, int] = {}
+    for agent in services().store.agents(organization_id):
+        for webhook_id in agents.webhook_ids(agent):
+            counts[webhook_id] = counts.get(webhook_id, 0) + 1
+    return counts
+
+
+def _shown(organization_id: str, hook: webhooks.Webhook) -> webhooks.Webhook:
+    return webhooks.public_view(hook, _agent_counts(organization_id).get(hook["id"], 0))
 
 
 async def list_post_call_webhook_events(

@@ -104,8 +104,10 @@ class WebhookDeliverer:
         self._pending(self.store.pending_webhook_events())
         self._dispatcher.start()
 
-    def _owed(self, old: Call | None, new: Call | None, hooks: list[Webhook]) -> list[WebhookEvent]:
-        return webhooks.owed_events(old, new, hooks, self.clock(), str(uuid.uuid4()))
+    def _owed(
+        self, old: Call | None, new: Call | None, hooks: list[Webhook], assigned: list[str]
+    ) -> list[WebhookEvent]:
+        return webhooks.owed_events(old, new, hooks, assigned, self.clock(), str(uuid.uuid4()))
 
     def _pending(self, events: list[WebhookEvent]) -> None:
         with self._wake:

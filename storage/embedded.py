@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from sortedcontainers import SortedList
 
-from calls_server.domain import calls, webhooks
+from calls_server.domain import agents, calls, webhooks
 from calls_server.domain.agents import Agent
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import (
@@ -362,6 +362,13 @@ class EmbeddedStore:
                 self._webhooks.remove(doc_ids=[doc_id])
                 if events:
                     self._events.remove(doc_ids=list(events.values()))
+                for agent in self._agents.all(organization_id):
+                    if webhook_id in agents.webhook_ids(agent):
+                        self._agents.change(
+                            organization_id,
+                            agent["agent_id"],
+                            lambda a: agents.unassigned(a, [webhook_id]),
+                        )
             del self._org_webhooks[organization_id][webhook_id]
             self._hook_events.pop(webhook_id, None)
             return _copy(old)
@@ -459,7 +466,12 @@ class EmbeddedStore:
             table[str(doc_id)]
             for doc_id in sorted(self._org_webhooks.get(organization_id, {}).values())
         ]
-        owed = self._event_source(old, new, hooks)
+        call: Call = new or old  # type: ignore[assignment]
+        try:
+            agent: Agent | None = self._agents.stored(organization_id, call["agent_id"])[1]
+        except AgentNotFound:
+            agent = None
+        owed = self._event_source(old, new, hooks, agents.webhook_ids(agent))
         return [(self._events.insert(event), event) for event in owed]
 
     def _index_events(self, recorded: list[tuple[int, WebhookEvent]]) -> None:

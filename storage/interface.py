@@ -19,10 +19,10 @@ from calls_server.domain.listing import CallQuery
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.webhooks import Webhook, WebhookEvent
 
-# Called with (before, after, the organization's webhooks) for every change of a call
-# (None: absent), inside its write: the webhook events that change owes, to be recorded in
-# the same atomic write. Must be quick and pure.
-EventSource = Callable[[Call | None, Call | None, list[Webhook]], list[WebhookEvent]]
+# Called with (before, after, the organization's webhooks, the ids of those assigned to the
+# call's agent) for every change of a call (None: absent), inside its write: the webhook
+# events that change owes, to be recorded in the same atomic write. Must be quick and pure.
+EventSource = Callable[[Call | None, Call | None, list[Webhook], list[str]], list[WebhookEvent]]
 # Called with webhook events that have just become pending (recorded, or queued again) or
 # due sooner (each summed up: its ids, status and next attempt, not its payload), in
 # commit order, under the store's lock: it must only take note, never block.
@@ -130,7 +130,8 @@ class Store(Protocol):
         """Replace the webhook by `change(webhook)` atomically. Raises WebhookNotFound."""
 
     def delete_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
-        """Remove the webhook and its events, and return it. Raises WebhookNotFound."""
+        """Remove the webhook, its events and its assignments to agents, and return it.
+        Raises WebhookNotFound."""
 
     # -- webhook events (the outbox) ---------------------------------------------------------
     def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:

@@ -124,7 +124,7 @@ def test_a_delivery_to_an_address_no_longer_allowed_is_not_sent(store, tenant, r
     # the check at delivery, on the resolved address, is what stops it.
     hook = webhooks.new_webhook(
         tenant.organization_id,
-        {"name": "rebound", "url": receiver.url, "is_active": True},
+        {"name": "rebound", "url": receiver.url, "is_active": True, "status_events": True},
         now=1,
         existing=0,
         limit=16,

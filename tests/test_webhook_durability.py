@@ -27,7 +27,7 @@ def test_every_event_owed_before_kill_9_arrives_once_per_event_id_in_order(tmp_p
         for path in ("/a", "/b"):
             created = httpx.post(
                 f"{server.base_url}/api/post-call-webhooks/create",
-                json={"name": path, "url": f"http://127.0.0.1:{port}{path}"},
+                json={"name": path, "url": f"http://127.0.0.1:{port}{path}", "status_events": True},
                 headers=headers,
             )
             hooks.append(created.json()["data"]["id"])

@@ -11,8 +11,8 @@ HOUR = 3_600_000
 
 def an_event(now: int = 0) -> dict:
     call = calls.new_call(organization_id="acme", agent_id="a", now=now, call_type="web_call")
-    hook = {"id": "webhook_1", "is_active": True}
-    (event,) = webhooks.owed_events(None, call, [hook], now, "ev-1")
+    hook = {"id": "webhook_1", "is_active": True, "status_events": True}
+    (event,) = webhooks.owed_events(None, call, [hook], [], now, "ev-1")
     return event
 
 
@@ -27,18 +27,43 @@ def failed_at(ms: int) -> Attempt:
 
 def test_a_change_that_keeps_the_status_owes_nothing():
     call = calls.new_call(organization_id="acme", agent_id="a", now=0, call_type="web_call")
-    hooks = [{"id": "webhook_1", "is_active": True}]
+    hooks = [{"id": "webhook_1", "is_active": True, "status_events": True}]
 
-    assert webhooks.owed_events(call, {**call, "transcript": "hi"}, hooks, 1, "ev") == []
+    assert webhooks.owed_events(call, {**call, "transcript": "hi"}, hooks, [], 1, "ev") == []
 
 
 def test_inactive_webhooks_are_owed_nothing():
     call = calls.new_call(organization_id="acme", agent_id="a", now=0, call_type="web_call")
-    hooks = [{"id": "webhook_1", "is_active": False}, {"id": "webhook_2", "is_active": True}]
+    hooks = [
+        {"id": "webhook_1", "is_active": False, "status_events": True},
+        {"id": "webhook_2", "is_active": True, "status_events": True},
+    ]
 
-    owed = webhooks.owed_events(None, call, hooks, 1, "ev")
+    owed = webhooks.owed_events(None, call, hooks, [], 1, "ev")
 
     assert [event["webhook_id"] for event in owed] == ["webhook_2"]
+
+
+def test_a_webhook_assigned_to_the_calls_agent_is_owed_only_the_end_of_the_call():
+    call = calls.new_call(organization_id="acme", agent_id="a", now=0, call_type="web_call")
+    hooks = [{"id": "webhook_1", "is_active": True}]  # no status events: upstream's rule
+    started = {**call, "call_status": "ongoing"}
+
+    assert webhooks.owed_events(None, call, hooks, ["webhook_1"], 1, "ev") == []
+    assert webhooks.owed_events(call, started, hooks, ["webhook_1"], 1, "ev") == []
+    for status, name in (("ended", "call_ended"), ("error", "call_error")):
+        finished = {**started, "call_status": status}
+        (event,) = webhooks.owed_events(started, finished, hooks, ["webhook_1"], 1, "ev")
+        assert event["event"] == name
+
+
+def test_a_webhook_assigned_to_no_agent_and_without_status_events_is_owed_nothing():
+    call = calls.new_call(organization_id="acme", agent_id="a", now=0, call_type="web_call")
+    ended = {**call, "call_status": "ended"}
+
+    owed = webhooks.owed_events(call, ended, [{"id": "webhook_1", "is_active": True}], [], 1, "e")
+
+    assert owed == []
 
 
 def test_retries_wait_twice_as_long_each_time_up_to_the_maximum():

@@ -52,7 +52,9 @@ LOOPBACK = EgressPolicy(
 
 
 def register(client, tenant, url: str, **fields) -> dict:
-    body = {"name": "hook", "url": url, **fields}
+    """A webhook that hears every status change (this server's extension), unless told
+    otherwise; the post-call rule upstream follows has tests of its own below."""
+    body = {"name": "hook", "url": url, "status_events": True, **fields}
     response = client.post("/api/post-call-webhooks/create", json=body, headers=tenant.headers)
     assert response.status_code == 200, response.text
     hook: dict = response.json()["data"]
@@ -78,7 +80,7 @@ def hook_events(client, tenant, hook, **params) -> list[dict]:
 def add_hook(store, tenant, url: str) -> dict:
     hook = webhooks.new_webhook(
         tenant.organization_id,
-        {"name": "hook", "url": url, "is_active": True},
+        {"name": "hook", "url": url, "is_active": True, "status_events": True},
         now=1,
         existing=0,
         limit=16,
@@ -418,7 +420,10 @@ def test_a_deleted_webhook_takes_its_events_with_it(client, store, tenant, recei
 def test_an_event_is_written_in_the_same_journal_record_as_its_change(store, data_dir, tenant):
     hook = add_hook(store, tenant, "https://crm.example.com/hooks")
     store.record_webhook_events(
-        lambda old, new, hooks: webhooks.owed_events(old, new, hooks, 5, "ev-1"), lambda _: None
+        lambda old, new, hooks, assigned: webhooks.owed_events(
+            old, new, hooks, assigned, 5, "ev-1"
+        ),
+        lambda _: None,
     )
 
     call = add_web_call(store, tenant)
@@ -435,7 +440,7 @@ def test_an_event_is_written_in_the_same_journal_record_as_its_change(store, dat
 def test_a_change_whose_events_cannot_be_recorded_is_not_made(store, tenant):
     add_hook(store, tenant, "https://crm.example.com/hooks")
 
-    def broken(old, new, hooks):
+    def broken(old, new, hooks, assigned):
         raise RuntimeError("no events today")
 
     store.record_webhook_events(broken, lambda _: None)
@@ -455,7 +460,10 @@ def test_a_change_and_its_events_are_undone_together_when_the_journal_refuses_th
 ):
     add_hook(store, tenant, "https://crm.example.com/hooks")
     store.record_webhook_events(
-        lambda old, new, hooks: webhooks.owed_events(old, new, hooks, 5, "ev-1"), lambda _: None
+        lambda old, new, hooks, assigned: webhooks.owed_events(
+            old, new, hooks, assigned, 5, "ev-1"
+        ),
+        lambda _: None,
     )
     journal = store._journal
 
