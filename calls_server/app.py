@@ -22,6 +22,7 @@ from calls_server.contract import published, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.handlers.scope import Services
 from calls_server.integrations.clock import Clock, wall_clock
+from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.middleware import BodySizeLimit, LiteralPathMethods, PublishedSpec, RequestId
@@ -79,16 +80,28 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         dialer = settings.dialer()
+        sandbox = (
+            SandboxDialer(
+                store,
+                f"http://{settings.public_host()}:{settings.port}{base_path}/sandbox/recordings",
+                settings.sandbox_seed,
+                settings.sandbox_time_scale,
+                clock,
+            )
+            if settings.sandbox
+            else None
+        )
         services = Services(
             store=store,
             clock=clock,
-            dialer=replace(dialer, clock=clock) if dialer else None,  # signs on app time
+            dialer=replace(dialer, clock=clock) if dialer else sandbox,  # signs on app time
             rooms=settings.livekit_rooms(),
             egress=settings.egress(),
             webhook_limit=settings.webhooks_per_organization,
             dial_limiter=anyio.CapacityLimiter(settings.dialer_concurrency),
             admin_token=settings.admin_token,
             casing=Casing(settings.enum_case),
+            sandbox=sandbox,
         )
         scheduler = (
             Scheduler(store, services.dialer, settings.scheduler_interval, clock)
@@ -109,14 +122,14 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             if settings.webhook_delivery
             else None
         )
-        for service in (deliverer, scheduler):
+        for service in (deliverer, sandbox, scheduler):
             if service:
                 service.start()
         try:
             # The ASGI server copies this state into every request's scope (request.state).
             yield {"services": services}
         finally:
-            for service in (scheduler, deliverer):
+            for service in (scheduler, sandbox, deliverer):
                 if service:
                     service.stop()
 

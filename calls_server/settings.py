@@ -54,6 +54,11 @@ class Settings:
     dialer_secret: str | None = None
     dialer_timeout: float = 5.0
     dialer_attempts: int = 3
+    # The sandbox dialer instead of a real one: calls play out by themselves, with outcomes
+    # scripted per call in metadata or drawn under the seed; waits times the time scale.
+    sandbox: bool = False
+    sandbox_seed: int = 0
+    sandbox_time_scale: float = 1.0
     # Phone calls being handed to the dialer at once, at most (each holds a worker thread).
     dialer_concurrency: int = 8
     # Deliver status events to webhooks (off for sandboxes whose webhooks must stay quiet).
@@ -116,6 +121,13 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}DIALER_URL and {PREFIX}DIALER_SECRET go together: set both, or neither"
             )
+        if self.sandbox and self.dialer_url:
+            raise SettingsError(
+                f"{PREFIX}SANDBOX and {PREFIX}DIALER_URL exclude each other: the sandbox is the "
+                "dialer"
+            )
+        if not 0 < self.sandbox_time_scale <= 100:
+            raise SettingsError(f"{PREFIX}SANDBOX_TIME_SCALE must be in (0, 100]")
         if not 0 < self.dialer_timeout <= 60 or not 1 <= self.dialer_attempts <= 10:
             raise SettingsError(
                 f"{PREFIX}DIALER_TIMEOUT must be in (0, 60] seconds and "
@@ -177,6 +189,10 @@ class Settings:
         return HttpDialer(
             self.dialer_url, self.dialer_secret, self.dialer_timeout, self.dialer_attempts
         )
+
+    def public_host(self) -> str:
+        """The host this server is reached at on its own machine (for URLs it hands out)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
     def webhook_retries(self) -> RetryPolicy:
         """When failed webhook deliveries are retried, given up, and endpoints switched off."""

@@ -94,6 +94,9 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
     rooms = services().rooms
     token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None
     services().store.add_call(call)
+    sandbox = services().sandbox
+    if sandbox:  # someone joins, talks, and hangs up, by themselves
+        sandbox.play_web_call(call)
     room, casing = call["call_id"], services().casing
     data = {
         "organization_id": org,

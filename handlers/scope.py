@@ -15,6 +15,7 @@ from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
+from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.storage import Store
 
 
@@ -38,6 +39,8 @@ class Services:
     admin_token: str | None
     # How responses case enum values (as upstream does, or one way throughout).
     casing: Casing
+    # The sandbox dialer (also `dialer`), which plays web calls too; None when it is off.
+    sandbox: SandboxDialer | None = None
 
 
 def services() -> Services:

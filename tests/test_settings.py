@@ -105,18 +105,34 @@ EVERY_SETTING = {
     "log_json": "true",
     "cors_origins": "https://app.example.com",
     "quota_bytes": "1048576",
+    "sandbox_seed": "7",
+    "sandbox_time_scale": "0.5",
 }
+# Settings that exclude one of the above (the sandbox is the dialer): read on their own.
+ON_THEIR_OWN = {"sandbox": "true"}
 
 
-def test_every_setting_is_read_from_its_environment_variable():
-    environ = {f"CALLS_{name.upper()}": text for name, text in EVERY_SETTING.items()}
+@pytest.mark.parametrize("values", [EVERY_SETTING, ON_THEIR_OWN], ids=["together", "alone"])
+def test_every_setting_is_read_from_its_environment_variable(values):
+    environ = {f"CALLS_{name.upper()}": text for name, text in values.items()}
 
     settings = Settings.load(environ)
 
-    assert set(EVERY_SETTING) == {field.name for field in dataclasses.fields(Settings)}
+    every = {**EVERY_SETTING, **ON_THEIR_OWN}
+    assert set(every) == {field.name for field in dataclasses.fields(Settings)}
     defaults = Settings()
-    for name in EVERY_SETTING:
+    for name in values:
         assert getattr(settings, name) != getattr(defaults, name), name
+
+
+def test_the_sandbox_and_a_real_dialer_exclude_each_other():
+    with pytest.raises(SettingsError, match="exclude each other"):
+        Settings(sandbox=True, dialer_url="https://dialer.example.com", dialer_secret="s")
+
+
+def test_settings_read_together_are_what_they_say():
+    settings = Settings.load({f"CALLS_{n.upper()}": t for n, t in EVERY_SETTING.items()})
+
     assert settings.log_level == "debug"
     assert settings.data_dir == Path("/srv/calls")
     assert settings.dialer_timeout == 2.5

@@ -164,7 +164,10 @@ def test_every_success_response_has_an_example_valid_under_strict_openapi_3_0():
         for method, operation in item.items():
             if method not in HTTP_METHODS:
                 continue
-            content = resolved(operation["responses"]["200"], spec)["content"]["application/json"]
+            media = resolved(operation["responses"]["200"], spec)["content"]
+            if "application/json" not in media:
+                continue  # a file (the sandbox's recordings): nothing to give an example of
+            content = media["application/json"]
             examples = [e["value"] for e in content.get("examples", {}).values()]
             assert examples, f"{method} {path} has no example"
             validator = OAS30Validator(

@@ -1,0 +1,226 @@
+"""The sandbox dialer: calls that play out without a telephone network (CALLS_SANDBOX).
+
+It accepts every phone call it is handed, as a real dialer would (the call goes
+`ongoing`), and plays web calls too (a participant joins after a second). After the call's
+duration it ends the call through the normal update path (`domain.calls.update`), so the
+events, webhooks and lifecycle are exactly those a real dialer's updates produce. The end
+carries what a real call leaves behind: timestamps and duration, a transcript with word
+timings, an analysis, a cost, a `recording_url` this server serves (a generated tone) and
+a disconnection reason.
+
+What happens is scripted per call through its metadata, or drawn from a seeded random
+generator keyed by the call id (so the same seed gives the same calls the same outcomes):
+
+- `sandbox_outcome`: `completed` (ended, `user_hangup`), `voicemail` (ended,
+  `voicemail_reached`), `no_answer` (ended, `dial_no_answer`, nothing said), `busy`
+  (ended, `dial_busy`), `failed` (error, `dial_failed`);
+- `sandbox_duration_ms`: how long the call lasts once answered (or rings, unanswered).
+
+`time_scale` shortens every wait (0.001: a two-minute call ends after 0.12 s), for tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import itertools
+import logging
+import math
+import random
+import struct
+import threading
+import time
+import wave
+from collections.abc import Mapping
+from typing import Any
+
+from calls_server.domain import calls
+from calls_server.domain.errors import ApiError
+from calls_server.integrations.clock import Clock, wall_clock
+from calls_server.integrations.dialer import DialOutcome
+from calls_server.storage import Store
+
+log = logging.getLogger("calls_server.sandbox")
+
+OUTCOMES = ("completed", "voicemail", "no_answer", "busy", "failed")
+# How often each outcome is drawn when the call's metadata names none.
+WEIGHTS = (70, 10, 10, 5, 5)
+REASONS = {
+    "completed": "user_hangup",
+    "voicemail": "voicemail_reached",
+    "no_answer": "dial_no_answer",
+    "busy": "dial_busy",
+    "failed": "dial_failed",
+}
+JOIN_DELAY_MS = 1000  # a web call's participant joins after this long
+SCRIPT = (
+    ("agent", "Hello, this is your assistant calling. How can I help you today?"),
+    ("user", "Hi, I would like to check on my order please."),
+    ("agent", "Of course. I can see it shipped this morning and arrives tomorrow."),
+    ("user", "Great, thank you so much."),
+    ("agent", "You are welcome. Have a good day!"),
+)
+VOICEMAIL = (("agent", "Hello, this is your assistant. Please call us back at your convenience."),)
+
+
+class SandboxDialer:
+    """A `Dialer` that plays every call out by itself, on one thread of its own."""
+
+    def __init__(
+        self,
+        store: Store,
+        recordings_url: str,
+        seed: int = 0,
+        time_scale: float = 1.0,
+        clock: Clock = wall_clock,
+    ) -> None:
+        self.store = store
+        self.recordings_url = recordings_url.rstrip("/")
+        self.seed = seed
+        self.time_scale = time_scale
+        self.clock = clock
+        self._due: list[tuple[float, int, str, str, str]] = []  # (when, tie, step, org, call)
+        self._tie = itertools.count()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sandbox-dialer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop playing; calls still under way stay as they are."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def dial(self, job: Mapping[str, Any]) -> DialOutcome:
+        """Accept the phone call of `job` (a dialer job) and play it out from now."""
+        self._after(self.plan(job)[1], "end", job["organization_id"], job["call_id"])
+        return DialOutcome(True, "accepted by the sandbox dialer", 1)
+
+    def play_web_call(self, call: Mapping[str, Any]) -> None:
+        """Play out a new web call: its participant joins, then it ends."""
+        self._after(JOIN_DELAY_MS, "join", call["organization_id"], call["call_id"])
+
+    def plan(self, call: Mapping[str, Any]) -> tuple[str, int]:
+        """The outcome and duration (ms) of `call`: as its metadata says, else drawn."""
+        metadata = call.get("metadata") or {}
+        rng = random.Random(f"{self.seed}:{call['call_id']}")
+        outcome = rng.choices(OUTCOMES, WEIGHTS)[0]
+        duration = rng.randint(20_000, 180_000)
+        if metadata.get("sandbox_outcome") in OUTCOMES:
+            outcome = metadata["sandbox_outcome"]
+        if isinstance(metadata.get("sandbox_duration_ms"), int):
+            duration = max(0, metadata["sandbox_duration_ms"])
+        if outcome in ("no_answer", "busy", "failed") and "sandbox_duration_ms" not in metadata:
+            duration = rng.randint(5_000, 25_000)  # ringing, not talking
+        return outcome, duration
+
+    def ending(self, call: Mapping[str, Any], now: int) -> dict[str, Any]:
+        """The update a real dialer would send when `call` ends now (a PUT body)."""
+        outcome, duration = self.plan(call)
+        start = call.get("start_timestamp") or now - duration
+        lines = SCRIPT if outcome == "completed" else VOICEMAIL if outcome == "voicemail" else ()
+        transcript_object = _transcript(lines, duration)
+        answered = outcome in ("completed", "voicemail")
+        return {
+            "call_status": "error" if outcome == "failed" else "ended",
+            "start_timestamp": start,
+            "end_timestamp": max(start, now),
+            "disconnection_reason": REASONS[outcome],
+            "transcript": "\n".join(f"{role.title()}: {text}" for role, text in lines) or None,
+            "transcript_object": transcript_object,
+            "recording_url": f"{self.recordings_url}/{call['call_id']}" if answered else None,
+            "call_analysis": {
+                "call_successful": outcome == "completed",
+                "call_summary": _SUMMARIES[outcome],
+                "user_sentiment": "Positive" if outcome == "completed" else "Unknown",
+                "in_voicemail": outcome == "voicemail",
+            },
+            "call_cost": {"combined_cost": round(duration / 60_000 * 0.07, 4) if answered else 0},
+        }
+
+    # -- the play-out ----------------------------------------------------------------------
+    def _after(self, delay_ms: int, step: str, organization_id: str, call_id: str) -> None:
+        when = time.monotonic() + delay_ms / 1000 * self.time_scale
+        with self._wake:
+            heapq.heappush(self._due, (when, next(self._tie), step, organization_id, call_id))
+            self._wake.notify()
+
+    def _run(self) -> None:
+        with self._wake:
+            while not self._stopping:
+                if self._due and self._due[0][0] <= time.monotonic():
+                    _, _, step, org, call_id = heapq.heappop(self._due)
+                    self._wake.release()
+                    try:
+                        self._step(step, org, call_id)
+                    finally:
+                        self._wake.acquire()
+                    continue
+                wait = self._due[0][0] - time.monotonic() if self._due else 1.0
+                self._wake.wait(max(0.001, min(wait, 1.0)))
+
+    def _step(self, step: str, organization_id: str, call_id: str) -> None:
+        try:
+            if step == "join":  # a web call's participant joined: it is ongoing
+                call = self._change(organization_id, call_id, {"call_status": "ongoing"})
+                self._after(self.plan(call)[1], "end", organization_id, call_id)
+            else:
+                stored = self.store.get_call(organization_id, call_id)
+                if stored["call_status"] == "ongoing":
+                    self._change(organization_id, call_id, self.ending(stored, self.clock()))
+        except ApiError as e:  # deleted, or moved on by someone else meanwhile
+            log.info("sandbox: call %s not played further: %s", call_id, e.error)
+        except Exception:
+            log.exception("sandbox: playing call %s failed", call_id)
+
+    def _change(self, organization_id: str, call_id: str, changes: dict[str, Any]) -> calls.Call:
+        now = self.clock()
+        return self.store.change_call(
+            organization_id, call_id, lambda call: calls.update(call, changes, now)
+        )
+
+
+_SUMMARIES = {
+    "completed": "The customer asked about an order; the agent confirmed it ships tomorrow.",
+    "voicemail": "The call reached voicemail; the agent left a message.",
+    "no_answer": "Nobody answered.",
+    "busy": "The line was busy.",
+    "failed": "The call could not be placed.",
+}
+
+
+def _transcript(lines: tuple[tuple[str, str], ...], duration: int) -> list[dict[str, Any]]:
+    """Transcript entries whose words are spread evenly over the call (seconds)."""
+    words = sum(len(text.split()) for _, text in lines) or 1
+    step = duration / 1000 / (words + len(lines))
+    at, entries = 0.0, []
+    for role, text in lines:
+        timed = []
+        for word in text.split():
+            timed.append({"word": word, "start": round(at, 3), "end": round(at + step * 0.8, 3)})
+            at += step
+        at += step  # a pause between turns
+        entries.append({"role": role, "content": text, "words": timed})
+    return entries
+
+
+def recording(call_id: str, seconds: float = 2.0, rate: int = 8000) -> bytes:
+    """A short WAV (8 kHz mono PCM) standing in for the call's recording: a tone whose pitch
+    follows the call id."""
+    pitch = 300 + sum(call_id.encode()) % 400
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * pitch * n / rate)))
+        for n in range(int(seconds * rate))
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(frames)
+    return out.getvalue()

@@ -1,0 +1,129 @@
+"""The sandbox dialer: calls play out without a telephone network, as scripted or seeded."""
+
+from __future__ import annotations
+
+import io
+import time
+import wave
+
+import pytest
+
+from calls_server.integrations.sandbox import SandboxDialer
+from tests.conftest import app_client, wait_for
+
+# A two-minute call lasts 0.12 s here.
+SANDBOX = {"sandbox": True, "sandbox_time_scale": 0.001}
+PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_agent_id": "ag"}
+
+
+@pytest.fixture
+def client(store, data_dir):
+    with app_client(store, data_dir=data_dir, **SANDBOX) as test_client:
+        yield test_client
+
+
+def place(client, tenant, **metadata) -> dict:
+    body = {**PHONE, "metadata": metadata}
+    response = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    data: dict = response.json()["data"]
+    return data
+
+
+def final(client, tenant, call_id: str) -> dict:
+    def settled() -> bool:
+        got = client.get(f"/api/calls/{call_id}", headers=tenant.headers).json()["data"]
+        return got["call_status"] in ("ended", "error")
+
+    wait_for(settled)
+    call: dict = client.get(f"/api/calls/{call_id}", headers=tenant.headers).json()["data"]
+    return call
+
+
+def test_a_phone_call_is_accepted_like_upstream_then_ends_with_what_a_call_leaves(client, tenant):
+    data = place(client, tenant, sandbox_outcome="completed", sandbox_duration_ms=95_000)
+
+    assert (data["status"], data["call"]["call_status"]) == ("call_initiated", "ongoing")
+    call = final(client, tenant, data["call"]["call_id"])
+    assert call["call_status"] == "ended"
+    assert call["disconnection_reason"] == "user_hangup"
+    assert call["call_duration"] == call["end_timestamp"] - call["start_timestamp"] > 0
+    assert call["transcript"].startswith("Agent: ")
+    first = call["transcript_object"][0]
+    assert first["role"] == "agent"
+    assert first["words"][0]["word"] == "Hello,"
+    assert first["words"][0]["end"] > first["words"][0]["start"] >= 0
+    assert call["call_analysis"]["call_successful"] is True
+    assert call["call_cost"]["combined_cost"] > 0
+    assert [e["event"] for e in call["events"]][-1] == "Call updated via API"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "reason"),
+    [
+        ("voicemail", "ended", "voicemail_reached"),
+        ("no_answer", "ended", "dial_no_answer"),
+        ("busy", "ended", "dial_busy"),
+        ("failed", "error", "dial_failed"),
+    ],
+)
+def test_the_outcome_is_scripted_by_the_calls_metadata(client, tenant, outcome, status, reason):
+    data = place(client, tenant, sandbox_outcome=outcome)
+
+    call = final(client, tenant, data["call"]["call_id"])
+
+    assert (call["call_status"], call["disconnection_reason"]) == (status, reason)
+    assert call["call_analysis"]["in_voicemail"] is (outcome == "voicemail")
+
+
+def test_the_recording_url_is_served_by_the_server_as_a_wav(client, tenant):
+    data = place(client, tenant, sandbox_outcome="completed")
+    call = final(client, tenant, data["call"]["call_id"])
+
+    path = call["recording_url"].split("://", 1)[1].split("/", 1)[1]
+    response = client.get("/" + path)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"].endswith('.wav"')
+    with wave.open(io.BytesIO(response.content)) as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (1, 8000)
+        assert wav.getnframes() > 0
+
+
+def test_a_web_call_is_joined_then_ends(client, tenant):
+    body = {"agent_id": "agent-123", "metadata": {"sandbox_outcome": "completed"}}
+    created = client.post("/api/calls/create-web-call", json=body, headers=tenant.headers)
+
+    call = final(client, tenant, created.json()["data"]["call"]["call_id"])
+
+    statuses = [e["data"].get("new_status") for e in call["events"] if e["data"].get("new_status")]
+    assert statuses == ["ongoing", "ended"]
+
+
+def test_a_scheduled_call_plays_out_when_it_falls_due(store, data_dir, tenant):
+    settings = {**SANDBOX, "scheduler_interval": 0.05}
+    with app_client(store, data_dir=data_dir, **settings) as client:
+        body = {**PHONE, "scheduled_timestamp": int(time.time()) + 1}
+        created = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+        call = final(client, tenant, created.json()["data"]["call"]["call_id"])
+
+    assert call["metadata"]["execution_status"] == "executed"
+    assert call["call_status"] in ("ended", "error")
+
+
+def test_the_same_seed_plays_the_same_calls_the_same_way(store):
+    first = SandboxDialer(store, "http://x", seed=42)
+    again = SandboxDialer(store, "http://x", seed=42)
+    other = SandboxDialer(store, "http://x", seed=43)
+    calls = [{"call_id": f"call_{n}", "metadata": {}} for n in range(50)]
+
+    assert [first.plan(c) for c in calls] == [again.plan(c) for c in calls]
+    assert [first.plan(c) for c in calls] != [other.plan(c) for c in calls]
+
+
+def test_the_recording_is_404_with_the_sandbox_off(store, data_dir):
+    with app_client(store, data_dir=data_dir) as client:
+        response = client.get("/api/sandbox/recordings/call_x")
+
+    assert response.status_code == 404
