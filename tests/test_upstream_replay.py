@@ -20,6 +20,10 @@ DELIBERATE = {
         "this server has no carrier access: it says the number was imported without "
         "validation instead of claiming it was validated"
     ),
+    ("createWebCall", "message"): (
+        "no LiveKit server is configured for the replay, so no token is issued and the "
+        "message says so (with one, it is upstream's)"
+    ),
     ("importPhoneNumber", "data.phone_number.phone_number_type"): (
         "upstream writes the type CUSTOM on this page and custom (zudu-twilio) on its "
         "generated pages, which show what its backend returns; both spellings are read"
@@ -32,10 +36,18 @@ FREE_FORM = {"data.test_variables"}
 
 @pytest.fixture
 def world(store, data_dir, tenant):
-    """An upstream-cased server with a call, an agent and a webhook assigned to it."""
-    with app_client(store, data_dir=data_dir, enum_case="upstream") as client:
+    """An upstream-cased server whose (sandbox) dialer accepts calls as upstream's does, with a
+    call, a scheduled call, an agent and a webhook assigned to the agent."""
+    settings = {"enum_case": "upstream", "sandbox": True, "sandbox_time_scale": 100}
+    with app_client(store, data_dir=data_dir, **settings) as client:
         h = tenant.headers
         call = client.post("/api/calls/create", json={"agent_id": "agent-123"}, headers=h)
+        scheduled = client.post(
+            "/api/calls/create-phone-call",
+            json={"from_number": "+14157774444", "to_number": "+12137774445",
+                  "override_agent_id": "agent-123", "scheduled_timestamp": 4102444000},
+            headers=h,
+        )  # fmt: skip
         agent = client.post("/api/agents/create", json={"agent_name": "Support"}, headers=h)
         hook = client.post(
             "/api/post-call-webhooks/create",
@@ -44,6 +56,7 @@ def world(store, data_dir, tenant):
         )
         ids = {
             "<call_id>": call.json()["data"]["call"]["call_id"],
+            "<scheduled_call_id>": scheduled.json()["data"]["call"]["call_id"],
             "<agent_id>": agent.json()["data"]["agent_id"],
             "<webhook_id>": hook.json()["data"]["id"],
         }
