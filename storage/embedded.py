@@ -84,7 +84,9 @@ class EmbeddedStore:
         self._calls = self._table("calls")
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
-        self._webhooks = self._table("webhooks")
+        self._webhooks = _OrgRecords(
+            self._table("webhooks"), "id", lambda _, key: WebhookNotFound(key)
+        )
         self._events = self._table("webhook_events")
         self._agents = _OrgRecords(
             self._table("agents"), "agent_id", lambda org, key: AgentNotFound(key, org)
@@ -120,9 +122,6 @@ class EmbeddedStore:
         for doc in self._keys.all():
             self._key_ids[doc["api_key"]] = doc.doc_id
             self._org_keys.setdefault(doc["organization_id"], {})[doc["api_key_id"]] = doc.doc_id
-        self._org_webhooks: dict[str, dict[str, int]] = {}  # organization -> id -> doc id
-        for doc in self._webhooks.all():
-            self._org_webhooks.setdefault(doc["organization_id"], {})[doc["id"]] = doc.doc_id
         # webhook -> event id -> doc id, in the order recorded
         self._hook_events: dict[str, dict[str, int]] = {}
         for doc_id, event in sorted(raw_documents(self._events).items(), key=_doc_order):
@@ -332,34 +331,28 @@ class EmbeddedStore:
     def add_webhook(self, webhook: Webhook) -> None:
         with self._writing():
             self._org_doc_id(webhook["organization_id"])
-            doc_id = self._webhooks.insert(_copy(webhook))
-            self._org_webhooks.setdefault(webhook["organization_id"], {})[webhook["id"]] = doc_id
+            self._webhooks.add(webhook)
 
     def webhooks(self, organization_id: str) -> list[Webhook]:
         with self._reading():
-            table = raw_documents(self._webhooks)
-            ids = self._org_webhooks.get(organization_id, {}).values()
-            return [_copy(table[str(doc_id)]) for doc_id in sorted(ids)]
+            return self._webhooks.all(organization_id)
 
     def get_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
         with self._reading():
-            return _copy(self._stored_webhook(organization_id, webhook_id)[1])
+            return _copy(self._webhooks.stored(organization_id, webhook_id)[1])
 
     def change_webhook(
         self, organization_id: str, webhook_id: str, change: Callable[[Webhook], Webhook]
     ) -> Webhook:
         with self._writing():
-            doc_id, old = self._stored_webhook(organization_id, webhook_id)
-            changed = change(_copy(old))
-            self._webhooks.replace(doc_id, _copy(changed))
-            return changed
+            return self._webhooks.change(organization_id, webhook_id, change)
 
     def delete_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
         with self._writing():
-            doc_id, old = self._stored_webhook(organization_id, webhook_id)
+            doc_id, old = self._webhooks.stored(organization_id, webhook_id)
             events = self._hook_events.get(webhook_id, {})
             with self._journal.transaction():
-                self._webhooks.remove(doc_ids=[doc_id])
+                self._webhooks.table.remove(doc_ids=[doc_id])
                 if events:
                     self._events.remove(doc_ids=list(events.values()))
                 for agent in self._agents.all(organization_id):
@@ -369,15 +362,10 @@ class EmbeddedStore:
                             agent["agent_id"],
                             lambda a: agents.unassigned(a, [webhook_id]),
                         )
-            del self._org_webhooks[organization_id][webhook_id]
+            # Indexes change only once the transaction is written.
+            del self._webhooks.index[organization_id][webhook_id]
             self._hook_events.pop(webhook_id, None)
             return _copy(old)
-
-    def _stored_webhook(self, organization_id: str, webhook_id: str) -> tuple[int, Webhook]:
-        doc_id = self._org_webhooks.get(organization_id, {}).get(webhook_id)
-        if doc_id is None:
-            raise WebhookNotFound(webhook_id)
-        return doc_id, raw_documents(self._webhooks)[str(doc_id)]
 
     # -- webhook events (the outbox) ---------------------------------------------------------
     def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
@@ -405,7 +393,7 @@ class EmbeddedStore:
         limit: int | None = None,
     ) -> tuple[list[WebhookEvent], int]:
         with self._reading():
-            self._stored_webhook(organization_id, webhook_id)
+            self._webhooks.stored(organization_id, webhook_id)
             table = raw_documents(self._events)
             newest_first = reversed(self._hook_events.get(webhook_id, {}).values())
             matching = [
@@ -461,11 +449,7 @@ class EmbeddedStore:
         if self._event_source is None:
             return []
         organization_id = (new or old or {})["organization_id"]
-        table = raw_documents(self._webhooks)
-        hooks = [
-            table[str(doc_id)]
-            for doc_id in sorted(self._org_webhooks.get(organization_id, {}).values())
-        ]
+        hooks = self._webhooks.documents(organization_id)
         call: Call = new or old  # type: ignore[assignment]
         try:
             agent: Agent | None = self._agents.stored(organization_id, call["agent_id"])[1]
@@ -489,7 +473,7 @@ class EmbeddedStore:
     def _stored_event(
         self, organization_id: str, webhook_id: str, event_id: str
     ) -> tuple[int, WebhookEvent]:
-        self._stored_webhook(organization_id, webhook_id)
+        self._webhooks.stored(organization_id, webhook_id)
         doc_id = self._hook_events.get(webhook_id, {}).get(event_id)
         if doc_id is None:
             raise WebhookEventNotFound(event_id)
@@ -558,10 +542,15 @@ class _OrgRecords:
     def exists(self, organization_id: str, key: str) -> bool:
         return key in self.index.get(organization_id, {})
 
-    def all(self, organization_id: str) -> list[dict[str, Any]]:
+    def documents(self, organization_id: str) -> list[dict[str, Any]]:
+        """The organization's stored records, oldest first (to be copied, never mutated)."""
         table = raw_documents(self.table)
-        ids = self.index.get(organization_id, {}).values()
-        return [_copy(table[str(doc_id)]) for doc_id in sorted(ids)]
+        return [
+            table[str(doc_id)] for doc_id in sorted(self.index.get(organization_id, {}).values())
+        ]
+
+    def all(self, organization_id: str) -> list[dict[str, Any]]:
+        return [_copy(record) for record in self.documents(organization_id)]
 
     def stored(self, organization_id: str, key: str) -> tuple[int, dict[str, Any]]:
         doc_id = self.index.get(organization_id, {}).get(key)
