@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import anyio
 from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
+from connexion.middleware.exceptions import ExceptionMiddleware
+from connexion.middleware.lifespan import LifespanMiddleware
+from connexion.middleware.server_error import ServerErrorMiddleware
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.operations import AbstractOperation
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
@@ -26,6 +32,7 @@ from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.middleware import BodySizeLimit, LiteralPathMethods, PublishedSpec, RequestId
+from calls_server.request_path import CompiledApi
 from calls_server.settings import Settings
 from calls_server.storage import Store
 
@@ -133,7 +140,36 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
                 if service:
                     service.stop()
 
-    app = AsyncApp(__name__, lifespan=lifespan)
+    compiled = os.environ.get("CALLS_REQUEST_PATH", "compiled") == "compiled"
+    as_json, as_yaml = published(spec)
+    cors = []
+    if settings.cors_origins:
+        origins = [origin.strip() for origin in settings.cors_origins.split(",")]
+        cors = [
+            partial(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=CORS_REQUEST_HEADERS,
+                expose_headers=["X-Request-ID"],
+                max_age=600,
+            )
+        ]
+    middlewares = [
+        ServerErrorMiddleware,
+        # Outermost, so that every response, errors and preflights included, carries the id.
+        RequestId,
+        *cors,
+        ExceptionMiddleware,  # renders every error as the envelope (errors.py)
+        partial(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        partial(PublishedSpec, base_path=base_path, as_json=as_json, as_yaml=as_yaml),
+        # The operations of openapi.yaml: routing, security, validation and handlers,
+        # compiled from the spec; other paths go on to Swagger UI, or are 404.
+        CompiledApi,
+        SwaggerUIMiddleware,
+        LifespanMiddleware,
+    ]
+    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middlewares if compiled else None)
     app.add_api(
         spec,
         resolver=HandlerResolver(spec),
@@ -145,25 +181,18 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=False),
     )
     errors.install(app, spec, base_path)
+    if compiled:
+        return app
     app.add_middleware(
         BodySizeLimit,
         position=MiddlewarePosition.BEFORE_SWAGGER,
         max_bytes=settings.max_body_bytes,
     )
-    if settings.cors_origins:
-        origins = [origin.strip() for origin in settings.cors_origins.split(",")]
+    for middleware in cors:
         app.add_middleware(
-            CORSMiddleware,
-            position=MiddlewarePosition.BEFORE_EXCEPTION,
-            allow_origins=origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=CORS_REQUEST_HEADERS,
-            expose_headers=["X-Request-ID"],
-            max_age=600,
+            middleware.func, position=MiddlewarePosition.BEFORE_EXCEPTION, **middleware.keywords
         )
-    # Outermost, so that every response, errors and preflights included, carries the id.
     app.add_middleware(RequestId, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    as_json, as_yaml = published(spec)
     app.add_middleware(
         PublishedSpec,
         position=MiddlewarePosition.BEFORE_SWAGGER,

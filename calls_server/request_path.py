@@ -1,0 +1,691 @@
+"""The request path, compiled once from openapi.yaml.
+
+Connexion reads the spec, resolves each `operationId` to its handler (through the app's
+resolver) and each security scheme to its `x-apikeyInfoFunc`/`x-bearerInfoFunc` function,
+and serves Swagger UI. What it then does per request (a Starlette router, a request object
+and validators built for every call, signatures inspected, bodies parsed twice) costs
+several times what the checks themselves do. `CompiledApi` takes the place of Connexion's
+routing, security, validation and context middlewares and of its app: Connexion registers
+the spec on it like on any of its middlewares (`add_api`), and at start-up it compiles
+every operation into one `CompiledOperation` (a route, the security requirements, parameter
+parsers and a compiled body validator, the handler and how to call it), so a request runs
+only the checks.
+
+It checks what Connexion checked, in the same order (route, security, query/path
+parameters, media type, body) and fails with the same exceptions and words, which
+`errors.py` renders as the envelope. A spec construct it does not implement stops the
+server at start-up (`UnsupportedSpec`), never passes unchecked.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+import orjson
+from connexion.context import _context, _operation, _receive, _scope
+from connexion.datastructures import MediaTypeDict
+from connexion.decorators.parameter import sanitized
+from connexion.exceptions import (
+    BadRequestProblem,
+    ExtraParameterProblem,
+    NonConformingResponseBody,
+    NonConformingResponseHeaders,
+    OAuthProblem,
+    OAuthResponseProblem,
+    UnsupportedMediaTypeProblem,
+)
+from connexion.http_facts import METHODS
+from connexion.json_schema import Draft4ResponseValidator
+from connexion.lifecycle import ConnexionRequest
+from connexion.middleware.abstract import SpecMiddleware
+from connexion.operations import AbstractOperation
+from connexion.resolver import Resolver
+from connexion.security import (
+    NO_VALUE,
+    SECURITY_HANDLERS,
+    AbstractSecurityHandler,
+    SecurityHandlerFactory,
+)
+from connexion.spec import Specification
+from connexion.utils import get_function_from_name, inspect_function_arguments
+from jsonschema import Draft4Validator
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from calls_server import strict_json
+from calls_server.compiled_schema import (
+    CompiledSchema,
+    Definitions,
+    RequestDefaultsValidator,
+    openapi_components,
+    openapi_schema,
+)
+from calls_server.connexion_overrides import NamedParameterValidator, describe
+
+Handler = Callable[..., Any]
+
+
+class UnsupportedSpec(ValueError):
+    """openapi.yaml uses something the compiled request path does not implement."""
+
+
+class CompiledApi(SpecMiddleware):  # type: ignore[misc]
+    """ASGI middleware answering every operation of the specs Connexion registers on it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app  # where lifespan events and the paths of no operation go on
+        self.routes = Routes()
+
+    def add_api(self, specification: Specification, **options: Any) -> None:
+        """Compile every operation of `specification` (called by Connexion at start-up)."""
+        for name in ("pythonic_params", "auth_all_paths", "resolver_error"):
+            if options.get(name):
+                raise UnsupportedSpec(f"The compiled request path does not support {name}")
+        base_path = options.get("base_path") or specification.base_path
+        resolver = options.get("resolver") or Resolver()
+        security = Security.compiler(options.get("security_map") or {})
+        written = WrittenSpec(specification.raw)
+        for path, item in specification["paths"].items():
+            for method in item:
+                if method not in METHODS:
+                    continue
+                operation = specification.operation_cls.from_spec(
+                    specification, path=path, method=method, resolver=resolver
+                )
+                compiled = CompiledOperation.compile(
+                    operation,
+                    security(operation),
+                    written.operation(path, method),
+                    strict=bool(options.get("strict_validation")),
+                    validate_responses=bool(options.get("validate_responses")),
+                )
+                self.routes.add(base_path + path, method.upper(), compiled)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        found = self.routes.find(scope["method"], scope["path"])
+        if found is None:  # not an operation: Swagger UI's, or nobody's (404)
+            await self.app(scope, receive, send)
+            return
+        operation, path_values = found
+        await operation(scope, receive, send, path_values)
+
+
+class WrittenSpec:
+    """The spec as written (`$ref`s kept), where the compiled schemas come from: code for a
+    component is generated once and shared, where the resolved schemas repeat it inline."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.components = openapi_components(raw.get("components", {}))
+
+    def operation(self, path: str, method: str) -> WrittenOperation:
+        """One operation's parameters, body and responses, as written."""
+        item = self.raw["paths"][path]
+        written = item[method]
+        parameters = [self._target(p) for p in item.get("parameters", [])]
+        parameters += [self._target(p) for p in written.get("parameters", [])]
+        return WrittenOperation(
+            self,
+            {(p["in"], p["name"]): p for p in parameters},
+            self._target(written.get("requestBody", {})),
+            {str(k): self._target(v) for k, v in written.get("responses", {}).items()},
+        )
+
+    def definitions(self, schema: dict[str, Any]) -> Definitions:
+        """A written schema, ready to compile."""
+        return Definitions(openapi_schema(schema, self.raw.get("components", {})), self.components)
+
+    def _target(self, node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            target: Any = self.raw
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = target
+        return node
+
+
+@dataclass(frozen=True)
+class WrittenOperation:
+    """An operation's parts as written, by the keys Connexion's resolved ones have."""
+
+    spec: WrittenSpec
+    parameters: dict[tuple[str, str], dict[str, Any]]
+    body: dict[str, Any]
+    responses: dict[str, dict[str, Any]]
+
+    def parameter(self, location: str, name: str) -> Definitions:
+        """The schema of a parameter."""
+        return self.spec.definitions(self.parameters[(location, name)].get("schema", {}))
+
+    def body_schema(self, media_type: str) -> Definitions:
+        """The schema of the request body of `media_type`."""
+        return self.spec.definitions(self.body["content"][media_type].get("schema", {}))
+
+    def response_schema(self, status: str, media_type: str) -> Definitions | None:
+        """The schema of a response (of `status`, else the default one), if it has one."""
+        response = self.responses.get(status) or self.responses.get("default") or {}
+        content = response.get("content", {}).get(media_type)
+        return self.spec.definitions(content["schema"]) if content and "schema" in content else None
+
+
+class Routes:
+    """Paths to operations: literal paths first (`/calls/create` before `/calls/{call_id}`),
+    then templates in the spec's order. 405 when the path has no such method (`errors.py`
+    adds the spec's `Allow`)."""
+
+    def __init__(self) -> None:
+        self.literal: dict[str, dict[str, CompiledOperation]] = {}
+        self.templates: list[tuple[re.Pattern[str], list[str], dict[str, CompiledOperation]]] = []
+
+    def add(self, path: str, method: str, operation: CompiledOperation) -> None:
+        """Route `method path` (an OpenAPI path template) to `operation`."""
+        names = re.findall(r"{([^}/]+)}", path)
+        if not names:
+            methods = self.literal.setdefault(path, {})
+        else:
+            pattern = re.compile(re.sub(r"\\{[^}/]+\\}", "([^/]+)", re.escape(path)))
+            same = (m for known, _, m in self.templates if known.pattern == pattern.pattern)
+            methods = next(same, {})
+            if not methods:
+                self.templates.append((pattern, names, methods))
+        methods[method] = operation
+        if method == "GET":
+            methods.setdefault("HEAD", operation)
+
+    def find(self, method: str, path: str) -> tuple[CompiledOperation, dict[str, str]] | None:
+        """The operation answering `method path` and the path's parameter values; None when
+        no operation has the path; 405 when none has the method."""
+        methods = self.literal.get(path)
+        values: dict[str, str] = {}
+        if methods is None:
+            for pattern, names, candidates in self.templates:
+                match = pattern.fullmatch(path)
+                if match is None:
+                    continue
+                found = candidates.get(method)
+                if found is not None:
+                    return found, dict(zip(names, match.groups(), strict=True))
+                methods = methods or candidates  # the path exists: 405, not 404
+            if methods is None:
+                return None
+        operation = methods.get(method)
+        if operation is None:
+            raise HTTPException(status_code=405)
+        return operation, values
+
+
+# -- security ----------------------------------------------------------------------------
+
+# A scheme's check: the request → who is calling, or NO_VALUE when its credential is absent.
+SchemeCheck = Callable[[ConnexionRequest], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Security:
+    """An operation's security requirements: any one of them, each with all its schemes."""
+
+    requirements: list[dict[str, SchemeCheck]]
+
+    @staticmethod
+    def compiler(
+        security_map: Mapping[str, type[AbstractSecurityHandler]],
+    ) -> Callable[[AbstractOperation], Security | None]:
+        """Compiles operations' security, resolving functions through `security_map`."""
+        handlers = {**SECURITY_HANDLERS, **security_map}
+
+        def compile_security(operation: AbstractOperation) -> Security | None:
+            if not operation.security:
+                return None
+            requirements = [
+                {
+                    name: _scheme_check(operation.security_schemes[name], scopes, handlers)
+                    for name, scopes in requirement.items()
+                }
+                for requirement in operation.security
+            ]
+            return Security(requirements)
+
+        return compile_security
+
+    async def verify(self, request: ConnexionRequest) -> Any:
+        """Who is calling (the token info), as Connexion's `verify_security` decides it."""
+        errors: list[Exception] = []
+        for requirement in self.requirements:
+            try:
+                found = await _satisfied(requirement, request)
+            except Exception as error:  # another requirement may still be met
+                errors.append(error)
+                continue
+            if found is not NO_VALUE:
+                return found
+        if errors:
+            SecurityHandlerFactory._raise_most_specific(errors)
+        raise OAuthProblem(detail="No authorization token provided")
+
+
+async def _satisfied(requirement: dict[str, SchemeCheck], request: ConnexionRequest) -> Any:
+    if not requirement:
+        return {}
+    found = {}
+    for name, check in requirement.items():
+        info = await check(request)
+        if info is NO_VALUE:
+            return NO_VALUE
+        found[name] = info
+    return found if len(found) > 1 else next(iter(found.values()))
+
+
+def _scheme_check(
+    scheme: dict[str, Any],
+    scopes: list[str],
+    handlers: Mapping[str, type[AbstractSecurityHandler]],
+) -> SchemeCheck:
+    kind = scheme["type"]
+    if kind == "apiKey" and scheme.get("in") == "header":
+        handler, header, invalid = (
+            handlers["apiKey"],
+            scheme["name"],
+            "Provided apikey is not valid",
+        )
+    elif kind == "http" and scheme.get("scheme", "").lower() == "bearer":
+        handler, header, invalid = (
+            handlers["bearer"],
+            "Authorization",
+            "Provided token is not valid",
+        )
+    else:
+        raise UnsupportedSpec(f"Security scheme {scheme} is not supported")
+    name = scheme.get(handler.security_definition_key)
+    if not name:
+        raise UnsupportedSpec(
+            f"Security scheme {scheme} names no {handler.security_definition_key}"
+        )
+    function = get_function_from_name(name)
+    arguments, any_keyword = inspect_function_arguments(function)
+    keywords = {
+        keyword: any_keyword or keyword in arguments for keyword in ("required_scopes", "request")
+    }
+    bearer = kind == "http"
+
+    async def check(request: ConnexionRequest) -> Any:
+        credential = request.headers.get(header)
+        if credential is None:
+            return NO_VALUE
+        if bearer:
+            kind, credential = AbstractSecurityHandler.get_auth_header_value(request)
+            if kind != "bearer":
+                return NO_VALUE
+        options: dict[str, Any] = {}
+        if keywords["required_scopes"]:
+            options["required_scopes"] = scopes
+        if keywords["request"]:
+            options["request"] = request
+        found = function(credential, **options)
+        while inspect.isawaitable(found):
+            found = await found
+        if found is None:
+            raise OAuthResponseProblem(detail=invalid)
+        return found
+
+    return check
+
+
+# -- parameters ----------------------------------------------------------------------------
+
+_TYPES: dict[str, Callable[[Any], Any]] = {
+    "integer": int,
+    "number": float,
+    "boolean": lambda text: _boolean(text),
+}
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() == "true":
+        return True
+    if text.lower() == "false":
+        return False
+    raise ValueError("Invalid boolean value")
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in ("null", "None"))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A path or query parameter: how its text becomes a value, and the value's schema."""
+
+    name: str  # as in the spec
+    argument: str  # the handler's keyword for it
+    location: str  # "path" or "query"
+    definition: dict[str, Any]
+    schema: CompiledSchema
+    array: bool
+    nullable: bool
+    convert: Callable[[Any], Any] | None  # text → the schema's type (or of its items)
+
+    @classmethod
+    def compile(cls, definition: dict[str, Any], written: WrittenOperation) -> Parameter:
+        """Refuses styles other than each location's default (`simple`, `form` exploded)."""
+        location, schema = definition["in"], definition.get("schema", {})
+        default_style = {"path": "simple", "query": "form"}.get(location)
+        if default_style is None or definition.get("style", default_style) != default_style:
+            raise UnsupportedSpec(f"Parameter {definition['name']} ({location}) is not supported")
+        array = schema.get("type") == "array"
+        if (array and (location == "path" or not definition.get("explode", True))) or (
+            schema.get("type") == "object"
+        ):
+            raise UnsupportedSpec(
+                f"Parameter {definition['name']}: arrays and objects only as form"
+            )
+        kind = schema["items"].get("type") if array else schema.get("type")
+        return cls(
+            name=definition["name"],
+            argument=sanitized(definition["name"]),
+            location=location,
+            definition=definition,
+            schema=CompiledSchema(
+                schema, Draft4Validator, definitions=written.parameter(location, definition["name"])
+            ),
+            array=array,
+            nullable=bool(schema.get("nullable") or definition.get("x-nullable")),
+            convert=_TYPES.get(kind or ""),
+        )
+
+    def value(self, texts: list[str] | None) -> Any:
+        """The value sent (None when absent), checked; converted as Connexion converts it."""
+        if texts is None:
+            value = None
+        elif self.array:
+            value = [self._converted(text) for text in texts]
+        elif self.nullable and _is_null(texts[-1]):
+            return None
+        else:
+            value = self._converted(texts[-1])
+        if value is None:
+            if self.definition.get("required"):
+                raise BadRequestProblem(detail=f"Missing {self.location} parameter '{self.name}'")
+            return None
+        if self.schema.first_error(value) is not None:
+            error = NamedParameterValidator.validate_parameter(
+                self.location, value, self.definition
+            )
+            if error:
+                raise BadRequestProblem(detail=error)
+        return value
+
+    def _converted(self, text: str) -> Any:
+        if self.convert is None:
+            return text
+        try:
+            return self.convert(text)
+        except ValueError:
+            return text  # left for validation to refuse, in its words
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JsonBody:
+    """An operation's JSON request body: its media types, schema and default."""
+
+    argument: str
+    consumes: list[str]
+    media_types: MediaTypeDict
+    schema: CompiledSchema
+    required: bool
+    nullable: bool
+
+    @classmethod
+    def compile(cls, operation: AbstractOperation, written: WrittenOperation) -> JsonBody | None:
+        """None when the operation takes no body; refuses bodies that are not JSON."""
+        consumes = list(operation.consumes)
+        if not operation.request_body:
+            return None
+        for media_type in consumes:
+            if not re.fullmatch(r"[^/]+/([^+;]+\+)?json", media_type.lower()):
+                raise UnsupportedSpec(
+                    f"{operation.method.upper()} {operation.path}: bodies of {media_type}"
+                )
+        schema = operation.body_schema(consumes[0])
+        definition = operation.body_definition(consumes[0])
+        return cls(
+            argument=sanitized(operation.body_name(consumes[0])),
+            consumes=consumes,
+            media_types=MediaTypeDict([(c.lower(), None) for c in consumes]),
+            schema=CompiledSchema(
+                schema,
+                RequestDefaultsValidator,
+                definitions=written.body_schema(consumes[0]),
+                defaults=True,
+            ),
+            required=bool(operation.request_body.get("required", False)),
+            nullable=bool(definition.get("nullable") or definition.get("x-nullable")),
+        )
+
+    async def read(self, request: ConnexionRequest, receive: Receive) -> Any:
+        """The body, parsed strictly and checked, with the schema's defaults filled in."""
+        mime_type = _mime_type(request.headers.get("content-type")) or self.consumes[0]
+        if mime_type.lower() not in self.media_types:
+            raise UnsupportedMediaTypeProblem(
+                detail=f"Invalid Content-type ({mime_type}), expected {self.consumes}"
+            )
+        raw = await _read_all(receive)
+        if raw:
+            try:
+                body = strict_json.loads(raw)
+            except strict_json.InvalidJson as e:
+                raise BadRequestProblem(detail=str(e)) from None
+        else:
+            body = copy.deepcopy(self.schema.schema.get("default"))
+            if body is None and self.required:
+                raise BadRequestProblem(detail="RequestBody is required")
+        if body is None:
+            if self.nullable:
+                return None
+            raise BadRequestProblem(detail="Request body must not be empty")
+        error = self.schema.first_error(body)
+        if error is not None:
+            raise BadRequestProblem(detail=describe(error))
+        return body
+
+
+def _mime_type(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    return content_type.split(";", 1)[0].strip() or None
+
+
+async def _read_all(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledOperation:
+    """One operation: its checks, its handler and how its answers are written."""
+
+    operation: AbstractOperation
+    handler: Handler
+    is_async: bool
+    security: Security | None
+    query: list[Parameter]
+    path: list[Parameter]
+    body: JsonBody | None
+    defaults: dict[str, Any]  # query parameters' defaults, for when they are absent
+    arguments: frozenset[str] | None  # the handler's keywords; None when it takes **kwargs
+    strict: bool
+    responses: ResponseCheck | None
+
+    @classmethod
+    def compile(
+        cls,
+        operation: AbstractOperation,
+        security: Security | None,
+        written: WrittenOperation,
+        *,
+        strict: bool,
+        validate_responses: bool,
+    ) -> CompiledOperation:
+        """`operation` compiled, or UnsupportedSpec for what the compiled path cannot check."""
+        definitions = [Parameter.compile(p, written) for p in operation.parameters]
+        for definition in definitions:
+            if definition.location not in ("path", "query"):
+                raise UnsupportedSpec(f"{definition.location} parameters are not supported")
+        handler = operation.function
+        arguments, any_keyword = inspect_function_arguments(handler)
+        query = [p for p in definitions if p.location == "query"]
+        return cls(
+            operation=operation,
+            handler=handler,
+            is_async=inspect.iscoroutinefunction(handler),
+            security=security,
+            query=query,
+            path=[p for p in definitions if p.location == "path"],
+            body=JsonBody.compile(operation, written),
+            defaults={
+                p.argument: p.definition["schema"]["default"]
+                for p in query
+                if "default" in p.definition.get("schema", {})
+            },
+            arguments=None if any_keyword else frozenset(arguments),
+            strict=strict,
+            responses=ResponseCheck(operation, written) if validate_responses else None,
+        )
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, path_values: dict[str, str]
+    ) -> None:
+        request = ConnexionRequest(scope, receive)
+        context = {}
+        if self.security is not None:
+            token_info = await self.security.verify(request)
+            context = {
+                "user": token_info.get("sub", token_info.get("uid")),
+                "token_info": token_info,
+            }
+        kwargs = self._parameters(scope, path_values)
+        if self.body is not None:
+            kwargs[self.body.argument] = await self.body.read(request, receive)
+        if "token_info" in context and self._takes("token_info"):
+            kwargs["token_info"] = context["token_info"]
+        # What ContextMiddleware sets, so `connexion.request` and `.context` work in handlers.
+        _context.set(context)
+        _operation.set(self.operation)
+        _receive.set(receive)
+        _scope.set(scope)
+        if self.is_async:
+            result = await self.handler(**kwargs)
+        else:
+            result = await anyio.to_thread.run_sync(functools.partial(self.handler, **kwargs))
+        await self._respond(result, send)
+
+    def _takes(self, argument: str) -> bool:
+        return self.arguments is None or argument in self.arguments
+
+    def _parameters(self, scope: Scope, path_values: dict[str, str]) -> dict[str, Any]:
+        sent: dict[str, list[str]] = {}
+        if scope["query_string"]:
+            for name, text in parse_qsl(scope["query_string"].decode("latin-1"), True):
+                sent.setdefault(name, []).append(text)
+        if self.strict and sent:
+            extra = [name for name in sent if name not in self._query_names]
+            if extra:
+                raise ExtraParameterProblem(param_type="query", extra_params=extra)
+        kwargs: dict[str, Any] = {}
+        for parameter in self.query:
+            texts = sent.get(parameter.name)
+            value = parameter.value(texts)
+            if texts is not None and self._takes(parameter.argument):
+                kwargs[parameter.argument] = value
+        for parameter in self.path:
+            kwargs[parameter.argument] = parameter.value([path_values[parameter.name]])
+        for name, default in self.defaults.items():
+            if name not in kwargs and self._takes(name):
+                kwargs[name] = copy.deepcopy(default)
+        return kwargs
+
+    @functools.cached_property
+    def _query_names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.query)
+
+    async def _respond(self, result: Any, send: Send) -> None:
+        body, status, headers = _unpack(result)
+        if isinstance(body, bytes | str):
+            content = body.encode() if isinstance(body, str) else body
+            content_type = headers.pop("Content-Type", None) or self.operation.produces[0]
+        else:
+            content = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+            content_type = "application/json"
+        if self.responses is not None:
+            self.responses.check(status, content_type, body)
+        raw_headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"content-length", str(len(content)).encode()),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+def _unpack(result: Any) -> tuple[Any, int, dict[str, str]]:
+    if isinstance(result, tuple):
+        body, status, *rest = result
+        return body, status, dict(rest[0]) if rest else {}
+    return result, 200, {}
+
+
+class ResponseCheck:
+    """The test switch `validate_responses`: each answer's media type and body against the
+    spec, as Connexion's response validation middleware checks them (500 when one breaks)."""
+
+    def __init__(self, operation: AbstractOperation, written: WrittenOperation) -> None:
+        self.operation = operation
+        self.written = written
+        self.produces = MediaTypeDict([(p.lower(), None) for p in operation.produces])
+        self.schemas: dict[tuple[int, str], CompiledSchema | None] = {}
+
+    def check(self, status: int, content_type: str, body: Any) -> None:
+        """Raises NonConformingResponse* when the answer breaks the spec."""
+        mime_type = content_type.split(";", 1)[0]
+        if status < 400 and self.produces and mime_type.lower() not in self.produces:
+            raise NonConformingResponseHeaders(
+                detail=f"Invalid Response Content-type ({mime_type}), "
+                f"expected {self.operation.produces}"
+            )
+        if not re.fullmatch(r"[^/]+/([^+;]+\+)?json", mime_type):
+            return
+        key = (status, mime_type)
+        if key not in self.schemas:
+            schema = self.operation.response_schema(str(status), mime_type)
+            definitions = self.written.response_schema(str(status), mime_type)
+            self.schemas[key] = (
+                CompiledSchema(schema, Draft4ResponseValidator, definitions=definitions)
+                if schema
+                else None
+            )
+        compiled = self.schemas[key]
+        error = compiled.first_error(orjson.loads(orjson.dumps(body))) if compiled else None
+        if error is not None:
+            raise NonConformingResponseBody(
+                detail=f"Response body does not conform to specification. {error.message}"
+            )
