@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,18 +11,15 @@ from typing import Any
 
 import anyio
 from connexion import AsyncApp
-from connexion.middleware import MiddlewarePosition
 from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.middleware.lifespan import LifespanMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
-from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.operations import AbstractOperation
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.middleware.cors import CORSMiddleware
 
 from calls_server import errors
-from calls_server.connexion_overrides import SECURITY_MAP, ExplodedFormURIParser, validator_map
 from calls_server.contract import published, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.handlers.scope import Services
@@ -31,7 +27,7 @@ from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
-from calls_server.middleware import BodySizeLimit, LiteralPathMethods, PublishedSpec, RequestId
+from calls_server.middleware import BodySizeLimit, PublishedSpec, RequestId, SwaggerUI
 from calls_server.request_path import CompiledApi
 from calls_server.settings import Settings
 from calls_server.storage import Store
@@ -140,7 +136,6 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
                 if service:
                     service.stop()
 
-    compiled = os.environ.get("CALLS_REQUEST_PATH", "compiled") == "compiled"
     as_json, as_yaml = published(spec)
     cors = []
     if settings.cors_origins:
@@ -163,46 +158,19 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         ExceptionMiddleware,  # renders every error as the envelope (errors.py)
         partial(BodySizeLimit, max_bytes=settings.max_body_bytes),
         partial(PublishedSpec, base_path=base_path, as_json=as_json, as_yaml=as_yaml),
+        SwaggerUI,
         # The operations of openapi.yaml: routing, security, validation and handlers,
-        # compiled from the spec; other paths go on to Swagger UI, or are 404.
+        # compiled from the spec; any other path is 404.
         CompiledApi,
-        SwaggerUIMiddleware,
         LifespanMiddleware,
     ]
-    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middlewares if compiled else None)
+    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middlewares)
     app.add_api(
         spec,
         resolver=HandlerResolver(spec),
         strict_validation=True,
         validate_responses=settings.validate_responses,
-        validator_map=validator_map(),
-        uri_parser_class=ExplodedFormURIParser,
-        security_map=SECURITY_MAP,
         swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=False),
     )
     errors.install(app, spec, base_path)
-    if compiled:
-        return app
-    app.add_middleware(
-        BodySizeLimit,
-        position=MiddlewarePosition.BEFORE_SWAGGER,
-        max_bytes=settings.max_body_bytes,
-    )
-    for middleware in cors:
-        app.add_middleware(
-            middleware.func, position=MiddlewarePosition.BEFORE_EXCEPTION, **middleware.keywords
-        )
-    app.add_middleware(RequestId, position=MiddlewarePosition.BEFORE_EXCEPTION)
-    app.add_middleware(
-        PublishedSpec,
-        position=MiddlewarePosition.BEFORE_SWAGGER,
-        base_path=base_path,
-        as_json=as_json,
-        as_yaml=as_yaml,
-    )
-    app.add_middleware(
-        LiteralPathMethods,
-        position=MiddlewarePosition.BEFORE_SWAGGER,
-        allowed=errors.AllowedMethods(spec, base_path),
-    )
     return app

@@ -1,19 +1,20 @@
-"""ASGI middleware in front of Connexion: request ids, the published spec, the body-size
-limit, and 405 for the literal paths of the spec (which Starlette would otherwise route to a
-templated path)."""
+"""ASGI middleware in front of the request path: request ids, the published spec, the
+body-size limit, and Swagger UI."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from contextvars import ContextVar
+from typing import Any
 
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from connexion.options import SwaggerUIOptions
+from connexion.spec import Specification
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calls_server.domain.errors import PayloadTooLarge
-from calls_server.errors import AllowedMethods
 
 
 class BodySizeLimit:
@@ -47,26 +48,6 @@ class BodySizeLimit:
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"Request body is larger than the limit of {self.max_bytes} bytes")
-
-
-class LiteralPathMethods:
-    """ASGI middleware answering 405 for a method a literal path of the spec does not have.
-
-    Starlette prefers any route that matches both path and method, so without this
-    `PATCH /api/post-call-webhooks/create` would reach the `{webhook_id}` route and
-    `GET /api/calls/create` the `{call_id}` one, instead of being refused as the spec says.
-    """
-
-    def __init__(self, app: ASGIApp, allowed: AllowedMethods) -> None:
-        self.app = app
-        self.allowed = allowed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        literal = scope["type"] == "http" and path in self.allowed.literal_paths
-        if literal and scope["method"] not in self.allowed.for_path(path):
-            raise HTTPException(status_code=405)
-        await self.app(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -105,6 +86,27 @@ class PublishedSpec:
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
+
+
+class SwaggerUI(SwaggerUIMiddleware):  # type: ignore[misc]
+    """Connexion's Swagger UI, asked only about paths under its own: its router (a Starlette
+    router with mounts) would otherwise take longer to pass a request on than a GET takes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app)
+        self.prefixes: tuple[str, ...] = ()
+
+    def add_api(self, specification: Specification, **kwargs: Any) -> None:
+        super().add_api(specification, **kwargs)
+        options = kwargs.get("swagger_ui_options") or SwaggerUIOptions()
+        base_path = kwargs.get("base_path") or specification.base_path
+        self.prefixes += (base_path + options.swagger_ui_path.rstrip("/"),)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 # The id of the request being handled, for log lines (see calls_server/logs.py).

@@ -68,7 +68,7 @@ from calls_server.compiled_schema import (
     openapi_components,
     openapi_schema,
 )
-from calls_server.connexion_overrides import NamedParameterValidator, describe
+from calls_server.validation_errors import describe, parameter_error
 
 Handler = Callable[..., Any]
 
@@ -81,12 +81,18 @@ class CompiledApi(SpecMiddleware):  # type: ignore[misc]
     """ASGI middleware answering every operation of the specs Connexion registers on it."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app  # where lifespan events and the paths of no operation go on
+        self.app = app  # lifespan events go on; every HTTP request is answered here
         self.routes = Routes()
 
     def add_api(self, specification: Specification, **options: Any) -> None:
         """Compile every operation of `specification` (called by Connexion at start-up)."""
-        for name in ("pythonic_params", "auth_all_paths", "resolver_error"):
+        for name in (
+            "pythonic_params",
+            "auth_all_paths",
+            "resolver_error",
+            "validator_map",
+            "uri_parser_class",
+        ):
             if options.get(name):
                 raise UnsupportedSpec(f"The compiled request path does not support {name}")
         base_path = options.get("base_path") or specification.base_path
@@ -113,11 +119,7 @@ class CompiledApi(SpecMiddleware):  # type: ignore[misc]
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        found = self.routes.find(scope["method"], scope["path"])
-        if found is None:  # not an operation: Swagger UI's, or nobody's (404)
-            await self.app(scope, receive, send)
-            return
-        operation, path_values = found
+        operation, path_values = self.routes.find(scope["method"], scope["path"])
         await operation(scope, receive, send, path_values)
 
 
@@ -181,8 +183,8 @@ class WrittenOperation:
 
 class Routes:
     """Paths to operations: literal paths first (`/calls/create` before `/calls/{call_id}`),
-    then templates in the spec's order. 405 when the path has no such method (`errors.py`
-    adds the spec's `Allow`)."""
+    then templates in the spec's order. `errors.py` renders the 404 and 405 (with the spec's
+    `Allow`)."""
 
     def __init__(self) -> None:
         self.literal: dict[str, dict[str, CompiledOperation]] = {}
@@ -203,9 +205,9 @@ class Routes:
         if method == "GET":
             methods.setdefault("HEAD", operation)
 
-    def find(self, method: str, path: str) -> tuple[CompiledOperation, dict[str, str]] | None:
-        """The operation answering `method path` and the path's parameter values; None when
-        no operation has the path; 405 when none has the method."""
+    def find(self, method: str, path: str) -> tuple[CompiledOperation, dict[str, str]]:
+        """The operation answering `method path` and the path's parameter values; 404 when
+        no operation has the path, 405 when none has the method."""
         methods = self.literal.get(path)
         values: dict[str, str] = {}
         if methods is None:
@@ -218,7 +220,7 @@ class Routes:
                     return found, dict(zip(names, match.groups(), strict=True))
                 methods = methods or candidates  # the path exists: 405, not 404
             if methods is None:
-                return None
+                raise HTTPException(status_code=404)
         operation = methods.get(method)
         if operation is None:
             raise HTTPException(status_code=405)
@@ -418,9 +420,7 @@ class Parameter:
                 raise BadRequestProblem(detail=f"Missing {self.location} parameter '{self.name}'")
             return None
         if self.schema.first_error(value) is not None:
-            error = NamedParameterValidator.validate_parameter(
-                self.location, value, self.definition
-            )
+            error = parameter_error(self.location, value, self.definition)
             if error:
                 raise BadRequestProblem(detail=error)
         return value

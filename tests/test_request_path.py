@@ -23,7 +23,6 @@ from starlette.testclient import TestClient
 from calls_server import strict_json
 from calls_server.app import HandlerResolver
 from calls_server.compiled_schema import CompiledSchema, RequestDefaultsValidator
-from calls_server.connexion_overrides import SECURITY_MAP
 from calls_server.contract import load_spec
 from calls_server.request_path import CompiledApi, UnsupportedSpec, WrittenSpec
 from tests.conftest import assert_error, create_call
@@ -212,7 +211,7 @@ def changed_spec(change: Any) -> dict[str, Any]:
 
 def start(spec: dict[str, Any]) -> None:
     app = AsyncApp(__name__, middlewares=[ExceptionMiddleware, CompiledApi, LifespanMiddleware])
-    app.add_api(spec, resolver=HandlerResolver(spec), security_map=SECURITY_MAP)
+    app.add_api(spec, resolver=HandlerResolver(spec))
     with TestClient(app):
         pass
 
