@@ -443,7 +443,7 @@ class JsonBody:
 
     argument: str
     consumes: list[str]
-    media_types: MediaTypeDict
+    media_types: frozenset[str] | MediaTypeDict  # a set when no media type has wildcards
     schema: CompiledSchema
     required: bool
     nullable: bool
@@ -464,7 +464,11 @@ class JsonBody:
         return cls(
             argument=sanitized(operation.body_name(consumes[0])),
             consumes=consumes,
-            media_types=MediaTypeDict([(c.lower(), None) for c in consumes]),
+            media_types=(
+                MediaTypeDict([(c.lower(), None) for c in consumes])
+                if any("*" in c for c in consumes)
+                else frozenset(c.lower() for c in consumes)
+            ),
             schema=CompiledSchema(
                 schema,
                 RequestDefaultsValidator,
