@@ -23,13 +23,13 @@ TinyDB as shipped rebuilds a whole table on every write and scans on every searc
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
+import orjson
 from sortedcontainers import SortedList
 
 from calls_server.domain import agents, calls, webhooks
@@ -584,9 +584,9 @@ def _unavailable_when_failed() -> Iterator[None]:
 
 def _stored(call: Call) -> tuple[Call, int]:
     """A private copy of `call` to store, and its JSON size; refused if it is too large."""
-    text = json.dumps(call)
-    calls.check_size(call["call_id"], len(text))
-    return dict(json.loads(text)), len(text)
+    data = orjson.dumps(call)
+    calls.check_size(call["call_id"], len(data))
+    return dict(orjson.loads(data)), len(data)
 
 
 def _doc_order(item: tuple[str, Any]) -> int:
@@ -594,9 +594,10 @@ def _doc_order(item: tuple[str, Any]) -> int:
 
 
 def _size(call: Mapping[str, Any]) -> int:
-    return len(json.dumps(call))
+    return len(orjson.dumps(call))
 
 
 def _copy(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A private deep copy (stored documents are plain JSON, so a JSON round trip is one)."""
-    return dict(json.loads(json.dumps(doc)))
+    """A private deep copy (stored documents are plain JSON, so a JSON round trip is one;
+    orjson's is several times faster than copy.deepcopy or the json module's)."""
+    return dict(orjson.loads(orjson.dumps(doc)))

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 from tinydb.storages import Storage
 
 Tables = dict[str, dict[str, Any]]
@@ -65,7 +65,7 @@ LOCK = "lock"
 SEGMENT_GLOB = "journal-*.jsonl"
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
-# Documents per json.dumps call in a snapshot: the C encoder holds the GIL for a whole
+# Documents per orjson.dumps call in a snapshot: the encoder holds the GIL for a whole
 # call, so one call for 100k calls would stall the server for most of a second.
 SNAPSHOT_CHUNK = 500
 RECOVERY_HINT = (
@@ -96,7 +96,7 @@ def segment_name(first_seq: int) -> str:
 
 def encode_record(seq: int, changes: list[Change]) -> bytes:
     """One journal line: the record's CRC-32, a space, the record as JSON, a newline."""
-    payload = json.dumps({"seq": seq, "changes": changes}, separators=(",", ":")).encode()
+    payload = orjson.dumps({"seq": seq, "changes": changes})
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
@@ -106,8 +106,7 @@ def write_snapshot(directory: Path, seq: int, tables: Tables) -> None:
     try:
         with _create(temporary) as f:
             crc, size = 0, 0
-            for piece in _snapshot_pieces(seq, tables):
-                data = piece.encode()
+            for data in _snapshot_pieces(seq, tables):
                 f.write(data)
                 crc, size = zlib.crc32(data, crc), size + len(data)
             f.write(b"\n#crc32=%08x bytes=%d\n" % (crc, size))
@@ -120,16 +119,16 @@ def write_snapshot(directory: Path, seq: int, tables: Tables) -> None:
     _fsync_directory(directory)
 
 
-def _snapshot_pieces(seq: int, tables: Tables) -> Iterator[str]:
-    yield f'{{"seq":{seq},"tables":{{'
+def _snapshot_pieces(seq: int, tables: Tables) -> Iterator[bytes]:
+    yield b'{"seq":%d,"tables":{' % seq
     for number, (name, documents) in enumerate(tables.items()):
-        yield ("," if number else "") + json.dumps(name) + ":{"
+        yield (b"," if number else b"") + orjson.dumps(name) + b":{"
         items = list(documents.items())
         for start in range(0, len(items), SNAPSHOT_CHUNK):
-            chunk = json.dumps(dict(items[start : start + SNAPSHOT_CHUNK]), separators=(",", ":"))
-            yield ("," if start else "") + chunk[1:-1]
-        yield "}"
-    yield "}}"
+            chunk = orjson.dumps(dict(items[start : start + SNAPSHOT_CHUNK]))
+            yield (b"," if start else b"") + chunk[1:-1]
+        yield b"}"
+    yield b"}}"
 
 
 @dataclass
@@ -454,7 +453,7 @@ def _decode_record(line: bytes) -> tuple[int, list[Change]]:
     checksum, _, payload = line.partition(b" ")
     if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(payload):
         raise ValueError("its checksum does not match")
-    record = json.loads(payload)
+    record = orjson.loads(payload)
     if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
         raise ValueError("it has no sequence number")
     if not isinstance(record.get("changes"), list):
@@ -472,7 +471,7 @@ def _load_snapshot(path: Path) -> tuple[int, Tables]:
         raise ValueError("its checksum trailer is missing or damaged") from None
     if len(document) != expected_size or zlib.crc32(document) != expected_crc:
         raise ValueError(f"its checksum does not match (damaged within its {len(data)} bytes)")
-    snapshot = json.loads(document)
+    snapshot = orjson.loads(document)
     return snapshot["seq"], snapshot["tables"]
 
 
