@@ -3,15 +3,14 @@ body-size limit, and Swagger UI."""
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.spec import Specification
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calls_server.domain.errors import PayloadTooLarge
@@ -111,7 +110,7 @@ class SwaggerUI(SwaggerUIMiddleware):  # type: ignore[misc]
 
 # The id of the request being handled, for log lines (see calls_server/logs.py).
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
-_ACCEPTED_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestId:
@@ -126,13 +125,15 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        sent = Headers(scope=scope).get("x-request-id", "")
-        request_id = sent if _ACCEPTED_ID.fullmatch(sent) else uuid.uuid4().hex
+        sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        raw_id = sent if _ACCEPTED_ID.fullmatch(sent) else os.urandom(16).hex().encode()
+        request_id = raw_id.decode("latin-1")
         token = current_request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                message["headers"] = [*headers, (b"x-request-id", raw_id)]
             await send(message)
 
         try:

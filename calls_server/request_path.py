@@ -229,8 +229,10 @@ class Routes:
 
 # -- security ----------------------------------------------------------------------------
 
-# A scheme's check: the request → who is calling, or NO_VALUE when its credential is absent.
-SchemeCheck = Callable[[ConnexionRequest], Awaitable[Any]]
+# A scheme's check: the request and its headers (lower-case name → value, as sent) → who is
+# calling, or NO_VALUE when its credential is absent.
+Headers = dict[bytes, bytes]
+SchemeCheck = Callable[[ConnexionRequest, Headers], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -260,12 +262,12 @@ class Security:
 
         return compile_security
 
-    async def verify(self, request: ConnexionRequest) -> Any:
+    async def verify(self, request: ConnexionRequest, headers: Headers) -> Any:
         """Who is calling (the token info), as Connexion's `verify_security` decides it."""
         errors: list[Exception] = []
         for requirement in self.requirements:
             try:
-                found = await _satisfied(requirement, request)
+                found = await _satisfied(requirement, request, headers)
             except Exception as error:  # another requirement may still be met
                 errors.append(error)
                 continue
@@ -276,12 +278,14 @@ class Security:
         raise OAuthProblem(detail="No authorization token provided")
 
 
-async def _satisfied(requirement: dict[str, SchemeCheck], request: ConnexionRequest) -> Any:
+async def _satisfied(
+    requirement: dict[str, SchemeCheck], request: ConnexionRequest, headers: Headers
+) -> Any:
     if not requirement:
         return {}
     found = {}
     for name, check in requirement.items():
-        info = await check(request)
+        info = await check(request, headers)
         if info is NO_VALUE:
             return NO_VALUE
         found[name] = info
@@ -319,11 +323,14 @@ def _scheme_check(
         keyword: any_keyword or keyword in arguments for keyword in ("required_scopes", "request")
     }
     bearer = kind == "http"
+    raw_name = header.lower().encode("latin-1")
+    is_async = inspect.iscoroutinefunction(function)
 
-    async def check(request: ConnexionRequest) -> Any:
-        credential = request.headers.get(header)
-        if credential is None:
+    async def check(request: ConnexionRequest, headers: Headers) -> Any:
+        raw = headers.get(raw_name)
+        if raw is None:
             return NO_VALUE
+        credential = raw.decode("latin-1")
         if bearer:
             kind, credential = AbstractSecurityHandler.get_auth_header_value(request)
             if kind != "bearer":
@@ -334,7 +341,7 @@ def _scheme_check(
         if keywords["request"]:
             options["request"] = request
         found = function(credential, **options)
-        while inspect.isawaitable(found):
+        if is_async or (type(found) is not dict and inspect.isawaitable(found)):
             found = await found
         if found is None:
             raise OAuthResponseProblem(detail=invalid)
@@ -479,9 +486,11 @@ class JsonBody:
             nullable=bool(definition.get("nullable") or definition.get("x-nullable")),
         )
 
-    async def read(self, request: ConnexionRequest, receive: Receive) -> Any:
+    async def read(self, headers: Headers, receive: Receive) -> Any:
         """The body, parsed strictly and checked, with the schema's defaults filled in."""
-        mime_type = _mime_type(request.headers.get("content-type")) or self.consumes[0]
+        content_type = headers.get(b"content-type")
+        mime_type = _mime_type(content_type.decode("latin-1") if content_type else None)
+        mime_type = mime_type or self.consumes[0]
         if mime_type.lower() not in self.media_types:
             raise UnsupportedMediaTypeProblem(
                 detail=f"Invalid Content-type ({mime_type}), expected {self.consumes}"
@@ -580,16 +589,17 @@ class CompiledOperation:
         self, scope: Scope, receive: Receive, send: Send, path_values: dict[str, str]
     ) -> None:
         request = ConnexionRequest(scope, receive)
+        headers: Headers = dict(scope["headers"])
         context = {}
         if self.security is not None:
-            token_info = await self.security.verify(request)
+            token_info = await self.security.verify(request, headers)
             context = {
                 "user": token_info.get("sub", token_info.get("uid")),
                 "token_info": token_info,
             }
         kwargs = self._parameters(scope, path_values)
         if self.body is not None:
-            kwargs[self.body.argument] = await self.body.read(request, receive)
+            kwargs[self.body.argument] = await self.body.read(headers, receive)
         if "token_info" in context and self._takes("token_info"):
             kwargs["token_info"] = context["token_info"]
         # What ContextMiddleware sets, so `connexion.request` and `.context` work in handlers.
