@@ -8,7 +8,7 @@ import pytest
 
 from calls_server.domain import calls
 from calls_server.domain.listing import CallQuery, normalize_filters
-from calls_server.storage.call_index import SORT_FIELDS, OrgCallIndex
+from calls_server.storage.call_index import EQUALITY_FIELDS, SORT_FIELDS, OrgCallIndex
 
 
 def random_call(rng: random.Random, n: int) -> calls.Call:
@@ -94,4 +94,33 @@ def test_select_equals_filter_and_sort_over_everything(seed):
 
     for _ in range(30):
         query = random_query(rng)
+        assert index.select(query, docs) == reference(docs, query), query
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_newest_first_on_equality_filters_counts_and_walks_as_filter_and_sort(seed):
+    # The path that builds no set: totals from the combination counts, pages walked.
+    rng = random.Random(seed)
+    docs = {str(n): random_call(rng, n) for n in range(rng.randint(0, 80))}
+    index = OrgCallIndex((int(i), call) for i, call in docs.items())
+    for n in range(len(docs), len(docs) + 30):
+        if rng.random() < 0.5 or not docs:
+            docs[str(n)] = random_call(rng, n)
+            index.add(n, docs[str(n)])
+        else:
+            victim = rng.choice(list(docs))
+            index.remove(int(victim), docs.pop(victim))
+
+    for _ in range(30):
+        query = random_query(rng)
+        equality = {k: v for k, v in query.filters.items() if k in EQUALITY_FIELDS}
+        if not equality:
+            continue
+        query = CallQuery(
+            page=query.page,
+            limit=query.limit,
+            sort_by="created_at",
+            sort_order=query.sort_order,
+            filters=equality,
+        )
         assert index.select(query, docs) == reference(docs, query), query
