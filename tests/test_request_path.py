@@ -307,3 +307,38 @@ def find_compiled(app: Any) -> CompiledApi:
 def test_the_written_spec_is_the_packaged_one():
     packaged = yaml.safe_load(Path(__file__).parents[1].joinpath("openapi.yaml").read_text())
     assert packaged == SPEC
+
+
+def chunks(*parts: bytes) -> Any:
+    yield from parts
+
+
+def test_a_chunked_body_is_read_and_validated_like_any_other(client, tenant):
+    body = chunks(b'{"agent_id": "agent-1", ', b'"call_type": "web_call"}')
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+
+    response = client.post("/api/calls/create", content=body, headers=headers)
+
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 200
+    assert response.json()["data"]["call"]["call_type"] == "web_call"
+
+
+def test_a_chunked_list_body_keeps_its_filters(client, tenant):
+    create_call(client, tenant, agent_id="wanted")
+    create_call(client, tenant, agent_id="other")
+    body = chunks(b'{"filter_criteria": ', b'{"agent_id": ["wanted"]}}')
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+
+    response = client.post("/api/calls", content=body, headers=headers)
+
+    assert [c["agent_id"] for c in response.json()["data"]["calls"]] == ["wanted"]
+
+
+def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_the_host(client):
+    response = client.get(
+        "/api/health/", headers={"Host": "evil.example.com"}, follow_redirects=False
+    )
+
+    assert_error(response, 404, "No route matches GET /api/health/")
+    assert "location" not in response.headers
