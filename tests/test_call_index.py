@@ -72,12 +72,11 @@ def reference(docs: dict[str, calls.Call], query: CallQuery) -> tuple[list[int],
     return ordered[query.offset : query.offset + query.limit], len(matching)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_select_equals_filter_and_sort_over_everything(seed):
-    rng = random.Random(seed)
+def grown_index(rng: random.Random) -> tuple[dict[str, calls.Call], OrgCallIndex]:
+    """Random calls, indexed in bulk, then some changed, added and removed one by one (so
+    that incremental upkeep is covered too)."""
     docs = {str(n): random_call(rng, n) for n in range(rng.randint(0, 60))}
     index = OrgCallIndex((int(i), call) for i, call in docs.items())
-    # Then change, add and remove some, so that incremental upkeep is covered too.
     for n in range(len(docs), len(docs) + 20):
         action = rng.random()
         if action < 0.4 or not docs:
@@ -91,6 +90,13 @@ def test_select_equals_filter_and_sort_over_everything(seed):
             new = {**random_call(rng, int(target)), "call_id": docs[target]["call_id"]}
             index.replace(int(target), docs[target], new)
             docs[target] = new
+    return docs, index
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_select_equals_filter_and_sort_over_everything(seed):
+    rng = random.Random(seed)
+    docs, index = grown_index(rng)
 
     for _ in range(30):
         query = random_query(rng)
@@ -101,15 +107,7 @@ def test_select_equals_filter_and_sort_over_everything(seed):
 def test_newest_first_on_equality_filters_counts_and_walks_as_filter_and_sort(seed):
     # The path that builds no set: totals from the combination counts, pages walked.
     rng = random.Random(seed)
-    docs = {str(n): random_call(rng, n) for n in range(rng.randint(0, 80))}
-    index = OrgCallIndex((int(i), call) for i, call in docs.items())
-    for n in range(len(docs), len(docs) + 30):
-        if rng.random() < 0.5 or not docs:
-            docs[str(n)] = random_call(rng, n)
-            index.add(n, docs[str(n)])
-        else:
-            victim = rng.choice(list(docs))
-            index.remove(int(victim), docs.pop(victim))
+    docs, index = grown_index(rng)
 
     for _ in range(30):
         query = random_query(rng)
