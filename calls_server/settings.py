@@ -95,6 +95,32 @@ class Settings:
     # Per organization: at most this many calls, and this many bytes of calls (0: no limit).
     quota_calls: int = 0
     quota_bytes: int = 0
+    # Idempotency-Key: seconds a key's first answer is kept and replayed (24 h, as Stripe).
+    idempotency_ttl: float = 86400.0
+    # Rate limits, requests per minute (0: no limit): per API key, per organization (all its
+    # keys together), and failed authentications per client address.
+    rate_limit_per_key: int = 0
+    rate_limit_per_organization: int = 0
+    rate_limit_auth_failures: int = 300
+    # The HTTP layer: the most bytes and lines of request headers; seconds a client has to
+    # send a request's headers, and its body; connections open at once (past it, new ones
+    # are closed at once); seconds an idle keep-alive connection is kept.
+    max_header_bytes: int = 16_384
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 2048
+    keep_alive_timeout: float = 5.0
+    # TLS terminated by the server: certificate chain and key files (PEM), both or neither.
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    # Behind a reverse proxy: the proxies' addresses (comma-separated, or *) whose
+    # X-Forwarded-For/-Proto headers are believed; empty: none (the peer is the client).
+    forwarded_allow_ips: str = ""
+    # Prometheus metrics: on a port of their own (0: at /metrics on the API's port, behind
+    # the admin token), at the host given.
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_level", self.log_level.lower())
@@ -164,6 +190,35 @@ class Settings:
             raise SettingsError(f"{PREFIX}ENUM_CASE must be one of {', '.join(MODES)}")
         if self.quota_calls < 0 or self.quota_bytes < 0:
             raise SettingsError(f"{PREFIX}QUOTA_CALLS and {PREFIX}QUOTA_BYTES must be 0 or more")
+        if self.idempotency_ttl < 60:
+            raise SettingsError(f"{PREFIX}IDEMPOTENCY_TTL must be at least 60 seconds")
+        for name in (
+            "rate_limit_per_key",
+            "rate_limit_per_organization",
+            "rate_limit_auth_failures",
+        ):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be 0 (no limit) or more")
+        if not 1024 <= self.max_header_bytes <= 1_048_576 or not 10 <= self.max_headers <= 1000:
+            raise SettingsError(
+                f"{PREFIX}MAX_HEADER_BYTES must be between 1024 and 1048576 and "
+                f"{PREFIX}MAX_HEADERS between 10 and 1000"
+            )
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be in (0, 3600] seconds")
+        if self.max_connections < 1:
+            raise SettingsError(f"{PREFIX}MAX_CONNECTIONS must be at least 1")
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise SettingsError(
+                f"{PREFIX}TLS_CERTFILE and {PREFIX}TLS_KEYFILE go together: set both, or neither"
+            )
+        if not 0 <= self.metrics_port < 65536 or (
+            self.metrics_port and self.metrics_port == self.port
+        ):
+            raise SettingsError(
+                f"{PREFIX}METRICS_PORT must be 0 (the API's port) or another port up to 65535"
+            )
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(
                 f"{PREFIX}LOG_LEVEL must be one of critical, error, warning, info, debug"
