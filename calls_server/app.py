@@ -22,12 +22,20 @@ from starlette.middleware.cors import CORSMiddleware
 from calls_server import errors
 from calls_server.contract import published, spec_for
 from calls_server.domain.casing import Casing
+from calls_server.domain.rate_limits import RateLimits
+from calls_server.handlers.idempotency import IdempotencyKeys
 from calls_server.handlers.scope import Services
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
-from calls_server.middleware import BodySizeLimit, PublishedSpec, RequestId, SwaggerUI
+from calls_server.middleware import (
+    BodySizeLimit,
+    PublishedSpec,
+    RequestId,
+    ResponseHeaders,
+    SwaggerUI,
+)
 from calls_server.request_path import CompiledApi
 from calls_server.settings import Settings
 from calls_server.storage import Store
@@ -104,6 +112,12 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             dial_limiter=anyio.CapacityLimiter(settings.dialer_concurrency),
             admin_token=settings.admin_token,
             casing=Casing(settings.enum_case),
+            rate_limits=RateLimits(
+                settings.rate_limit_per_key,
+                settings.rate_limit_per_organization,
+                settings.rate_limit_auth_failures,
+            ),
+            idempotency=IdempotencyKeys(settings.idempotency_ttl),
             sandbox=sandbox,
         )
         scheduler = (
@@ -152,8 +166,10 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         ]
     middlewares = [
         ServerErrorMiddleware,
-        # Outermost, so that every response, errors and preflights included, carries the id.
+        # Outermost, so that every response, errors and preflights included, carries the id
+        # and the headers every answer has.
         RequestId,
+        partial(ResponseHeaders, ui_prefix=f"{base_path}/ui"),
         *cors,
         ExceptionMiddleware,  # renders every error as the envelope (errors.py)
         partial(BodySizeLimit, max_bytes=settings.max_body_bytes),

@@ -25,6 +25,7 @@ from calls_server.app import create_app
 from calls_server.domain import keys
 from calls_server.domain.errors import ApiError, DuplicateId
 from calls_server.domain.quotas import Quota
+from calls_server.http_protocol import HttpLimits, LimitedHttpToolsProtocol
 from calls_server.integrations.clock import wall_clock
 from calls_server.logs import log_config
 from calls_server.settings import Settings, SettingsError
@@ -72,8 +73,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         app = create_app(settings, store)
+        scheme = "https" if settings.tls_certfile else "http"
         print(
-            f"Calls API on http://{settings.host}:{settings.port}/api "
+            f"Calls API on {scheme}://{settings.host}:{settings.port}/api "
             f"(Swagger UI: /api/ui/), data in {settings.data_dir.resolve()}",
             file=sys.stderr,
         )
@@ -88,6 +90,21 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             log_level=settings.log_level,
             log_config=log_config(settings.log_level, settings.log_json),
             timeout_graceful_shutdown=30,
+            # httptools, with limits on header size and count, header and body timeouts
+            # and open connections (see calls_server/http_protocol.py).
+            http=LimitedHttpToolsProtocol.with_limits(HttpLimits.from_settings(settings)),
+            server_header=False,
+            date_header=True,
+            # Typed int, but uvicorn only hands it to loop.call_later, which takes seconds
+            # as a float.
+            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
+            ssl_certfile=settings.tls_certfile,
+            ssl_keyfile=settings.tls_keyfile,
+            # Without trusted proxies uvicorn's proxy-headers middleware is left out, so
+            # X-Forwarded-For/-Proto are ignored (passing None would trust 127.0.0.1, or
+            # $FORWARDED_ALLOW_IPS).
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips or None,
         )
     except (KeyboardInterrupt, _Stopped):
         pass

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from calls_server.domain.envelope import failure
 from calls_server.domain.errors import BOTH_HEADERS, ApiError
+from calls_server.middleware import current_request_id
 
 log = logging.getLogger("calls_server")
 
@@ -52,7 +53,7 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
     allowed_methods = AllowedMethods(spec, base_path)
 
     async def on_api_error(request: ConnexionRequest, exc: ApiError) -> ConnexionResponse:
-        return _render(exc.status_code, exc.message, exc.error)
+        return _render(exc.status_code, exc.message, exc.error, exc.headers)
 
     async def on_problem(request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
         status = exc.status_code
@@ -99,7 +100,9 @@ def _render(
         status_code=status,
         content_type="application/json",
         headers=dict(headers or {}),
-        body=json.dumps(failure(message, _first_paragraph(error))),
+        body=json.dumps(
+            {**failure(message, _first_paragraph(error)), "request_id": current_request_id.get()}
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from connexion.spec import Specification
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calls_server.domain.errors import PayloadTooLarge
+from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
 
 
 class BodySizeLimit:
@@ -140,3 +141,39 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             current_request_id.reset(token)
+
+
+class ResponseHeaders:
+    """ASGI middleware adding the headers every answer carries: `nosniff` (a browser never
+    reads JSON as something else), `Cache-Control: no-store` on the API's answers (they
+    carry keys, secrets and call records: no cache may keep them; Swagger UI's static
+    files may be cached), and the caller's rate-limit allowance when there is one."""
+
+    def __init__(self, app: ASGIApp, ui_prefix: str) -> None:
+        self.app = app
+        self.ui_prefix = ui_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cacheable = scope["path"].startswith(self.ui_prefix)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if not cacheable:
+                    headers.append((b"cache-control", b"no-store"))
+                limits: dict[str, str] | None = scope.get(RATE_LIMIT_HEADERS)
+                if limits:
+                    sent = {name for name, _ in headers}
+                    headers += [
+                        (name.lower().encode(), value.encode())
+                        for name, value in limits.items()
+                        if name.lower().encode() not in sent
+                    ]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -373,11 +373,11 @@ def _is_null(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A path or query parameter: how its text becomes a value, and the value's schema."""
+    """A path, query or header parameter: how its text becomes a value, and its schema."""
 
     name: str  # as in the spec
     argument: str  # the handler's keyword for it
-    location: str  # "path" or "query"
+    location: str  # "path", "query" or "header"
     definition: dict[str, Any]
     schema: CompiledSchema
     array: bool
@@ -388,11 +388,11 @@ class Parameter:
     def compile(cls, definition: dict[str, Any], written: WrittenOperation) -> Parameter:
         """Refuses styles other than each location's default (`simple`, `form` exploded)."""
         location, schema = definition["in"], definition.get("schema", {})
-        default_style = {"path": "simple", "query": "form"}.get(location)
+        default_style = {"path": "simple", "query": "form", "header": "simple"}.get(location)
         if default_style is None or definition.get("style", default_style) != default_style:
             raise UnsupportedSpec(f"Parameter {definition['name']} ({location}) is not supported")
         array = schema.get("type") == "array"
-        if (array and (location == "path" or not definition.get("explode", True))) or (
+        if (array and (location != "query" or not definition.get("explode", True))) or (
             schema.get("type") == "object"
         ):
             raise UnsupportedSpec(
@@ -401,7 +401,12 @@ class Parameter:
         kind = schema["items"].get("type") if array else schema.get("type")
         return cls(
             name=definition["name"],
-            argument=sanitized(definition["name"]),
+            # Headers as snake case (`Idempotency-Key` -> `idempotency_key`).
+            argument=(
+                definition["name"].lower().replace("-", "_")
+                if location == "header"
+                else sanitized(definition["name"])
+            ),
             location=location,
             definition=definition,
             schema=CompiledSchema(
@@ -411,6 +416,11 @@ class Parameter:
             nullable=bool(schema.get("nullable") or definition.get("x-nullable")),
             convert=_TYPES.get(kind or ""),
         )
+
+    @functools.cached_property
+    def raw_name(self) -> bytes:
+        """The name as a header's name arrives in the ASGI scope."""
+        return self.name.lower().encode("latin-1")
 
     def value(self, texts: list[str] | None) -> Any:
         """The value sent (None when absent), checked; converted as Connexion converts it."""
@@ -543,6 +553,7 @@ class CompiledOperation:
     security: Security | None
     query: list[Parameter]
     path: list[Parameter]
+    header: list[Parameter]
     body: JsonBody | None
     defaults: dict[str, Any]  # query parameters' defaults, for when they are absent
     arguments: frozenset[str] | None  # the handler's keywords; None when it takes **kwargs
@@ -562,7 +573,7 @@ class CompiledOperation:
         """`operation` compiled, or UnsupportedSpec for what the compiled path cannot check."""
         definitions = [Parameter.compile(p, written) for p in operation.parameters]
         for definition in definitions:
-            if definition.location not in ("path", "query"):
+            if definition.location not in ("path", "query", "header"):
                 raise UnsupportedSpec(f"{definition.location} parameters are not supported")
         handler = operation.function
         arguments, any_keyword = inspect_function_arguments(handler)
@@ -574,6 +585,7 @@ class CompiledOperation:
             security=security,
             query=query,
             path=[p for p in definitions if p.location == "path"],
+            header=[p for p in definitions if p.location == "header"],
             body=JsonBody.compile(operation, written),
             defaults={
                 p.argument: p.definition["schema"]["default"]
@@ -597,7 +609,7 @@ class CompiledOperation:
                 "user": token_info.get("sub", token_info.get("uid")),
                 "token_info": token_info,
             }
-        kwargs = self._parameters(scope, path_values)
+        kwargs = self._parameters(scope, path_values, headers)
         if self.body is not None:
             kwargs[self.body.argument] = await self.body.read(headers, receive)
         if "token_info" in context and self._takes("token_info"):
@@ -616,7 +628,9 @@ class CompiledOperation:
     def _takes(self, argument: str) -> bool:
         return self.arguments is None or argument in self.arguments
 
-    def _parameters(self, scope: Scope, path_values: dict[str, str]) -> dict[str, Any]:
+    def _parameters(
+        self, scope: Scope, path_values: dict[str, str], headers: Headers
+    ) -> dict[str, Any]:
         sent: dict[str, list[str]] = {}
         if scope["query_string"]:
             for name, text in parse_qsl(scope["query_string"].decode("latin-1"), True):
@@ -633,6 +647,11 @@ class CompiledOperation:
                 kwargs[parameter.argument] = value
         for parameter in self.path:
             kwargs[parameter.argument] = parameter.value([path_values[parameter.name]])
+        for parameter in self.header:
+            raw = headers.get(parameter.raw_name)
+            value = parameter.value(None if raw is None else [raw.decode("latin-1")])
+            if raw is not None and self._takes(parameter.argument):
+                kwargs[parameter.argument] = value
         for name, default in self.defaults.items():
             if name not in kwargs and self._takes(name):
                 kwargs[name] = copy.deepcopy(default)

@@ -13,9 +13,13 @@ Hierarchy::
     │   └── WebhookNotFound
     ├── Conflict              409 the request conflicts with the stored state
     │   ├── DuplicateId           a custom id that exists already
-    │   └── IllegalTransition     a status change the lifecycle does not allow
+    │   ├── IllegalTransition     a status change the lifecycle does not allow
+    │   └── IdempotencyKeyInFlight  the first request with this key has not finished yet
+    ├── PreconditionFailed    412 If-Match names another version than the stored one
     ├── PayloadTooLarge       413 the body is larger than the configured limit
+    ├── IdempotencyKeyReused  422 an Idempotency-Key sent again with another request
     ├── QuotaExceeded         429 the organization holds as many calls or bytes as allowed
+    ├── RateLimited           429 too many requests (or failed authentications) in a window
     └── StoreUnavailable      503 the data directory cannot be written (e.g. the disk is full)
 """
 
@@ -32,11 +36,15 @@ class ApiError(Exception):
     status_code = 500
     message = "Internal server error"
 
-    def __init__(self, error: str, message: str | None = None) -> None:
+    def __init__(
+        self, error: str, message: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(error)
         self.error = error
         if message is not None:
             self.message = message
+        # Response headers that go with the error (Retry-After, the current ETag).
+        self.headers = headers or {}
 
 
 class BadRequest(ApiError):
@@ -123,6 +131,20 @@ class IllegalTransition(Conflict):
     message = "Illegal status transition"
 
 
+class IdempotencyKeyInFlight(Conflict):
+    message = "Request in progress"
+
+
+class PreconditionFailed(ApiError):
+    status_code = 412
+    message = "Precondition failed"
+
+
+class IdempotencyKeyReused(ApiError):
+    status_code = 422
+    message = "Idempotency key reused"
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     message = "Payload too large"
@@ -131,6 +153,11 @@ class PayloadTooLarge(ApiError):
 class QuotaExceeded(ApiError):
     status_code = 429
     message = "Quota exceeded"
+
+
+class RateLimited(ApiError):
+    status_code = 429
+    message = "Too many requests"
 
 
 class StoreUnavailable(ApiError):

@@ -6,11 +6,13 @@ from typing import Any
 
 from calls_server.domain import keys
 from calls_server.domain.envelope import Envelope, success
+from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import services
 
 Response = tuple[Envelope, int]
 
 
+@idempotent
 def create_organization(body: dict[str, Any]) -> Response:
     """POST /api/organizations"""
     now = services().clock()
@@ -19,6 +21,7 @@ def create_organization(body: dict[str, Any]) -> Response:
     return success("Organization created successfully", organization), 200
 
 
+@idempotent
 def create_api_key(organization_id: str, body: dict[str, Any]) -> Response:
     """POST /api/organizations/{organization_id}/api-keys"""
     record, secret = keys.new_api_key(

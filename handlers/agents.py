@@ -8,6 +8,7 @@ from calls_server.domain import agents, webhooks
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.errors import BadRequest, NotFound
 from calls_server.domain.listing import pagination
+from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, services
 
 Response = tuple[Envelope, int]
@@ -49,6 +50,7 @@ def _list(
     return success("Agents retrieved successfully", data), 200
 
 
+@idempotent
 def create_agent(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/agents/create"""
     agent = agents.new_agent(organization_id(token_info), body, services().clock())

@@ -16,13 +16,15 @@ from typing import Any
 
 import anyio
 
-from calls_server.domain import calls
+from calls_server.domain import calls, versions
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import CallQuery
+from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, services
 from calls_server.integrations.dispatch import place_phone_call
 
 Response = tuple[Envelope, int]
+Versioned = tuple[Envelope, int, dict[str, str]]  # with the call's ETag
 
 NO_MEDIA_SERVER = (
     "Web call created, but no access token was issued: "
@@ -30,7 +32,8 @@ NO_MEDIA_SERVER = (
 )
 
 
-def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+@idempotent
+def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create"""
     org = organization_id(token_info)
     call = calls.new_call(
@@ -44,10 +47,11 @@ def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     )
     services().store.add_call(call)
     data = {"organization_id": org, "call": services().casing.call(call)}
-    return success("Call created successfully", data), 200
+    return success("Call created successfully", data), 200, {"ETag": versions.etag(call)}
 
 
-async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+@idempotent
+async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create-phone-call
 
     Placing the call (an fsync, then the dialer, retries included) runs on a worker thread
@@ -78,10 +82,11 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
             "call_status": casing.value(call["call_status"]),
         },
     }
-    return success(placed.message, data), 200
+    return success(placed.message, data), 200, {"ETag": versions.etag(call)}
 
 
-def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+@idempotent
+def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create-web-call"""
     org = organization_id(token_info)
     call = calls.new_web_call(
@@ -114,13 +119,15 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respons
             "room_name": room,
         },
     }
-    return success("Web call created successfully" if rooms else NO_MEDIA_SERVER, data), 200
+    message = "Web call created successfully" if rooms else NO_MEDIA_SERVER
+    return success(message, data), 200, {"ETag": versions.etag(call)}
 
 
-async def get_call(call_id: str, token_info: dict[str, Any]) -> Response:
+async def get_call(call_id: str, token_info: dict[str, Any]) -> Versioned:
     """GET /api/calls/{call_id}"""
     call = services().store.get_call(organization_id(token_info), call_id)
-    return success("Call retrieved successfully", services().casing.call(call, listed=True)), 200
+    shown = services().casing.call(call, listed=True)
+    return success("Call retrieved successfully", shown), 200, {"ETag": versions.etag(call)}
 
 
 async def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
@@ -148,19 +155,26 @@ def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
     return success("Calls retrieved successfully", data), 200
 
 
-def update_call(call_id: str, body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+def update_call(
+    call_id: str, body: dict[str, Any], token_info: dict[str, Any], if_match: str | None = None
+) -> Versioned:
     """PUT /api/calls/{call_id}"""
     org = organization_id(token_info)
     now = services().clock()
-    call = services().store.change_call(
-        org, call_id, lambda stored: calls.update(stored, body, now)
-    )
+
+    def change(stored: calls.Call) -> calls.Call:
+        versions.check_if_match(stored, if_match)
+        return calls.update(stored, body, now)
+
+    call = services().store.change_call(org, call_id, change)
     data = {"operation": "update", "organization_id": org, "call": services().casing.call(call)}
-    return success("Call updated successfully", data), 200
+    return success("Call updated successfully", data), 200, {"ETag": versions.etag(call)}
 
 
-def delete_call(call_id: str, token_info: dict[str, Any]) -> Response:
+def delete_call(call_id: str, token_info: dict[str, Any], if_match: str | None = None) -> Response:
     """DELETE /api/calls/{call_id}"""
     org = organization_id(token_info)
-    services().store.delete_call(org, call_id)
+    services().store.delete_call(
+        org, call_id, lambda stored: versions.check_if_match(stored, if_match)
+    )
     return success("Call deleted successfully", {"call_id": call_id, "organization_id": org}), 200

@@ -8,6 +8,7 @@ from typing import Any
 from calls_server.domain import phone_numbers
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import pagination
+from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, services
 
 Response = tuple[Envelope, int]
@@ -59,6 +60,7 @@ def _list(token_info: dict[str, Any], paging: dict[str, Any], filters: dict[str,
     return success("Phone numbers retrieved successfully", data), 200
 
 
+@idempotent
 def create_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/phone-numbers/create"""
     org = organization_id(token_info)
@@ -67,6 +69,7 @@ def create_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Res
     return success("Phone number created successfully", number), 200
 
 
+@idempotent
 def import_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/phone-numbers/import: recorded as CUSTOM; the carrier credentials are used
     for nothing and never stored."""

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from calls_server.domain import calls, iso8601
+from calls_server.domain import calls, iso8601, versions
 from calls_server.domain.envelope import Envelope, success
 from calls_server.handlers.scope import organization_id, services
 
+Versioned = tuple[Envelope, int, dict[str, str]]  # with the call's ETag
+
 
 def update_call_schedule(
-    call_id: str, body: dict[str, Any], token_info: dict[str, Any]
-) -> tuple[Envelope, int]:
+    call_id: str, body: dict[str, Any], token_info: dict[str, Any], if_match: str | None = None
+) -> Versioned:
     """PUT /api/calls/{call_id}/schedule"""
     org = organization_id(token_info)
     now = services().clock()
@@ -19,6 +21,7 @@ def update_call_schedule(
     previous: list[int] = []
 
     def move(stored: calls.Call) -> calls.Call:
+        versions.check_if_match(stored, if_match)
         previous.append(stored["scheduled_timestamp"])  # the time this change replaces
         return calls.reschedule(stored, new_time, now)
 
@@ -32,16 +35,20 @@ def update_call_schedule(
         "scheduled_for_human": iso8601.utc(new_time * 1000, milliseconds=False),
         "call": services().casing.call(call),
     }
-    return success("Scheduled call time updated successfully", data), 200
+    message = "Scheduled call time updated successfully"
+    return success(message, data), 200, {"ETag": versions.etag(call)}
 
 
-def cancel_call_schedule(call_id: str, token_info: dict[str, Any]) -> tuple[Envelope, int]:
+def cancel_call_schedule(
+    call_id: str, token_info: dict[str, Any], if_match: str | None = None
+) -> Versioned:
     """DELETE /api/calls/{call_id}/schedule"""
     org = organization_id(token_info)
     now = services().clock()
     cancelled: list[int] = []
 
     def cancel(stored: calls.Call) -> calls.Call:
+        versions.check_if_match(stored, if_match)
         cancelled.append(stored["scheduled_timestamp"])  # the time this change cancels
         return calls.cancel_schedule(stored, now)
 
@@ -53,4 +60,5 @@ def cancel_call_schedule(call_id: str, token_info: dict[str, Any]) -> tuple[Enve
         "cancelled_scheduled_timestamp": cancelled[-1],
         "call": services().casing.call(call),
     }
-    return success("Scheduled call cancelled successfully - converted to regular call", data), 200
+    message = "Scheduled call cancelled successfully - converted to regular call"
+    return success(message, data), 200, {"ETag": versions.etag(call)}

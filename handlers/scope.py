@@ -5,18 +5,22 @@ server copies into every request."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from connexion.context import scope
 
 from calls_server.domain.casing import Casing
+from calls_server.domain.rate_limits import RateLimits
 from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.storage import Store
+
+if TYPE_CHECKING:  # it reads the services itself
+    from calls_server.handlers.idempotency import IdempotencyKeys
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class Services:
     admin_token: str | None
     # How responses case enum values (as upstream does, or one way throughout).
     casing: Casing
+    # Requests per key and organization, and failed authentications per address.
+    rate_limits: RateLimits
+    # Creates sent with an Idempotency-Key: those running, and the kept answers' lifetime.
+    idempotency: IdempotencyKeys
     # The sandbox dialer (also `dialer`), which plays web calls too; None when it is off.
     sandbox: SandboxDialer | None = None
 

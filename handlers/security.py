@@ -3,7 +3,7 @@
 Connexion calls them on the event loop, before validation, with exactly these signatures
 (`request` is passed because the signature asks for it). The API key and secret are two
 schemes required together; Connexion hands each function only its own header, so the
-first function checks the pair and the second only accepts.
+first function checks the pair (and the rate limits) and the second only accepts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from connexion.lifecycle import ConnexionRequest
 
 from calls_server.domain import keys
 from calls_server.domain.errors import BOTH_HEADERS, Forbidden, Unauthorized
+from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
 
 
 def check_api_key_pair(
@@ -22,10 +23,22 @@ def check_api_key_pair(
 ) -> dict[str, Any]:
     """Who is calling (key and organization) when the key/secret pair is valid and active."""
     assert request is not None  # Connexion passes it: the signature asks for it
+    running = request.state.services
+    now = running.clock()
+    # Guessing keys is limited per client address: past the limit, even a right pair waits.
+    address = request.scope["client"][0] if request.scope.get("client") else "unknown"
+    running.rate_limits.check_address(address, now)
     secret = request.headers.get("X-API-SECRET")
-    if not secret:
-        raise Unauthorized(BOTH_HEADERS)
-    key = keys.authenticated(api_key, secret, request.state.services.store.find_api_key)
+    try:
+        if not secret:
+            raise Unauthorized(BOTH_HEADERS)
+        key = keys.authenticated(api_key, secret, running.store.find_api_key)
+    except Unauthorized:
+        running.rate_limits.failed(address, now)
+        raise
+    allowance = running.rate_limits.admit(key["api_key_id"], key["organization_id"], now)
+    if allowance is not None:
+        request.scope[RATE_LIMIT_HEADERS] = allowance.headers()
     return {
         "sub": key["api_key_id"],
         "organization_id": key["organization_id"],

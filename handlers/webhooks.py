@@ -7,11 +7,13 @@ from typing import Any
 from calls_server.domain import agents, webhooks
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import pagination
+from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, services
 
 Response = tuple[Envelope, int]
 
 
+@idempotent
 def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/post-call-webhooks/create: the secret is shown in this response only."""
     running = services()

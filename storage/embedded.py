@@ -47,6 +47,7 @@ from calls_server.domain.errors import (
     WebhookEventNotFound,
     WebhookNotFound,
 )
+from calls_server.domain.idempotency import IdempotentAnswer
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
 from calls_server.domain.phone_numbers import PhoneNumber
@@ -135,6 +136,11 @@ class EmbeddedStore:
         for doc in self._keys.all():
             self._key_ids[doc["api_key"]] = doc.doc_id
             self._org_keys.setdefault(doc["organization_id"], {})[doc["api_key_id"]] = doc.doc_id
+        # Idempotency keys: (scope, key) -> doc id, in the order kept (so oldest first).
+        self._idempotency = self._table("idempotency_keys")
+        self._kept: dict[tuple[str, str], int] = {}
+        for doc_id, kept in sorted(raw_documents(self._idempotency).items(), key=_doc_order):
+            self._kept[(kept["scope"], kept["key"])] = int(doc_id)
         # webhook -> event id -> doc id, in the order recorded
         self._hook_events: dict[str, dict[str, int]] = {}
         for doc_id, event in sorted(raw_documents(self._events).items(), key=_doc_order):
@@ -189,9 +195,13 @@ class EmbeddedStore:
             self._index_events(events)
             return changed
 
-    def delete_call(self, organization_id: str, call_id: str) -> Call:
+    def delete_call(
+        self, organization_id: str, call_id: str, check: Callable[[Call], None] | None = None
+    ) -> Call:
         with self._writing():
             doc_id, old = self._stored_call(organization_id, call_id)
+            if check is not None:
+                check(_copy(old))
             with self._journal.transaction():
                 self._calls.remove(doc_ids=[doc_id])
                 events = self._record_events(old, None)
@@ -491,6 +501,36 @@ class EmbeddedStore:
         if doc_id is None:
             raise WebhookEventNotFound(event_id)
         return doc_id, raw_documents(self._events)[str(doc_id)]
+
+    # -- idempotency keys ----------------------------------------------------------------------
+    def find_idempotent(self, scope: str, key: str) -> IdempotentAnswer | None:
+        with self._reading():
+            doc_id = self._kept.get((scope, key))
+            if doc_id is None:
+                return None
+            return cast(IdempotentAnswer, _copy(raw_documents(self._idempotency)[str(doc_id)]))
+
+    def keep_idempotent(self, answer: IdempotentAnswer) -> None:
+        with self._writing():
+            now = answer["created_at"]
+            expired = []
+            for slot, doc_id in self._kept.items():  # oldest first: stop at the first live one
+                if raw_documents(self._idempotency)[str(doc_id)]["expires_at"] > now:
+                    break
+                expired.append((slot, doc_id))
+            slot = (answer["scope"], answer["key"])
+            replaced = self._kept.get(slot)
+            with self._journal.transaction():
+                gone = [doc_id for _, doc_id in expired]
+                if replaced is not None and replaced not in gone:
+                    gone.append(replaced)
+                if gone:
+                    self._idempotency.remove(doc_ids=gone)
+                doc_id = self._idempotency.insert(_copy(answer))
+            for expired_slot, _ in expired:
+                del self._kept[expired_slot]
+            self._kept.pop(slot, None)
+            self._kept[slot] = doc_id
 
     # -- durability ----------------------------------------------------------------------------
     def wait_durable(self) -> None:

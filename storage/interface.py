@@ -14,6 +14,7 @@ from typing import Protocol
 
 from calls_server.domain.agents import Agent
 from calls_server.domain.calls import Call
+from calls_server.domain.idempotency import IdempotentAnswer
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallQuery
 from calls_server.domain.phone_numbers import PhoneNumber
@@ -44,8 +45,12 @@ class Store(Protocol):
     ) -> Call:
         """Replace the call by `change(call)` atomically and return the new record."""
 
-    def delete_call(self, organization_id: str, call_id: str) -> Call:
-        """Remove the call for good and return it. Raises CallNotFound."""
+    def delete_call(
+        self, organization_id: str, call_id: str, check: Callable[[Call], None] | None = None
+    ) -> Call:
+        """Remove the call for good and return it. Raises CallNotFound. `check`, if given, is
+        called with the stored call first, atomically with the removal: if it raises,
+        nothing is removed."""
 
     def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
         """One page of the organization's calls that match `query`, and how many match."""
@@ -170,6 +175,15 @@ class Store(Protocol):
 
     def prune_webhook_events(self, settled_before: int) -> int:
         """Remove events delivered or given up before then (Unix ms); how many were removed."""
+
+    # -- idempotency keys ----------------------------------------------------------------------
+    def find_idempotent(self, scope: str, key: str) -> IdempotentAnswer | None:
+        """The answer kept for `key` in `scope` (an organization, or the admin API), if any
+        (it may have expired: callers compare `expires_at`)."""
+
+    def keep_idempotent(self, answer: IdempotentAnswer) -> None:
+        """Keep `answer` (replacing one of the same scope and key), durably; answers
+        expired by its `created_at` are dropped on the way."""
 
     # -- durability ----------------------------------------------------------------------------
 

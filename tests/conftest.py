@@ -124,7 +124,8 @@ def assert_error(response: Any, status: int, error_contains: str = "") -> dict[s
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
-    assert set(body) == {"message", "status", "error", "data"}
+    assert set(body) == {"message", "status", "error", "data", "request_id"}
+    assert body["request_id"] == response.headers["x-request-id"]
     assert body["status"] == "error"
     assert body["data"] is None
     assert body["message"]

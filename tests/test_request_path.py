@@ -223,8 +223,8 @@ UNSUPPORTED = {
     "a cookie parameter": lambda s: add_parameter(
         s, {"name": "c", "in": "cookie", "schema": {"type": "string"}}
     ),
-    "a header parameter": lambda s: add_parameter(
-        s, {"name": "X-C", "in": "header", "schema": {"type": "string"}}
+    "an array header parameter": lambda s: add_parameter(
+        s, {"name": "X-C", "in": "header", "schema": {"type": "array", "items": {}}}
     ),
     "a deepObject query parameter": lambda s: add_parameter(
         s, {"name": "d", "in": "query", "style": "deepObject", "schema": {"type": "object"}}

@@ -107,6 +107,21 @@ EVERY_SETTING = {
     "quota_bytes": "1048576",
     "sandbox_seed": "7",
     "sandbox_time_scale": "0.5",
+    "idempotency_ttl": "3600",
+    "rate_limit_per_key": "600",
+    "rate_limit_per_organization": "6000",
+    "rate_limit_auth_failures": "30",
+    "max_header_bytes": "8192",
+    "max_headers": "50",
+    "header_timeout": "5",
+    "body_timeout": "10",
+    "max_connections": "500",
+    "keep_alive_timeout": "15",
+    "tls_certfile": "/etc/calls/cert.pem",
+    "tls_keyfile": "/etc/calls/key.pem",
+    "forwarded_allow_ips": "10.0.0.1",
+    "metrics_port": "9100",
+    "metrics_host": "0.0.0.0",
 }
 # Settings that exclude one of the above (the sandbox is the dialer): read on their own.
 ON_THEIR_OWN = {"sandbox": "true"}

@@ -18,7 +18,7 @@ from calls_server.contract import SPEC_PATH, load_spec
 from tests.conftest import app_client
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
-NOT_OPERATIONS = {"scope", "security"}
+NOT_OPERATIONS = {"idempotency", "scope", "security"}
 
 
 def operation_ids() -> set[str]:

@@ -1,0 +1,134 @@
+"""Rate limits: token buckets per API key, per organization and per client address.
+
+A bucket holds up to `per_minute` tokens and refills continuously at `per_minute` a
+minute; a request takes one. So a client may burst up to the limit, then goes at the
+limit's pace. Buckets live in the process's memory: each server process counts for
+itself (behind a load balancer over N processes, a client gets up to N times the limit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from dataclasses import dataclass
+
+from calls_server.domain.errors import RateLimited
+
+# The key of the request's scope where the security check leaves the caller's allowance,
+# for the response's headers.
+RATE_LIMIT_HEADERS = "calls.rate_limit_headers"
+# Buckets kept at most per limiter; past it, the full (idle) ones are forgotten first.
+MAX_BUCKETS = 100_000
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What a bucket says after a request: the headers the response carries."""
+
+    limit: int
+    remaining: int
+    reset: int  # seconds until the bucket is full again
+
+    def headers(self) -> dict[str, str]:
+        """The IETF `RateLimit` header fields (draft-ietf-httpapi-ratelimit-headers)."""
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+            "RateLimit-Policy": f"{self.limit};w=60",
+        }
+
+
+class Buckets:
+    """Token buckets of `per_minute` tokens each, by any key (0: no limit)."""
+
+    def __init__(self, per_minute: int, name: str) -> None:
+        self.per_minute, self.name = per_minute, name
+        self._rate = per_minute / 60_000  # tokens per millisecond
+        self._buckets: dict[str, tuple[float, int]] = {}  # key -> (tokens, at ms)
+        self._lock = threading.Lock()
+
+    def level(self, key: str, now: int) -> float:
+        """The tokens `key` has at `now`."""
+        tokens, at = self._buckets.get(key, (self.per_minute, now))
+        return min(float(self.per_minute), tokens + (now - at) * self._rate)
+
+    def take(self, key: str, now: int) -> Allowance:
+        """Take a token for `key`; RateLimited (with Retry-After) when none is left."""
+        with self._lock:
+            tokens = self.level(key, now)
+            if tokens < 1:
+                wait = math.ceil((1 - tokens) / self._rate / 1000)
+                allowance = self._allowance(tokens, now)
+                raise RateLimited(
+                    f"More than {self.per_minute} requests a minute {self.name}; "
+                    f"try again in {wait} s",
+                    headers={"Retry-After": str(wait), **allowance.headers()},
+                )
+            self._keep(key, tokens - 1, now)
+            return self._allowance(tokens - 1, now)
+
+    def refuse_when_empty(self, key: str, now: int, what: str) -> None:
+        """RateLimited when `key` has no token left (without taking one)."""
+        tokens = self.level(key, now)
+        if tokens < 1:
+            wait = math.ceil((1 - tokens) / self._rate / 1000)
+            raise RateLimited(
+                f"Too many {what} from this address; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
+    def _allowance(self, tokens: float, now: int) -> Allowance:
+        reset = math.ceil((self.per_minute - tokens) / self._rate / 1000)
+        return Allowance(self.per_minute, max(0, math.floor(tokens)), reset)
+
+    def _keep(self, key: str, tokens: float, now: int) -> None:
+        if len(self._buckets) >= MAX_BUCKETS and key not in self._buckets:
+            # A full bucket is the same as none: forget those first.
+            full = [k for k in self._buckets if self.level(k, now) >= self.per_minute]
+            for k in full or list(self._buckets)[: MAX_BUCKETS // 10]:
+                del self._buckets[k]
+        self._buckets[key] = (tokens, now)
+
+
+class RateLimits:
+    """The server's limits: per key and per organization (both must allow a request), and
+    failed authentications per client address."""
+
+    def __init__(self, per_key: int, per_organization: int, auth_failures: int) -> None:
+        self.per_key = Buckets(per_key, "for this API key") if per_key else None
+        self.per_organization = (
+            Buckets(per_organization, "for this organization") if per_organization else None
+        )
+        self.auth_failures = (
+            Buckets(auth_failures, "failed authentications") if auth_failures else None
+        )
+
+    def admit(self, api_key_id: str, organization_id: str, now: int) -> Allowance | None:
+        """Count an authenticated request; the tightest allowance, or None without limits.
+        Raises RateLimited when either bucket is empty (then neither is charged)."""
+        buckets = [
+            (b, k)
+            for b, k in ((self.per_key, api_key_id), (self.per_organization, organization_id))
+            if b is not None
+        ]
+        if not buckets:
+            return None
+        for bucket, key in buckets:  # refuse before charging anything
+            if bucket.level(key, now) < 1:
+                bucket.take(key, now)
+        allowances = [bucket.take(key, now) for bucket, key in buckets]
+        return min(allowances, key=lambda a: a.remaining)
+
+    def check_address(self, address: str, now: int) -> None:
+        """RateLimited when `address` has failed to authenticate too often lately."""
+        if self.auth_failures is not None:
+            self.auth_failures.refuse_when_empty(address, now, "failed authentications")
+
+    def failed(self, address: str, now: int) -> None:
+        """Count a failed authentication from `address`."""
+        if self.auth_failures is not None:
+            # An empty bucket stays empty: the next request from there is refused.
+            with contextlib.suppress(RateLimited):
+                self.auth_failures.take(address, now)

@@ -1,0 +1,40 @@
+"""Versions of records, for `ETag` and `If-Match` (no lost updates).
+
+A record's version is a digest of its stored content: every change of a call (its status,
+fields, metadata, events, `updated_at`) gives another one, and every backend computes the
+same version for the same record without storing a counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from calls_server.domain.errors import PreconditionFailed
+
+
+def etag(record: Mapping[str, Any]) -> str:
+    """The record's version as a strong ETag (a quoted string)."""
+    digest = hashlib.blake2b(orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=8)
+    return f'"{digest.hexdigest()}"'
+
+
+def check_if_match(record: Mapping[str, Any], if_match: str | None) -> None:
+    """Raises PreconditionFailed (412, with the current ETag) unless `if_match` is absent,
+    `*`, or lists the record's current version (RFC 9110 §13.1.1: strong comparison, so
+    a weak `W/` tag never matches)."""
+    if if_match is None:
+        return
+    current = etag(record)
+    listed = [tag.strip() for tag in if_match.split(",")]
+    if "*" in listed or current in listed:
+        return
+    sent = if_match if len(if_match) <= 80 else if_match[:80] + "…"
+    raise PreconditionFailed(
+        f"If-Match {sent} does not match the current version {current}: the call changed "
+        "since it was read; read it again and resend the change with its ETag",
+        headers={"ETag": current},
+    )

@@ -1,0 +1,154 @@
+"""`Idempotency-Key` on the operations that create: a retried create answers what the first
+one answered, instead of creating again.
+
+`@idempotent` wraps a create handler. Without the header it only runs the handler. With
+it: a kept answer for the same key and the same request is replayed (with
+`Idempotent-Replayed: true`); the same key with another request is 422; a request whose
+twin is still running waits for the twin's answer (409 after `IN_FLIGHT_WAIT`). Answers
+are kept durably, by the store, for `CALLS_IDEMPOTENCY_TTL`; requests refused before the
+handler ran (validation, authentication) are not kept, nor answers that say to try again.
+
+The answer is kept right after the handler's own write, not in the same transaction: a
+crash between the two (a few milliseconds) lets one retry run again.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from calls_server.domain import idempotency
+from calls_server.domain.envelope import failure
+from calls_server.domain.errors import ApiError, IdempotencyKeyInFlight, IdempotencyKeyReused
+from calls_server.domain.idempotency import IdempotentAnswer
+from calls_server.handlers.scope import services
+
+# Seconds a retry waits for its twin still running before it is answered 409.
+IN_FLIGHT_WAIT = 10.0
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+@dataclass
+class _Flight:
+    fingerprint: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class IdempotencyKeys:
+    """The requests with a key that are running in this process, and the kept answers."""
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._flying: dict[tuple[str, str], _Flight] = {}  # touched on the event loop only
+
+    async def answer(
+        self, scope: str, key: str, fingerprint: str, run: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """The answer to the request `fingerprint` sent with `key`: kept, or made by `run`."""
+        slot = (scope, key)
+        while (flight := self._flying.get(slot)) is not None:
+            _check_same(key, flight.fingerprint, fingerprint)
+            with anyio.move_on_after(IN_FLIGHT_WAIT):
+                await flight.done.wait()
+            if not flight.done.is_set():
+                raise IdempotencyKeyInFlight(
+                    f"A request with Idempotency-Key '{key}' is still running; "
+                    "retry once it has been answered"
+                )
+        running = services()
+        found = running.store.find_idempotent(scope, key)
+        if found is not None and found["expires_at"] > running.clock():
+            _check_same(key, found["fingerprint"], fingerprint)
+            return _replay(found)
+        flight = self._flying[slot] = _Flight(fingerprint)
+        try:
+            try:
+                result = await run()
+            except ApiError as error:
+                status = error.status_code
+                if idempotency.kept(status):
+                    body = failure(error.message, error.error)
+                    await self._keep(scope, key, fingerprint, status, body, error.headers)
+                raise
+            body, status, headers = _unpack(result)
+            if idempotency.kept(status):
+                await self._keep(scope, key, fingerprint, status, body, headers)
+            return result
+        finally:
+            del self._flying[slot]
+            flight.done.set()
+
+    async def _keep(
+        self, scope: str, key: str, fingerprint: str, status: int, body: Any, headers: Any
+    ) -> None:
+        running = services()
+        now = running.clock()
+        answer = IdempotentAnswer(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            status=status,
+            body=body,
+            headers=dict(headers),
+            created_at=now,
+            expires_at=now + self.ttl_ms,
+        )
+        await anyio.to_thread.run_sync(running.store.keep_idempotent, answer)
+
+
+def idempotent(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """`handler`, answering retries with an `Idempotency-Key` from the kept answer."""
+    takes = frozenset(inspect.signature(handler).parameters)
+    is_async = inspect.iscoroutinefunction(handler)
+    operation = handler.__name__
+
+    async def run(arguments: dict[str, Any]) -> Any:
+        if is_async:
+            return await handler(**arguments)
+        return await anyio.to_thread.run_sync(functools.partial(handler, **arguments))
+
+    async def answer(idempotency_key: str | None = None, **kwargs: Any) -> Any:
+        arguments = {name: value for name, value in kwargs.items() if name in takes}
+        if idempotency_key is None:
+            return await run(arguments)
+        token_info = kwargs.get("token_info") or {}
+        scope = token_info["apiKey"]["organization_id"] if "apiKey" in token_info else "admin"
+        asked = {name: v for name, v in arguments.items() if name != "token_info"}
+        fingerprint = idempotency.fingerprint(operation, asked)
+        keys: IdempotencyKeys = services().idempotency
+        return await keys.answer(scope, idempotency_key, fingerprint, lambda: run(arguments))
+
+    answer.__name__ = answer.__qualname__ = operation
+    answer.__module__ = handler.__module__
+    answer.__doc__ = handler.__doc__
+    return answer
+
+
+def _check_same(key: str, kept: str, sent: str) -> None:
+    if kept != sent:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key '{key}' was first used with another request; "
+            "send a new key for a new request"
+        )
+
+
+def _replay(found: IdempotentAnswer) -> Any:
+    if found["status"] >= 400:
+        body = found["body"]
+        error = ApiError(body["error"], body["message"], {**found["headers"], **REPLAYED})
+        error.status_code = found["status"]
+        raise error
+    return found["body"], found["status"], {**found["headers"], **REPLAYED}
+
+
+def _unpack(result: Any) -> tuple[Any, int, dict[str, str]]:
+    if isinstance(result, tuple):
+        body, status, *rest = result
+        return body, status, dict(rest[0]) if rest else {}
+    return result, 200, {}

@@ -1,0 +1,185 @@
+"""ETag and If-Match: every read and write of a call says its version, and a write sent
+with an outdated version is refused (412) instead of overwriting someone else's change."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import assert_error, create_call
+
+
+def test_a_read_carries_the_version_the_create_answered(client, tenant):
+    created = client.post("/api/calls/create", json={"agent_id": "agent-1"}, headers=tenant.headers)
+    call_id = created.json()["data"]["call"]["call_id"]
+
+    read = client.get(f"/api/calls/{call_id}", headers=tenant.headers)
+
+    assert read.headers["etag"] == created.headers["etag"]
+    assert read.headers["etag"].startswith('"') and read.headers["etag"].endswith('"')
+
+
+def test_every_change_gives_a_new_version(client, tenant):
+    call = create_call(client, tenant)
+    before = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers)
+
+    updated = client.put(
+        f"/api/calls/{call['call_id']}", json={"metadata": {"a": 1}}, headers=tenant.headers
+    )
+
+    assert updated.headers["etag"] != before.headers["etag"]
+    after = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers)
+    assert after.headers["etag"] == updated.headers["etag"]
+
+
+def test_an_update_with_the_current_version_is_made(client, tenant):
+    call = create_call(client, tenant)
+    etag = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).headers["etag"]
+
+    response = client.put(
+        f"/api/calls/{call['call_id']}",
+        json={"call_status": "ongoing"},
+        headers={**tenant.headers, "If-Match": etag},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["data"]["call"]["call_status"] == "ongoing"
+
+
+def test_an_update_with_a_stale_version_is_412_with_the_current_one(client, tenant, store):
+    call = create_call(client, tenant)
+    stale = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).headers["etag"]
+    changed = client.put(
+        f"/api/calls/{call['call_id']}", json={"metadata": {"by": "a"}}, headers=tenant.headers
+    )
+
+    response = client.put(
+        f"/api/calls/{call['call_id']}",
+        json={"metadata": {"by": "b"}},
+        headers={**tenant.headers, "If-Match": stale},
+    )
+
+    assert_error(response, 412, "does not match the current version")
+    assert response.headers["etag"] == changed.headers["etag"]
+    assert store.get_call(tenant.organization_id, call["call_id"])["metadata"]["by"] == "a"
+
+
+def test_of_two_writers_holding_the_same_version_only_the_first_wins(client, tenant, store):
+    call = create_call(client, tenant)
+    etag = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).headers["etag"]
+    headers = {**tenant.headers, "If-Match": etag}
+
+    first = client.put(
+        f"/api/calls/{call['call_id']}", json={"metadata": {"w": 1}}, headers=headers
+    )
+    second = client.put(
+        f"/api/calls/{call['call_id']}", json={"metadata": {"w": 2}}, headers=headers
+    )
+
+    assert (first.status_code, second.status_code) == (200, 412)
+    assert store.get_call(tenant.organization_id, call["call_id"])["metadata"]["w"] == 1
+
+
+@pytest.mark.parametrize("if_match", ["*", 'W/"x", {etag}', '"other", {etag}'])
+def test_if_match_accepts_a_star_or_a_list_holding_the_version(client, tenant, if_match):
+    call = create_call(client, tenant)
+    etag = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).headers["etag"]
+
+    response = client.put(
+        f"/api/calls/{call['call_id']}",
+        json={"metadata": {"a": 1}},
+        headers={**tenant.headers, "If-Match": if_match.format(etag=etag)},
+    )
+
+    assert response.status_code == 200
+
+
+def test_a_weak_tag_never_matches(client, tenant):
+    call = create_call(client, tenant)
+    etag = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).headers["etag"]
+
+    response = client.put(
+        f"/api/calls/{call['call_id']}",
+        json={"metadata": {"a": 1}},
+        headers={**tenant.headers, "If-Match": f"W/{etag}"},
+    )
+
+    assert_error(response, 412)
+
+
+def test_a_delete_with_a_stale_version_keeps_the_call(client, tenant, store):
+    call = create_call(client, tenant)
+    stale = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).headers["etag"]
+    client.put(f"/api/calls/{call['call_id']}", json={"metadata": {"a": 1}}, headers=tenant.headers)
+
+    response = client.delete(
+        f"/api/calls/{call['call_id']}", headers={**tenant.headers, "If-Match": stale}
+    )
+
+    assert_error(response, 412)
+    assert store.get_call(tenant.organization_id, call["call_id"])["call_id"] == call["call_id"]
+
+
+def test_a_delete_with_the_current_version_deletes(client, tenant):
+    call = create_call(client, tenant)
+    etag = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).headers["etag"]
+
+    response = client.delete(
+        f"/api/calls/{call['call_id']}", headers={**tenant.headers, "If-Match": etag}
+    )
+
+    assert response.status_code == 200
+    assert client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).status_code == 404
+
+
+def test_writes_without_if_match_behave_as_before(client, tenant):
+    call = create_call(client, tenant)
+
+    response = client.put(
+        f"/api/calls/{call['call_id']}", json={"metadata": {"a": 1}}, headers=tenant.headers
+    )
+
+    assert response.status_code == 200
+
+
+def schedule(client, tenant):
+    body = {
+        "from_number": "+14155550100",
+        "to_number": "+14155550101",
+        "override_agent_id": "agent-1",
+        "scheduled_timestamp": 4102444800,
+    }
+    response = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["call"]["call_id"], response.headers["etag"]
+
+
+def test_a_reschedule_with_a_stale_version_is_412(client, tenant, store):
+    call_id, stale = schedule(client, tenant)
+    moved = client.put(
+        f"/api/calls/{call_id}/schedule",
+        json={"scheduled_timestamp": 4102448400},
+        headers={**tenant.headers, "If-Match": stale},
+    )
+
+    again = client.put(
+        f"/api/calls/{call_id}/schedule",
+        json={"scheduled_timestamp": 4102452000},
+        headers={**tenant.headers, "If-Match": stale},
+    )
+
+    assert moved.status_code == 200
+    assert_error(again, 412)
+    assert again.headers["etag"] == moved.headers["etag"]
+    assert store.get_call(tenant.organization_id, call_id)["scheduled_timestamp"] == 4102448400
+
+
+def test_a_cancel_with_a_stale_version_keeps_the_schedule(client, tenant, store):
+    call_id, etag = schedule(client, tenant)
+    client.put(f"/api/calls/{call_id}", json={"metadata": {"a": 1}}, headers=tenant.headers)
+
+    response = client.delete(
+        f"/api/calls/{call_id}/schedule", headers={**tenant.headers, "If-Match": etag}
+    )
+
+    assert_error(response, 412)
+    assert store.get_call(tenant.organization_id, call_id)["call_status"] == "scheduled"
