@@ -241,7 +241,7 @@ def recover(args: argparse.Namespace, settings: Settings) -> int:
 def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, Any]:
     record, secret = keys.new_api_key(organization_id, wall_clock(), name)
     store.add_api_key(record)
-    return {**keys.public_view(record), "api_secret": secret}
+    return {**keys.created_view(record), "api_secret": secret}
 
 
 def _open(settings: Settings) -> EmbeddedStore:

@@ -22,9 +22,10 @@ from starlette.exceptions import HTTPException
 
 from calls_server.domain.envelope import failure
 from calls_server.domain.errors import BOTH_HEADERS, ApiError
-from calls_server.middleware import current_request_id
 
 log = logging.getLogger("calls_server")
+# Where in the request's scope its id is (set by middleware.RequestId), for error bodies.
+REQUEST_ID = "calls.request_id"
 
 _MESSAGES = {
     400: "Invalid request",
@@ -53,7 +54,7 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
     allowed_methods = AllowedMethods(spec, base_path)
 
     async def on_api_error(request: ConnexionRequest, exc: ApiError) -> ConnexionResponse:
-        return _render(exc.status_code, exc.message, exc.error, exc.headers)
+        return _render(request, exc.status_code, exc.message, exc.error, exc.headers)
 
     async def on_problem(request: ConnexionRequest, exc: ProblemException) -> ConnexionResponse:
         status = exc.status_code
@@ -65,23 +66,26 @@ def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
         elif status >= 500:
             # A response that breaks the contract: a bug; say so without leaking internals.
             log.error("server error %s on %s %s: %s", status, request.method, request.url, detail)
-            return _render(status, _MESSAGES[500], "The server failed to produce a valid response")
-        return _render(status, _MESSAGES.get(status, "Request failed"), detail, exc.headers)
+            invalid = "The server failed to produce a valid response"
+            return _render(request, status, _MESSAGES[500], invalid)
+        message = _MESSAGES.get(status, "Request failed")
+        return _render(request, status, message, detail, exc.headers)
 
     async def on_http(request: ConnexionRequest, exc: HTTPException) -> ConnexionResponse:
         status = exc.status_code
         path = request.url.path
         if status == 404:
-            return _render(404, _MESSAGES[404], f"No route matches {request.method} {path}")
+            unknown = f"No route matches {request.method} {path}"
+            return _render(request, 404, _MESSAGES[404], unknown)
         if status == 405:
             allow = allowed_methods.for_path(path)
             error = f"{request.method} is not allowed on {path}; allowed: {', '.join(allow)}"
-            return _render(405, _MESSAGES[405], error, {"Allow": ", ".join(allow)})
-        return _render(status, _MESSAGES.get(status, "Request failed"), str(exc.detail))
+            return _render(request, 405, _MESSAGES[405], error, {"Allow": ", ".join(allow)})
+        return _render(request, status, _MESSAGES.get(status, "Request failed"), str(exc.detail))
 
     async def on_crash(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
         log.error("unhandled error on %s %s", request.method, request.url, exc_info=exc)
-        return _render(500, _MESSAGES[500], "An unexpected error occurred")
+        return _render(request, 500, _MESSAGES[500], "An unexpected error occurred")
 
     app.add_error_handler(ApiError, on_api_error)
     app.add_error_handler(ProblemException, on_problem)
@@ -94,14 +98,21 @@ def _is_admin_operation(request: ConnexionRequest, base_path: str) -> bool:
 
 
 def _render(
-    status: int, message: str, error: str, headers: Mapping[str, str] | None = None
+    request: ConnexionRequest,
+    status: int,
+    message: str,
+    error: str,
+    headers: Mapping[str, str] | None = None,
 ) -> ConnexionResponse:
     return ConnexionResponse(
         status_code=status,
         content_type="application/json",
         headers=dict(headers or {}),
         body=json.dumps(
-            {**failure(message, _first_paragraph(error)), "request_id": current_request_id.get()}
+            {
+                **failure(message, _first_paragraph(error)),
+                "request_id": request.scope.get(REQUEST_ID),
+            }
         ),
     )
 

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calls_server.domain.errors import PayloadTooLarge
 from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
+from calls_server.errors import REQUEST_ID
 
 
 class BodySizeLimit:
@@ -130,6 +131,7 @@ class RequestId:
         raw_id = sent if _ACCEPTED_ID.fullmatch(sent) else os.urandom(16).hex().encode()
         request_id = raw_id.decode("latin-1")
         token = current_request_id.set(request_id)
+        scope[REQUEST_ID] = request_id
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

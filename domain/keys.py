@@ -87,8 +87,16 @@ def authenticated(api_key: str, secret: str, find: Callable[[str], ApiKey | None
 
 
 def public_view(key: ApiKey) -> ApiKey:
-    """A key as it may be shown: everything but the secret's hash, its times as upstream
-    writes them (keys stored by earlier versions hold Unix milliseconds)."""
+    """A key as it may be listed: its public part cut to the prefix and the last four
+    characters (enough to tell keys apart, not to use one), without the secret's hash."""
+    shown = created_view(key)
+    shown["api_key"] = f"{KEY_PREFIX}…{key['api_key'][-4:]}"
+    return shown
+
+
+def created_view(key: ApiKey) -> ApiKey:
+    """A key as shown once, when it is created: everything but the secret's hash, its times
+    as upstream writes them (keys stored by earlier versions hold Unix milliseconds)."""
     shown = {k: v for k, v in key.items() if k != "secret_sha256"}
     for field in ("created_at", "revoked_at"):
         if isinstance(shown[field], int):

@@ -28,7 +28,7 @@ def create_api_key(organization_id: str, body: dict[str, Any]) -> Response:
         organization_id, services().clock(), body.get("name"), body.get("description")
     )
     services().store.add_api_key(record)
-    data = {**keys.public_view(record), "api_secret": secret, "warning": keys.SECRET_WARNING}
+    data = {**keys.created_view(record), "api_secret": secret, "warning": keys.SECRET_WARNING}
     return success("API key generated successfully", data), 200
 
 

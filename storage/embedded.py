@@ -533,6 +533,9 @@ class EmbeddedStore:
             self._kept[slot] = doc_id
 
     # -- durability ----------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        self._check_usable()
+
     def wait_durable(self) -> None:
         with _unavailable_when_failed():
             self._journal.wait_durable()

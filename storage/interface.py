@@ -187,6 +187,10 @@ class Store(Protocol):
 
     # -- durability ----------------------------------------------------------------------------
 
+    def check_ready(self) -> None:
+        """Return when the store can serve requests; raise StoreUnavailable, naming the
+        cause, when it cannot (quickly: readiness probes call it)."""
+
     def wait_durable(self) -> None:
         """Return once every change made so far is on disk."""
 

@@ -1,0 +1,230 @@
+"""Idempotency-Key: a create retried with the same key answers what the first one did and
+creates nothing more; the same key with another request is 422."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+
+from calls_server.domain.listing import CallQuery
+from calls_server.storage import EmbeddedStore
+from tests.conftest import app_client, assert_error, running_server
+
+
+def create(client, tenant, key, body=None):
+    headers = {**tenant.headers, "Idempotency-Key": key}
+    return client.post("/api/calls/create", json=body or {"agent_id": "agent-1"}, headers=headers)
+
+
+def test_a_retry_with_the_same_key_answers_the_first_answer(client, tenant):
+    first = create(client, tenant, "key-1")
+
+    retry = create(client, tenant, "key-1")
+
+    assert retry.status_code == 200
+    assert retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["etag"] == first.headers["etag"]
+    assert "idempotent-replayed" not in first.headers
+
+
+def test_a_retry_creates_nothing_more(client, tenant, store):
+    create(client, tenant, "key-1")
+    create(client, tenant, "key-1")
+
+    _, total = store.list_calls(tenant.organization_id, _every_call())
+    assert total == 1
+
+
+def test_another_key_creates_another_call(client, tenant):
+    first = create(client, tenant, "key-1")
+    second = create(client, tenant, "key-2")
+
+    assert first.json()["data"]["call"]["call_id"] != second.json()["data"]["call"]["call_id"]
+
+
+def test_the_same_key_with_another_body_is_422(client, tenant, store):
+    create(client, tenant, "key-1", {"agent_id": "agent-1"})
+
+    response = create(client, tenant, "key-1", {"agent_id": "agent-2"})
+
+    assert_error(response, 422, "Idempotency-Key 'key-1' was first used with another request")
+    assert store.list_calls(tenant.organization_id, _every_call())[1] == 1
+
+
+def test_the_same_key_on_another_operation_is_422(client, tenant):
+    create(client, tenant, "key-1")
+
+    response = client.post(
+        "/api/calls/create-web-call",
+        json={"agent_id": "agent-1"},
+        headers={**tenant.headers, "Idempotency-Key": "key-1"},
+    )
+
+    assert_error(response, 422)
+
+
+def test_the_same_body_in_another_key_order_is_the_same_request(client, tenant):
+    first = client.post(
+        "/api/calls/create",
+        content=b'{"agent_id": "agent-1", "metadata": {"a": 1, "b": 2}}',
+        headers={**tenant.headers, "Idempotency-Key": "k", "Content-Type": "application/json"},
+    )
+    retry = client.post(
+        "/api/calls/create",
+        content=b'{"metadata": {"b": 2, "a": 1}, "agent_id": "agent-1"}',
+        headers={**tenant.headers, "Idempotency-Key": "k", "Content-Type": "application/json"},
+    )
+
+    assert retry.json() == first.json()
+
+
+def test_keys_are_scoped_to_the_organization(client, tenant, other_tenant):
+    mine = create(client, tenant, "shared-key")
+    theirs = create(client, other_tenant, "shared-key")
+
+    assert theirs.status_code == 200
+    assert "idempotent-replayed" not in theirs.headers
+    assert theirs.json()["data"]["organization_id"] == other_tenant.organization_id
+    assert mine.json()["data"]["call"]["call_id"] != theirs.json()["data"]["call"]["call_id"]
+
+
+def test_a_kept_error_is_answered_again(client, tenant):
+    body = {"agent_id": "agent-1", "call_id": "call_custom-1"}
+    create(client, tenant, "first", body)
+
+    duplicate = create(client, tenant, "second", body)
+    retry = create(client, tenant, "second", body)
+
+    assert_error(duplicate, 409)
+    assert_error(retry, 409)
+    assert retry.json()["error"] == duplicate.json()["error"]
+    assert retry.headers["idempotent-replayed"] == "true"
+
+
+def test_a_request_refused_before_it_ran_is_not_kept(client, tenant):
+    refused = create(client, tenant, "key-1", {"agent_id": ""})
+    fixed = create(client, tenant, "key-1", {"agent_id": "agent-1"})
+
+    assert_error(refused, 400)
+    assert fixed.status_code == 200
+    assert "idempotent-replayed" not in fixed.headers
+
+
+def test_a_key_longer_than_255_characters_is_400(client, tenant):
+    response = create(client, tenant, "k" * 256)
+
+    assert_error(response, 400, "Idempotency-Key")
+
+
+def test_an_expired_key_runs_again(store, tenant, clock):
+    with app_client(store, clock=clock, idempotency_ttl=60) as client:
+        first = create(client, tenant, "key-1")
+        clock.advance(61)
+        again = create(client, tenant, "key-1")
+
+    assert again.status_code == 200
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["data"]["call"]["call_id"] != first.json()["data"]["call"]["call_id"]
+
+
+def test_expired_answers_are_dropped_from_the_store(store, tenant, clock):
+    with app_client(store, clock=clock, idempotency_ttl=60) as client:
+        create(client, tenant, "old")
+        clock.advance(61)
+        create(client, tenant, "new")
+
+    assert store.find_idempotent(tenant.organization_id, "old") is None
+    assert store.find_idempotent(tenant.organization_id, "new") is not None
+
+
+def test_the_admin_api_keeps_its_creates_too(client, admin_headers):
+    headers = {**admin_headers, "Idempotency-Key": "org-once"}
+
+    first = client.post("/api/organizations", json={"name": "Acme"}, headers=headers)
+    retry = client.post("/api/organizations", json={"name": "Acme"}, headers=headers)
+
+    assert first.status_code == 200
+    assert retry.json() == first.json()
+
+
+def test_a_webhook_create_is_kept(client, tenant):
+    headers = {**tenant.headers, "Idempotency-Key": "hook-once"}
+    body = {"name": "CRM", "url": "https://crm.example.com/hook"}
+
+    first = client.post("/api/post-call-webhooks/create", json=body, headers=headers)
+    retry = client.post("/api/post-call-webhooks/create", json=body, headers=headers)
+
+    assert first.status_code == 200, first.text
+    assert retry.json() == first.json()
+    listed = client.get("/api/post-call-webhooks", headers=tenant.headers).json()["data"]
+    assert listed["count"] == 1
+
+
+def test_concurrent_duplicates_create_one_call(tmp_path):
+    """Twenty clients send the same create with the same key at once, to a real server."""
+    with running_server(tmp_path / "data") as server:
+        headers = server.new_key_headers()
+        headers["Idempotency-Key"] = "burst"
+        barrier = threading.Barrier(20)
+        answers: list[httpx.Response] = []
+
+        def send() -> None:
+            barrier.wait()
+            answers.append(
+                httpx.post(
+                    f"{server.base_url}/api/calls/create",
+                    json={"agent_id": "agent-1"},
+                    headers=headers,
+                    timeout=30,
+                )
+            )
+
+        threads = [threading.Thread(target=send) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        listed = httpx.get(f"{server.base_url}/api/calls", headers=headers).json()
+
+    assert [a.status_code for a in answers] == [200] * 20
+    assert len({a.json()["data"]["call"]["call_id"] for a in answers}) == 1
+    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 19
+    assert listed["data"]["pagination"]["total"] == 1
+
+
+def test_a_kept_answer_survives_a_restart(tmp_path):
+    data_dir = tmp_path / "data"
+    with running_server(data_dir) as server:
+        headers = {**server.new_key_headers(), "Idempotency-Key": "across-restart"}
+        first = httpx.post(
+            f"{server.base_url}/api/calls/create", json={"agent_id": "a"}, headers=headers
+        )
+    with running_server(data_dir) as server:
+        retry = httpx.post(
+            f"{server.base_url}/api/calls/create", json={"agent_id": "a"}, headers=headers
+        )
+        listed = httpx.get(f"{server.base_url}/api/calls", headers=headers).json()
+
+    assert retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert listed["data"]["pagination"]["total"] == 1
+
+
+def test_kept_answers_are_read_back_when_the_store_is_reopened(data_dir, tenant, store):
+    with app_client(store) as client:
+        first = create(client, tenant, "key-1")
+    store.close()
+    reopened = EmbeddedStore(data_dir)
+    try:
+        with app_client(reopened) as client:
+            retry = create(client, tenant, "key-1")
+    finally:
+        reopened.close()
+
+    assert retry.json() == first.json()
+
+
+def _every_call():
+    return CallQuery(page=0, limit=100, sort_by="created_at", sort_order="descending", filters={})
