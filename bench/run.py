@@ -8,7 +8,8 @@ For each store size (1k and 100k calls by default; 1M as an option) it writes a 
 directory, starts `calls-server serve` pinned to core 0, times its start-up and reads its
 memory. Then, for several rounds, every case runs right after its ceiling (ceiling, case,
 ceiling, case...), wrk pinned to core 1: POST /api/calls/create (the seed request),
-GET /api/calls/{id}, PUT /api/calls/{id} (a metadata merge) and a filtered POST /api/calls
+the same create with a new Idempotency-Key each time, GET /api/calls/{id}, PUT
+/api/calls/{id} (a metadata merge) and a filtered POST /api/calls
 page of 20 (with 32 connections, and with 1). Each ratio is taken within its round (case ÷
 the ceiling measured just before it), so a machine that slows down or speeds up between
 rounds moves both; the table shows medians and spreads (min-max) over the rounds. The
@@ -52,6 +53,7 @@ SERVER_CORE, LOAD_CORE = "0", "1"
 WRK_SCRIPTS = Path(__file__).resolve().parent / "wrk"
 PATHS = {
     "create": "/api/calls/create",
+    "create-key": "/api/calls/create",
     "get": "/",
     "update": "/",
     "list": "/api/calls",
@@ -181,6 +183,7 @@ class Servers:
 
 CEILING_OF = {
     "create": "create",
+    "create-key": "create",
     "get": "get",
     "update": "create",
     "list": "create",
@@ -189,6 +192,7 @@ CEILING_OF = {
 TARGETS = {"create": 0.40, "get": 0.80, "update": 0.30, "list": 0.30}
 LABELS = {
     "create": "POST /api/calls/create",
+    "create-key": "POST /api/calls/create with an Idempotency-Key",
     "get": "GET /api/calls/{id}",
     "update": "PUT /api/calls/{id}",
     "list": "POST /api/calls (filtered, 20)",
@@ -229,7 +233,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--port", type=int, default=18080)
-    parser.add_argument("--cases", default="create,get,update,list", help="cases to run")
+    parser.add_argument("--cases", default="create,create-key,get,update,list", help="cases to run")
     parser.add_argument("--no-reference", action="store_true", help="skip the FastAPI row")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
@@ -344,6 +348,18 @@ def report(
     for size in sizes:
         print(f"| start-up to first answer, {size:,} calls | {startup[size]:.2f} s |")
         print(f"| server RSS after start, {size:,} calls | {memory[size]:.0f} MiB |")
+    for size in sizes:
+        plain, keyed = measured.get(("create", str(size))), measured.get(("create-key", str(size)))
+        if plain and keyed:
+            # Each within its round, against the ceiling measured right before it.
+            cost = median(
+                [r.requests_per_second / c.requests_per_second for c, r in keyed]
+            ) / median([r.requests_per_second / c.requests_per_second for c, r in plain])
+            met = "yes" if cost >= 0.85 else "no"
+            print(
+                f"| create with Idempotency-Key ÷ without, {size:,} calls (target ≥ 0.85) "
+                f"| {cost:.2f} ({met}) |"
+            )
     small = min(sizes)
     for large in sizes:
         if large == small:

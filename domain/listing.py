@@ -4,16 +4,28 @@ The request's shape, defaults and limits come from openapi.yaml (Connexion fills
 defaults); this module only interprets a validated request. The order of a listing is the
 sort field's value (calls without one last, in either order), then `created_at`, then the
 order of storage; backends implement it with their own indexes.
+
+Pages are asked for by number (`page`, `limit`) or by cursor: a page's `next_cursor` names
+the position of its last call in the order, and the next page is the calls after it (a
+keyset), so that paging through calls being added or removed never repeats or skips one,
+and a page deep in the order costs what the first does. The position is the backend's
+(opaque to clients); the cursor also carries a digest of the query it belongs to.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from calls_server.domain.calls import Call
+from calls_server.domain.errors import BadRequest
 
 # Range filters: the request's name -> the call field it bounds.
 RANGE_FIELDS = {
@@ -33,16 +45,20 @@ class CallQuery:
     sort_by: str
     sort_order: str
     filters: Mapping[str, Any]
+    cursor: str | None = None  # a `next_cursor` answered earlier: the calls after it
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> CallQuery:
         """The query of a `POST /api/calls` body (defaults already filled in)."""
+        if body.get("cursor") is not None and body["page"] != 0:
+            raise BadRequest("Send either 'page' or 'cursor', not both")
         return cls(
             page=body["page"],
             limit=body["limit"],
             sort_by=body["sort_by"],
             sort_order=body["sort_order"],
             filters=normalize_filters(body.get("filter_criteria") or {}),
+            cursor=body.get("cursor"),
         )
 
     @classmethod
@@ -84,9 +100,51 @@ class CallQuery:
     def descending(self) -> bool:
         return self.sort_order == "descending"
 
-    def pagination(self, total: int) -> dict[str, Any]:
-        """The pagination block, with both names upstream uses for the count."""
-        return pagination(self.page, self.limit, total)
+    def pagination(self, total: int, next_cursor: str | None) -> dict[str, Any]:
+        """The pagination block, with both names upstream uses for the count and the cursor
+        of the next page (None on the last)."""
+        block = pagination(self.page, self.limit, total)
+        if self.cursor is not None:  # a page after a cursor has no number
+            block["has_previous_page"] = True
+            block["has_next_page"] = next_cursor is not None
+        return {**block, "next_cursor": next_cursor}
+
+    def next_cursor(self, position: list[Any]) -> str:
+        """The cursor of the page after the call at backend `position` in this order."""
+        raw = orjson.dumps([self._digest(), position])
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    def position(self) -> list[Any] | None:
+        """The backend position this query's cursor names (None without a cursor).
+        Raises BadRequest for a cursor this server did not issue for this query."""
+        if self.cursor is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4))
+            digest, position = orjson.loads(raw)
+        except (binascii.Error, ValueError, TypeError):
+            raise BadRequest("'cursor' is not a cursor this server answered") from None
+        if digest != self._digest():
+            raise BadRequest(
+                "'cursor' belongs to a listing with another sort or other filters: "
+                "send them as they were when the cursor was answered"
+            )
+        if not isinstance(position, list) or not all(type(v) is int for v in position):
+            raise BadRequest("'cursor' is not a cursor this server answered")
+        return position
+
+    def _digest(self) -> str:
+        asked = [self.sort_by, self.sort_order, self.filters]
+        canonical = orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)
+        return hashlib.blake2b(canonical, digest_size=6).hexdigest()
+
+
+class CallPage(NamedTuple):
+    """What a backend answers to a `CallQuery`."""
+
+    calls: list[Call]
+    total: int  # how many calls match, in all
+    next_position: list[Any] | None  # the last call's position, when more calls follow
 
 
 def pagination(page: int, limit: int, total: int) -> dict[str, Any]:

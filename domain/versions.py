@@ -22,7 +22,7 @@ def etag(record: Mapping[str, Any]) -> str:
     return f'"{digest.hexdigest()}"'
 
 
-def check_if_match(record: Mapping[str, Any], if_match: str | None) -> None:
+def check_if_match(record: Mapping[str, Any], if_match: str | None, what: str = "call") -> None:
     """Raises PreconditionFailed (412, with the current ETag) unless `if_match` is absent,
     `*`, or lists the record's current version (RFC 9110 §13.1.1: strong comparison, so
     a weak `W/` tag never matches)."""
@@ -34,7 +34,7 @@ def check_if_match(record: Mapping[str, Any], if_match: str | None) -> None:
         return
     sent = if_match if len(if_match) <= 80 else if_match[:80] + "…"
     raise PreconditionFailed(
-        f"If-Match {sent} does not match the current version {current}: the call changed "
+        f"If-Match {sent} does not match the current version {current}: the {what} changed "
         "since it was read; read it again and resend the change with its ETag",
         headers={"ETag": current},
     )

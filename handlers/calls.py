@@ -142,11 +142,12 @@ async def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Resp
 
 def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
     org = organization_id(token_info)
-    page, total = services().store.list_calls(org, query)
+    page, total, position = services().store.list_calls(org, query)
+    next_cursor = None if position is None else query.next_cursor(position)
     data = {
         "organization_id": org,
         "calls": [services().casing.call(call, listed=True) for call in page],
-        "pagination": query.pagination(total),
+        "pagination": query.pagination(total, next_cursor),
         "returned_count": len(page),
         "sort_order": query.sort_order,
         "sort_by": query.sort_by,

@@ -8,8 +8,10 @@ twin is still running waits for the twin's answer (409 after `IN_FLIGHT_WAIT`). 
 are kept durably, by the store, for `CALLS_IDEMPOTENCY_TTL`; requests refused before the
 handler ran (validation, authentication) are not kept, nor answers that say to try again.
 
-The answer is kept right after the handler's own write, not in the same transaction: a
-crash between the two (a few milliseconds) lets one retry run again.
+The answer is kept right after the handler's own write, not in the same transaction, and
+without waiting for an fsync of its own (the next write's covers it): a crash of the
+process between the two writes, or of the machine before that next fsync (milliseconds
+under load), lets one retry run again.
 """
 
 from __future__ import annotations
@@ -74,17 +76,17 @@ class IdempotencyKeys:
                 status = error.status_code
                 if idempotency.kept(status):
                     body = failure(error.message, error.error)
-                    await self._keep(scope, key, fingerprint, status, body, error.headers)
+                    self._keep(scope, key, fingerprint, status, body, error.headers)
                 raise
             body, status, headers = _unpack(result)
             if idempotency.kept(status):
-                await self._keep(scope, key, fingerprint, status, body, headers)
+                self._keep(scope, key, fingerprint, status, body, headers)
             return result
         finally:
             del self._flying[slot]
             flight.done.set()
 
-    async def _keep(
+    def _keep(
         self, scope: str, key: str, fingerprint: str, status: int, body: Any, headers: Any
     ) -> None:
         running = services()
@@ -99,7 +101,7 @@ class IdempotencyKeys:
             created_at=now,
             expires_at=now + self.ttl_ms,
         )
-        await anyio.to_thread.run_sync(running.store.keep_idempotent, answer)
+        running.store.keep_idempotent(answer)  # quick: no waiting for the disk
 
 
 def idempotent(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from calls_server.domain import agents, webhooks
+from calls_server.domain import agents, versions, webhooks
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import pagination
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, services
 
 Response = tuple[Envelope, int]
+Versioned = tuple[Envelope, int, dict[str, str]]  # with the webhook's ETag
 
 
 @idempotent
-def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/post-call-webhooks/create: the secret is shown in this response only."""
     running = services()
     org = organization_id(token_info)
@@ -23,7 +24,7 @@ def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -
     hook = webhooks.new_webhook(org, body, running.clock(), existing, running.webhook_limit)
     running.store.add_webhook(hook)
     shown = {**webhooks.public_view(hook), "secret": hook["secret"]}
-    return success("Post-call webhook created successfully", shown), 200
+    return success("Post-call webhook created successfully", shown), 200, _etag(hook)
 
 
 async def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
@@ -35,36 +36,63 @@ async def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> 
     return success("Post-call webhooks retrieved successfully", data), 200
 
 
-async def get_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
+async def get_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Versioned:
     """GET /api/post-call-webhooks/{webhook_id}"""
     org = organization_id(token_info)
     hook = services().store.get_webhook(org, webhook_id)
-    return success("Post-call webhook retrieved successfully", _shown(org, hook)), 200
+    message = "Post-call webhook retrieved successfully"
+    return success(message, _shown(org, hook)), 200, _etag(hook)
 
 
 def update_post_call_webhook(
-    webhook_id: str, body: dict[str, Any], token_info: dict[str, Any]
-) -> Response:
+    webhook_id: str,
+    body: dict[str, Any],
+    token_info: dict[str, Any],
+    if_match: str | None = None,
+) -> Versioned:
     """PATCH /api/post-call-webhooks/{webhook_id}"""
     running = services()
     if "url" in body:
         running.egress.check_url(body["url"])
     now, org = running.clock(), organization_id(token_info)
-    hook = running.store.change_webhook(org, webhook_id, lambda h: webhooks.changed(h, body, now))
-    return success("Post-call webhook updated successfully", _shown(org, hook)), 200
+
+    def change(stored: webhooks.Webhook) -> webhooks.Webhook:
+        versions.check_if_match(stored, if_match, "webhook")
+        return webhooks.changed(stored, body, now)
+
+    hook = running.store.change_webhook(org, webhook_id, change)
+    message = "Post-call webhook updated successfully"
+    return success(message, _shown(org, hook)), 200, _etag(hook)
 
 
-def delete_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
+def delete_post_call_webhook(
+    webhook_id: str, token_info: dict[str, Any], if_match: str | None = None
+) -> Response:
     """DELETE /api/post-call-webhooks/{webhook_id}: its assignments to agents go with it."""
-    services().store.delete_webhook(organization_id(token_info), webhook_id)
+    services().store.delete_webhook(
+        organization_id(token_info),
+        webhook_id,
+        lambda stored: versions.check_if_match(stored, if_match, "webhook"),
+    )
     return success("Post-call webhook deleted successfully", None), 200
 
 
-def toggle_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Response:
+def toggle_post_call_webhook(
+    webhook_id: str, token_info: dict[str, Any], if_match: str | None = None
+) -> Versioned:
     """POST /api/post-call-webhooks/{webhook_id}/toggle"""
     now, org = services().clock(), organization_id(token_info)
-    hook = services().store.change_webhook(org, webhook_id, lambda h: webhooks.toggled(h, now))
-    return success(webhooks.toggled_message(hook), _shown(org, hook)), 200
+
+    def toggle(stored: webhooks.Webhook) -> webhooks.Webhook:
+        versions.check_if_match(stored, if_match, "webhook")
+        return webhooks.toggled(stored, now)
+
+    hook = services().store.change_webhook(org, webhook_id, toggle)
+    return success(webhooks.toggled_message(hook), _shown(org, hook)), 200, _etag(hook)
+
+
+def _etag(hook: webhooks.Webhook) -> dict[str, str]:
+    return {"ETag": versions.etag(hook)}
 
 
 def _agent_counts(organization_id: str) -> dict[str, int]:

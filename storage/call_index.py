@@ -20,12 +20,14 @@ of its rarest filter value, so it costs the same at a million calls as at a thou
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from sortedcontainers import SortedList
 
 from calls_server.domain.calls import Call
+from calls_server.domain.errors import BadRequest
 from calls_server.domain.listing import RANGE_FIELDS, CallQuery
 
 EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
@@ -117,8 +119,94 @@ class OrgCallIndex:
         self.remove(doc_id, old)
         self.add(doc_id, new)
 
-    def select(self, query: CallQuery, docs: Mapping[str, Call]) -> tuple[list[int], int]:
-        """The doc ids of the requested page, and how many calls match in all."""
+    def select(
+        self, query: CallQuery, docs: Mapping[str, Call]
+    ) -> tuple[list[int], int, list[Any] | None]:
+        """The doc ids of the requested page, how many calls match in all, and the position
+        of the page's last call when more calls follow (for the next page's cursor)."""
+        after = query.position()
+        if after is not None:
+            return self._after(query, docs, after)
+        ids, total = self._page(query, docs)
+        more = bool(ids) and query.offset + len(ids) < total
+        return ids, total, self._position(query, ids[-1]) if more else None
+
+    def _position(self, query: CallQuery, doc_id: int) -> list[Any]:
+        """Where a call is in `query`'s order: its entry in the sort field's sorted list,
+        led by 0 for calls with a value and 1 for those without."""
+        entry = self.entries[query.sort_by][doc_id]
+        return [0 if len(entry) == 3 else 1, *entry]
+
+    def _after(
+        self, query: CallQuery, docs: Mapping[str, Call], after: list[Any]
+    ) -> tuple[list[int], int, list[Any] | None]:
+        """The page of the calls after position `after` (a keyset page): it starts by
+        bisection, whatever the depth, and never repeats or skips a call that stayed."""
+        if len(after) != (4 if after[0] == 0 else 3) or after[0] not in (0, 1):
+            raise BadRequest("'cursor' is not a cursor this server answered")
+        group, entry = after[0], tuple(after[1:])
+        wanted = query.limit + 1  # one more tells whether another page follows
+        if set(query.filters) <= set(EQUALITY_FIELDS):
+            total = self._total(query) if query.filters else len(self)
+            sets = self._equality_sets(query)
+            # Newest first on a rare value walks that value's calls, not everything newer.
+            narrowest = self._narrowest_created(query, after=entry[-2:] if group == 0 else None)
+            ordered = (
+                (self.entries["created_at"][doc_id] for _, doc_id in narrowest)
+                if narrowest is not None and group == 0
+                else self._entries_after(query, group, entry)
+            )
+            passing = (e for e in ordered if _passes(e[-1], sets))
+            found = list(itertools.islice(passing, wanted))
+        else:
+            candidates = self._candidates(query, docs)
+            assert candidates is not None  # a filter that is not an equality selects
+            total = len(candidates)
+            found = self._few_after(query, candidates, group, entry, wanted)
+        page = [e[-1] for e in found[: query.limit]]
+        more = len(found) > query.limit
+        return page, total, self._position(query, page[-1]) if more else None
+
+    def _entries_after(
+        self, query: CallQuery, group: int, entry: tuple[Any, ...]
+    ) -> Iterator[tuple[Any, ...]]:
+        """The sort field's entries after (`group`, `entry`), in the query's order."""
+        present, missing = self.present[query.sort_by], self.missing[query.sort_by]
+        down = query.descending
+        if group == 0:
+            if down:
+                yield from present.irange(maximum=entry, inclusive=(True, False), reverse=True)
+            else:
+                yield from present.irange(minimum=entry, inclusive=(False, True))
+            yield from reversed(missing) if down else missing
+        elif down:
+            yield from missing.irange(maximum=entry, inclusive=(True, False), reverse=True)
+        else:
+            yield from missing.irange(minimum=entry, inclusive=(False, True))
+
+    def _few_after(
+        self,
+        query: CallQuery,
+        candidates: set[int],
+        group: int,
+        entry: tuple[Any, ...],
+        count: int,
+    ) -> list[tuple[Any, ...]]:
+        """The first `count` candidates after (`group`, `entry`) in the query's order."""
+        entries = self.entries[query.sort_by]
+        down = query.descending
+        groups: list[list[tuple[Any, ...]]] = [[], []]
+        for doc_id in candidates:
+            e = entries[doc_id]
+            g = 0 if len(e) == 3 else 1
+            if g > group or (g == group and (e < entry if down else e > entry)):
+                groups[g].append(e)
+        pick = heapq.nlargest if down else heapq.nsmallest
+        first = pick(count, groups[0])
+        return [*first, *pick(count - len(first), groups[1])]
+
+    def _page(self, query: CallQuery, docs: Mapping[str, Call]) -> tuple[list[int], int]:
+        """The doc ids of page `query.page`, and how many calls match in all."""
         narrowest = self._narrowest_created(query)
         if narrowest is not None and set(query.filters) <= set(EQUALITY_FIELDS):
             first = self._first_matching(narrowest, query, query.offset + query.limit)
@@ -146,8 +234,11 @@ class OrgCallIndex:
                 break
         return self._sorted_few(query, candidates, stop)[start:], total
 
-    def _narrowest_created(self, query: CallQuery) -> Iterator[tuple[int, int]] | None:
-        """For the created_at order: the calls of the rarest equality filter, in order."""
+    def _narrowest_created(
+        self, query: CallQuery, after: tuple[Any, ...] | None = None
+    ) -> Iterator[tuple[int, int]] | None:
+        """For the created_at order: the calls of the rarest equality filter, in order
+        (those after `after`, a `(created_at, doc_id)`, if given)."""
         fields = [f for f in EQUALITY_FIELDS if f in query.filters]
         if query.sort_by != "created_at" or not fields:
             return None
@@ -158,7 +249,15 @@ class OrgCallIndex:
         field = min(fields, key=size)
         lists = [self.created[field][v] for v in query.filters[field] if v in self.created[field]]
         if query.descending:
+            if after is not None:
+                ends = (
+                    e.irange(maximum=after, inclusive=(True, False), reverse=True) for e in lists
+                )
+                return heapq.merge(*ends, reverse=True)
             return heapq.merge(*(reversed(entries) for entries in lists), reverse=True)
+        if after is not None:
+            newer = (e.irange(minimum=after, inclusive=(False, True)) for e in lists)
+            return heapq.merge(*newer)
         return heapq.merge(*lists)
 
     def _total(self, query: CallQuery) -> int:
@@ -177,18 +276,22 @@ class OrgCallIndex:
         self, ordered: Iterator[tuple[int, int]], query: CallQuery, count: int
     ) -> list[int]:
         """The first `count` calls of `ordered` that pass every equality filter."""
-        sets = [
-            [self.equal[f].get(v, _NONE) for v in query.filters[f]]
-            for f in EQUALITY_FIELDS
-            if f in query.filters
-        ]
+        sets = self._equality_sets(query)
         page: list[int] = []
         for _, doc_id in ordered:
-            if all(any(doc_id in ids for ids in field) for field in sets):
+            if _passes(doc_id, sets):
                 page.append(doc_id)
                 if len(page) == count:
                     break
         return page
+
+    def _equality_sets(self, query: CallQuery) -> list[list[set[int]]]:
+        """Per equality filter, the sets of the calls of each of its values."""
+        return [
+            [self.equal[f].get(v, _NONE) for v in query.filters[f]]
+            for f in EQUALITY_FIELDS
+            if f in query.filters
+        ]
 
     @staticmethod
     def _first_in(
@@ -256,3 +359,8 @@ class OrgCallIndex:
         first = pick(count, (e for e in found if len(e) == 3))
         rest = pick(count - len(first), (e for e in found if len(e) == 2))
         return [entry[-1] for entry in (*first, *rest)]
+
+
+def _passes(doc_id: int, sets: list[list[set[int]]]) -> bool:
+    """Whether a call is in one of the sets of every equality filter."""
+    return all(any(doc_id in ids for ids in field) for field in sets)

@@ -16,7 +16,7 @@ from calls_server.domain.agents import Agent
 from calls_server.domain.calls import Call
 from calls_server.domain.idempotency import IdempotentAnswer
 from calls_server.domain.keys import ApiKey, Organization
-from calls_server.domain.listing import CallQuery
+from calls_server.domain.listing import CallPage, CallQuery
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.webhooks import Webhook, WebhookEvent
 
@@ -52,8 +52,9 @@ class Store(Protocol):
         called with the stored call first, atomically with the removal: if it raises,
         nothing is removed."""
 
-    def list_calls(self, organization_id: str, query: CallQuery) -> tuple[list[Call], int]:
-        """One page of the organization's calls that match `query`, and how many match."""
+    def list_calls(self, organization_id: str, query: CallQuery) -> CallPage:
+        """One page of the organization's calls that match `query` (by number, or after its
+        cursor's position), how many match, and the last one's position if more follow."""
 
     def scheduled_calls(self, due_by: int) -> list[Call]:
         """Every organization's `scheduled` calls due at or before `due_by` (Unix seconds)."""
@@ -134,9 +135,15 @@ class Store(Protocol):
     ) -> Webhook:
         """Replace the webhook by `change(webhook)` atomically. Raises WebhookNotFound."""
 
-    def delete_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
+    def delete_webhook(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        check: Callable[[Webhook], None] | None = None,
+    ) -> Webhook:
         """Remove the webhook, its events and its assignments to agents, and return it.
-        Raises WebhookNotFound."""
+        Raises WebhookNotFound. `check`, if given, is called with the stored webhook first,
+        atomically with the removal: if it raises, nothing is removed."""
 
     # -- webhook events (the outbox) ---------------------------------------------------------
     def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
@@ -182,8 +189,10 @@ class Store(Protocol):
         (it may have expired: callers compare `expires_at`)."""
 
     def keep_idempotent(self, answer: IdempotentAnswer) -> None:
-        """Keep `answer` (replacing one of the same scope and key), durably; answers
-        expired by its `created_at` are dropped on the way."""
+        """Keep `answer` (replacing one of the same scope and key); answers expired by its
+        `created_at` are dropped on the way. Quick enough for the event loop: it may return
+        before the answer is on disk, if a crash of the process cannot lose it then (the
+        machine's may, until the next durable write)."""
 
     # -- durability ----------------------------------------------------------------------------
 

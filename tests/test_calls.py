@@ -368,6 +368,7 @@ def test_search_calls_defaults_to_20_newest_first(client, tenant):
         "total_pages": 1,
         "has_next_page": False,
         "has_previous_page": False,
+        "next_cursor": None,
     }
     assert data["returned_count"] == 5
     assert data["organization_id"] == tenant.organization_id

@@ -185,3 +185,58 @@ def test_a_cancel_with_a_stale_version_keeps_the_schedule(client, tenant, store)
 
     assert_error(response, 412)
     assert store.get_call(tenant.organization_id, call_id)["call_status"] == "scheduled"
+
+
+def a_webhook(client, tenant):
+    body = {"name": "CRM", "url": "https://crm.example.com/hook"}
+    response = client.post("/api/post-call-webhooks/create", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["id"], response.headers["etag"]
+
+
+def test_a_webhook_read_carries_the_version_its_create_answered(client, tenant):
+    hook_id, created = a_webhook(client, tenant)
+
+    read = client.get(f"/api/post-call-webhooks/{hook_id}", headers=tenant.headers)
+
+    assert read.headers["etag"] == created
+
+
+def test_a_webhook_change_with_a_stale_version_is_412(client, tenant, store):
+    hook_id, stale = a_webhook(client, tenant)
+    renamed = client.patch(
+        f"/api/post-call-webhooks/{hook_id}", json={"name": "first"}, headers=tenant.headers
+    )
+
+    response = client.patch(
+        f"/api/post-call-webhooks/{hook_id}",
+        json={"name": "second"},
+        headers={**tenant.headers, "If-Match": stale},
+    )
+
+    assert_error(response, 412, "the webhook changed since it was read")
+    assert response.headers["etag"] == renamed.headers["etag"]
+    assert store.get_webhook(tenant.organization_id, hook_id)["name"] == "first"
+
+
+def test_a_webhook_toggle_with_the_current_version_is_made(client, tenant):
+    hook_id, etag = a_webhook(client, tenant)
+
+    response = client.post(
+        f"/api/post-call-webhooks/{hook_id}/toggle", headers={**tenant.headers, "If-Match": etag}
+    )
+
+    assert response.status_code == 200
+    assert response.headers["etag"] != etag
+
+
+def test_a_webhook_delete_with_a_stale_version_keeps_it(client, tenant, store):
+    hook_id, stale = a_webhook(client, tenant)
+    client.post(f"/api/post-call-webhooks/{hook_id}/toggle", headers=tenant.headers)
+
+    response = client.delete(
+        f"/api/post-call-webhooks/{hook_id}", headers={**tenant.headers, "If-Match": stale}
+    )
+
+    assert_error(response, 412)
+    assert store.get_webhook(tenant.organization_id, hook_id)["id"] == hook_id

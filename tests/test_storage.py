@@ -87,7 +87,7 @@ def test_delete_call_removes_it_from_get_and_list(store):
 
     with pytest.raises(CallNotFound):
         store.get_call("org", call["call_id"])
-    assert store.list_calls("org", EVERYTHING) == ([], 0)
+    assert store.list_calls("org", EVERYTHING)[:2] == ([], 0)
 
 
 def test_list_calls_counts_all_matches_and_returns_one_page(store):
@@ -95,7 +95,7 @@ def test_list_calls_counts_all_matches_and_returns_one_page(store):
         store.add_call(a_call(call_id=f"c{n}", created_at=n))
     query = CallQuery(page=1, limit=2, sort_by="created_at", sort_order="ascending", filters={})
 
-    page, total = store.list_calls("org", query)
+    page, total, _ = store.list_calls("org", query)
 
     assert [c["call_id"] for c in page] == ["c2", "c3"]
     assert total == 5

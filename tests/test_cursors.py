@@ -1,0 +1,231 @@
+"""Cursor pages: every listing answers `next_cursor`; the calls after it come by bisection,
+stable while calls are created and deleted, whatever the sort, filters and depth."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import httpx
+import pytest
+
+from calls_server.domain import calls
+from calls_server.domain.listing import CallQuery
+from tests.conftest import assert_error, create_call, running_server
+
+
+def pages(client, tenant, **params):
+    """Every call of the listing `params`, followed by cursor, page after page."""
+    seen, cursor = [], None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = client.get("/api/calls", params=query, headers=tenant.headers)
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        seen += [c["call_id"] for c in data["calls"]]
+        cursor = data["pagination"]["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+def test_every_page_answers_a_next_cursor_but_the_last(client, tenant):
+    for _ in range(3):
+        create_call(client, tenant)
+
+    first = client.get("/api/calls", params={"limit": 2}, headers=tenant.headers).json()["data"]
+    cursor = first["pagination"]["next_cursor"]
+    last = client.get(
+        "/api/calls", params={"limit": 2, "cursor": cursor}, headers=tenant.headers
+    ).json()["data"]
+
+    assert isinstance(cursor, str)
+    assert len(last["calls"]) == 1
+    assert last["pagination"]["next_cursor"] is None
+    assert last["pagination"]["has_next_page"] is False
+    assert last["pagination"]["has_previous_page"] is True
+
+
+def test_following_cursors_lists_every_call_once_in_order(client, tenant):
+    made = [create_call(client, tenant)["call_id"] for _ in range(7)]
+
+    assert pages(client, tenant, limit=3) == made[::-1]
+    assert pages(client, tenant, limit=2, sort_order="ascending") == made
+
+
+def test_the_filter_body_takes_the_cursor_too(client, tenant):
+    for _ in range(3):
+        create_call(client, tenant)
+    body = {"limit": 2, "filter_criteria": {"call_status": ["REGISTERED"]}}
+    first = client.post("/api/calls", json=body, headers=tenant.headers).json()["data"]
+
+    second = client.post(
+        "/api/calls",
+        json={**body, "cursor": first["pagination"]["next_cursor"]},
+        headers=tenant.headers,
+    ).json()["data"]
+
+    assert len(second["calls"]) == 1
+    assert not {c["call_id"] for c in first["calls"]} & {c["call_id"] for c in second["calls"]}
+
+
+@pytest.mark.parametrize("sort_by", ["created_at", "start_timestamp", "call_duration"])
+@pytest.mark.parametrize("sort_order", ["ascending", "descending"])
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"call_status": "ended"}, {"duration_ms_lower_threshold": 2000}, {"agent_id": "a1"}],
+)
+def test_cursor_pages_are_the_numbered_pages(store, tenant, client, sort_by, sort_order, filters):
+    """Whatever the sort and filters, following cursors lists what numbered pages list."""
+    rng = random.Random(7)
+    for n in range(40):
+        call = calls.new_call(
+            organization_id=tenant.organization_id,
+            agent_id=rng.choice(["a1", "a2"]),
+            now=1_000_000 + n // 3,  # ties in created_at
+            call_type="phone_call",
+        )
+        if rng.random() < 0.6:
+            start = 1_000_000 + rng.randrange(5) * 1000
+            end = start + rng.randrange(4) * 1000
+            call = {**call, "call_status": "ended", "start_timestamp": start}
+            call = {**call, "end_timestamp": end, "call_duration": end - start}
+        store.add_call(call)
+    params = {"sort_by": sort_by, "sort_order": sort_order, **filters}
+    numbered = client.get(
+        "/api/calls", params={**params, "limit": 100}, headers=tenant.headers
+    ).json()["data"]["calls"]
+
+    assert pages(client, tenant, limit=3, **params) == [c["call_id"] for c in numbered]
+
+
+def test_a_cursor_with_other_filters_is_400(client, tenant):
+    for _ in range(3):
+        create_call(client, tenant)
+    first = client.get("/api/calls", params={"limit": 1}, headers=tenant.headers).json()["data"]
+
+    response = client.get(
+        "/api/calls",
+        params={"limit": 1, "cursor": first["pagination"]["next_cursor"], "call_status": "ended"},
+        headers=tenant.headers,
+    )
+
+    assert_error(response, 400, "another sort or other filters")
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "W1tdXQ", "WyJ4IiwgWzAsMV1d"])
+def test_a_cursor_this_server_did_not_answer_is_400(client, tenant, cursor):
+    create_call(client, tenant)
+
+    response = client.get("/api/calls", params={"cursor": cursor}, headers=tenant.headers)
+
+    assert_error(response, 400, "'cursor'")
+
+
+def test_page_and_cursor_together_are_400(client, tenant):
+    for _ in range(3):
+        create_call(client, tenant)
+    first = client.get("/api/calls", params={"limit": 1}, headers=tenant.headers).json()["data"]
+
+    response = client.get(
+        "/api/calls",
+        params={"page": 1, "cursor": first["pagination"]["next_cursor"]},
+        headers=tenant.headers,
+    )
+
+    assert_error(response, 400, "either 'page' or 'cursor'")
+
+
+def test_deleting_the_cursors_call_does_not_lose_the_place(client, tenant):
+    made = [create_call(client, tenant)["call_id"] for _ in range(5)]
+    first = client.get("/api/calls", params={"limit": 2}, headers=tenant.headers).json()["data"]
+    client.delete(f"/api/calls/{first['calls'][-1]['call_id']}", headers=tenant.headers)
+
+    rest = client.get(
+        "/api/calls",
+        params={"limit": 10, "cursor": first["pagination"]["next_cursor"]},
+        headers=tenant.headers,
+    ).json()["data"]["calls"]
+
+    assert [c["call_id"] for c in rest] == made[::-1][2:]
+
+
+def test_a_deep_cursor_page_reads_no_more_than_the_first(store, tenant):
+    """Keyset paging: the page after the 9,990th call is found by bisection."""
+    for n in range(10_000):
+        store.add_call(
+            calls.new_call(
+                organization_id=tenant.organization_id,
+                agent_id="a",
+                now=n,
+                call_type="phone_call",
+            )
+        )
+    query = CallQuery(page=0, limit=10, sort_by="created_at", sort_order="ascending", filters={})
+    position = None
+    for _ in range(999):
+        page = store.list_calls(tenant.organization_id, query)
+        position = page.next_position
+        query = CallQuery(**{**query.__dict__, "cursor": query.next_cursor(position)})
+
+    last = store.list_calls(tenant.organization_id, query)
+
+    assert [c["created_at"] for c in last.calls] == list(range(9990, 10_000))
+    assert last.next_position is None
+
+
+def test_exporting_10k_calls_while_inserting_skips_and_repeats_none(tmp_path):
+    """A real server: one client exports every call by cursor, oldest first, while another
+    creates more; every call there before the export is listed exactly once."""
+    with running_server(tmp_path / "data") as server:
+        headers = server.new_key_headers()
+        before = _fill(server, headers, 10_000)
+        stop = threading.Event()
+        added: list[str] = []
+
+        def insert() -> None:
+            with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+                while not stop.is_set():
+                    created = http.post("/api/calls/create", json={"agent_id": "agent-2"})
+                    added.append(created.json()["data"]["call"]["call_id"])
+
+        inserter = threading.Thread(target=insert)
+        inserter.start()
+        exported: list[str] = []
+        try:
+            with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+                cursor = None
+                while True:
+                    params = {"limit": 100, "sort_order": "ascending", "cursor": cursor}
+                    listed = http.get("/api/calls", params={k: v for k, v in params.items() if v})
+                    data = listed.json()["data"]
+                    exported += [c["call_id"] for c in data["calls"]]
+                    cursor = data["pagination"]["next_cursor"]
+                    if cursor is None:
+                        break
+        finally:
+            stop.set()
+            inserter.join()
+
+    assert len(before) == 10_000
+    assert added  # calls were created while the export ran
+    assert len(exported) == len(set(exported))  # none twice
+    assert before <= set(exported)  # none skipped
+    assert set(exported) <= before | set(added)
+
+
+def _fill(server, headers, count: int) -> set[str]:
+    """Create `count` calls over four connections; their ids."""
+    made: list[str] = []
+
+    def create(n: int) -> None:
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
+            for _ in range(n):
+                created = http.post("/api/calls/create", json={"agent_id": "agent-1"})
+                made.append(created.json()["data"]["call"]["call_id"])
+
+    threads = [threading.Thread(target=create, args=(count // 4,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return set(made)
