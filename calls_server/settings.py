@@ -28,6 +28,13 @@ class Settings:
     """Everything that can be configured. Each field is also `CALLS_<FIELD>` in the environment."""
 
     data_dir: Path = Path("calls-data")
+    # A PostgreSQL database instead of the embedded store (postgresql://user:pw@host/db):
+    # for more than one server process or machine. Unset: the embedded store in data_dir.
+    database_url: str | None = None
+    # Connections per server process to that database, at most.
+    database_pool_size: int = 10
+    # Server processes (uvicorn workers) on this port; above 1 only on PostgreSQL.
+    workers: int = 1
     host: str = "127.0.0.1"
     port: int = 8080
     # Bearer token for /api/organizations...; None disables the admin API.
@@ -190,6 +197,24 @@ class Settings:
             raise SettingsError(f"{PREFIX}ENUM_CASE must be one of {', '.join(MODES)}")
         if self.quota_calls < 0 or self.quota_bytes < 0:
             raise SettingsError(f"{PREFIX}QUOTA_CALLS and {PREFIX}QUOTA_BYTES must be 0 or more")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise SettingsError(
+                f"{PREFIX}DATABASE_URL must be a postgresql:// URL "
+                "(postgresql://user:password@host:5432/database)"
+            )
+        if not 1 <= self.database_pool_size <= 1000:
+            raise SettingsError(f"{PREFIX}DATABASE_POOL_SIZE must be between 1 and 1000")
+        if not 1 <= self.workers <= 64:
+            raise SettingsError(f"{PREFIX}WORKERS must be between 1 and 64")
+        if self.workers > 1 and self.database_url is None:
+            raise SettingsError(
+                f"{PREFIX}WORKERS={self.workers} needs {PREFIX}DATABASE_URL: the embedded store "
+                "belongs to the one process that holds its data directory, so more processes "
+                "cannot share it. Run one process, or move the data to PostgreSQL "
+                "(calls-server copy-to-postgres) and set CALLS_DATABASE_URL"
+            )
         if self.idempotency_ttl < 60:
             raise SettingsError(f"{PREFIX}IDEMPOTENCY_TTL must be at least 60 seconds")
         for name in (

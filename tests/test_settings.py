@@ -122,6 +122,9 @@ EVERY_SETTING = {
     "forwarded_allow_ips": "10.0.0.1",
     "metrics_port": "9100",
     "metrics_host": "0.0.0.0",
+    "database_url": "postgresql://calls@db.example.com:5432/calls",
+    "database_pool_size": "20",
+    "workers": "4",
 }
 # Settings that exclude one of the above (the sandbox is the dialer): read on their own.
 ON_THEIR_OWN = {"sandbox": "true"}
@@ -138,6 +141,16 @@ def test_every_setting_is_read_from_its_environment_variable(values):
     defaults = Settings()
     for name in values:
         assert getattr(settings, name) != getattr(defaults, name), name
+
+
+def test_more_than_one_worker_needs_postgresql():
+    with pytest.raises(SettingsError, match="CALLS_WORKERS=2 needs CALLS_DATABASE_URL"):
+        Settings(workers=2)
+
+
+def test_the_database_url_must_be_postgresql():
+    with pytest.raises(SettingsError, match="postgresql:// URL"):
+        Settings(database_url="mysql://db/calls")
 
 
 def test_the_sandbox_and_a_real_dialer_exclude_each_other():
