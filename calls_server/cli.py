@@ -24,13 +24,13 @@ import uvicorn
 from calls_server.app import create_app
 from calls_server.domain import keys
 from calls_server.domain.errors import ApiError, DuplicateId
-from calls_server.domain.quotas import Quota
 from calls_server.http_protocol import HttpLimits, LimitedHttpToolsProtocol
 from calls_server.integrations.clock import wall_clock
 from calls_server.logs import log_config
 from calls_server.settings import Settings, SettingsError
-from calls_server.storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
+from calls_server.storage import CorruptJournal, DataDirectoryLocked, Store
 from calls_server.storage.journal import salvage
+from calls_server.storage.postgres import DatabaseInUse, PostgresStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,11 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.load(
             data_dir=args.data_dir,
-            **{name: getattr(args, name, None) for name in ("host", "port", "log_level")},
+            **{
+                name: getattr(args, name, None) for name in ("host", "port", "log_level", "workers")
+            },
         )
         command: Callable[[argparse.Namespace, Settings], int] = args.command
         return command(args, settings)
-    except (SettingsError, DataDirectoryLocked, CorruptJournal) as e:
+    except (SettingsError, DataDirectoryLocked, DatabaseInUse, CorruptJournal) as e:
         print(f"calls-server: {e}", file=sys.stderr)
         return 2
     except ApiError as e:
@@ -59,12 +61,26 @@ GC_THRESHOLDS = (10_000, 20, 100)
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish first."""
     logging.config.dictConfig(log_config(settings.log_level, settings.log_json))
-    fresh = not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
+    fresh = settings.database_url is None and (
+        not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
+    )
     store = _open(settings)
+    if isinstance(store, PostgresStore):
+        try:
+            store.serve_exclusively()
+        except DatabaseInUse:
+            store.close()
+            raise
     if args.create_org:
         _first_key(store, args.create_org, settings)
     elif fresh:
         print(FIRST_RUN.format(data_dir=settings.data_dir), file=sys.stderr)
+    where = "in the database" if settings.database_url else f"in {settings.data_dir.resolve()}"
+    scheme = "https" if settings.tls_certfile else "http"
+    banner = (
+        f"Calls API on {scheme}://{settings.host}:{settings.port}/api "
+        f"(Swagger UI: /api/ui/), data {where}"
+    )
     # What the store loaded lives as long as the process: keep it out of the cyclic
     # collector's full passes, which would otherwise walk every stored call (pauses of
     # hundreds of milliseconds at 100k calls).
@@ -73,44 +89,45 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         app = create_app(settings, store)
-        scheme = "https" if settings.tls_certfile else "http"
-        print(
-            f"Calls API on {scheme}://{settings.host}:{settings.port}/api "
-            f"(Swagger UI: /api/ui/), data in {settings.data_dir.resolve()}",
-            file=sys.stderr,
-        )
+        print(banner, file=sys.stderr)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again:
         # let that end uvicorn.run() with an exception here instead of killing the process,
         # so the store still gets closed (a last snapshot, the lock released).
         signal.signal(signal.SIGTERM, _stop)
         uvicorn.run(
             app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            log_config=log_config(settings.log_level, settings.log_json),
-            timeout_graceful_shutdown=30,
             # httptools, with limits on header size and count, header and body timeouts
             # and open connections (see calls_server/http_protocol.py).
             http=LimitedHttpToolsProtocol.with_limits(HttpLimits.from_settings(settings)),
-            server_header=False,
-            date_header=True,
-            # Typed int, but uvicorn only hands it to loop.call_later, which takes seconds
-            # as a float.
-            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
-            ssl_certfile=settings.tls_certfile,
-            ssl_keyfile=settings.tls_keyfile,
-            # Without trusted proxies uvicorn's proxy-headers middleware is left out, so
-            # X-Forwarded-For/-Proto are ignored (passing None would trust 127.0.0.1, or
-            # $FORWARDED_ALLOW_IPS).
-            proxy_headers=bool(settings.forwarded_allow_ips),
-            forwarded_allow_ips=settings.forwarded_allow_ips or None,
+            **_uvicorn_options(settings),
         )
     except (KeyboardInterrupt, _Stopped):
         pass
     finally:
         store.close()
     return 0
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level, settings.log_json),
+        "timeout_graceful_shutdown": 30,
+        "server_header": False,
+        "date_header": True,
+        # Typed int, but uvicorn only hands it to loop.call_later, which takes seconds.
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "ssl_certfile": settings.tls_certfile,
+        "ssl_keyfile": settings.tls_keyfile,
+        # Without trusted proxies uvicorn's proxy-headers middleware is left out, so
+        # X-Forwarded-For/-Proto are ignored (passing None would trust 127.0.0.1, or
+        # $FORWARDED_ALLOW_IPS).
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+    }
 
 
 FIRST_RUN = """\
@@ -244,9 +261,8 @@ def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, 
     return {**keys.created_view(record), "api_secret": secret}
 
 
-def _open(settings: Settings) -> EmbeddedStore:
-    quota = Quota(max_calls=settings.quota_calls, max_bytes=settings.quota_bytes)
-    return EmbeddedStore(settings.data_dir, compact_every=settings.compact_every, quota=quota)
+def _open(settings: Settings) -> Store:
+    return settings.open_store()
 
 
 def _print(value: Any) -> None:

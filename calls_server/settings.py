@@ -10,11 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from calls_server.domain.casing import MODES
+from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import RetryPolicy
 from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
+from calls_server.storage import EmbeddedStore, Store
 
 PREFIX = "CALLS_"
 
@@ -33,8 +38,6 @@ class Settings:
     database_url: str | None = None
     # Connections per server process to that database, at most.
     database_pool_size: int = 10
-    # Server processes (uvicorn workers) on this port; above 1 only on PostgreSQL.
-    workers: int = 1
     host: str = "127.0.0.1"
     port: int = 8080
     # Bearer token for /api/organizations...; None disables the admin API.
@@ -197,24 +200,13 @@ class Settings:
             raise SettingsError(f"{PREFIX}ENUM_CASE must be one of {', '.join(MODES)}")
         if self.quota_calls < 0 or self.quota_bytes < 0:
             raise SettingsError(f"{PREFIX}QUOTA_CALLS and {PREFIX}QUOTA_BYTES must be 0 or more")
-        if self.database_url is not None and not self.database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if self.database_url is not None and not _is_conninfo(self.database_url):
             raise SettingsError(
-                f"{PREFIX}DATABASE_URL must be a postgresql:// URL "
-                "(postgresql://user:password@host:5432/database)"
+                f"{PREFIX}DATABASE_URL must be a PostgreSQL connection URL "
+                "(postgresql://user:password@host:5432/database) or libpq key=value string"
             )
         if not 1 <= self.database_pool_size <= 1000:
             raise SettingsError(f"{PREFIX}DATABASE_POOL_SIZE must be between 1 and 1000")
-        if not 1 <= self.workers <= 64:
-            raise SettingsError(f"{PREFIX}WORKERS must be between 1 and 64")
-        if self.workers > 1 and self.database_url is None:
-            raise SettingsError(
-                f"{PREFIX}WORKERS={self.workers} needs {PREFIX}DATABASE_URL: the embedded store "
-                "belongs to the one process that holds its data directory, so more processes "
-                "cannot share it. Run one process, or move the data to PostgreSQL "
-                "(calls-server copy-to-postgres) and set CALLS_DATABASE_URL"
-            )
         if self.idempotency_ttl < 60:
             raise SettingsError(f"{PREFIX}IDEMPOTENCY_TTL must be at least 60 seconds")
         for name in (
@@ -262,6 +254,19 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def open_store(self) -> Store:
+        """The store these settings name: the PostgreSQL database, or the data directory.
+        The caller closes it."""
+        quota = Quota(max_calls=self.quota_calls, max_bytes=self.quota_bytes)
+        if self.database_url:
+            # Imported here: psycopg is loaded only by servers that use a database.
+            from calls_server.storage.postgres import PostgresStore
+
+            return PostgresStore(
+                self.database_url, quota=quota, max_connections=self.database_pool_size
+            )
+        return EmbeddedStore(self.data_dir, compact_every=self.compact_every, quota=quota)
+
     def dialer(self) -> HttpDialer | None:
         """The outbound dialer phone calls are handed to, if one is configured."""
         if not (self.dialer_url and self.dialer_secret):
@@ -301,6 +306,17 @@ class Settings:
             self.livekit_token_ttl,
             self.livekit_identity,
         )
+
+
+def _is_conninfo(text: str) -> bool:
+    """Whether `text` is a PostgreSQL connection string libpq reads (a URL or key=value)."""
+    if not text.startswith(("postgresql://", "postgres://")) and "=" not in text:
+        return False
+    try:
+        conninfo_to_dict(text)
+    except psycopg.ProgrammingError:
+        return False
+    return True
 
 
 def _parse(name: str, raw: str, parse: Callable[[str], Any]) -> Any:

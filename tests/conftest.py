@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
@@ -23,7 +24,9 @@ from starlette.testclient import TestClient
 from calls_server.app import create_app
 from calls_server.domain import keys
 from calls_server.settings import Settings
-from calls_server.storage import EmbeddedStore
+from calls_server.storage import EmbeddedStore, Store
+from calls_server.storage.postgres import PostgresStore
+from tests.postgres_server import TestDatabases
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
@@ -49,9 +52,59 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+# The backends the `store` fixture (and so every in-process app) runs on: both, unless
+# CALLS_TEST_BACKENDS names fewer (e.g. `embedded` for a quick local run).
+BACKENDS = os.environ.get("CALLS_TEST_BACKENDS", "embedded,postgres").split(",")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "embedded_only: a behaviour of the embedded store alone (its files)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of the store or the app runs on each backend, but those that take the
+    data directory or are marked `embedded_only` (they test the embedded store's files)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    embedded_only = "data_dir" in inspect.signature(metafunc.function).parameters or (
+        metafunc.definition.get_closest_marker("embedded_only") is not None
+    )
+    backends = [b for b in BACKENDS if b == "embedded" or not embedded_only]
+    metafunc.parametrize("backend", backends or ["embedded"])
+
+
 @pytest.fixture
-def store(data_dir: Path) -> Iterator[EmbeddedStore]:
-    opened = EmbeddedStore(data_dir)
+def backend() -> str:
+    return "embedded"
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[TestDatabases]:
+    """One PostgreSQL server for the session (started at first use)."""
+    started = TestDatabases()
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def database_url(databases: TestDatabases) -> Iterator[str]:
+    """A fresh, empty database."""
+    url = databases.fresh_url()
+    yield url
+    databases.drop(url)
+
+
+@pytest.fixture
+def store(backend: str, data_dir: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """An empty store of the backend under test."""
+    opened: Store
+    if backend == "postgres":
+        opened = PostgresStore(request.getfixturevalue("database_url"))
+    else:
+        opened = EmbeddedStore(data_dir)
     yield opened
     opened.close()
 

@@ -123,6 +123,7 @@ def test_an_unexpected_failure_is_a_500_envelope_and_changes_nothing(client, ten
     assert store.get_call(tenant.organization_id, call["call_id"]) == call
 
 
+@pytest.mark.embedded_only
 def test_a_full_disk_is_a_503_that_changes_nothing_and_passes(client, tenant, store, monkeypatch):
     call = create_call(client, tenant)
 
@@ -145,6 +146,7 @@ def test_a_full_disk_is_a_503_that_changes_nothing_and_passes(client, tenant, st
     assert later.json()["data"]["call"]["call_status"] == "registered"
 
 
+@pytest.mark.embedded_only
 def test_after_a_failed_fsync_every_request_is_a_503(client, tenant, store, monkeypatch):
     call = create_call(client, tenant)
 

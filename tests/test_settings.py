@@ -124,7 +124,6 @@ EVERY_SETTING = {
     "metrics_host": "0.0.0.0",
     "database_url": "postgresql://calls@db.example.com:5432/calls",
     "database_pool_size": "20",
-    "workers": "4",
 }
 # Settings that exclude one of the above (the sandbox is the dialer): read on their own.
 ON_THEIR_OWN = {"sandbox": "true"}
@@ -143,13 +142,8 @@ def test_every_setting_is_read_from_its_environment_variable(values):
         assert getattr(settings, name) != getattr(defaults, name), name
 
 
-def test_more_than_one_worker_needs_postgresql():
-    with pytest.raises(SettingsError, match="CALLS_WORKERS=2 needs CALLS_DATABASE_URL"):
-        Settings(workers=2)
-
-
 def test_the_database_url_must_be_postgresql():
-    with pytest.raises(SettingsError, match="postgresql:// URL"):
+    with pytest.raises(SettingsError, match="PostgreSQL connection URL"):
         Settings(database_url="mysql://db/calls")
 
 

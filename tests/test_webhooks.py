@@ -456,6 +456,7 @@ def test_a_change_whose_events_cannot_be_recorded_is_not_made(store, tenant):
     assert store.pending_webhook_events() == []
 
 
+@pytest.mark.embedded_only
 def test_a_change_and_its_events_are_undone_together_when_the_journal_refuses_them(
     store, tenant, monkeypatch
 ):
@@ -531,6 +532,7 @@ def test_an_attempt_under_way_at_stop_is_finished_and_recorded(store, tenant, re
     assert len(receiver.received) == 1  # no further attempt after stop
 
 
+@pytest.mark.embedded_only
 def test_finished_events_past_their_retention_are_pruned(store, tenant, receiver):
     add_hook(store, tenant, receiver.url)
     deliverer = WebhookDeliverer(store, LOOPBACK, QUICK_RETRIES)

@@ -1,0 +1,1110 @@
+"""The PostgreSQL store: the `Store` interface over a PostgreSQL database (psycopg 3).
+
+- Each method is one transaction on a connection of a bounded pool; a change function runs
+  inside it on the row read with `SELECT ... FOR UPDATE`, so concurrent changes of a record
+  (from any number of processes) queue up instead of losing one another, and a function
+  that raises rolls everything back.
+- The webhook events a change of a call owes are inserted in its transaction (the
+  outbox): both are committed, or neither. The listener is told after the commit.
+- Records are JSONB documents; what listing filters and sorts on is also kept in real,
+  indexed columns (storage/migrations/0001_initial.sql), so that a page is read off an
+  index in order and never by sorting the organization's calls.
+- The schema is kept by numbered migrations, applied on open under an advisory lock.
+- A database that cannot be reached, a connection lost or a pool with no free connection
+  within `pool_timeout` answers 503 (`StoreUnavailable`) naming the cause; connections
+  time out (`connect_timeout`) and so do statements (`statement_timeout`), so no request
+  waits for the database without end.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from psycopg.types.json import set_json_loads
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from calls_server.domain import agents, calls, webhooks
+from calls_server.domain.agents import Agent
+from calls_server.domain.calls import Call
+from calls_server.domain.errors import (
+    AgentNotFound,
+    ApiKeyNotFound,
+    BadRequest,
+    CallNotFound,
+    DuplicateId,
+    OrganizationNotFound,
+    PhoneNumberNotFound,
+    StoreUnavailable,
+    WebhookEventNotFound,
+    WebhookNotFound,
+)
+from calls_server.domain.idempotency import IdempotentAnswer
+from calls_server.domain.keys import ApiKey, Organization
+from calls_server.domain.listing import RANGE_FIELDS, CallPage, CallQuery
+from calls_server.domain.phone_numbers import PhoneNumber
+from calls_server.domain.quotas import Quota
+from calls_server.domain.webhooks import Webhook, WebhookEvent
+from calls_server.storage.interface import EventListener, EventSource
+
+Connection = psycopg.Connection[TupleRow]
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The key of the advisory lock migrations hold: one process migrates, the others wait and
+# then find nothing left to apply.
+MIGRATION_LOCK = 0x63616C6C73  # "calls"
+
+# The fields of a webhook event its listener is told of (as the embedded store tells).
+_EVENT_SUMMARY = (
+    "event_id",
+    "webhook_id",
+    "organization_id",
+    "call_id",
+    "status",
+    "next_attempt_at",
+)
+# Call fields kept as columns besides the document (see 0001_initial.sql).
+_CALL_COLUMNS = (
+    "call_status",
+    "call_type",
+    "direction",
+    "agent_id",
+    "created_at",
+    "updated_at",
+    "start_timestamp",
+    "end_timestamp",
+    "call_duration",
+    "scheduled_timestamp",
+)
+_EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
+_SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
+_NOT_A_CURSOR = "'cursor' is not a cursor this server answered"
+# A listing reads its count and its page from one snapshot, so that they agree.
+_SNAPSHOT = b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+# How long the cause found for a pool timeout is reused: under an outage every waiting
+# request would otherwise probe the database once more.
+_DIAGNOSIS_KEPT = 1.0
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A table of records that each belong to one organization and are found by an id of
+    their own: `column` in the table, `field` in the document."""
+
+    table: str
+    column: str
+    field: str
+    not_found: Callable[[str, str], Exception]  # (organization, id) -> the error
+    duplicate: Callable[[str], Exception]  # id -> the error
+
+
+_AGENTS = _Kind(
+    "agents",
+    "agent_id",
+    "agent_id",
+    lambda org, key: AgentNotFound(key, org),
+    lambda key: DuplicateId(f"An agent with ID '{key}' already exists"),
+)
+_NUMBERS = _Kind(
+    "phone_numbers",
+    "phone_number",
+    "phone_number",
+    lambda _, key: PhoneNumberNotFound(key),
+    lambda key: DuplicateId(
+        f"Phone number '{key}' already exists", message="Phone number already exists"
+    ),
+)
+_WEBHOOKS = _Kind(
+    "webhooks",
+    "webhook_id",
+    "id",
+    lambda _, key: WebhookNotFound(key),
+    lambda key: DuplicateId(f"A webhook with ID '{key}' already exists"),
+)
+
+
+# The advisory lock a serving process holds on its database (any 64-bit number, fixed).
+_SERVER_LOCK = 0x43414C4C53  # "CALLS"
+
+
+class DatabaseInUse(Exception):
+    """Another server process is serving this database."""
+
+
+class PostgresStore:
+    """The `storage.interface.Store` of a PostgreSQL database (migrated on open)."""
+
+    def __init__(
+        self,
+        url: str,
+        quota: Quota | None = None,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        pool_timeout: float = 5.0,
+        *,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+    ) -> None:
+        """Open a pool of connections to `url` (a URI or key=value conninfo) and bring the
+        schema up to date. Raises StoreUnavailable if the database cannot be reached within
+        `pool_timeout` seconds."""
+        self._url = url
+        self._exclusive: Connection | None = None  # holds the server lock (serve_exclusively)
+        self._quota = quota or Quota()
+        self._pool_timeout = pool_timeout
+        self._max_connections = max_connections
+        self._event_source: EventSource | None = None
+        self._event_listener: EventListener | None = None
+        self._diagnosis_lock = threading.Lock()
+        # Held from a call change's commit until its events are told (see _record_events);
+        # striped by call, so that changes of different calls rarely wait for one another.
+        self._telling_locks = [threading.Lock() for _ in range(64)]
+        self._diagnosis: tuple[float, str] | None = None
+        options = conninfo_to_dict(url).get("options")  # kept: ours are added to the URL's
+        self._connect_kwargs: dict[str, Any] = {
+            # Transactions are explicit (`conn.transaction()`): a single read needs none.
+            "autocommit": True,
+            # libpq counts whole seconds, at least 2.
+            "connect_timeout": max(2, math.ceil(connect_timeout)),
+            "options": " ".join(
+                filter(
+                    None,
+                    [str(options or ""), f"-c statement_timeout={int(statement_timeout * 1000)}"],
+                )
+            ),
+            "application_name": "calls-server",
+        }
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            url,
+            min_size=min_connections,
+            max_size=max_connections,
+            timeout=pool_timeout,
+            kwargs=self._connect_kwargs,
+            configure=_configure,
+            # A connection the server dropped (a restart, a failover) is replaced when it
+            # is handed out, instead of failing the request that gets it.
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="calls-server",
+        )
+        try:
+            with self._unavailable():
+                self._pool.open(wait=True, timeout=pool_timeout)
+                with self._pool.connection() as conn:
+                    migrate(conn)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    # -- calls -----------------------------------------------------------------------------
+    def add_call(self, call: Call) -> None:
+        """Store a new call. Raises DuplicateId if its call_id exists in its organization."""
+        org = call["organization_id"]
+        data = _call_json(call)
+        stored = _loads(data)  # the call as stored, for the event source
+        with ExitStack() as telling:
+            with self._transaction() as conn:
+                inserted = conn.execute(
+                    "INSERT INTO calls (organization_id, call_id, doc, size, call_status,"
+                    " call_type, direction, agent_id, created_at, updated_at, start_timestamp,"
+                    " end_timestamp, call_duration, scheduled_timestamp, search_parts, search_text)"
+                    " VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING 1",
+                    (org, call["call_id"], *_call_values(stored, data)),
+                ).fetchone()
+                if inserted is None:
+                    raise DuplicateId(
+                        f"A call with ID '{call['call_id']}' already exists",
+                        message="Call already exists",
+                    )
+                count, size = _use(conn, org, 1, len(data))
+                self._quota.check(count, size)
+                events = self._record_events(conn, None, stored, telling)
+            self._tell(events)
+
+    def get_call(self, organization_id: str, call_id: str) -> Call:
+        """The call. Raises CallNotFound, also when it belongs to another organization."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT doc FROM calls WHERE organization_id = %s AND call_id = %s",
+                (organization_id, call_id),
+            ).fetchone()
+        if row is None:
+            raise CallNotFound(call_id)
+        return cast(Call, row[0])
+
+    def change_call(
+        self, organization_id: str, call_id: str, change: Callable[[Call], Call]
+    ) -> Call:
+        """Replace the call by `change(call)` atomically and return the new record."""
+        with ExitStack() as telling:
+            with self._transaction() as conn:
+                old, old_size = self._locked_call(conn, organization_id, call_id)
+                changed = change(_copy(old))
+                data = _call_json(changed)
+                new = _loads(data)
+                conn.execute(
+                    "UPDATE calls SET doc = %s::jsonb, size = %s, call_status = %s, call_type = %s,"
+                    " direction = %s, agent_id = %s, created_at = %s, updated_at = %s,"
+                    " start_timestamp = %s, end_timestamp = %s, call_duration = %s,"
+                    " scheduled_timestamp = %s, search_parts = %s, search_text = %s"
+                    " WHERE organization_id = %s AND call_id = %s",
+                    (*_call_values(new, data), organization_id, call_id),
+                )
+                grown = len(data) - old_size
+                if grown:
+                    count, size = _use(conn, organization_id, 0, grown)
+                    if grown > 0 and self._quota.max_bytes:
+                        self._quota.check(count, size)
+                events = self._record_events(conn, old, new, telling)
+            self._tell(events)
+        return changed
+
+    def delete_call(
+        self, organization_id: str, call_id: str, check: Callable[[Call], None] | None = None
+    ) -> Call:
+        """Remove the call for good and return it (after `check`, if given, passes)."""
+        with ExitStack() as telling:
+            with self._transaction() as conn:
+                old, old_size = self._locked_call(conn, organization_id, call_id)
+                if check is not None:
+                    check(_copy(old))
+                conn.execute(
+                    "DELETE FROM calls WHERE organization_id = %s AND call_id = %s",
+                    (organization_id, call_id),
+                )
+                _use(conn, organization_id, -1, -old_size)
+                events = self._record_events(conn, _copy(old), None, telling)
+            self._tell(events)
+        return old
+
+    def list_calls(self, organization_id: str, query: CallQuery) -> CallPage:
+        """One page of the organization's calls that match `query`, how many match, and the
+        last one's position if more follow.
+
+        The order is the sort field's value, then created_at, then seq (insertion), calls
+        without a value last: read as two index scans, those with a value and then those
+        without. A position is `[0, value, created_at, seq]` or `[1, created_at, seq]`; a
+        cursor's page is the calls after it in that order (a keyset: no offset to skip)."""
+        after = query.position()
+        if after is not None and (
+            not after or after[0] not in (0, 1) or len(after) != (4 if after[0] == 0 else 3)
+        ):
+            raise BadRequest(_NOT_A_CURSOR)
+        if query.sort_by not in _SORT_FIELDS:
+            raise BadRequest(f"Calls cannot be sorted by '{query.sort_by}'")
+        where, params = _call_filters(organization_id, query)
+        field = sql.Identifier(query.sort_by)
+        with self._transaction(_SNAPSHOT) as conn:
+            counted = conn.execute(
+                sql.SQL("SELECT count(*), count({field}) FROM calls WHERE {where}").format(
+                    field=field, where=where
+                ),
+                params,
+            ).fetchone()
+            assert counted is not None  # an aggregate always answers a row
+            total, with_value = counted
+            scan = _Scan(conn, query, where, params)
+            if after is None:
+                # Page by number: the offset falls among the calls with a value, or after.
+                rows = (
+                    scan.with_value(None, query.offset, query.limit)
+                    if (query.offset < with_value)
+                    else []
+                )
+                if len(rows) < query.limit:
+                    skip = max(0, query.offset - with_value)
+                    rows += scan.without_value(None, skip, query.limit - len(rows))
+                more = query.offset + len(rows) < total
+            else:
+                wanted = query.limit + 1  # one more tells whether another page follows
+                rows = []
+                if after[0] == 0:
+                    rows = scan.with_value(after[1:], 0, wanted)
+                if len(rows) < wanted:
+                    rows += scan.without_value(after[1:] if after[0] == 1 else None, 0, wanted)
+                more = len(rows) > query.limit
+                rows = rows[: query.limit]
+        position = None
+        if more and rows:
+            _, value, created_at, seq = rows[-1]
+            position = [1, created_at, seq] if value is None else [0, value, created_at, seq]
+        return CallPage([cast(Call, row[0]) for row in rows], total, position)
+
+    def scheduled_calls(self, due_by: int) -> list[Call]:
+        """Every organization's `scheduled` calls due at or before `due_by` (Unix seconds)."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT doc FROM calls WHERE call_status = 'scheduled'"
+                " AND scheduled_timestamp <= %s"
+                # Ties in code point order, as the embedded store's, whatever the collation.
+                ' ORDER BY scheduled_timestamp, organization_id COLLATE "C", call_id COLLATE "C"',
+                (due_by,),
+            ).fetchall()
+        return [cast(Call, row[0]) for row in rows]
+
+    def _locked_call(
+        self, conn: Connection, organization_id: str, call_id: str
+    ) -> tuple[Call, int]:
+        """The stored call and its size, locked until the transaction ends."""
+        row = conn.execute(
+            "SELECT doc, size FROM calls WHERE organization_id = %s AND call_id = %s FOR UPDATE",
+            (organization_id, call_id),
+        ).fetchone()
+        if row is None:
+            raise CallNotFound(call_id)
+        return cast(Call, row[0]), int(row[1])
+
+    # -- organizations and API keys --------------------------------------------------------
+    def add_organization(self, organization: Organization) -> None:
+        """Store a new organization. Raises DuplicateId if its id exists."""
+        organization_id = organization["organization_id"]
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO organizations (organization_id, doc) VALUES (%s, %s::jsonb)"
+                " ON CONFLICT (organization_id) DO NOTHING RETURNING 1",
+                (organization_id, _json(organization)),
+            ).fetchone()
+            if inserted is None:
+                raise DuplicateId(
+                    f"An organization with ID '{organization_id}' already exists",
+                    message="Organization already exists",
+                )
+
+    def get_organization(self, organization_id: str) -> Organization:
+        """The organization. Raises OrganizationNotFound."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT doc FROM organizations WHERE organization_id = %s", (organization_id,)
+            ).fetchone()
+        if row is None:
+            raise OrganizationNotFound(organization_id)
+        return cast(Organization, row[0])
+
+    def add_api_key(self, key: ApiKey) -> None:
+        """Store a new key of an existing organization. Raises OrganizationNotFound."""
+        with self._transaction() as conn:
+            _require_organization(conn, key["organization_id"])
+            inserted = conn.execute(
+                "INSERT INTO api_keys (organization_id, api_key_id, api_key, doc)"
+                " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING RETURNING 1",
+                (key["organization_id"], key["api_key_id"], key["api_key"], _json(key)),
+            ).fetchone()
+            if inserted is None:
+                raise DuplicateId(f"An API key with ID '{key['api_key_id']}' already exists")
+
+    def find_api_key(self, api_key: str) -> ApiKey | None:
+        """The key record whose public part is `api_key`, active or not, if any. Read from
+        the database every time: a revocation holds at once in every process."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT doc FROM api_keys WHERE api_key = %s", (api_key,)).fetchone()
+        return None if row is None else cast(ApiKey, row[0])
+
+    def list_api_keys(self, organization_id: str) -> list[ApiKey]:
+        """The organization's keys, oldest first. Raises OrganizationNotFound."""
+        with self._transaction() as conn:
+            _require_organization(conn, organization_id)
+            rows = conn.execute(
+                "SELECT doc FROM api_keys WHERE organization_id = %s ORDER BY seq",
+                (organization_id,),
+            ).fetchall()
+        return [cast(ApiKey, row[0]) for row in rows]
+
+    def change_api_key(
+        self, organization_id: str, api_key_id: str, change: Callable[[ApiKey], ApiKey]
+    ) -> ApiKey:
+        """Replace the key by `change(key)` atomically. Raises ApiKeyNotFound."""
+        with self._transaction() as conn:
+            _require_organization(conn, organization_id)
+            row = conn.execute(
+                "SELECT doc FROM api_keys WHERE organization_id = %s AND api_key_id = %s"
+                " FOR UPDATE",
+                (organization_id, api_key_id),
+            ).fetchone()
+            if row is None:
+                raise ApiKeyNotFound(api_key_id)
+            changed = change(cast(ApiKey, row[0]))
+            conn.execute(
+                "UPDATE api_keys SET doc = %s::jsonb, api_key = %s"
+                " WHERE organization_id = %s AND api_key_id = %s",
+                (_json(changed), changed["api_key"], organization_id, api_key_id),
+            )
+        return changed
+
+    # -- agents ------------------------------------------------------------------------------
+    def add_agent(self, agent: Agent) -> None:
+        """Store a new agent of an existing organization. Raises OrganizationNotFound."""
+        self._add_record(_AGENTS, agent)
+
+    def agents(self, organization_id: str) -> list[Agent]:
+        """The organization's agents, oldest first."""
+        return self._records(_AGENTS, organization_id)
+
+    def get_agent(self, organization_id: str, agent_id: str) -> Agent:
+        """The agent. Raises AgentNotFound, also for another organization's."""
+        return self._record(_AGENTS, organization_id, agent_id)
+
+    def change_agent(
+        self, organization_id: str, agent_id: str, change: Callable[[Agent], Agent]
+    ) -> Agent:
+        """Replace the agent by `change(agent)` atomically. Raises AgentNotFound."""
+        return self._change_record(_AGENTS, organization_id, agent_id, change)
+
+    def delete_agent(self, organization_id: str, agent_id: str) -> Agent:
+        """Remove the agent and return it. Raises AgentNotFound."""
+        return self._delete_record(_AGENTS, organization_id, agent_id)
+
+    # -- phone numbers -----------------------------------------------------------------------
+    def add_phone_number(self, number: PhoneNumber) -> None:
+        """Store a new number of an existing organization. Raises DuplicateId if the
+        organization has it already."""
+        self._add_record(_NUMBERS, number)
+
+    def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
+        """The organization's numbers, oldest first."""
+        return self._records(_NUMBERS, organization_id)
+
+    def get_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
+        """The number. Raises PhoneNumberNotFound, also for another organization's."""
+        return self._record(_NUMBERS, organization_id, phone_number)
+
+    def change_phone_number(
+        self,
+        organization_id: str,
+        phone_number: str,
+        change: Callable[[PhoneNumber], PhoneNumber],
+    ) -> PhoneNumber:
+        """Replace the number by `change(number)` atomically. Raises PhoneNumberNotFound."""
+        return self._change_record(_NUMBERS, organization_id, phone_number, change)
+
+    def delete_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
+        """Remove the number and return it. Raises PhoneNumberNotFound."""
+        return self._delete_record(_NUMBERS, organization_id, phone_number)
+
+    # -- webhooks --------------------------------------------------------------------------
+    def add_webhook(self, webhook: Webhook) -> None:
+        """Store a new webhook of an existing organization. Raises OrganizationNotFound."""
+        self._add_record(_WEBHOOKS, webhook)
+
+    def webhooks(self, organization_id: str) -> list[Webhook]:
+        """The organization's webhooks, oldest first."""
+        return self._records(_WEBHOOKS, organization_id)
+
+    def get_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
+        """The webhook. Raises WebhookNotFound, also for another organization's."""
+        return self._record(_WEBHOOKS, organization_id, webhook_id)
+
+    def change_webhook(
+        self, organization_id: str, webhook_id: str, change: Callable[[Webhook], Webhook]
+    ) -> Webhook:
+        """Replace the webhook by `change(webhook)` atomically. Raises WebhookNotFound."""
+        return self._change_record(_WEBHOOKS, organization_id, webhook_id, change)
+
+    def delete_webhook(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        check: Callable[[Webhook], None] | None = None,
+    ) -> Webhook:
+        """Remove the webhook, its events and its assignments to agents, and return it
+        (after `check`, if given, passes). Raises WebhookNotFound."""
+        with self._transaction() as conn:
+            old = _locked(conn, _WEBHOOKS, organization_id, webhook_id)
+            if check is not None:
+                check(_copy(old))
+            conn.execute(
+                "DELETE FROM webhooks WHERE organization_id = %s AND webhook_id = %s",
+                (organization_id, webhook_id),
+            )
+            conn.execute(
+                "DELETE FROM webhook_events WHERE organization_id = %s AND webhook_id = %s",
+                (organization_id, webhook_id),
+            )
+            # Locked in one order (seq), as every change of an agent locks only its own row.
+            rows = conn.execute(
+                "SELECT agent_id, doc FROM agents WHERE organization_id = %s"
+                " ORDER BY seq FOR UPDATE",
+                (organization_id,),
+            ).fetchall()
+            for agent_id, agent in rows:
+                if webhook_id in agents.webhook_ids(agent):
+                    conn.execute(
+                        "UPDATE agents SET doc = %s::jsonb"
+                        " WHERE organization_id = %s AND agent_id = %s",
+                        (_json(agents.unassigned(agent, [webhook_id])), organization_id, agent_id),
+                    )
+        return old
+
+    # -- webhook events (the outbox) ---------------------------------------------------------
+    def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
+        """From now on, record with every change of a call, in its transaction, the events
+        `source` says it owes; tell `listener` of every event that becomes pending."""
+        self._event_source, self._event_listener = source, listener
+
+    def pending_webhook_events(self) -> list[WebhookEvent]:
+        """Every organization's pending events, in the order they were recorded."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT doc FROM webhook_events WHERE status = 'pending' ORDER BY seq"
+            ).fetchall()
+        return [cast(WebhookEvent, row[0]) for row in rows]
+
+    def list_webhook_events(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        status: str | None = None,
+        since: int | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[WebhookEvent], int]:
+        """`limit` (None: all) of the webhook's events from `offset`, newest first, only those
+        in `status` and recorded at or after `since` (Unix ms) if given, and how many match.
+        Raises WebhookNotFound."""
+        clauses = [sql.SQL("organization_id = %s AND webhook_id = %s")]
+        params: list[Any] = [organization_id, webhook_id]
+        if status is not None:
+            clauses.append(sql.SQL("status = %s"))
+            params.append(status)
+        if since is not None:
+            clauses.append(sql.SQL("created_at >= %s"))
+            params.append(since)
+        where = sql.SQL(" AND ").join(clauses)
+        with self._transaction(_SNAPSHOT) as conn:
+            _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)
+            counted = conn.execute(
+                sql.SQL("SELECT count(*) FROM webhook_events WHERE {}").format(where), params
+            ).fetchone()
+            assert counted is not None  # an aggregate always answers a row
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT doc FROM webhook_events WHERE {} ORDER BY seq DESC OFFSET %s LIMIT %s"
+                ).format(where),
+                [*params, offset, limit or None],  # no limit (or 0, as embedded): all
+            ).fetchall()
+        return [cast(WebhookEvent, row[0]) for row in rows], int(counted[0])
+
+    def get_webhook_event(
+        self, organization_id: str, webhook_id: str, event_id: str
+    ) -> WebhookEvent:
+        """The event. Raises WebhookNotFound or WebhookEventNotFound."""
+        with self._transaction() as conn:
+            return self._event(conn, organization_id, webhook_id, event_id, lock=False)
+
+    def change_webhook_event(
+        self,
+        organization_id: str,
+        webhook_id: str,
+        event_id: str,
+        change: Callable[[WebhookEvent], WebhookEvent],
+    ) -> WebhookEvent:
+        """Replace the event by `change(event)` atomically and return the new record."""
+        with self._transaction() as conn:
+            old = self._event(conn, organization_id, webhook_id, event_id, lock=True)
+            changed = change(_copy(old))
+            conn.execute(
+                "UPDATE webhook_events SET doc = %s::jsonb, status = %s, settled_at = %s"
+                " WHERE organization_id = %s AND webhook_id = %s AND event_id = %s",
+                (
+                    _json(changed),
+                    changed["status"],
+                    webhooks.settled_at(changed),
+                    organization_id,
+                    webhook_id,
+                    event_id,
+                ),
+            )
+        if changed["status"] == "pending" and (
+            old["status"] != "pending" or changed["next_attempt_at"] < old["next_attempt_at"]
+        ):
+            self._tell([changed])  # queued again, or due sooner
+        return changed
+
+    def prune_webhook_events(self, settled_before: int) -> int:
+        """Remove events delivered or given up before then (Unix ms); how many were removed."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM webhook_events WHERE settled_at < %s", (settled_before,)
+            )
+            return max(0, cursor.rowcount)
+
+    def _event(
+        self, conn: Connection, organization_id: str, webhook_id: str, event_id: str, lock: bool
+    ) -> WebhookEvent:
+        _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)
+        row = conn.execute(
+            "SELECT doc FROM webhook_events"
+            " WHERE organization_id = %s AND webhook_id = %s AND event_id = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (organization_id, webhook_id, event_id),
+        ).fetchone()
+        if row is None:
+            raise WebhookEventNotFound(event_id)
+        return cast(WebhookEvent, row[0])
+
+    def _record_events(
+        self, conn: Connection, old: Call | None, new: Call | None, telling: ExitStack
+    ) -> list[WebhookEvent]:
+        """Insert the events a change of a call owes (inside its transaction). If it owes
+        any, the call's telling lock joins `telling`, held from before the commit until the
+        listener has been told: a later change of the same call (which waits for this one's
+        row lock, so commits after it) is told after it too, as the embedded store tells,
+        in commit order."""
+        source = self._event_source
+        if source is None:
+            return []
+        call: Call = new or old  # type: ignore[assignment]
+        organization_id = call["organization_id"]
+        hooks = [
+            cast(Webhook, row[0])
+            for row in conn.execute(
+                "SELECT doc FROM webhooks WHERE organization_id = %s ORDER BY seq",
+                (organization_id,),
+            ).fetchall()
+        ]
+        agent = conn.execute(
+            "SELECT doc FROM agents WHERE organization_id = %s AND agent_id = %s",
+            (organization_id, call.get("agent_id")),
+        ).fetchone()
+        owed = source(old, new, hooks, agents.webhook_ids(None if agent is None else agent[0]))
+        if owed:
+            stripe = hash((organization_id, call["call_id"])) % len(self._telling_locks)
+            telling.enter_context(self._telling_locks[stripe])
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO webhook_events (organization_id, webhook_id, event_id, status,"
+                    " created_at, settled_at, doc) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)",
+                    [
+                        (
+                            event["organization_id"],
+                            event["webhook_id"],
+                            event["event_id"],
+                            event["status"],
+                            event["created_at"],
+                            webhooks.settled_at(event),
+                            _json(event),
+                        )
+                        for event in owed
+                    ],
+                )
+        return owed
+
+    def _tell(self, events: list[WebhookEvent]) -> None:
+        """Tell the listener of events just committed (only their summary, not payloads)."""
+        listener = self._event_listener
+        if events and listener is not None:
+            listener([{k: event[k] for k in _EVENT_SUMMARY} for event in events])
+
+    # -- idempotency keys ----------------------------------------------------------------------
+    def find_idempotent(self, scope: str, key: str) -> IdempotentAnswer | None:
+        """The answer kept for `key` in `scope`, if any (callers compare `expires_at`)."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT doc FROM idempotency_keys WHERE scope = %s AND key = %s", (scope, key)
+            ).fetchone()
+        return None if row is None else cast(IdempotentAnswer, row[0])
+
+    def keep_idempotent(self, answer: IdempotentAnswer) -> None:
+        """Keep `answer` (replacing one of the same scope and key), dropping the answers
+        expired by its `created_at`. Committed, so durable, when it returns."""
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= %s", (answer["created_at"],)
+            )
+            conn.execute(
+                "INSERT INTO idempotency_keys (scope, key, expires_at, doc)"
+                " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (scope, key)"
+                " DO UPDATE SET expires_at = excluded.expires_at, doc = excluded.doc",
+                (answer["scope"], answer["key"], answer["expires_at"], _json(answer)),
+            )
+
+    # -- durability ----------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        """Return when the database answers; raise StoreUnavailable naming the cause."""
+        with self._reading() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def wait_durable(self) -> None:
+        """Nothing to wait for: every method returns once its transaction is committed."""
+
+    def serve_exclusively(self) -> None:
+        """Hold the database's server lock until `close`; DatabaseInUse if another server
+        process holds it. The scheduler settles the claims of a stopped process at start,
+        and webhook deliveries are queued in the process that records them: both assume
+        one server process per database (as the embedded store's directory lock does)."""
+        conn = psycopg.connect(self._url, **self._connect_kwargs)
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVER_LOCK,)).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            raise DatabaseInUse(
+                "another calls-server process is serving this database; one process per "
+                "database for now (stop the other, or give this one another database)"
+            )
+        self._exclusive = conn
+
+    def close(self) -> None:
+        """Close the pool's connections (waiting for those in use to be returned), and let
+        go of the server lock if held."""
+        self._pool.close()
+        if self._exclusive is not None:
+            self._exclusive.close()
+            self._exclusive = None
+
+    # -- records of one organization (agents, phone numbers, webhooks) ---------------------------
+    def _add_record(self, kind: _Kind, record: Mapping[str, Any]) -> None:
+        organization_id, key = record["organization_id"], record[kind.field]
+        with self._transaction() as conn:
+            _require_organization(conn, organization_id)
+            inserted = conn.execute(
+                sql.SQL(
+                    "INSERT INTO {table} (organization_id, {column}, doc)"
+                    " VALUES (%s, %s, %s::jsonb) ON CONFLICT DO NOTHING RETURNING 1"
+                ).format(table=sql.Identifier(kind.table), column=sql.Identifier(kind.column)),
+                (organization_id, key, _json(record)),
+            ).fetchone()
+            if inserted is None:
+                raise kind.duplicate(key)
+
+    def _records(self, kind: _Kind, organization_id: str) -> list[dict[str, Any]]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT doc FROM {table} WHERE organization_id = %s ORDER BY seq").format(
+                    table=sql.Identifier(kind.table)
+                ),
+                (organization_id,),
+            ).fetchall()
+        return [cast(dict[str, Any], row[0]) for row in rows]
+
+    def _record(self, kind: _Kind, organization_id: str, key: str) -> dict[str, Any]:
+        with self._reading() as conn:
+            return _locked(conn, kind, organization_id, key, lock=False)
+
+    def _change_record(
+        self,
+        kind: _Kind,
+        organization_id: str,
+        key: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        with self._transaction() as conn:
+            changed = change(_locked(conn, kind, organization_id, key))
+            conn.execute(
+                sql.SQL(
+                    "UPDATE {table} SET doc = %s::jsonb"
+                    " WHERE organization_id = %s AND {column} = %s"
+                ).format(table=sql.Identifier(kind.table), column=sql.Identifier(kind.column)),
+                (_json(changed), organization_id, key),
+            )
+        return changed
+
+    def _delete_record(self, kind: _Kind, organization_id: str, key: str) -> dict[str, Any]:
+        with self._transaction() as conn:
+            row = conn.execute(
+                sql.SQL(
+                    "DELETE FROM {table} WHERE organization_id = %s AND {column} = %s RETURNING doc"
+                ).format(table=sql.Identifier(kind.table), column=sql.Identifier(kind.column)),
+                (organization_id, key),
+            ).fetchone()
+            if row is None:
+                raise kind.not_found(organization_id, key)
+        return cast(dict[str, Any], row[0])
+
+    # -- connections ---------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self, first: bytes | None = None) -> Iterator[Connection]:
+        """A connection in a transaction (begun with statement `first`, if given): committed
+        when the block ends, rolled back if it raises."""
+        with self._unavailable(), self._pool.connection() as conn, conn.transaction():
+            if first is not None:
+                conn.execute(first)
+            yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection for one statement (a transaction of its own, without BEGIN and
+        COMMIT round trips)."""
+        with self._unavailable(), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Database errors of availability as the API's 503, naming the cause."""
+        try:
+            yield
+        except PoolClosed as e:
+            raise StoreUnavailable("The store is closed") from e
+        except PoolTimeout as e:
+            raise StoreUnavailable(self._why_no_connection()) from e
+        except psycopg.OperationalError as e:
+            # A connection lost, the server shutting down, a statement timed out, ...
+            raise StoreUnavailable(f"The database cannot take this request: {_cause(e)}") from e
+        except psycopg.DataError as e:
+            # A value PostgreSQL cannot hold (a NUL character in a string, an integer past
+            # 64 bits): the request's, not the server's fault.
+            raise BadRequest(f"The request holds a value that cannot be stored: {_cause(e)}") from e
+
+    def _why_no_connection(self) -> str:
+        """Why no connection was handed out in time: the database unreachable (probed with a
+        connection of our own, which names the cause), or every connection busy."""
+        with self._diagnosis_lock:
+            now = time.monotonic()
+            if self._diagnosis is not None and now - self._diagnosis[0] < _DIAGNOSIS_KEPT:
+                return self._diagnosis[1]
+            try:
+                with psycopg.connect(self._url, **self._connect_kwargs):
+                    pass
+                why = (
+                    f"The database is reachable, but none of the store's {self._max_connections}"
+                    f" connections was free within {self._pool_timeout:g} s: it is overloaded"
+                )
+            except psycopg.Error as e:
+                why = f"The database cannot be reached: {_cause(e)}"
+            self._diagnosis = (time.monotonic(), why)
+            return why
+
+
+class _Scan:
+    """The calls matching a query in its order, read as two index scans: those with a value
+    of the sort field, then those without (they come last in either order)."""
+
+    def __init__(
+        self, conn: Connection, query: CallQuery, where: sql.Composable, params: list[Any]
+    ) -> None:
+        self.conn, self.query, self.where, self.params = conn, query, where, params
+        self.direction = sql.SQL("DESC" if query.descending else "ASC")
+        self.beyond = sql.SQL("<" if query.descending else ">")
+
+    def with_value(
+        self, after: Sequence[int] | None, skip: int, count: int
+    ) -> list[tuple[Any, ...]]:
+        """`count` calls with a value after `skip` of them (or after `(value, created_at,
+        seq)`): rows of (doc, value, created_at, seq)."""
+        field = sql.Identifier(self.query.sort_by)
+        keyset: sql.Composable = sql.SQL("")
+        params = list(self.params)
+        if after is not None:
+            keyset = sql.SQL(" AND ({field}, created_at, seq) {beyond} (%s, %s, %s)").format(
+                field=field, beyond=self.beyond
+            )
+            params += after
+        return self.conn.execute(
+            sql.SQL(
+                "SELECT doc, {field}, created_at, seq FROM calls"
+                " WHERE {where} AND {field} IS NOT NULL{keyset}"
+                " ORDER BY {field} {d}, created_at {d}, seq {d} OFFSET %s LIMIT %s"
+            ).format(field=field, where=self.where, keyset=keyset, d=self.direction),
+            [*params, skip, count],
+        ).fetchall()
+
+    def without_value(
+        self, after: Sequence[int] | None, skip: int, count: int
+    ) -> list[tuple[Any, ...]]:
+        """`count` calls without a value after `skip` of them (or after `(created_at,
+        seq)`): rows of (doc, None, created_at, seq)."""
+        if self.query.sort_by == "created_at":
+            return []  # every call has one
+        keyset: sql.Composable = sql.SQL("")
+        params = list(self.params)
+        if after is not None:
+            keyset = sql.SQL(" AND (created_at, seq) {beyond} (%s, %s)").format(beyond=self.beyond)
+            params += after
+        return self.conn.execute(
+            sql.SQL(
+                "SELECT doc, NULL, created_at, seq FROM calls"
+                " WHERE {where} AND {field} IS NULL{keyset}"
+                " ORDER BY created_at {d}, seq {d} OFFSET %s LIMIT %s"
+            ).format(
+                field=sql.Identifier(self.query.sort_by),
+                where=self.where,
+                keyset=keyset,
+                d=self.direction,
+            ),
+            [*params, skip, count],
+        ).fetchall()
+
+
+# -- migrations ----------------------------------------------------------------------------------
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The schema's migrations, `(version, SQL)` in order: storage/migrations/NNNN_*.sql."""
+    found: dict[int, str] = {}
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        named = re.fullmatch(r"(\d+)_\w+\.sql", path.name)
+        if named is None:
+            raise RuntimeError(f"{path}: a migration is named <number>_<name>.sql")
+        version = int(named.group(1))
+        if version in found:
+            raise RuntimeError(f"{path}: migration {version} exists twice")
+        found[version] = path.read_text("utf-8")
+    return sorted(found.items())
+
+
+def migrate(conn: Connection) -> list[int]:
+    """Apply the migrations `conn`'s database lacks, in order, in one transaction that holds
+    the migrations' advisory lock (so concurrent processes apply each once); the versions
+    applied (none when the schema is up to date)."""
+    applied: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("SET LOCAL statement_timeout = 0")  # building indexes may take long
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, text in migrations():
+            if version in done:
+                continue
+            conn.execute(text.encode())  # several statements: the simple query protocol
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _configure(conn: Connection) -> None:
+    """Set up a new connection: JSONB documents parsed by orjson (several times faster)."""
+    set_json_loads(orjson.loads, conn)
+
+
+def _use(conn: Connection, organization_id: str, calls_: int, size: int) -> tuple[int, int]:
+    """Add to the organization's usage; what it holds then (its row locked until commit)."""
+    row = conn.execute(
+        "INSERT INTO organization_usage AS u (organization_id, calls, bytes)"
+        " VALUES (%s, %s, %s) ON CONFLICT (organization_id) DO UPDATE"
+        " SET calls = u.calls + excluded.calls, bytes = u.bytes + excluded.bytes"
+        " RETURNING calls, bytes",
+        (organization_id, calls_, size),
+    ).fetchone()
+    assert row is not None  # an upsert always returns its row
+    return int(row[0]), int(row[1])
+
+
+def _require_organization(conn: Connection, organization_id: str) -> None:
+    found = conn.execute(
+        "SELECT 1 FROM organizations WHERE organization_id = %s", (organization_id,)
+    ).fetchone()
+    if found is None:
+        raise OrganizationNotFound(organization_id)
+
+
+def _locked(
+    conn: Connection, kind: _Kind, organization_id: str, key: str, lock: bool = True
+) -> dict[str, Any]:
+    """The stored record (locked until the transaction ends, if `lock`)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT doc FROM {table} WHERE organization_id = %s AND {column} = %s{lock}"
+        ).format(
+            table=sql.Identifier(kind.table),
+            column=sql.Identifier(kind.column),
+            lock=sql.SQL(" FOR UPDATE" if lock else ""),
+        ),
+        (organization_id, key),
+    ).fetchone()
+    if row is None:
+        raise kind.not_found(organization_id, key)
+    return cast(dict[str, Any], row[0])
+
+
+def _call_filters(organization_id: str, query: CallQuery) -> tuple[sql.Composed, list[Any]]:
+    """The WHERE clause of `query`'s filters (AND-combined) and its parameters."""
+    clauses: list[sql.Composable] = [sql.SQL("organization_id = %s")]
+    params: list[Any] = [organization_id]
+    filters = query.filters
+    for field in _EQUALITY_FIELDS:
+        if field in filters:  # any of the values; a call without one matches none
+            clauses.append(sql.SQL("{} = ANY(%s::text[])").format(sql.Identifier(field)))
+            params.append(list(filters[field]))
+    for name, field in RANGE_FIELDS.items():
+        if name in filters:  # inclusive; a call without a value is in no range
+            column = sql.Identifier(field)
+            clauses.append(sql.SQL("{} IS NOT NULL").format(column))
+            for bound, operator in (("lower_threshold", ">="), ("upper_threshold", "<=")):
+                if filters[name].get(bound) is not None:
+                    clauses.append(sql.SQL("{} {} %s").format(column, sql.SQL(operator)))
+                    params.append(filters[name][bound])
+    if "transcript_search" in filters:
+        # The joined text narrows through the trigram index; each part then decides, so
+        # that a match across two parts' boundary is none.
+        pattern = "%" + _escape_like(filters["transcript_search"].lower()) + "%"
+        clauses.append(
+            sql.SQL(
+                "search_text LIKE %s"
+                " AND EXISTS (SELECT FROM unnest(search_parts) AS part WHERE part LIKE %s)"
+            )
+        )
+        params += [pattern, pattern]
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def _escape_like(text: str) -> str:
+    """`text` matched literally by LIKE (whose escape character is the backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _search_parts(call: Call) -> list[str]:
+    """What transcript_search looks in, lower-cased by Python as `CallQuery.matches` does
+    (PostgreSQL's lower() differs for some characters): the transcript, then the content
+    of each transcript entry."""
+    transcript = call.get("transcript")
+    parts = [transcript.lower() if isinstance(transcript, str) else ""]
+    for entry in call.get("transcript_object") or []:
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if isinstance(content, str):
+            parts.append(content.lower())
+    return parts
+
+
+def _call_values(call: Call, data: bytes) -> tuple[Any, ...]:
+    """The values of a call's row after its keys: doc, size, columns, search text."""
+    parts = _search_parts(call)
+    return (
+        data.decode(),
+        len(data),
+        *(call.get(column) for column in _CALL_COLUMNS),
+        parts,
+        "\n".join(parts),
+    )
+
+
+def _call_json(call: Call) -> bytes:
+    """`call` as JSON; refused (BadRequest) if it is larger than a call may be."""
+    data = orjson.dumps(call)
+    calls.check_size(call["call_id"], len(data))
+    return data
+
+
+def _json(doc: Mapping[str, Any]) -> str:
+    return orjson.dumps(doc).decode()
+
+
+def _loads(data: bytes) -> dict[str, Any]:
+    return cast(dict[str, Any], orjson.loads(data))
+
+
+def _copy(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A private deep copy (documents are plain JSON: a JSON round trip is one)."""
+    return _loads(orjson.dumps(doc))
+
+
+def _cause(error: Exception) -> str:
+    """A database error's message on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
