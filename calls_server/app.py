@@ -29,6 +29,7 @@ from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
+from calls_server.metrics import Exporter, Metrics, MetricsEndpoint, RequestMetrics
 from calls_server.middleware import (
     BodySizeLimit,
     PublishedSpec,
@@ -84,9 +85,16 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
 
     Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml). With a
     dialer configured, the scheduler runs for as long as the app does.
+
+    Prometheus metrics are served at /metrics to the admin, or on a listener of their own
+    while the app runs (`metrics_port`); see calls_server/metrics.py.
     """
     spec = spec_for(settings)
     base_path = spec["servers"][0]["url"]
+    # Requests are counted by the spec's operationId (`createCall`), which Connexion has
+    # replaced by the handler's name (`calls_server.handlers.calls.create_call`) by then.
+    operation_ids = {handler_name(o, tag): o for o, tag in HandlerResolver(spec).tags.items()}
+    metrics = Metrics(store, operation_ids)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
@@ -121,7 +129,13 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             sandbox=sandbox,
         )
         scheduler = (
-            Scheduler(store, services.dialer, settings.scheduler_interval, clock)
+            Scheduler(
+                store,
+                services.dialer,
+                settings.scheduler_interval,
+                clock,
+                on_lag=metrics.scheduler_lag_seconds.observe,
+            )
             if services.dialer
             else None
         )
@@ -135,20 +149,32 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
                 timeout=settings.webhook_timeout,
                 retention=settings.webhook_event_retention,
                 clock=clock,
+                on_delivered=metrics.webhook_lag_seconds.observe,
             )
             if settings.webhook_delivery
             else None
         )
-        for service in (deliverer, sandbox, scheduler):
-            if service:
-                service.start()
+        metrics.live.deliverer = deliverer
+        exporter = (
+            Exporter(metrics, settings.metrics_host, settings.metrics_port)
+            if settings.metrics_port
+            else None
+        )
         try:
-            # The ASGI server copies this state into every request's scope (request.state).
-            yield {"services": services}
-        finally:
-            for service in (scheduler, sandbox, deliverer):
+            for service in (deliverer, sandbox, scheduler):
                 if service:
-                    service.stop()
+                    service.start()
+            try:
+                # The ASGI server copies this state into every request's scope (request.state).
+                yield {"services": services}
+            finally:
+                for service in (scheduler, sandbox, deliverer):
+                    if service:
+                        service.stop()
+        finally:
+            metrics.live.deliverer = None
+            if exporter:
+                exporter.close()  # never left bound after the app stops
 
     as_json, as_yaml = published(spec)
     cors = []
@@ -166,6 +192,9 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         ]
     middlewares = [
         ServerErrorMiddleware,
+        # Counts and times every answer, errors included; it changes none, so the headers
+        # below still go on everything.
+        partial(RequestMetrics, metrics=metrics, base_path=base_path),
         # Outermost, so that every response, errors and preflights included, carries the id
         # and the headers every answer has.
         RequestId,
@@ -173,6 +202,8 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         *cors,
         ExceptionMiddleware,  # renders every error as the envelope (errors.py)
         partial(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        # /metrics on the API's port, for the admin; not with a metrics port of its own.
+        *([] if settings.metrics_port else [partial(MetricsEndpoint, metrics=metrics)]),
         partial(PublishedSpec, base_path=base_path, as_json=as_json, as_yaml=as_yaml),
         SwaggerUI,
         # The operations of openapi.yaml: routing, security, validation and handlers,

@@ -68,6 +68,7 @@ from calls_server.compiled_schema import (
     openapi_components,
     openapi_schema,
 )
+from calls_server.metrics import OPERATION
 from calls_server.validation_errors import describe, parameter_error
 
 Handler = Callable[..., Any]
@@ -120,6 +121,7 @@ class CompiledApi(SpecMiddleware):  # type: ignore[misc]
             await self.app(scope, receive, send)
             return
         operation, path_values = self.routes.find(scope["method"], scope["path"])
+        scope[OPERATION] = operation.operation.operation_id  # for metrics.RequestMetrics
         await operation(scope, receive, send, path_values)
 
 

@@ -159,6 +159,17 @@ class RateLimited(ApiError):
     status_code = 429
     message = "Too many requests"
 
+    def __init__(
+        self,
+        error: str,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+        limit: str | None = None,
+    ) -> None:
+        super().__init__(error, message, headers)
+        # Which limit refused (`key`, `organization` or `auth_failures`), for the metrics.
+        self.limit = limit
+
 
 class StoreUnavailable(ApiError):
     status_code = 503

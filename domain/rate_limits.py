@@ -18,6 +18,9 @@ from calls_server.domain.errors import RateLimited
 # The key of the request's scope where the security check leaves the caller's allowance,
 # for the response's headers.
 RATE_LIMIT_HEADERS = "calls.rate_limit_headers"
+# The key of the request's scope where the security check names the limit that refused the
+# request (`Buckets.limit`), for the metrics.
+RATE_LIMIT_REFUSED = "calls.rate_limit_refused"
 # Buckets kept at most per limiter; past it, the full (idle) ones are forgotten first.
 MAX_BUCKETS = 100_000
 
@@ -41,10 +44,11 @@ class Allowance:
 
 
 class Buckets:
-    """Token buckets of `per_minute` tokens each, by any key (0: no limit)."""
+    """Token buckets of `per_minute` tokens each, by any key (0: no limit). `name` words
+    the refusal; `limit` names the limit in metrics (`key`, `organization`, `auth_failures`)."""
 
-    def __init__(self, per_minute: int, name: str) -> None:
-        self.per_minute, self.name = per_minute, name
+    def __init__(self, per_minute: int, name: str, limit: str | None = None) -> None:
+        self.per_minute, self.name, self.limit = per_minute, name, limit
         self._rate = per_minute / 60_000  # tokens per millisecond
         self._buckets: dict[str, tuple[float, int]] = {}  # key -> (tokens, at ms)
         self._lock = threading.Lock()
@@ -65,6 +69,7 @@ class Buckets:
                     f"More than {self.per_minute} requests a minute {self.name}; "
                     f"try again in {wait} s",
                     headers={"Retry-After": str(wait), **allowance.headers()},
+                    limit=self.limit,
                 )
             self._keep(key, tokens - 1, now)
             return self._allowance(tokens - 1, now)
@@ -77,6 +82,7 @@ class Buckets:
             raise RateLimited(
                 f"Too many {what} from this address; try again in {wait} s",
                 headers={"Retry-After": str(wait)},
+                limit=self.limit,
             )
 
     def _allowance(self, tokens: float, now: int) -> Allowance:
@@ -97,12 +103,16 @@ class RateLimits:
     failed authentications per client address."""
 
     def __init__(self, per_key: int, per_organization: int, auth_failures: int) -> None:
-        self.per_key = Buckets(per_key, "for this API key") if per_key else None
+        self.per_key = Buckets(per_key, "for this API key", "key") if per_key else None
         self.per_organization = (
-            Buckets(per_organization, "for this organization") if per_organization else None
+            Buckets(per_organization, "for this organization", "organization")
+            if per_organization
+            else None
         )
         self.auth_failures = (
-            Buckets(auth_failures, "failed authentications") if auth_failures else None
+            Buckets(auth_failures, "failed authentications", "auth_failures")
+            if auth_failures
+            else None
         )
 
     def admit(self, api_key_id: str, organization_id: str, now: int) -> Allowance | None:

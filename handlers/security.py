@@ -14,8 +14,8 @@ from typing import Any
 from connexion.lifecycle import ConnexionRequest
 
 from calls_server.domain import keys
-from calls_server.domain.errors import BOTH_HEADERS, Forbidden, Unauthorized
-from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
+from calls_server.domain.errors import BOTH_HEADERS, Forbidden, RateLimited, Unauthorized
+from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS, RATE_LIMIT_REFUSED
 
 
 def check_api_key_pair(
@@ -23,6 +23,15 @@ def check_api_key_pair(
 ) -> dict[str, Any]:
     """Who is calling (key and organization) when the key/secret pair is valid and active."""
     assert request is not None  # Connexion passes it: the signature asks for it
+    try:
+        return _check_api_key_pair(api_key, request)
+    except RateLimited as refused:
+        # Which limit refused, for the metrics (calls_server/metrics.py counts the 429s).
+        request.scope[RATE_LIMIT_REFUSED] = refused.limit
+        raise
+
+
+def _check_api_key_pair(api_key: str, request: ConnexionRequest) -> dict[str, Any]:
     running = request.state.services
     now = running.clock()
     # Guessing keys is limited per client address: past the limit, even a right pair waits.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from calls_server.domain import calls
@@ -32,15 +33,24 @@ INTERRUPTED = "interrupted by a restart after it was claimed; not dialed again"
 
 
 class Scheduler:
-    """Runs while the app runs; `start` and `stop` come from the app's lifespan."""
+    """Runs while the app runs; `start` and `stop` come from the app's lifespan.
+
+    `on_lag`, if given, is told how late each due call was claimed (seconds past its
+    `scheduled_timestamp`, which is in whole seconds), for the metrics."""
 
     def __init__(
-        self, store: Store, dialer: Dialer, interval: float = 0.5, clock: Clock = wall_clock
+        self,
+        store: Store,
+        dialer: Dialer,
+        interval: float = 0.5,
+        clock: Clock = wall_clock,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
         self.dialer = dialer
         self.interval = interval
         self.clock = clock
+        self.on_lag = on_lag
         self._stop = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -73,6 +83,8 @@ class Scheduler:
                 log.info("not dispatching %s: %s", key[1], e.error)
                 self._done(key)
                 continue
+            if self.on_lag is not None:
+                self.on_lag(max(0.0, now / 1000 - call["scheduled_timestamp"]))
             self._workers.submit(self._dispatch, key)
 
     def _run(self) -> None:

@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -58,7 +59,10 @@ Lane = tuple[str, str]  # (webhook id, call id)
 
 
 class WebhookDeliverer:
-    """Records the events call changes owe, and delivers them from the store."""
+    """Records the events call changes owe, and delivers them from the store.
+
+    `on_delivered`, if given, is told each delivery's lag (seconds from the event's
+    creation, or its redelivery request, to its delivery being recorded), for the metrics."""
 
     def __init__(
         self,
@@ -70,8 +74,10 @@ class WebhookDeliverer:
         timeout: float = 5.0,
         retention: float = 7 * 86400.0,
         clock: Clock = wall_clock,
+        on_delivered: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_delivered = on_delivered
         self.egress = egress
         self.policy = policy or RetryPolicy()
         self.per_endpoint = per_endpoint
@@ -121,6 +127,12 @@ class WebhookDeliverer:
                     self._organizations[webhook_id] = event["organization_id"]
                 self._schedule(lane, self.clock())
             self._wake.notify()
+
+    def backlog(self) -> tuple[int, int]:
+        """Events waiting to be delivered (queued, retries included, and those being sent),
+        and attempts under way."""
+        with self._wake:
+            return len(self._queued), len(self._busy)
 
     def stop(self) -> None:
         """Finish the attempts under way (each within the timeout) and stop; every event
@@ -244,6 +256,8 @@ class WebhookDeliverer:
                 webhook_id,
                 lambda stored: webhooks.after_attempt(stored, attempt, self.policy),
             )
+        if event["status"] == "delivered" and self.on_delivered is not None:
+            self.on_delivered(max(0.0, (self.clock() - event["retry_from"]) / 1000))
         if event["status"] == "failed":
             log.warning(
                 "webhook %s: gave up on event %s (%s) after %d attempts (last: %s)",

@@ -162,6 +162,7 @@ class PostgresStore:
         `pool_timeout` seconds."""
         self._url = url
         self._exclusive: Connection | None = None  # holds the server lock (serve_exclusively)
+        self._write_observer: Callable[[float], None] | None = None
         self._quota = quota or Quota()
         self._pool_timeout = pool_timeout
         self._max_connections = max_connections
@@ -826,11 +827,32 @@ class PostgresStore:
     @contextmanager
     def _transaction(self, first: bytes | None = None) -> Iterator[Connection]:
         """A connection in a transaction (begun with statement `first`, if given): committed
-        when the block ends, rolled back if it raises."""
-        with self._unavailable(), self._pool.connection() as conn, conn.transaction():
-            if first is not None:
-                conn.execute(first)
-            yield conn
+        when the block ends, rolled back if it raises. A write (no `first`) that commits is
+        timed for `observe_writes`, from asking for a connection to the commit."""
+        started = time.perf_counter()
+        with self._unavailable(), self._pool.connection() as conn:
+            with conn.transaction():
+                if first is not None:
+                    conn.execute(first)
+                yield conn
+            if first is None and self._write_observer is not None:
+                self._write_observer(time.perf_counter() - started)
+
+    # -- for metrics ---------------------------------------------------------------------------
+    def observe_writes(self, observer: Callable[[float], None] | None) -> None:
+        """Tell `observer` the seconds each committed write took, the wait for a
+        connection included."""
+        self._write_observer = observer
+
+    def counts(self) -> dict[str, int]:
+        """How many calls and organizations are stored."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT (SELECT coalesce(sum(calls), 0) FROM organization_usage),"
+                " (SELECT count(*) FROM organizations)"
+            ).fetchone()
+        assert row is not None
+        return {"calls": int(row[0]), "organizations": int(row[1])}
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:

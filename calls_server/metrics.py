@@ -1,0 +1,350 @@
+"""Prometheus metrics: what the app counts, and where it is served.
+
+Each app has a registry of its own (`Metrics`), filled by:
+
+- `RequestMetrics`, an ASGI middleware near the outside of the stack: every HTTP request
+  by operation (the spec's `operationId`, which the compiled request path leaves in the
+  scope under `OPERATION`) and status code, and its latency; the refusals of the rate
+  limits, by the limit that refused (the security check leaves it in the scope);
+- the store (the seconds from a write's start to its durability, the journal's fsync
+  included; how many calls and organizations it holds, read at each scrape), the
+  scheduler (how late due calls are claimed) and webhook delivery (events waiting, and
+  the lag from an event to its delivery), through callbacks: those layers import nothing
+  of Prometheus.
+
+They are served at `/metrics` on the API's port behind the admin token (`MetricsEndpoint`),
+or, with a `metrics_port`, without authentication on a listener of their own (`Exporter`).
+
+Each server process counts for itself (the registry is in its memory). With several
+worker processes (CALLS_WORKERS), a scrape of `/metrics` on the API's port sees the one
+worker that answered it, and only one process can listen on a metrics port (the others
+fail to start, saying so). prometheus_client's multiprocess mode would sum the workers'
+counters and histograms, but not the values read at each scrape nor the request counts
+kept in plain lists here.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
+from itertools import accumulate
+from typing import Protocol, runtime_checkable
+
+import anyio.to_thread
+from connexion.lifecycle import ConnexionRequest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from calls_server.domain.errors import Unauthorized
+from calls_server.domain.rate_limits import RATE_LIMIT_REFUSED
+from calls_server.errors import ADMIN_HEADER
+from calls_server.handlers.security import check_admin_token
+from calls_server.integrations.webhooks import WebhookDeliverer
+from calls_server.storage import Store
+
+METRICS_PATH = "/metrics"
+# The key of the request's scope where the compiled request path leaves the operationId
+# of the operation it routed the request to (calls_server/request_path.py).
+OPERATION = "calls.operation"
+# The `operation` of requests no operation of the spec answered: unknown paths (404),
+# methods a path does not have (405), CORS preflights, bodies refused before routing (413).
+UNMATCHED = "unmatched"
+# The limits of domain/rate_limits.py, as they name themselves (`Buckets.limit`).
+RATE_LIMITS = ("key", "organization", "auth_failures")
+
+# Request latency: a GET takes a fraction of a millisecond, a write waits for an fsync
+# (milliseconds), a dialed call for the dialer (up to its timeout).
+REQUEST_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# A write: the lock, the journal append and its group-committed fsync.
+WRITE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+# A due call waits up to the scheduler's interval plus the second its time is rounded to;
+# calls that fell due while the server was down are claimed at start, late.
+SCHEDULER_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+# Milliseconds when receivers answer; retries wait from 30 s up to an hour, for days.
+WEBHOOK_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+    3600.0, 21600.0, 86400.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The metrics of one app, in a registry of its own (apps built side by side, as the
+    tests build them, count apart)."""
+
+    def __init__(self, store: Store, operation_ids: Mapping[str, str]) -> None:
+        # Counters' `_created` samples would double the series, for nothing Prometheus uses.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
+        self.requests = RequestStats(operation_ids)
+        self.registry.register(self.requests)
+        self.rate_limited = Counter(
+            "calls_rate_limit_refusals",
+            "Requests refused (429) by a rate limit: key, organization or auth_failures",
+            ["limit"],
+            registry=self.registry,
+        )
+        for limit in RATE_LIMITS:
+            self.rate_limited.labels(limit)  # each at 0 from the start
+        self.store_write_seconds = Histogram(
+            "calls_store_write_duration_seconds",
+            "Seconds from a store write's start until the journal has it on disk (fsync)",
+            buckets=WRITE_BUCKETS,
+            registry=self.registry,
+        )
+        self.scheduler_lag_seconds = Histogram(
+            "calls_scheduler_lag_seconds",
+            "Seconds past its scheduled time at which each due call was claimed for dialing",
+            buckets=SCHEDULER_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhook_lag_seconds = Histogram(
+            "calls_webhook_delivery_lag_seconds",
+            "Seconds from a webhook event's creation (or redelivery request) to its delivery",
+            buckets=WEBHOOK_BUCKETS,
+            registry=self.registry,
+        )
+        self.live = _LiveState(store)
+        self.registry.register(self.live)
+        if isinstance(store, TimesWrites):
+            store.observe_writes(self.store_write_seconds.observe)
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """Everything, in the format `accept` asks for (Prometheus's text by default)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+class RequestStats(Collector):
+    """HTTP requests by operation and status: how many, and how long they took.
+
+    Counted in plain lists, on the event loop (the only thread requests are answered on),
+    and turned into a counter and a histogram at each scrape, from copies: prometheus_client's
+    Counter and Histogram take a lock for each of their three increments, which in a server
+    cost about 2.5 us a request, several percent of a GET.
+    """
+
+    def __init__(self, operation_ids: Mapping[str, str]) -> None:
+        # What the request path leaves in the scope (the operation's resolved name) -> the
+        # spec's operationId.
+        self.operation_ids = dict(operation_ids)
+        self.bounds = REQUEST_BUCKETS
+        self.le = [*(floatToGoString(b) for b in self.bounds), "+Inf"]  # type: ignore[no-untyped-call]
+        # (operation, status) -> [requests per bucket (not cumulative; +Inf last), seconds]
+        self.stats: dict[tuple[str, int], list[float]] = {}
+
+    def observe(self, operation: str, status: int, seconds: float) -> None:
+        """Count a request of `operation` answered with `status` after `seconds` (called on
+        the event loop only: these increments are not atomic across threads)."""
+        stats = self.stats.get((operation, status))
+        if stats is None:
+            stats = self.stats[(operation, status)] = [0.0] * (len(self.bounds) + 2)
+        stats[bisect_left(self.bounds, seconds)] += 1  # the first bucket with seconds <= le
+        stats[-1] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        copies = [(key, list(stats)) for key, stats in list(self.stats.items())]
+        requests = CounterMetricFamily(
+            "calls_http_requests",
+            "HTTP requests answered, by operation (the spec's operationId; unmatched: no "
+            "operation answered) and status code",
+            labels=["operation", "status"],
+        )
+        by_operation: dict[str, list[float]] = {}
+        for (operation, status), stats in copies:
+            name = self.operation_ids.get(operation, operation)
+            requests.add_metric([name, str(status)], sum(stats[:-1]))
+            total = by_operation.setdefault(name, [0.0] * len(stats))
+            for i, count in enumerate(stats):
+                total[i] += count
+        yield requests
+        latency = HistogramMetricFamily(
+            "calls_http_request_duration_seconds",
+            "Seconds from a request's arrival to the end of its answer, by operation",
+            labels=["operation"],
+        )
+        for name, total in by_operation.items():
+            cumulative = accumulate(total[:-1])
+            latency.add_metric([name], list(zip(self.le, cumulative, strict=True)), total[-1])
+        yield latency
+
+
+@runtime_checkable
+class CountsRecords(Protocol):
+    """A store that tells its size (the embedded one does)."""
+
+    def counts(self) -> dict[str, int]:
+        """How many `calls` and `organizations` are stored; quick enough for every scrape."""
+
+
+@runtime_checkable
+class TimesWrites(Protocol):
+    """A store that tells how long its writes take to become durable."""
+
+    def observe_writes(self, observer: Callable[[float], None] | None) -> None:
+        """Call `observer` with each write's seconds from its start to its durability."""
+
+
+class _LiveState(Collector):
+    """What is read at each scrape: the store's size, and the webhook deliverer's queue."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # EmbeddedStore -> embedded
+        self.backend = type(store).__name__.removesuffix("Store").lower()
+        self.deliverer: WebhookDeliverer | None = None  # set while the app runs one
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self.store.counts() if isinstance(self.store, CountsRecords) else None
+        if counts is not None:
+            for name, what in (("calls", "Calls"), ("organizations", "Organizations")):
+                family = GaugeMetricFamily(
+                    f"calls_store_{name}", f"{what} stored, by backend", labels=["backend"]
+                )
+                family.add_metric([self.backend], counts[name])
+                yield family
+        queued, sending = self.deliverer.backlog() if self.deliverer else (0, 0)
+        yield GaugeMetricFamily(
+            "calls_webhook_events_queued",
+            "Webhook events waiting to be delivered (retries and those being sent included)",
+            value=queued,
+        )
+        yield GaugeMetricFamily(
+            "calls_webhook_deliveries_in_flight", "Webhook delivery attempts under way", sending
+        )
+
+
+class RequestMetrics:
+    """ASGI middleware counting every HTTP request by operation and status, timing it, and
+    counting the rate limits' refusals. Requests no operation answered are `unmatched`,
+    but for the spec (`openapi`), Swagger UI (`swaggerUI`) and `/metrics` (`metrics`):
+    every label value is one of a fixed set, never a path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, base_path: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.spec_paths = (f"{base_path}/openapi.json", f"{base_path}/openapi.yaml")
+        self.ui_prefix = f"{base_path}/ui"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers if nothing else is sent
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            operation = scope.get(OPERATION) or self._unmatched(scope["path"])
+            self.metrics.requests.observe(operation, status, time.perf_counter() - started)
+            if status == 429:
+                limit = scope.get(RATE_LIMIT_REFUSED)
+                if limit in RATE_LIMITS:
+                    self.metrics.rate_limited.labels(limit).inc()
+
+    def _unmatched(self, path: str) -> str:
+        if path in self.spec_paths:
+            return "openapi"
+        if path.startswith(self.ui_prefix):
+            return "swaggerUI"
+        return UNMATCHED
+
+
+class MetricsEndpoint:
+    """ASGI middleware serving `GET /metrics` on the API's port to the admin: the same
+    bearer token as the admin API, refused the same way (401 without it or with a wrong
+    one, 403 when the server has none), as the envelope."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != METRICS_PATH
+            or scope["method"] not in ("GET", "HEAD")
+        ):
+            await self.app(scope, receive, send)
+            return
+        scope[OPERATION] = "metrics"
+        headers = {k: v for k, v in scope["headers"] if k in (b"authorization", b"accept")}
+        token = _bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+        if token is None:
+            raise Unauthorized(ADMIN_HEADER)
+        check_admin_token(token, request=ConnexionRequest(scope, receive))  # 401 or 403
+        body, content_type = await anyio.to_thread.run_sync(
+            self.metrics.exposition, headers.get(b"accept", b"").decode("latin-1")
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+
+def _bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, as Connexion reads it."""
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class Exporter:
+    """The metrics on a listener of their own (`metrics_host:metrics_port`), without
+    authentication: prometheus_client's threaded HTTP server, from the app's start to its
+    stop (the socket is closed then)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        try:
+            self.server, self.thread = start_http_server(port, host, registry=metrics.registry)
+        except OSError as e:
+            raise RuntimeError(
+                f"CALLS_METRICS_PORT: cannot listen on {host}:{port} ({e.strerror}). Each "
+                "server process serves its own metrics: with several (CALLS_WORKERS), set "
+                "CALLS_METRICS_PORT=0 to serve them at /metrics on the API's port instead"
+            ) from e
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
