@@ -39,9 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.load(
             data_dir=args.data_dir,
-            **{
-                name: getattr(args, name, None) for name in ("host", "port", "log_level", "workers")
-            },
+            **{name: getattr(args, name, None) for name in ("host", "port", "log_level")},
         )
         command: Callable[[argparse.Namespace, Settings], int] = args.command
         return command(args, settings)

@@ -15,12 +15,11 @@ Each app has a registry of its own (`Metrics`), filled by:
 They are served at `/metrics` on the API's port behind the admin token (`MetricsEndpoint`),
 or, with a `metrics_port`, without authentication on a listener of their own (`Exporter`).
 
-Each server process counts for itself (the registry is in its memory). With several
-worker processes (CALLS_WORKERS), a scrape of `/metrics` on the API's port sees the one
-worker that answered it, and only one process can listen on a metrics port (the others
-fail to start, saying so). prometheus_client's multiprocess mode would sum the workers'
-counters and histograms, but not the values read at each scrape nor the request counts
-kept in plain lists here.
+Each server process counts for itself (the registry is in its memory). Were several
+processes to serve one port, a scrape of `/metrics` there would see the one that answered
+it, and only one could listen on a metrics port. prometheus_client's multiprocess mode
+would sum their counters and histograms, but not the values read at each scrape nor the
+request counts kept in plain lists here.
 """
 
 from __future__ import annotations
@@ -339,9 +338,9 @@ class Exporter:
             self.server, self.thread = start_http_server(port, host, registry=metrics.registry)
         except OSError as e:
             raise RuntimeError(
-                f"CALLS_METRICS_PORT: cannot listen on {host}:{port} ({e.strerror}). Each "
-                "server process serves its own metrics: with several (CALLS_WORKERS), set "
-                "CALLS_METRICS_PORT=0 to serve them at /metrics on the API's port instead"
+                f"CALLS_METRICS_PORT: cannot listen on {host}:{port} ({e.strerror}): is "
+                "another process on it? CALLS_METRICS_PORT=0 serves the metrics at /metrics "
+                "on the API's port instead"
             ) from e
 
     def close(self) -> None:
