@@ -11,9 +11,11 @@ every operation into one `CompiledOperation` (a route, the security requirements
 parsers and a compiled body validator, the handler and how to call it), so a request runs
 only the checks.
 
-It checks what Connexion checked, in the same order (route, security, query/path
+It checks what Connexion checked, in the same order (route, security, query/path/header
 parameters, media type, body) and fails with the same exceptions and words, which
-`errors.py` renders as the envelope. A spec construct it does not implement stops the
+`errors.py` renders as the envelope. Header parameters (`Idempotency-Key`, `If-Match`),
+which Connexion validates but does not pass, reach handlers that take them as snake-case
+keywords (`idempotency_key`, `if_match`). A spec construct it does not implement stops the
 server at start-up (`UnsupportedSpec`), never passes unchecked.
 """
 

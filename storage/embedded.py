@@ -10,8 +10,8 @@ TinyDB as shipped rebuilds a whole table on every write and scans on every searc
   the journal can snapshot a shallow copy of the tables in the background;
 - every lookup and listing goes through in-memory indexes, rebuilt once on open: calls per
   organization (`storage.call_index`), API keys by key and per organization, webhooks per
-  organization, webhook events per webhook, scheduled calls by due time. No request reads
-  another organization's records;
+  organization, webhook events per webhook, scheduled calls by due time, kept idempotent
+  answers by scope and key. No request reads another organization's records;
 - the webhook events a change of a call owes (the outbox) are written in the same journal
   record as the change (`JournalStorage.transaction`): both are on disk, or neither;
 - one lock serializes every write and every read that spans documents, since neither
