@@ -50,9 +50,10 @@ class IdempotencyKeys:
         self._flying: dict[tuple[str, str], _Flight] = {}  # touched on the event loop only
 
     async def answer(
-        self, scope: str, key: str, fingerprint: str, run: Callable[[], Awaitable[Any]]
+        self, scope: str, key: str, fingerprint: str, run: Callable[[Keep], Awaitable[Any]]
     ) -> Any:
-        """The answer to the request `fingerprint` sent with `key`: kept, or made by `run`."""
+        """The answer to the request `fingerprint` sent with `key`: kept, or made by `run`
+        (which keeps it with the function it is given)."""
         slot = (scope, key)
         while (flight := self._flying.get(slot)) is not None:
             _check_same(key, flight.fingerprint, fingerprint)
@@ -70,18 +71,7 @@ class IdempotencyKeys:
             return _replay(found)
         flight = self._flying[slot] = _Flight(fingerprint)
         try:
-            try:
-                result = await run()
-            except ApiError as error:
-                status = error.status_code
-                if idempotency.kept(status):
-                    body = failure(error.message, error.error)
-                    self._keep(scope, key, fingerprint, status, body, error.headers)
-                raise
-            body, status, headers = _unpack(result)
-            if idempotency.kept(status):
-                self._keep(scope, key, fingerprint, status, body, headers)
-            return result
+            return await run(functools.partial(self._keep, scope, key, fingerprint))
         finally:
             del self._flying[slot]
             flight.done.set()
@@ -101,7 +91,11 @@ class IdempotencyKeys:
             created_at=now,
             expires_at=now + self.ttl_ms,
         )
-        running.store.keep_idempotent(answer)  # quick: no waiting for the disk
+        running.store.keep_idempotent(answer)
+
+
+# Keeps an answer: (status, body, headers).
+Keep = Callable[[int, Any, Any], None]
 
 
 def idempotent(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -110,10 +104,21 @@ def idempotent(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     is_async = inspect.iscoroutinefunction(handler)
     operation = handler.__name__
 
-    async def run(arguments: dict[str, Any]) -> Any:
-        if is_async:
-            return await handler(**arguments)
-        return await anyio.to_thread.run_sync(functools.partial(handler, **arguments))
+    async def run(arguments: dict[str, Any], keep: Keep | None = None) -> Any:
+        if not is_async:
+            # The handler and the keeping of its answer on one worker thread: the store's
+            # lock is never waited for on the event loop.
+            call = functools.partial(_run_keeping, handler, arguments, keep)
+            return await anyio.to_thread.run_sync(call)
+        try:
+            result = await handler(**arguments)
+        except ApiError as error:
+            if keep is not None:
+                await anyio.to_thread.run_sync(_keep_error, keep, error)
+            raise
+        if keep is not None:
+            await anyio.to_thread.run_sync(_keep_result, keep, result)
+        return result
 
     async def answer(idempotency_key: str | None = None, **kwargs: Any) -> Any:
         arguments = {name: value for name, value in kwargs.items() if name in takes}
@@ -124,12 +129,38 @@ def idempotent(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         asked = {name: v for name, v in arguments.items() if name != "token_info"}
         fingerprint = idempotency.fingerprint(operation, asked)
         keys: IdempotencyKeys = services().idempotency
-        return await keys.answer(scope, idempotency_key, fingerprint, lambda: run(arguments))
+        return await keys.answer(
+            scope, idempotency_key, fingerprint, functools.partial(run, arguments)
+        )
 
     answer.__name__ = answer.__qualname__ = operation
     answer.__module__ = handler.__module__
     answer.__doc__ = handler.__doc__
     return answer
+
+
+def _run_keeping(handler: Callable[..., Any], arguments: dict[str, Any], keep: Keep | None) -> Any:
+    """`handler`'s answer, kept with `keep` (if given) when it is one to keep."""
+    try:
+        result = handler(**arguments)
+    except ApiError as error:
+        if keep is not None:
+            _keep_error(keep, error)
+        raise
+    if keep is not None:
+        _keep_result(keep, result)
+    return result
+
+
+def _keep_result(keep: Keep, result: Any) -> None:
+    body, status, headers = _unpack(result)
+    if idempotency.kept(status):
+        keep(status, body, headers)
+
+
+def _keep_error(keep: Keep, error: ApiError) -> None:
+    if idempotency.kept(error.status_code):
+        keep(error.status_code, failure(error.message, error.error), error.headers)
 
 
 def _check_same(key: str, kept: str, sent: str) -> None:

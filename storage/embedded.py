@@ -514,11 +514,12 @@ class EmbeddedStore:
 
     # -- idempotency keys ----------------------------------------------------------------------
     def find_idempotent(self, scope: str, key: str) -> IdempotentAnswer | None:
-        with self._reading():
-            doc_id = self._kept.get((scope, key))
-            if doc_id is None:
-                return None
-            return cast(IdempotentAnswer, _copy(raw_documents(self._idempotency)[str(doc_id)]))
+        # Called on the event loop for every keyed create: no lock, as in find_api_key
+        # (dict reads are atomic; an answer pruned meanwhile is an answer not found).
+        self._check_usable()
+        doc_id = self._kept.get((scope, key))
+        found = None if doc_id is None else raw_documents(self._idempotency).get(str(doc_id))
+        return None if found is None else cast(IdempotentAnswer, _copy(found))
 
     def keep_idempotent(self, answer: IdempotentAnswer) -> None:
         # Written to the journal (the kernel has it: a killed process loses nothing), not
