@@ -540,7 +540,8 @@ class EmbeddedStore:
                     gone.append(replaced)
                 if gone:
                     self._idempotency.remove(doc_ids=gone)
-                doc_id = self._idempotency.insert(_copy(answer))
+                # A shallow copy: the answer is built for keeping, its body never changed.
+                doc_id = self._idempotency.insert(dict(answer))
             for expired_slot, _ in expired:
                 del self._kept[expired_slot]
             self._kept.pop(slot, None)
