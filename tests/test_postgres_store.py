@@ -1,7 +1,7 @@
-"""The PostgreSQL store keeps the storage contract: the behaviours of test_storage.py that
-are not the embedded store's own (locking its directory, its journal), listing exactly as
-a filter-and-sort over everything would, the outbox in the same transaction, and 503s
-naming the cause when the database is out of reach.
+"""The PostgreSQL store beyond the storage contract (test_storage.py and every app test run
+on both backends, see conftest.py): reopening, agents, numbers and webhooks, listing
+exactly as a filter-and-sort over everything would, the outbox in the same transaction,
+migrations, and 503s naming the cause when the database is out of reach.
 
 One PostgreSQL server runs for the session (tests/postgres_server.py); each test gets a
 fresh database."""
