@@ -20,6 +20,7 @@ from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.storage import EmbeddedStore, Store
+from calls_server.storage.postgres import PostgresStore
 
 PREFIX = "CALLS_"
 
@@ -259,9 +260,6 @@ class Settings:
         The caller closes it."""
         quota = Quota(max_calls=self.quota_calls, max_bytes=self.quota_bytes)
         if self.database_url:
-            # Imported here: psycopg is loaded only by servers that use a database.
-            from calls_server.storage.postgres import PostgresStore
-
             return PostgresStore(
                 self.database_url, quota=quota, max_connections=self.database_pool_size
             )
