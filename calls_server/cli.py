@@ -13,7 +13,11 @@ import logging
 import logging.config
 import os
 import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -30,7 +34,6 @@ from calls_server.logs import log_config
 from calls_server.settings import Settings, SettingsError
 from calls_server.storage import CorruptJournal, DataDirectoryLocked, Store
 from calls_server.storage.journal import salvage
-from calls_server.storage.postgres import DatabaseInUse, PostgresStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,11 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.load(
             data_dir=args.data_dir,
-            **{name: getattr(args, name, None) for name in ("host", "port", "log_level")},
+            **{
+                name: getattr(args, name, None) for name in ("host", "port", "log_level", "workers")
+            },
         )
         command: Callable[[argparse.Namespace, Settings], int] = args.command
         return command(args, settings)
-    except (SettingsError, DataDirectoryLocked, DatabaseInUse, CorruptJournal) as e:
+    except (SettingsError, DataDirectoryLocked, CorruptJournal) as e:
         print(f"calls-server: {e}", file=sys.stderr)
         return 2
     except ApiError as e:
@@ -62,13 +67,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     fresh = settings.database_url is None and (
         not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
     )
+    if args.listen_fd is None and settings.workers > 1:
+        return _serve_workers(args, settings)
     store = _open(settings)
-    if isinstance(store, PostgresStore):
-        try:
-            store.serve_exclusively()
-        except DatabaseInUse:
-            store.close()
-            raise
     if args.create_org:
         _first_key(store, args.create_org, settings)
     elif fresh:
@@ -87,22 +88,92 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         app = create_app(settings, store)
-        print(banner, file=sys.stderr)
+        if args.listen_fd is None:
+            print(banner, file=sys.stderr)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again:
-        # let that end uvicorn.run() with an exception here instead of killing the process,
+        # let that end the server with an exception here instead of killing the process,
         # so the store still gets closed (a last snapshot, the lock released).
         signal.signal(signal.SIGTERM, _stop)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             # httptools, with limits on header size and count, header and body timeouts
             # and open connections (see calls_server/http_protocol.py).
             http=LimitedHttpToolsProtocol.with_limits(HttpLimits.from_settings(settings)),
             **_uvicorn_options(settings),
         )
+        server = uvicorn.Server(config)
+        if args.listen_fd is None:
+            server.run()
+        else:  # a worker: on the socket its parent bound (see _serve_workers)
+            server.run(sockets=[socket.socket(fileno=args.listen_fd)])
+        if not server.started:
+            return 1
     except (KeyboardInterrupt, _Stopped):
         pass
     finally:
         store.close()
+    return 0
+
+
+# A worker that exits by itself is started again, at most this often (seconds).
+RESTART_DELAY = 1.0
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """Run `settings.workers` server processes on one listening socket (bound here, each
+    worker accepting on it), all on the PostgreSQL database; restart a worker that dies;
+    on SIGINT/SIGTERM stop them all (each finishes its requests) and return."""
+    if args.create_org:  # once, before the workers start
+        store = _open(settings)
+        try:
+            _first_key(store, args.create_org, settings)
+        finally:
+            store.close()
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listening = socket.create_server((settings.host, settings.port), family=family, backlog=2048)
+    listening.set_inheritable(True)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def start(index: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "calls_server.cli", "--data-dir", str(settings.data_dir)]
+        command += ["serve", "--listen-fd", str(listening.fileno())]
+        command += ["--log-level", settings.log_level, "--workers", "1"]
+        env = dict(os.environ)
+        if settings.metrics_port:
+            env["CALLS_METRICS_PORT"] = str(settings.metrics_port + index)
+        return subprocess.Popen(command, pass_fds=[listening.fileno()], env=env)
+
+    workers = [start(index) for index in range(settings.workers)]
+    scheme = "https" if settings.tls_certfile else "http"
+    print(
+        f"Calls API on {scheme}://{settings.host}:{settings.port}/api "
+        f"(Swagger UI: /api/ui/), {settings.workers} workers, data in the database",
+        file=sys.stderr,
+    )
+    try:
+        while not stopping.wait(0.2):
+            for index, worker in enumerate(workers):
+                if worker.poll() is not None and not stopping.is_set():
+                    print(
+                        f"calls-server: worker {index} (pid {worker.pid}) exited with "
+                        f"{worker.returncode}; starting it again",
+                        file=sys.stderr,
+                    )
+                    time.sleep(RESTART_DELAY)
+                    workers[index] = start(index)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait()
+        listening.close()
     return 0
 
 
@@ -282,6 +353,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="address to listen on (CALLS_HOST, default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (CALLS_PORT, default 8080)")
     run.add_argument("--log-level", help="critical|error|warning|info|debug (CALLS_LOG_LEVEL)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on the port (CALLS_WORKERS, default 1; above 1 on PostgreSQL)",
+    )
+    run.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
     run.add_argument(
         "--create-org",
         metavar="ID",

@@ -39,6 +39,8 @@ class Settings:
     database_url: str | None = None
     # Connections per server process to that database, at most.
     database_pool_size: int = 10
+    # Server processes sharing the port (`serve --workers`): above 1 only on PostgreSQL.
+    workers: int = 1
     host: str = "127.0.0.1"
     port: int = 8080
     # Bearer token for /api/organizations...; None disables the admin API.
@@ -236,6 +238,24 @@ class Settings:
         ):
             raise SettingsError(
                 f"{PREFIX}METRICS_PORT must be 0 (the API's port) or another port up to 65535"
+            )
+        if not 1 <= self.workers <= 256:
+            raise SettingsError(f"{PREFIX}WORKERS must be between 1 and 256")
+        if self.workers > 1 and not self.database_url:
+            raise SettingsError(
+                f"{PREFIX}WORKERS above 1 needs {PREFIX}DATABASE_URL: the embedded store in a "
+                "data directory is served by one process (it holds the directory's lock, and "
+                "its indexes live in that process's memory). Run one process on the embedded "
+                f"store, or set {PREFIX}DATABASE_URL=postgresql://... for several"
+            )
+        if self.metrics_port and not (
+            self.metrics_port + self.workers <= 65536
+            and not self.metrics_port <= self.port < self.metrics_port + self.workers
+        ):
+            raise SettingsError(
+                f"{PREFIX}METRICS_PORT: worker i serves its metrics on METRICS_PORT + i, so "
+                f"ports {self.metrics_port}..{self.metrics_port + self.workers - 1} must be "
+                "free of the API's port and at most 65535"
             )
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(

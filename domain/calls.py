@@ -39,6 +39,7 @@ MAX_CALL_BYTES = 2 * 1024 * 1024  # the whole call as JSON
 EVENTS_OMITTED = "Earlier events omitted"
 
 # Metadata keys the server keeps for scheduled calls, as upstream shows them.
+CLAIM_EVENT = "Scheduled call due"
 SCHEDULE_METADATA_KEYS = ("is_scheduled", "scheduled_timestamp", "execution_status")
 
 # Fields a PUT copies as given (after enum values are lower-cased).
@@ -263,8 +264,9 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
     return updated
 
 
-def claim_due(call: Call, now: int) -> Call:
-    """The scheduled `call`, due, marked as being dispatched (so that it is dialed once)."""
+def claim_due(call: Call, now: int, claimant: str) -> Call:
+    """The scheduled `call`, due, marked as being dispatched (so that it is dialed once) by
+    the process `claimant` (recorded in the claim's event)."""
     _require_scheduled(call)
     if call["scheduled_timestamp"] * 1000 > now:
         raise Conflict(f"Call '{call['call_id']}' is not due yet", message="Call is not due")
@@ -272,9 +274,33 @@ def claim_due(call: Call, now: int) -> Call:
     claimed["metadata"]["execution_status"] = "dispatching"
     claimed["updated_at"] = now
     late = max(0, now // 1000 - call["scheduled_timestamp"])
-    data = {"scheduled_timestamp": call["scheduled_timestamp"], "late_by_seconds": late}
-    _record(claimed, now, "Scheduled call due", data)
+    data = {
+        "scheduled_timestamp": call["scheduled_timestamp"],
+        "late_by_seconds": late,
+        "claimed_by": claimant,
+    }
+    _record(claimed, now, CLAIM_EVENT, data)
     return claimed
+
+
+def claimant(call: Call) -> str | None:
+    """The process that claimed `call` for dispatching (None: claimed by a version that did
+    not record it, or not claimed)."""
+    for event in reversed(call["events"]):
+        if event["event"] == CLAIM_EVENT:
+            return event["data"].get("claimed_by")  # type: ignore[no-any-return]
+    return None
+
+
+def abandoned(call: Call, claimed_by: str | None, reason: str, now: int) -> Call:
+    """`call`, claimed by the process `claimed_by` that stopped before recording the
+    outcome, as `error` (not dialed again). Raises Conflict if it is no longer that claim."""
+    if not being_dispatched(call) or claimant(call) != claimed_by:
+        raise Conflict(
+            f"Call '{call['call_id']}' is no longer claimed by process {claimed_by}",
+            message="Call is not being dispatched",
+        )
+    return dispatched(call, False, reason, 0, now)
 
 
 def being_dispatched(call: Call) -> bool:

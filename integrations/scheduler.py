@@ -1,16 +1,24 @@
 """The scheduler: dispatches each scheduled phone call to the dialer once, when it is due.
 
-A thread looks for due calls every `interval` seconds. For each, it first records a
-claim (`metadata.execution_status: dispatching`, event "Scheduled call due"), durable
-before anything is dialed, then dials on a worker thread and records the outcome like an
-immediate dispatch. Rescheduling or cancelling is refused from the claim on (409), and
-takes effect at once before it: the next look sees the new time, or no schedule.
+A thread looks for due calls every `interval` seconds and hands each to a dispatch
+worker, which records a claim (`metadata.execution_status: dispatching`, event
+"Scheduled call due"), durable before anything is dialed, then dials and records the
+outcome like an immediate dispatch. Claiming right before dialing, a process holds no
+more claims than it has dials under way. Rescheduling or cancelling is refused from the
+claim on (409), and takes effect at once before it: the next look sees the new time, or
+no schedule.
 
 Policy on restarts (at most once): calls that fell due while the server was down are
-dispatched at start, late, with the delay in the event. A call found claimed at start
-was claimed by a process that stopped before it recorded the outcome: whether the
-dialer received it is unknown, so it is not dialed again but marked `error`
-("interrupted by a restart"), for a person or the dialer's own records to settle.
+dispatched at start, late, with the delay in the event. A claim records the process that
+took it (`Store.process_id`); a call found claimed by a process that no longer serves the
+store (`Store.live_processes`: after a restart, or another process's end) was claimed by
+one that stopped before it recorded the outcome: whether the dialer received it is
+unknown, so it is not dialed again but marked `error` ("interrupted by a restart"), for a
+person or the dialer's own records to settle.
+
+Any number of processes sharing a store may run schedulers: a claim is a conditional
+change of the call (`calls.claim_due` refuses a call claimed already) made under the
+store's lock or row lock, so of the processes that find a call due exactly one claims it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from calls_server.domain import calls
 from calls_server.domain.errors import ApiError
@@ -58,7 +67,9 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
     def start(self) -> None:
-        self._settle_interrupted()
+        self._settle_abandoned(
+            [c for c in self.store.scheduled_calls(due_by=2**62) if calls.being_dispatched(c)]
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -69,22 +80,17 @@ class Scheduler:
         self._workers.shutdown(wait=True)
 
     def run_once(self) -> None:
-        """Claim every due call and start dispatching it."""
-        now = self.clock()
-        for call in self.store.scheduled_calls(due_by=now // 1000):
+        """Settle abandoned claims; hand every due call that is not claimed to a dispatch
+        worker, which claims it right before dialing it (so that a process claims no more
+        than it is dialing: if it dies, only those are left claimed)."""
+        due = self.store.scheduled_calls(due_by=self.clock() // 1000)
+        self._settle_abandoned([call for call in due if calls.being_dispatched(call)])
+        for call in due:
             key = (call["organization_id"], call["call_id"])
             with self._lock:
                 if key in self._in_flight or calls.being_dispatched(call):
                     continue
                 self._in_flight.add(key)
-            try:
-                self.store.change_call(*key, lambda c: calls.claim_due(c, self.clock()))
-            except ApiError as e:  # rescheduled, cancelled or deleted meanwhile
-                log.info("not dispatching %s: %s", key[1], e.error)
-                self._done(key)
-                continue
-            if self.on_lag is not None:
-                self.on_lag(max(0.0, now / 1000 - call["scheduled_timestamp"]))
             self._workers.submit(self._dispatch, key)
 
     def _run(self) -> None:
@@ -95,6 +101,20 @@ class Scheduler:
                 log.exception("scheduler pass failed; trying again")
 
     def _dispatch(self, key: tuple[str, str]) -> None:
+        try:
+            now = self.clock()
+            me = self.store.process_id
+            claimed = self.store.change_call(*key, lambda c: calls.claim_due(c, now, me))
+        except ApiError as e:  # rescheduled, cancelled, deleted or claimed meanwhile
+            log.debug("not dispatching %s: %s", key[1], e.error)
+            self._done(key)
+            return
+        except Exception:
+            log.exception("claiming %s failed; trying again at the next pass", key[1])
+            self._done(key)
+            return
+        if self.on_lag is not None:
+            self.on_lag(max(0.0, now / 1000 - claimed["scheduled_timestamp"]))
         try:
             dispatch(self.store, self.dialer, self.clock, *key)
         except ApiError as e:  # deleted, or its status changed, while it was dialed
@@ -108,11 +128,26 @@ class Scheduler:
         with self._lock:
             self._in_flight.discard(key)
 
-    def _settle_interrupted(self) -> None:
-        for call in self.store.scheduled_calls(due_by=2**62):
-            if calls.being_dispatched(call):
+    def _settle_abandoned(self, claimed: list[calls.Call]) -> None:
+        """Mark `error` those of the `claimed` calls whose claimant no longer serves the
+        store (not dialed again: at most once)."""
+        with self._lock:
+            mine = self._in_flight
+            theirs = [c for c in claimed if (c["organization_id"], c["call_id"]) not in mine]
+        if not theirs:
+            return
+        live = self.store.live_processes()
+        for call in theirs:
+            claimant = calls.claimant(call)
+            if claimant in live:
+                continue
+            try:
                 self.store.change_call(
                     call["organization_id"],
                     call["call_id"],
-                    lambda c: calls.dispatched(c, False, INTERRUPTED, 0, self.clock()),
+                    partial(
+                        calls.abandoned, claimed_by=claimant, reason=INTERRUPTED, now=self.clock()
+                    ),
                 )
+            except ApiError as e:  # settled meanwhile (by its claimant, or another process)
+                log.debug("not settling %s: %s", call["call_id"], e.error)

@@ -21,7 +21,9 @@ attempt:
   enough switch the webhook off with the reason (`domain.webhooks.after_attempt`);
 - an event is sent only once its change is on disk;
 - on stop, the attempts under way finish (each within `timeout`) and are recorded; every
-  other pending event stays in the store and is delivered after the next start.
+  other pending event stays in the store and is delivered after the next start;
+- of several processes sharing a PostgreSQL store, the one the store tells delivers
+  (storage/postgres_presence.py): each event by one process, each call's in order.
 """
 
 from __future__ import annotations
@@ -105,10 +107,11 @@ class WebhookDeliverer:
 
     # -- the store's side --------------------------------------------------------------------
     def start(self) -> None:
-        """Record events from now on, queue those still pending, and start delivering."""
-        self.store.record_webhook_events(self._owed, self._pending)
-        self._pending(self.store.pending_webhook_events())
+        """Record events from now on and start delivering those the store tells of (every
+        pending one, while this process is the one of those sharing the store that
+        delivers)."""
         self._dispatcher.start()
+        self.store.record_webhook_events(self._owed, self._pending, self._forget_all)
 
     def _owed(
         self, old: Call | None, new: Call | None, hooks: list[Webhook], assigned: list[str]
@@ -127,6 +130,17 @@ class WebhookDeliverer:
                     self._organizations[webhook_id] = event["organization_id"]
                 self._schedule(lane, self.clock())
             self._wake.notify()
+
+    def _forget_all(self) -> None:
+        """Another process delivers from now on: drop every lane (the attempts under way
+        are recorded; the events stay pending in the store for that process)."""
+        with self._wake:
+            self._lanes.clear()
+            self._queued.clear()
+            self._due.clear()
+            self._scheduled.clear()
+            self._held.clear()
+            self._parked.clear()
 
     def backlog(self) -> tuple[int, int]:
         """Events waiting to be delivered (queued, retries included, and those being sent),

@@ -27,6 +27,7 @@ import gc
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
@@ -93,6 +94,7 @@ class EmbeddedStore:
         self, directory: str | os.PathLike[str], compact_every: int, quota: Quota | None
     ) -> None:
         self._lock = threading.RLock()
+        self._process_id = uuid.uuid4().hex
         self._write_observer: Callable[[float], None] | None = None
         self._db = EmbeddedTinyDB(directory, storage=JournalStorage, compact_every=compact_every)
         self._journal = cast(JournalStorage, self._db.storage)
@@ -401,9 +403,19 @@ class EmbeddedStore:
             return _copy(old)
 
     # -- webhook events (the outbox) ---------------------------------------------------------
-    def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
+    def record_webhook_events(
+        self,
+        source: EventSource,
+        listener: EventListener,
+        forget: Callable[[], None] = lambda: None,
+    ) -> None:
+        """The only process delivers: it is told of every pending event now, then of each
+        as it becomes pending, and never has to forget."""
         with self._lock:
             self._event_source, self._event_listener = source, listener
+            pending = self.pending_webhook_events()
+            if pending:
+                listener([{k: event[k] for k in _EVENT_SUMMARY} for event in pending])
 
     def pending_webhook_events(self) -> list[WebhookEvent]:
         with self._reading():
@@ -546,6 +558,16 @@ class EmbeddedStore:
                 del self._kept[expired_slot]
             self._kept.pop(slot, None)
             self._kept[slot] = doc_id
+
+    # -- the processes that serve the store ---------------------------------------------------
+    @property
+    def process_id(self) -> str:
+        """This process's id: new at each open (the directory's lock keeps others out)."""
+        return self._process_id
+
+    def live_processes(self) -> set[str]:
+        """Only this one: a data directory is served by one process at a time."""
+        return {self._process_id}
 
     # -- durability ----------------------------------------------------------------------------
     def check_ready(self) -> None:

@@ -24,9 +24,10 @@ from calls_server.domain.webhooks import Webhook, WebhookEvent
 # call's agent) for every change of a call (None: absent), inside its write: the webhook
 # events that change owes, to be recorded in the same atomic write. Must be quick and pure.
 EventSource = Callable[[Call | None, Call | None, list[Webhook], list[str]], list[WebhookEvent]]
-# Called with webhook events that have just become pending (recorded, or queued again) or
-# due sooner (each summed up: its ids, status and next attempt, not its payload), in
-# commit order, under the store's lock: it must only take note, never block.
+# Called with webhook events that are pending (recorded, queued again, or due sooner; each
+# summed up: its ids, status and next attempt, not its payload), in commit order, possibly
+# under the store's lock: it must only take note, never block. Told twice of an event, it
+# looks at it again.
 EventListener = Callable[[list[WebhookEvent]], None]
 
 
@@ -146,9 +147,16 @@ class Store(Protocol):
         atomically with the removal: if it raises, nothing is removed."""
 
     # -- webhook events (the outbox) ---------------------------------------------------------
-    def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
+    def record_webhook_events(
+        self, source: EventSource, listener: EventListener, forget: Callable[[], None]
+    ) -> None:
         """From now on, record with every change of a call, atomically, the events `source`
-        says it owes; tell `listener` of every event that becomes pending."""
+        says it owes; tell `listener` of the pending events this process is to deliver:
+        every one pending now, then each that becomes pending, in commit order. Of the
+        processes sharing a store, one at a time delivers: the others are told nothing; if
+        it stops, the next one is told of every pending event; if it loses the role (its
+        connection to the database lost), `forget` is called, and it must drop what it was
+        told and not deliver it (the events stay pending for the next one)."""
 
     def pending_webhook_events(self) -> list[WebhookEvent]:
         """Every organization's pending events, in the order they were recorded."""
@@ -193,6 +201,16 @@ class Store(Protocol):
         `created_at` are dropped on the way. Quick enough for the event loop: it may return
         before the answer is on disk, if a crash of the process cannot lose it then (the
         machine's may, until the next durable write)."""
+
+    # -- the processes that serve the store ---------------------------------------------------
+    @property
+    def process_id(self) -> str:
+        """This process's id among those serving the store, never given to another process
+        while this one serves it (scheduler claims are recorded under it)."""
+
+    def live_processes(self) -> set[str]:
+        """The ids of the processes serving the store now, this one's included: a claim by
+        any other process was left behind by one that stopped."""
 
     # -- durability ----------------------------------------------------------------------------
 

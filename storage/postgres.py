@@ -18,12 +18,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -58,6 +59,7 @@ from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import Webhook, WebhookEvent
 from calls_server.storage.interface import EventListener, EventSource
+from calls_server.storage.postgres_presence import CHANNEL, Presence
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -66,15 +68,6 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # then find nothing left to apply.
 MIGRATION_LOCK = 0x63616C6C73  # "calls"
 
-# The fields of a webhook event its listener is told of (as the embedded store tells).
-_EVENT_SUMMARY = (
-    "event_id",
-    "webhook_id",
-    "organization_id",
-    "call_id",
-    "status",
-    "next_attempt_at",
-)
 # Call fields kept as columns besides the document (see 0001_initial.sql).
 _CALL_COLUMNS = (
     "call_status",
@@ -135,14 +128,6 @@ _WEBHOOKS = _Kind(
 )
 
 
-# The advisory lock a serving process holds on its database (any 64-bit number, fixed).
-_SERVER_LOCK = 0x43414C4C53  # "CALLS"
-
-
-class DatabaseInUse(Exception):
-    """Another server process is serving this database."""
-
-
 class PostgresStore:
     """The `storage.interface.Store` of a PostgreSQL database (migrated on open)."""
 
@@ -161,17 +146,12 @@ class PostgresStore:
         schema up to date. Raises StoreUnavailable if the database cannot be reached within
         `pool_timeout` seconds."""
         self._url = url
-        self._exclusive: Connection | None = None  # holds the server lock (serve_exclusively)
         self._write_observer: Callable[[float], None] | None = None
         self._quota = quota or Quota()
         self._pool_timeout = pool_timeout
         self._max_connections = max_connections
         self._event_source: EventSource | None = None
-        self._event_listener: EventListener | None = None
         self._diagnosis_lock = threading.Lock()
-        # Held from a call change's commit until its events are told (see _record_events);
-        # striped by call, so that changes of different calls rarely wait for one another.
-        self._telling_locks = [threading.Lock() for _ in range(64)]
         self._diagnosis: tuple[float, str] | None = None
         options = conninfo_to_dict(url).get("options")  # kept: ours are added to the URL's
         self._connect_kwargs: dict[str, Any] = {
@@ -205,6 +185,9 @@ class PostgresStore:
                 self._pool.open(wait=True, timeout=pool_timeout)
                 with self._pool.connection() as conn:
                     migrate(conn)
+                self._presence = Presence(
+                    lambda: psycopg.connect(self._url, **self._connect_kwargs)
+                )
         except BaseException:
             self._pool.close()
             raise
@@ -215,26 +198,24 @@ class PostgresStore:
         org = call["organization_id"]
         data = _call_json(call)
         stored = _loads(data)  # the call as stored, for the event source
-        with ExitStack() as telling:
-            with self._transaction() as conn:
-                inserted = conn.execute(
-                    "INSERT INTO calls (organization_id, call_id, doc, size, call_status,"
-                    " call_type, direction, agent_id, created_at, updated_at, start_timestamp,"
-                    " end_timestamp, call_duration, scheduled_timestamp, search_parts, search_text)"
-                    " VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s,"
-                    " %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING 1",
-                    (org, call["call_id"], *_call_values(stored, data)),
-                ).fetchone()
-                if inserted is None:
-                    raise DuplicateId(
-                        f"A call with ID '{call['call_id']}' already exists",
-                        message="Call already exists",
-                    )
-                count, size = _use(conn, org, 1, len(data))
-                self._quota.check(count, size)
-                events = self._record_events(conn, None, stored, telling)
-            self._tell(events)
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO calls (organization_id, call_id, doc, size, call_status,"
+                " call_type, direction, agent_id, created_at, updated_at, start_timestamp,"
+                " end_timestamp, call_duration, scheduled_timestamp, search_parts, search_text)"
+                " VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING 1",
+                (org, call["call_id"], *_call_values(stored, data)),
+            ).fetchone()
+            if inserted is None:
+                raise DuplicateId(
+                    f"A call with ID '{call['call_id']}' already exists",
+                    message="Call already exists",
+                )
+            count, size = _use(conn, org, 1, len(data))
+            self._quota.check(count, size)
+            self._record_events(conn, None, stored)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         """The call. Raises CallNotFound, also when it belongs to another organization."""
@@ -251,45 +232,41 @@ class PostgresStore:
         self, organization_id: str, call_id: str, change: Callable[[Call], Call]
     ) -> Call:
         """Replace the call by `change(call)` atomically and return the new record."""
-        with ExitStack() as telling:
-            with self._transaction() as conn:
-                old, old_size = self._locked_call(conn, organization_id, call_id)
-                changed = change(_copy(old))
-                data = _call_json(changed)
-                new = _loads(data)
-                conn.execute(
-                    "UPDATE calls SET doc = %s::jsonb, size = %s, call_status = %s, call_type = %s,"
-                    " direction = %s, agent_id = %s, created_at = %s, updated_at = %s,"
-                    " start_timestamp = %s, end_timestamp = %s, call_duration = %s,"
-                    " scheduled_timestamp = %s, search_parts = %s, search_text = %s"
-                    " WHERE organization_id = %s AND call_id = %s",
-                    (*_call_values(new, data), organization_id, call_id),
-                )
-                grown = len(data) - old_size
-                if grown:
-                    count, size = _use(conn, organization_id, 0, grown)
-                    if grown > 0 and self._quota.max_bytes:
-                        self._quota.check(count, size)
-                events = self._record_events(conn, old, new, telling)
-            self._tell(events)
+        with self._transaction() as conn:
+            old, old_size = self._locked_call(conn, organization_id, call_id)
+            changed = change(_copy(old))
+            data = _call_json(changed)
+            new = _loads(data)
+            conn.execute(
+                "UPDATE calls SET doc = %s::jsonb, size = %s, call_status = %s, call_type = %s,"
+                " direction = %s, agent_id = %s, created_at = %s, updated_at = %s,"
+                " start_timestamp = %s, end_timestamp = %s, call_duration = %s,"
+                " scheduled_timestamp = %s, search_parts = %s, search_text = %s"
+                " WHERE organization_id = %s AND call_id = %s",
+                (*_call_values(new, data), organization_id, call_id),
+            )
+            grown = len(data) - old_size
+            if grown:
+                count, size = _use(conn, organization_id, 0, grown)
+                if grown > 0 and self._quota.max_bytes:
+                    self._quota.check(count, size)
+            self._record_events(conn, old, new)
         return changed
 
     def delete_call(
         self, organization_id: str, call_id: str, check: Callable[[Call], None] | None = None
     ) -> Call:
         """Remove the call for good and return it (after `check`, if given, passes)."""
-        with ExitStack() as telling:
-            with self._transaction() as conn:
-                old, old_size = self._locked_call(conn, organization_id, call_id)
-                if check is not None:
-                    check(_copy(old))
-                conn.execute(
-                    "DELETE FROM calls WHERE organization_id = %s AND call_id = %s",
-                    (organization_id, call_id),
-                )
-                _use(conn, organization_id, -1, -old_size)
-                events = self._record_events(conn, _copy(old), None, telling)
-            self._tell(events)
+        with self._transaction() as conn:
+            old, old_size = self._locked_call(conn, organization_id, call_id)
+            if check is not None:
+                check(_copy(old))
+            conn.execute(
+                "DELETE FROM calls WHERE organization_id = %s AND call_id = %s",
+                (organization_id, call_id),
+            )
+            _use(conn, organization_id, -1, -old_size)
+            self._record_events(conn, _copy(old), None)
         return old
 
     def list_calls(self, organization_id: str, query: CallQuery) -> CallPage:
@@ -550,10 +527,18 @@ class PostgresStore:
         return old
 
     # -- webhook events (the outbox) ---------------------------------------------------------
-    def record_webhook_events(self, source: EventSource, listener: EventListener) -> None:
+    def record_webhook_events(
+        self,
+        source: EventSource,
+        listener: EventListener,
+        forget: Callable[[], None] = lambda: None,
+    ) -> None:
         """From now on, record with every change of a call, in its transaction, the events
-        `source` says it owes; tell `listener` of every event that becomes pending."""
-        self._event_source, self._event_listener = source, listener
+        `source` says it owes; while this process delivers (one process of those sharing
+        the database does), tell `listener` of every pending event, shortly after the
+        commit that made it pending, whichever process made it (see postgres_presence)."""
+        self._event_source = source
+        self._presence.deliver(listener, forget)
 
     def pending_webhook_events(self) -> list[WebhookEvent]:
         """Every organization's pending events, in the order they were recorded."""
@@ -616,22 +601,25 @@ class PostgresStore:
         with self._transaction() as conn:
             old = self._event(conn, organization_id, webhook_id, event_id, lock=True)
             changed = change(_copy(old))
+            queued = changed["status"] == "pending" and (
+                old["status"] != "pending" or changed["next_attempt_at"] < old["next_attempt_at"]
+            )  # queued again, or due sooner: the delivering process is told
             conn.execute(
-                "UPDATE webhook_events SET doc = %s::jsonb, status = %s, settled_at = %s"
+                "UPDATE webhook_events SET doc = %s::jsonb, status = %s, settled_at = %s,"
+                " queued_tx = CASE WHEN %s THEN pg_current_xact_id() ELSE queued_tx END"
                 " WHERE organization_id = %s AND webhook_id = %s AND event_id = %s",
                 (
                     _json(changed),
                     changed["status"],
                     webhooks.settled_at(changed),
+                    queued,
                     organization_id,
                     webhook_id,
                     event_id,
                 ),
             )
-        if changed["status"] == "pending" and (
-            old["status"] != "pending" or changed["next_attempt_at"] < old["next_attempt_at"]
-        ):
-            self._tell([changed])  # queued again, or due sooner
+            if queued:
+                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return changed
 
     def prune_webhook_events(self, settled_before: int) -> int:
@@ -656,17 +644,12 @@ class PostgresStore:
             raise WebhookEventNotFound(event_id)
         return cast(WebhookEvent, row[0])
 
-    def _record_events(
-        self, conn: Connection, old: Call | None, new: Call | None, telling: ExitStack
-    ) -> list[WebhookEvent]:
-        """Insert the events a change of a call owes (inside its transaction). If it owes
-        any, the call's telling lock joins `telling`, held from before the commit until the
-        listener has been told: a later change of the same call (which waits for this one's
-        row lock, so commits after it) is told after it too, as the embedded store tells,
-        in commit order."""
+    def _record_events(self, conn: Connection, old: Call | None, new: Call | None) -> None:
+        """Insert the events a change of a call owes (inside its transaction), and notify
+        the delivering process (told at the commit, whichever process it is)."""
         source = self._event_source
         if source is None:
-            return []
+            return
         call: Call = new or old  # type: ignore[assignment]
         organization_id = call["organization_id"]
         hooks = [
@@ -681,33 +664,26 @@ class PostgresStore:
             (organization_id, call.get("agent_id")),
         ).fetchone()
         owed = source(old, new, hooks, agents.webhook_ids(None if agent is None else agent[0]))
-        if owed:
-            stripe = hash((organization_id, call["call_id"])) % len(self._telling_locks)
-            telling.enter_context(self._telling_locks[stripe])
-            with conn.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO webhook_events (organization_id, webhook_id, event_id, status,"
-                    " created_at, settled_at, doc) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)",
-                    [
-                        (
-                            event["organization_id"],
-                            event["webhook_id"],
-                            event["event_id"],
-                            event["status"],
-                            event["created_at"],
-                            webhooks.settled_at(event),
-                            _json(event),
-                        )
-                        for event in owed
-                    ],
-                )
-        return owed
-
-    def _tell(self, events: list[WebhookEvent]) -> None:
-        """Tell the listener of events just committed (only their summary, not payloads)."""
-        listener = self._event_listener
-        if events and listener is not None:
-            listener([{k: event[k] for k in _EVENT_SUMMARY} for event in events])
+        if not owed:
+            return
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO webhook_events (organization_id, webhook_id, event_id, status,"
+                " created_at, settled_at, doc) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)",
+                [
+                    (
+                        event["organization_id"],
+                        event["webhook_id"],
+                        event["event_id"],
+                        event["status"],
+                        event["created_at"],
+                        webhooks.settled_at(event),
+                        _json(event),
+                    )
+                    for event in owed
+                ],
+            )
+        conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
     # -- idempotency keys ----------------------------------------------------------------------
     def find_idempotent(self, scope: str, key: str) -> IdempotentAnswer | None:
@@ -741,28 +717,29 @@ class PostgresStore:
     def wait_durable(self) -> None:
         """Nothing to wait for: every method returns once its transaction is committed."""
 
-    def serve_exclusively(self) -> None:
-        """Hold the database's server lock until `close`; DatabaseInUse if another server
-        process holds it. The scheduler settles the claims of a stopped process at start,
-        and webhook deliveries are queued in the process that records them: both assume
-        one server process per database (as the embedded store's directory lock does)."""
-        conn = psycopg.connect(self._url, **self._connect_kwargs)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_SERVER_LOCK,)).fetchone()
-        if not (row and row[0]):
-            conn.close()
-            raise DatabaseInUse(
-                "another calls-server process is serving this database; one process per "
-                "database for now (stop the other, or give this one another database)"
-            )
-        self._exclusive = conn
+    # -- the processes that serve the store ---------------------------------------------------
+    @property
+    def process_id(self) -> str:
+        """This process's id among those serving the database (see postgres_presence)."""
+        return self._presence.process_id
+
+    def live_processes(self) -> set[str]:
+        """The ids of the processes serving the database now."""
+        with self._reading() as conn:
+            return self._presence.live(conn) | {self.process_id}
 
     def close(self) -> None:
-        """Close the pool's connections (waiting for those in use to be returned), and let
-        go of the server lock if held."""
+        """Stop taking part (presence, delivery) and close the pool's connections (waiting
+        for those in use to be returned)."""
+        self._presence.close(wake=self._notify_deliverer)
         self._pool.close()
-        if self._exclusive is not None:
-            self._exclusive.close()
-            self._exclusive = None
+
+    def _notify_deliverer(self) -> None:
+        with (
+            contextlib.suppress(psycopg.Error, PoolClosed, PoolTimeout),
+            self._pool.connection(timeout=1.0) as conn,
+        ):
+            conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
     # -- records of one organization (agents, phone numbers, webhooks) ---------------------------
     def _add_record(self, kind: _Kind, record: Mapping[str, Any]) -> None:
@@ -975,10 +952,10 @@ def migrations() -> list[tuple[int, str]]:
     return sorted(found.items())
 
 
-def migrate(conn: Connection) -> list[int]:
-    """Apply the migrations `conn`'s database lacks, in order, in one transaction that holds
-    the migrations' advisory lock (so concurrent processes apply each once); the versions
-    applied (none when the schema is up to date)."""
+def migrate(conn: Connection, up_to: int | None = None) -> list[int]:
+    """Apply the migrations `conn`'s database lacks (up to version `up_to`, if given), in
+    order, in one transaction that holds the migrations' advisory lock (so concurrent
+    processes apply each once); the versions applied (none when up to date)."""
     applied: list[int] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -990,7 +967,7 @@ def migrate(conn: Connection) -> list[int]:
         )
         done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
         for version, text in migrations():
-            if version in done:
+            if version in done or (up_to is not None and version > up_to):
                 continue
             conn.execute(text.encode())  # several statements: the simple query protocol
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))

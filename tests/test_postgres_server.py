@@ -1,10 +1,7 @@
 """A real server process on PostgreSQL (CALLS_DATABASE_URL): it serves, keeps its calls
-across restarts, is the only server of its database, and says when the database is gone."""
+across restarts and says when the database is gone (several processes: test_processes)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import httpx
 
@@ -29,20 +26,6 @@ def test_a_server_on_postgresql_keeps_its_calls_across_a_restart(tmp_path, datab
     assert got.json()["data"]["call_id"] == call_id
     assert got.headers["etag"] == created.headers["etag"]
     assert not (tmp_path / "unused").exists()  # nothing written beside the database
-
-
-def test_a_second_server_on_the_same_database_is_refused(tmp_path, database_url):
-    with running_server(tmp_path / "first", CALLS_DATABASE_URL=database_url):
-        second = subprocess.run(
-            [sys.executable, "-m", "calls_server.cli", "serve", "--port", "1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"CALLS_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
-        )
-
-    assert second.returncode == 2
-    assert "another calls-server process is serving this database" in second.stderr
 
 
 def test_a_lost_database_is_a_503_naming_it_and_the_server_not_ready(tmp_path, database_url):

@@ -35,6 +35,7 @@ from calls_server.domain.listing import CallQuery, normalize_filters
 from calls_server.domain.quotas import Quota
 from calls_server.integrations.clock import wall_clock
 from calls_server.storage.postgres import PostgresStore, migrate
+from tests.conftest import wait_for
 from tests.postgres_server import TcpProxy
 from tests.test_call_index import random_call, random_query, reference
 from tests.test_storage import a_call
@@ -310,6 +311,12 @@ def owing(old, new, hooks, assigned):
     return webhooks.owed_events(old, new, hooks, assigned, wall_clock(), f"evt_{wall_clock()}")
 
 
+def first_told(told: list[list[dict]]) -> list[str]:
+    """The ids of the events told, each once, in the order first told (an event may be
+    told again: the listener looks at it again)."""
+    return list(dict.fromkeys(e["event_id"] for batch in told for e in batch))
+
+
 def test_a_call_change_records_its_events_and_tells_the_listener_after_commit(store, database_url):
     store.add_organization(keys.new_organization(1, "acme"))
     hook = webhook(status_events=True)
@@ -329,14 +336,15 @@ def test_a_call_change_records_its_events_and_tells_the_listener_after_commit(st
     store.change_call(
         "acme", call["call_id"], lambda c: calls.update(c, {"call_status": "ongoing"}, 5)
     )
+    wait_for(lambda: len(first_told(told)) == 2)
 
     pending = store.pending_webhook_events()
     assert [e["event"] for e in pending] == ["call_registered", "call_started"]
-    assert [[e["event_id"] for e in batch] for batch in told] == [[e["event_id"]] for e in pending]
+    assert first_told(told) == ids_of(pending)
     assert set(told[0][0]) == {
         "event_id", "webhook_id", "organization_id", "call_id", "status", "next_attempt_at",
     }  # fmt: skip
-    assert seen_committed == [1, 2]
+    assert all(seen >= len(batch) for seen, batch in zip(seen_committed, told, strict=True))
     events, total = store.list_webhook_events("acme", hook["id"])
     assert total == 2
     assert [e["event"] for e in events] == ["call_started", "call_registered"]  # newest first
@@ -376,7 +384,7 @@ def test_concurrent_changes_of_a_call_are_told_in_commit_order(store):
     store.add_webhook(hook)
     store.add_call(a_call(org="acme", call_id="shared"))
     numbers = itertools.count()
-    told: list[str] = []
+    told: list[list[dict]] = []
 
     def every_change(old, new, hooks, assigned):  # one event per change, whatever it is
         event = webhooks.owed_events(None, new, hooks, [], 0, f"evt_{next(numbers)}")[0]
@@ -384,7 +392,7 @@ def test_concurrent_changes_of_a_call_are_told_in_commit_order(store):
 
     def listener(events) -> None:
         time.sleep(0.005)  # a listener that takes a while: the next change commits meanwhile
-        told.extend(ids_of(events))
+        told.append(events)
 
     store.record_webhook_events(every_change, listener)
 
@@ -397,10 +405,10 @@ def test_concurrent_changes_of_a_call_are_told_in_commit_order(store):
         w.start()
     for w in workers:
         w.join()
+    wait_for(lambda: len(first_told(told)) == 80)
 
     recorded = ids_of(store.pending_webhook_events())  # in the order of their inserts
-    assert len(told) == 80
-    assert told == recorded
+    assert first_told(told) == recorded
 
 
 def test_a_value_postgresql_cannot_hold_is_a_bad_request(store):
@@ -439,6 +447,7 @@ def test_webhook_events_change_list_and_prune(store):
     for n in range(3):
         store.add_call(a_call(org="acme", call_id=f"c{n}"))
     first, second, third = store.pending_webhook_events()
+    wait_for(lambda: len(first_told(told)) == 3)
     told.clear()
 
     attempt = webhooks.Attempt(at=1_000, latency_ms=5, status_code=200)
@@ -457,7 +466,8 @@ def test_webhook_events_change_list_and_prune(store):
     )
 
     assert delivered["status"] == "delivered"
-    assert told == []  # nothing became pending
+    # Nothing became pending (the third, pending all along, may be looked at again).
+    assert set(first_told(told)) <= {third["event_id"]}
     assert [e["event_id"] for e in store.pending_webhook_events()] == [third["event_id"]]
     page, total = store.list_webhook_events("acme", hook["id"], status="delivered")
     assert (ids_of(page), total) == ([first["event_id"]], 1)
@@ -472,7 +482,7 @@ def test_webhook_events_change_list_and_prune(store):
     store.change_webhook_event(
         "acme", hook["id"], second["event_id"], lambda e: webhooks.redelivered(e, 3_000)
     )
-    assert [e["event_id"] for e in told[0]] == [second["event_id"]]  # queued again
+    wait_for(lambda: second["event_id"] in first_told(told))  # queued again
 
     assert store.prune_webhook_events(settled_before=1_500) == 1
     with pytest.raises(WebhookEventNotFound):
@@ -703,13 +713,92 @@ def test_transcript_search_and_listing_use_indexes(store, database_url):
     assert "Sort" not in newest
 
 
+# -- several processes on one database -------------------------------------------------------------
+
+
+def pending_event(store, call_id: str) -> None:
+    """Record a call (of organization acme, which has a webhook) that owes an event."""
+    store.add_call(a_call(org="acme", call_id=call_id))
+
+
+@pytest.fixture
+def acme(store):
+    store.add_organization(keys.new_organization(1, "acme"))
+    store.add_webhook(webhook(status_events=True))
+    return store
+
+
+def test_each_process_has_an_id_and_sees_the_others_live(store, database_url):
+    other = PostgresStore(database_url)
+    try:
+        assert other.process_id != store.process_id
+        assert store.live_processes() == other.live_processes()
+        assert store.live_processes() >= {store.process_id, other.process_id}
+    finally:
+        other.close()
+    assert other.process_id not in store.live_processes()
+
+
+def test_a_process_whose_connection_dies_leaves_the_live_ones(store, database_url):
+    proxy = TcpProxy(database_url)
+    other = PostgresStore(proxy.url())
+    try:
+        assert other.process_id in store.live_processes()
+        proxy.cut()  # as kill -9 would: its connections close without a word
+        wait_for(lambda: other.process_id not in store.live_processes())
+    finally:
+        other.close()
+
+
+def test_one_process_at_a_time_is_told_of_pending_events(acme, database_url):
+    other = PostgresStore(database_url)
+    told_here: list[list[dict]] = []
+    told_there: list[list[dict]] = []
+    acme.record_webhook_events(owing, told_here.append)
+    other.record_webhook_events(owing, told_there.append)
+    try:
+        pending_event(other, "made-there")  # recorded by the other process
+        pending_event(acme, "made-here")
+        wait_for(lambda: len(first_told(told_here)) == 2)
+
+        assert first_told(told_here) == ids_of(acme.pending_webhook_events())
+        assert told_there == []
+    finally:
+        acme.close()
+    # The deliverer stopped: the other takes over and is told of every pending event.
+    wait_for(lambda: len(first_told(told_there)) == 2)
+    pending_event(other, "after")
+    wait_for(lambda: len(first_told(told_there)) == 3)
+    assert first_told(told_there) == ids_of(other.pending_webhook_events())
+    other.close()
+
+
+def test_a_deliverer_that_loses_its_connection_forgets_and_another_takes_over(acme, database_url):
+    proxy = TcpProxy(database_url)
+    cut_off = PostgresStore(proxy.url())
+    forgotten = threading.Event()
+    told_there: list[list[dict]] = []
+    try:
+        cut_off.record_webhook_events(owing, lambda events: None, forgotten.set)
+        acme.record_webhook_events(owing, told_there.append)
+        pending_event(acme, "c1")
+        assert cut_off._presence.delivering  # it asked first
+        proxy.cut()
+
+        wait_for(forgotten.is_set)
+        wait_for(lambda: len(first_told(told_there)) == 1)
+        assert first_told(told_there) == ids_of(acme.pending_webhook_events())
+    finally:
+        cut_off.close()
+
+
 # -- migrations ------------------------------------------------------------------------------------
 
 
 def test_migrations_applied_again_are_a_no_op(store, database_url):
     with psycopg.connect(database_url, autocommit=True) as conn:
         before = conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
-        assert [version for version, _ in before] == [1]
+        assert [version for version, _ in before] == [1, 2]
 
         assert migrate(conn) == []
 
@@ -717,6 +806,32 @@ def test_migrations_applied_again_are_a_no_op(store, database_url):
             conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == before
         )
     PostgresStore(database_url).close()  # and opening again changes nothing either
+
+
+def test_a_database_of_the_previous_version_is_migrated_keeping_its_records(databases):
+    url = databases.fresh_url()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert migrate(conn, up_to=1) == [1]
+            conn.execute(
+                "INSERT INTO webhook_events (organization_id, webhook_id, event_id, status,"
+                " created_at, doc) VALUES ('acme', 'wh', 'evt_1', 'pending', 1, %s::jsonb)",
+                ('{"event_id": "evt_1", "call_id": "c1", "next_attempt_at": 5}',),
+            )
+        opened = PostgresStore(url)
+        told: list[list[dict]] = []
+        try:
+            opened.record_webhook_events(owing, told.append)
+            wait_for(lambda: first_told(told) == ["evt_1"])
+            assert told[0][0]["call_id"] == "c1"
+            assert [e["event_id"] for e in opened.pending_webhook_events()] == ["evt_1"]
+        finally:
+            opened.close()
+        with psycopg.connect(url) as conn:
+            versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+        assert versions == [1, 2]
+    finally:
+        databases.drop(url)
 
 
 def test_concurrent_opens_of_a_new_database_migrate_it_once(databases):
@@ -738,7 +853,7 @@ def test_concurrent_opens_of_a_new_database_migrate_it_once(databases):
     try:
         assert errors == []
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
     finally:
         for s in opened:
             s.close()

@@ -164,7 +164,7 @@ def test_a_claim_interrupted_by_a_restart_is_marked_failed_not_dialed_again(
         to_number="+12137774445",
     )
     due = calls.schedule(call, clock() // 1000 - 1, clock() - 10_000)
-    store.add_call(calls.claim_due(due, clock()))
+    store.add_call(calls.claim_due(due, clock(), "a-stopped-process"))
     scheduler = Scheduler(store, HttpDialer(receiver.url, SECRET), clock=clock)
 
     scheduler.start()  # settles what a previous process left claimed, before any pass

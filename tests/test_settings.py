@@ -30,6 +30,9 @@ def test_environment_is_read_and_flags_win():
     assert (settings.port, settings.host, settings.validate_responses) == (9100, "0.0.0.0", True)
 
 
+POSTGRES = {"CALLS_DATABASE_URL": "postgresql://db.example.com/calls"}
+
+
 @pytest.mark.parametrize(
     ("environ", "named"),
     [
@@ -41,6 +44,8 @@ def test_environment_is_read_and_flags_win():
         ({"CALLS_LOG_LEVEL": "loud"}, "CALLS_LOG_LEVEL"),
         ({"CALLS_LIVEKIT_URL": "wss://x"}, "CALLS_LIVEKIT_API_KEY"),
         ({"CALLS_LIVEKIT_IDENTITY": "same-for-all"}, "CALLS_LIVEKIT_IDENTITY"),
+        ({"CALLS_WORKERS": "0"}, "CALLS_WORKERS"),
+        ({"CALLS_WORKERS": "2", "CALLS_METRICS_PORT": "8079", **POSTGRES}, "CALLS_METRICS_PORT"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(environ, named):
@@ -124,6 +129,7 @@ EVERY_SETTING = {
     "metrics_host": "0.0.0.0",
     "database_url": "postgresql://calls@db.example.com:5432/calls",
     "database_pool_size": "20",
+    "workers": "4",
 }
 # Settings that exclude one of the above (the sandbox is the dialer): read on their own.
 ON_THEIR_OWN = {"sandbox": "true"}
@@ -140,6 +146,14 @@ def test_every_setting_is_read_from_its_environment_variable(values):
     defaults = Settings()
     for name in values:
         assert getattr(settings, name) != getattr(defaults, name), name
+
+
+def test_several_workers_on_the_embedded_store_are_refused_saying_what_to_use():
+    with pytest.raises(SettingsError) as refused:
+        Settings.load({"CALLS_WORKERS": "2"})
+
+    assert "CALLS_WORKERS above 1 needs CALLS_DATABASE_URL" in str(refused.value)
+    assert "one process" in str(refused.value)
 
 
 def test_the_database_url_must_be_postgresql():

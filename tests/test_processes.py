@@ -1,0 +1,249 @@
+"""Several server processes on one PostgreSQL database: they serve the same organizations,
+dispatch each scheduled call exactly once between them (also when one is killed), deliver
+each webhook event once and each call's in order whichever process made the change, and
+stop honouring a revoked key at once. `serve --workers N` runs such processes on one port.
+
+Real processes (`calls-server serve`), a real database, a real dialer and webhook receiver
+on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from calls_server.domain import calls, keys
+from calls_server.integrations.scheduler import INTERRUPTED
+from calls_server.storage.postgres import PostgresStore
+from tests.conftest import ADMIN_TOKEN, Receiver, RunningServer, running_server, wait_for
+
+SECRET = "dialer-secret-0123456789"
+SCHEDULED = 300
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@contextmanager
+def servers(tmp_path: Path, count: int, **env: str) -> Iterator[list[RunningServer]]:
+    """`count` server processes on one database (env names it), each on a port of its own."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(running_server(tmp_path / f"process-{n}" / "unused", **env))
+            for n in range(count)
+        ]
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[PostgresStore]:
+    """The test's own view of the database the servers share."""
+    store = PostgresStore(database_url)
+    store.add_organization(keys.new_organization(0, "acme"))
+    yield store
+    store.close()
+
+
+def schedule_calls(store: PostgresStore, count: int, due: int) -> list[str]:
+    """`count` scheduled phone calls of acme, all due at `due` (Unix seconds)."""
+    made = []
+    for n in range(count):
+        call = calls.new_call(
+            organization_id="acme",
+            agent_id="agent",
+            now=int(time.time() * 1000),
+            call_type="phone_call",
+            direction="outbound",
+            from_number="+14157774444",
+            to_number=f"+1213777{n:04d}",
+        )
+        store.add_call(calls.schedule(call, due, int(time.time() * 1000)))
+        made.append(call["call_id"])
+    return made
+
+
+def dialed(receiver: Receiver) -> Counter[str]:
+    """How many times the dialer received each call."""
+    return Counter(json.loads(r.body)["call_id"] for r in receiver.received)
+
+
+def settled(store: PostgresStore, call_ids: list[str]) -> bool:
+    return all(store.get_call("acme", c)["call_status"] != "scheduled" for c in call_ids)
+
+
+def dialer_env(database_url: str, receiver: Receiver) -> dict[str, str]:
+    return {
+        "CALLS_DATABASE_URL": database_url,
+        "CALLS_DIALER_URL": receiver.url,
+        "CALLS_DIALER_SECRET": SECRET,
+        "CALLS_SCHEDULER_INTERVAL": "0.1",
+    }
+
+
+# -- the scheduler -------------------------------------------------------------------------------
+
+
+def test_calls_falling_due_together_are_dialed_once_across_three_processes(
+    tmp_path, database, database_url, receiver
+):
+    with servers(tmp_path, 3, **dialer_env(database_url, receiver)):
+        call_ids = schedule_calls(database, SCHEDULED, due=int(time.time()) + 2)
+        wait_for(lambda: settled(database, call_ids), timeout=120)
+
+    times = dialed(receiver)
+    assert set(times) == set(call_ids)
+    assert max(times.values()) == 1
+    final = [database.get_call("acme", c) for c in call_ids]
+    assert {c["call_status"] for c in final} == {"ongoing"}
+    claimants = Counter(calls.claimant(c) for c in final)
+    assert len(claimants) > 1  # the processes shared the work
+
+
+def test_a_process_killed_mid_run_leaves_no_call_dialed_twice_and_none_unsettled(
+    tmp_path, database, database_url, receiver
+):
+    receiver.reply_to = lambda request: (202, 0.02)  # dialing takes a while
+    with servers(tmp_path, 3, **dialer_env(database_url, receiver)) as running:
+        call_ids = schedule_calls(database, SCHEDULED, due=int(time.time()) + 2)
+        wait_for(lambda: len(receiver.received) >= SCHEDULED // 4, timeout=60)
+        running[0].process.send_signal(signal.SIGKILL)
+        running[0].process.wait()
+        # The survivors dispatch the rest, and settle the killed one's claims.
+        wait_for(lambda: settled(database, call_ids), timeout=120)
+
+    times = dialed(receiver)
+    assert max(times.values()) == 1  # never twice
+    final = {c: database.get_call("acme", c) for c in call_ids}
+    interrupted = [c for c, call in final.items() if call["call_status"] == "error"]
+    for call_id in interrupted:
+        assert final[call_id]["events"][-1]["data"]["result"] == INTERRUPTED
+    # Only what the killed process had claimed and not recorded: its dials under way.
+    assert len({calls.claimant(final[c]) for c in interrupted}) <= 1
+    assert len(interrupted) <= 4
+    ongoing = {c for c, call in final.items() if call["call_status"] == "ongoing"}
+    assert ongoing | set(interrupted) == set(call_ids)
+    assert ongoing <= set(times)  # every call recorded as dialed reached the dialer
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+
+
+def webhook_env(database_url: str) -> dict[str, str]:
+    return {
+        "CALLS_DATABASE_URL": database_url,
+        "CALLS_WEBHOOK_ALLOW_HTTP": "true",
+        "CALLS_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+    }
+
+
+def deliveries(receiver: Receiver) -> list[dict]:
+    return [json.loads(r.body) for r in receiver.received]
+
+
+def test_each_event_is_delivered_once_and_in_order_whichever_process_made_the_change(
+    tmp_path, database_url, receiver
+):
+    with servers(tmp_path, 3, **webhook_env(database_url)) as running:
+        headers = running[0].new_key_headers("acme")
+        hook = {"name": "hook", "url": receiver.url, "status_events": True}
+        created = httpx.post(
+            f"{running[1].base_url}/api/post-call-webhooks/create", json=hook, headers=headers
+        )
+        assert created.status_code == 200, created.text
+        call_ids = []
+        for n in range(20):  # each change of a call through another process
+            base = [server.base_url + "/api" for server in running[n % 3 :] + running[: n % 3]]
+            made = httpx.post(f"{base[0]}/calls/create", json={"agent_id": "a"}, headers=headers)
+            call_id = made.json()["data"]["call"]["call_id"]
+            for url, status in zip(base[1:], ("ongoing", "ended"), strict=True):
+                changed = httpx.put(
+                    f"{url}/calls/{call_id}", json={"call_status": status}, headers=headers
+                )
+                assert changed.status_code == 200, changed.text
+            call_ids.append(call_id)
+        wait_for(lambda: len(receiver.received) >= 60, timeout=60)
+        time.sleep(1)  # room for a duplicate to show up
+
+    got = deliveries(receiver)
+    assert len(got) == 60
+    assert len({d["event_id"] for d in got}) == 60  # each once
+    for call_id in call_ids:
+        order = [d["event"] for d in got if d["call"]["call_id"] == call_id]
+        assert order == ["call_registered", "call_started", "call_ended"]
+
+
+def test_when_the_delivering_process_is_killed_another_delivers_the_rest(
+    tmp_path, database_url, receiver
+):
+    with servers(tmp_path, 2, **webhook_env(database_url)) as running:
+        headers = running[0].new_key_headers("acme")
+        hook = {"name": "hook", "url": receiver.url, "status_events": True}
+        httpx.post(
+            f"{running[0].base_url}/api/post-call-webhooks/create", json=hook, headers=headers
+        )
+        # The first process to start took the delivery role (the others found it taken).
+        running[0].process.send_signal(signal.SIGKILL)
+        running[0].process.wait()
+        survivor = running[1].base_url + "/api"
+        call_ids = [
+            httpx.post(f"{survivor}/calls/create", json={"agent_id": "a"}, headers=headers).json()[
+                "data"
+            ]["call"]["call_id"]
+            for _ in range(10)
+        ]
+        wait_for(lambda: len(receiver.received) >= 10, timeout=30)
+
+    assert sorted(d["call"]["call_id"] for d in deliveries(receiver)) == sorted(call_ids)
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_a_key_revoked_on_one_process_fails_on_the_others_at_the_next_request(
+    tmp_path, database_url
+):
+    with servers(tmp_path, 2, CALLS_DATABASE_URL=database_url) as (first, second):
+        admin = httpx.post(
+            f"{first.base_url}/api/organizations", json={"organization_id": "acme"}, headers=ADMIN
+        )
+        assert admin.status_code in (200, 201), admin.text
+        key = httpx.post(f"{first.base_url}/api/organizations/acme/api-keys", headers=ADMIN)
+        data = key.json()["data"]
+        headers = {"X-API-KEY": data["api_key"], "X-API-SECRET": data["api_secret"]}
+        before = httpx.get(f"{second.base_url}/api/calls", headers=headers)
+
+        revoked = httpx.delete(
+            f"{first.base_url}/api/organizations/acme/api-keys/{data['api_key_id']}",
+            headers=ADMIN,
+        )
+        after = httpx.get(f"{second.base_url}/api/calls", headers=headers)
+
+    assert before.status_code == 200
+    assert revoked.status_code == 200
+    assert after.status_code == 401
+    assert after.json()["status"] == "error"
+
+
+# -- serve --workers -------------------------------------------------------------------------------
+
+
+def test_workers_share_the_port_and_the_database(tmp_path, database, database_url):
+    with running_server(
+        tmp_path / "unused", serve_args=("--workers", "2"), CALLS_DATABASE_URL=database_url
+    ) as server:
+        # Two workers are present on the database, besides this test's own view of it.
+        wait_for(lambda: len(database.live_processes()) == 3, timeout=30)
+        headers = server.new_key_headers()
+        with httpx.Client(base_url=server.base_url + "/api", headers=headers) as client:
+            made = [
+                client.post("/calls/create", json={"agent_id": "a"}).json()["data"]["call"]
+                for _ in range(40)
+            ]
+            listed = client.get("/calls", params={"limit": 100}).json()
+    assert server.process.returncode == 0  # SIGTERM stopped the workers, then the parent
+    assert {c["call_id"] for c in listed["data"]["calls"]} >= {c["call_id"] for c in made}
+    wait_for(lambda: database.live_processes() == {database.process_id})
