@@ -344,7 +344,11 @@ def _scheme_check(
             options["required_scopes"] = scopes
         if keywords["request"]:
             options["request"] = request
-        found = function(credential, **options)
+        if not is_async and _reads_wait(request.scope):  # a key looked up in the database
+            call = functools.partial(function, credential, **options)
+            found = await anyio.to_thread.run_sync(call)
+        else:
+            found = function(credential, **options)
         if is_async or (type(found) is not dict and inspect.isawaitable(found)):
             found = await found
         if found is None:
@@ -352,6 +356,13 @@ def _scheme_check(
         return found
 
     return check
+
+
+def _reads_wait(scope: Scope) -> bool:
+    """Whether the app's store reads wait for a database (then they leave the event loop)."""
+    state = scope.get("state") or {}
+    services = state.get("services")
+    return services is not None and bool(services.store.reads_wait)
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -554,6 +565,7 @@ class CompiledOperation:
     operation: AbstractOperation
     handler: Handler
     is_async: bool
+    reads: bool  # marked @reads (handlers/scope.py)
     security: Security | None
     query: list[Parameter]
     path: list[Parameter]
@@ -586,6 +598,7 @@ class CompiledOperation:
             operation=operation,
             handler=handler,
             is_async=inspect.iscoroutinefunction(handler),
+            reads=getattr(handler, "reads", False),
             security=security,
             query=query,
             path=[p for p in definitions if p.location == "path"],
@@ -625,6 +638,8 @@ class CompiledOperation:
         _scope.set(scope)
         if self.is_async:
             result = await self.handler(**kwargs)
+        elif self.reads and not _reads_wait(scope):
+            result = self.handler(**kwargs)  # reads from memory: quicker than a thread hop
         else:
             result = await anyio.to_thread.run_sync(functools.partial(self.handler, **kwargs))
         await self._respond(result, send)

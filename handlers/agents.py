@@ -9,17 +9,19 @@ from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.errors import BadRequest, NotFound
 from calls_server.domain.listing import pagination
 from calls_server.handlers.idempotency import idempotent
-from calls_server.handlers.scope import organization_id, services
+from calls_server.handlers.scope import organization_id, reads, services
 
 Response = tuple[Envelope, int]
 
 
-async def list_agents(token_info: dict[str, Any], **params: Any) -> Response:
+@reads
+def list_agents(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/agents"""
     return _list(token_info, params, names=None)
 
 
-async def search_agents(token_info: dict[str, Any], body: dict[str, Any] | None = None) -> Response:
+@reads
+def search_agents(token_info: dict[str, Any], body: dict[str, Any] | None = None) -> Response:
     """POST /api/agents: the criteria come in the body."""
     criteria = body or {}
     names = (criteria.get("filter_criteria") or {}).get("agent_name")
@@ -58,7 +60,8 @@ def create_agent(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     return success("Agent created successfully", agents.view(agent)), 200
 
 
-async def get_agent_full(agent_id: str, token_info: dict[str, Any]) -> Response:
+@reads
+def get_agent_full(agent_id: str, token_info: dict[str, Any]) -> Response:
     """GET /api/agents/{agent_id}/full"""
     agent = services().store.get_agent(organization_id(token_info), agents.agent_id(agent_id))
     return success("Full agent data retrieved successfully", agents.view(agent)), 200
@@ -120,7 +123,8 @@ def assign_post_call_webhook(
     return success("Post-call webhook assigned successfully", data), 200
 
 
-async def list_post_call_webhook_tools(agent_id: str, token_info: dict[str, Any]) -> Response:
+@reads
+def list_post_call_webhook_tools(agent_id: str, token_info: dict[str, Any]) -> Response:
     """GET /api/agents/{agent_id}/tools/post-call-webhook"""
     org, store = organization_id(token_info), services().store
     agent = store.get_agent(org, agents.agent_id(agent_id))

@@ -4,10 +4,11 @@ Each one unpacks its validated arguments, makes one domain/storage call and retu
 `(envelope, status)`. Connexion has validated everything openapi.yaml says (and filled in
 its defaults) before a handler runs.
 
-Handlers that only read are `async`: they run on the event loop, never wait for the disk
-and hold the store's lock for microseconds, which saves the hop to a worker thread.
-Handlers that write are plain functions, run in Connexion's thread pool, because a write
-waits for its fsync before it is acknowledged.
+Handlers that only read are marked `@reads`: on the embedded store they run on the event
+loop (they never wait for the disk and hold the store's lock for microseconds, which saves
+the hop to a worker thread); on PostgreSQL, whose reads wait for the network, on a worker
+thread. Handlers that write are plain functions, run on worker threads, because a write
+waits for its fsync (or commit) before it is acknowledged.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from calls_server.domain import calls, versions
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import CallQuery
 from calls_server.handlers.idempotency import idempotent
-from calls_server.handlers.scope import organization_id, services
+from calls_server.handlers.scope import organization_id, reads, services
 from calls_server.integrations.dispatch import place_phone_call
 
 Response = tuple[Envelope, int]
@@ -123,19 +124,22 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Version
     return success(message, data), 200, {"ETag": versions.etag(call)}
 
 
-async def get_call(call_id: str, token_info: dict[str, Any]) -> Versioned:
+@reads
+def get_call(call_id: str, token_info: dict[str, Any]) -> Versioned:
     """GET /api/calls/{call_id}"""
     call = services().store.get_call(organization_id(token_info), call_id)
     shown = services().casing.call(call, listed=True)
     return success("Call retrieved successfully", shown), 200, {"ETag": versions.etag(call)}
 
 
-async def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
+@reads
+def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/calls: the filter criteria come as query parameters."""
     return _list(token_info, CallQuery.from_query_params(params))
 
 
-async def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+@reads
+def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/calls: the filter criteria come in the body."""
     return _list(token_info, CallQuery.from_body(body))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from calls_server.domain.envelope import Envelope, success
-from calls_server.handlers.scope import services
+from calls_server.handlers.scope import reads, services
 
 
 async def get_health() -> tuple[Envelope, int]:
@@ -18,7 +18,8 @@ async def get_health() -> tuple[Envelope, int]:
     return success("OK", {"status": "ok", "version": running}), 200
 
 
-async def get_readiness() -> tuple[Envelope, int]:
+@reads
+def get_readiness() -> tuple[Envelope, int]:
     """GET /api/ready: the store can serve requests (StoreUnavailable, a 503, otherwise)."""
     services().store.check_ready()
     return success("Ready", {"status": "ready", "checks": {"store": "ok"}}), 200

@@ -65,7 +65,10 @@ class IdempotencyKeys:
                     "retry once it has been answered"
                 )
         running = services()
-        found = running.store.find_idempotent(scope, key)
+        if running.store.reads_wait:  # a database: not on the event loop
+            found = await anyio.to_thread.run_sync(running.store.find_idempotent, scope, key)
+        else:
+            found = running.store.find_idempotent(scope, key)
         if found is not None and found["expires_at"] > running.clock():
             _check_same(key, found["fingerprint"], fingerprint)
             return _replay(found)

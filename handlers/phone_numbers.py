@@ -9,7 +9,7 @@ from calls_server.domain import phone_numbers
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import pagination
 from calls_server.handlers.idempotency import idempotent
-from calls_server.handlers.scope import organization_id, services
+from calls_server.handlers.scope import organization_id, reads, services
 
 Response = tuple[Envelope, int]
 
@@ -19,12 +19,14 @@ NO_CARRIER = (
 )
 
 
-async def list_phone_numbers(token_info: dict[str, Any], **params: Any) -> Response:
+@reads
+def list_phone_numbers(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/phone-numbers: the criteria come as query parameters."""
     return _list(token_info, params, params)
 
 
-async def search_phone_numbers(
+@reads
+def search_phone_numbers(
     token_info: dict[str, Any], body: dict[str, Any] | None = None
 ) -> Response:
     """POST /api/phone-numbers/list: the criteria come in the body."""
@@ -95,7 +97,8 @@ def import_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Res
     return success("Phone number imported without carrier validation", data), 200
 
 
-async def list_available_phone_numbers(token_info: dict[str, Any]) -> Response:
+@reads
+def list_available_phone_numbers(token_info: dict[str, Any]) -> Response:
     """GET /api/phone-numbers/available: the organization's numbers bound to no agent."""
     org = organization_id(token_info)
     found = [n for n in services().store.phone_numbers(org) if phone_numbers.is_available(n)]
@@ -103,7 +106,8 @@ async def list_available_phone_numbers(token_info: dict[str, Any]) -> Response:
     return success("Available phone numbers retrieved successfully", data), 200
 
 
-async def get_phone_number(phone_number: str, token_info: dict[str, Any]) -> Response:
+@reads
+def get_phone_number(phone_number: str, token_info: dict[str, Any]) -> Response:
     """GET /api/phone-numbers/{phone_number}"""
     number = services().store.get_phone_number(
         organization_id(token_info), phone_numbers.path_number(phone_number)

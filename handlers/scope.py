@@ -4,8 +4,9 @@ server copies into every request."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from connexion.context import scope
@@ -62,3 +63,15 @@ def organization_id(token_info: dict[str, Any]) -> str:
     """The organization of the API key that authenticated this request."""
     found: str = token_info["apiKey"]["organization_id"]
     return found
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def reads(handler: Handler) -> Handler:
+    """Mark `handler` as one that only reads the store. The request path runs it on the
+    event loop when the store answers reads from memory (the embedded store: microseconds,
+    no hop to a worker thread), and on a worker thread when reads wait for a database
+    (`Store.reads_wait`), so that the event loop never waits for the network."""
+    handler.reads = True  # type: ignore[attr-defined]
+    return handler

@@ -8,7 +8,7 @@ from calls_server.domain import agents, versions, webhooks
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import pagination
 from calls_server.handlers.idempotency import idempotent
-from calls_server.handlers.scope import organization_id, services
+from calls_server.handlers.scope import organization_id, reads, services
 
 Response = tuple[Envelope, int]
 Versioned = tuple[Envelope, int, dict[str, str]]  # with the webhook's ETag
@@ -27,7 +27,8 @@ def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -
     return success("Post-call webhook created successfully", shown), 200, _etag(hook)
 
 
-async def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
+@reads
+def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/post-call-webhooks (`activeOnly=true` for the active ones)."""
     org = organization_id(token_info)
     stored = services().store.webhooks(org)
@@ -36,7 +37,8 @@ async def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> 
     return success("Post-call webhooks retrieved successfully", data), 200
 
 
-async def get_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Versioned:
+@reads
+def get_post_call_webhook(webhook_id: str, token_info: dict[str, Any]) -> Versioned:
     """GET /api/post-call-webhooks/{webhook_id}"""
     org = organization_id(token_info)
     hook = services().store.get_webhook(org, webhook_id)
@@ -108,7 +110,8 @@ def _shown(organization_id: str, hook: webhooks.Webhook) -> webhooks.Webhook:
     return webhooks.public_view(hook, _agent_counts(organization_id).get(hook["id"], 0))
 
 
-async def list_post_call_webhook_events(
+@reads
+def list_post_call_webhook_events(
     webhook_id: str, token_info: dict[str, Any], page: int, limit: int, **filters: Any
 ) -> Response:
     """GET /api/post-call-webhooks/{webhook_id}/events"""
@@ -127,7 +130,8 @@ async def list_post_call_webhook_events(
     return success("Webhook events retrieved successfully", data), 200
 
 
-async def get_post_call_webhook_event(
+@reads
+def get_post_call_webhook_event(
     webhook_id: str, event_id: str, token_info: dict[str, Any]
 ) -> Response:
     """GET /api/post-call-webhooks/{webhook_id}/events/{event_id}"""

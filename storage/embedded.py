@@ -75,6 +75,8 @@ _EVENT_SUMMARY = (
 class EmbeddedStore:
     """The `storage.interface.Store` of a data directory on local disk."""
 
+    reads_wait = False  # reads are answered from memory
+
     def __init__(
         self,
         directory: str | os.PathLike[str],

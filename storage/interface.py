@@ -34,6 +34,10 @@ EventListener = Callable[[list[WebhookEvent]], None]
 class Store(Protocol):
     """Calls, organizations and API keys, each call scoped to its organization."""
 
+    # Whether reads wait for I/O (a database over the network): code on the event loop
+    # then reads on a worker thread. False: reads are answered from memory in microseconds.
+    reads_wait: bool
+
     # -- calls -----------------------------------------------------------------------------
     def add_call(self, call: Call) -> None:
         """Store a new call. Raises DuplicateId if its call_id exists in its organization."""

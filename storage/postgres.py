@@ -131,6 +131,8 @@ _WEBHOOKS = _Kind(
 class PostgresStore:
     """The `storage.interface.Store` of a PostgreSQL database (migrated on open)."""
 
+    reads_wait = True  # reads are each a round trip to the database
+
     def __init__(
         self,
         url: str,

@@ -103,7 +103,7 @@ class TestDatabases:
 class TcpProxy:
     """A TCP port on 127.0.0.1 forwarding to the server of a URL (its Unix socket or its
     host and port), which can be cut: every connection through it dropped at once, and no
-    new one accepted (a database that went away, as its clients see it)."""
+    new one accepted (a database that went away, as its clients see it), and restored."""
 
     def __init__(self, url: str) -> None:
         params = conninfo_to_dict(url)
@@ -137,10 +137,18 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def restore(self) -> None:
+        """Accept connections again, on the same port (the database is back)."""
+        with self._lock:
+            self._cut = False
+            self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
     def _accept(self) -> None:
+        listener = self._listener
         while True:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return  # cut
             family, address = self._target

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import SEED_REQUEST, running_server
+from tests.conftest import SEED_REQUEST, running_server, wait_for
 from tests.postgres_server import TcpProxy
 
 
@@ -42,3 +42,19 @@ def test_a_lost_database_is_a_503_naming_it_and_the_server_not_ready(tmp_path, d
     assert "database" in listed.json()["error"]
     assert ready.status_code == 503
     assert alive.status_code == 200
+
+
+def test_a_server_recovers_by_itself_when_the_database_returns(tmp_path, database_url):
+    proxy = TcpProxy(database_url)
+    with running_server(tmp_path / "unused", CALLS_DATABASE_URL=proxy.url()) as server:
+        headers = server.new_key_headers()
+        proxy.cut()
+        during = httpx.get(f"{server.base_url}/api/calls", headers=headers, timeout=30)
+        proxy.restore()
+        wait_for(lambda: httpx.get(f"{server.base_url}/api/ready", timeout=30).status_code == 200)
+        after = httpx.post(
+            f"{server.base_url}/api/calls/create", json=SEED_REQUEST, headers=headers, timeout=30
+        )
+
+    assert during.status_code == 503
+    assert after.status_code == 200

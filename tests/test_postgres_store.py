@@ -911,6 +911,26 @@ def test_connections_the_server_dropped_are_replaced(store, database_url):
     store.check_ready()
 
 
+def test_a_pool_with_no_free_connection_is_a_503_not_an_endless_wait(database_url):
+    store = PostgresStore(database_url, max_connections=1, pool_timeout=0.5)
+    holding = threading.Thread(target=_slow, args=(store, 2))
+    try:
+        store.add_call(a_call(call_id="kept"))
+        holding.start()
+        time.sleep(0.3)  # the one connection is taken
+        started = time.monotonic()
+
+        with pytest.raises(StoreUnavailable, match="none of the store's 1 connections") as busy:
+            store.get_call("org", "kept")
+
+        assert time.monotonic() - started < 5
+        assert busy.value.status_code == 503
+        holding.join()
+        assert store.get_call("org", "kept")["call_id"] == "kept"  # free again
+    finally:
+        store.close()
+
+
 def test_a_statement_that_runs_too_long_is_a_503(database_url):
     store = PostgresStore(database_url, statement_timeout=0.2)
     try:
@@ -920,9 +940,9 @@ def test_a_statement_that_runs_too_long_is_a_503(database_url):
         store.close()
 
 
-def _slow(store: PostgresStore) -> None:
+def _slow(store: PostgresStore, seconds: float = 5) -> None:
     with store._transaction() as conn:
-        conn.execute("SELECT pg_sleep(5)")
+        conn.execute("SELECT pg_sleep(%s)", (seconds,))
 
 
 def test_a_closed_store_is_a_503(database_url):

@@ -4,6 +4,7 @@ checked one, and what it cannot check stops the server at start-up."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib
 import json
@@ -341,3 +342,34 @@ def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_the_host(client):
 
     assert_error(response, 404, "No route matches GET /api/health/")
     assert "location" not in response.headers
+
+
+def test_reads_run_on_the_event_loop_only_when_the_store_answers_from_memory(
+    client, tenant, store, monkeypatch
+):
+    """The embedded store's reads stay on the event loop (no thread hop); PostgreSQL's,
+    which wait for the network, key lookup included, go to worker threads."""
+    call = create_call(client, tenant)
+    on_loop: dict[str, bool] = {}
+
+    def watched(name: str) -> None:
+        original = getattr(store, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+                on_loop[name] = True
+            except RuntimeError:  # a worker thread runs no event loop
+                on_loop[name] = False
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, wrapper)
+
+    for name in ("get_call", "find_api_key", "list_calls"):
+        watched(name)
+
+    assert client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).status_code == 200
+    assert client.get("/api/calls", headers=tenant.headers).status_code == 200
+
+    expected = not store.reads_wait
+    assert on_loop == {"get_call": expected, "find_api_key": expected, "list_calls": expected}
