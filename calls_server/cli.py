@@ -32,8 +32,9 @@ from calls_server.http_protocol import HttpLimits, LimitedHttpToolsProtocol
 from calls_server.integrations.clock import wall_clock
 from calls_server.logs import log_config
 from calls_server.settings import Settings, SettingsError
-from calls_server.storage import CorruptJournal, DataDirectoryLocked, Store
+from calls_server.storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
 from calls_server.storage.journal import salvage
+from calls_server.storage.postgres import DatabaseNotEmpty, PostgresStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         command: Callable[[argparse.Namespace, Settings], int] = args.command
         return command(args, settings)
-    except (SettingsError, DataDirectoryLocked, CorruptJournal) as e:
+    except (SettingsError, DataDirectoryLocked, DatabaseNotEmpty, CorruptJournal) as e:
         print(f"calls-server: {e}", file=sys.stderr)
         return 2
     except ApiError as e:
@@ -324,6 +325,36 @@ def recover(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def copy_to_postgres(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy the embedded data directory into a PostgreSQL database, verifying the counts."""
+    url = args.database_url or settings.database_url
+    if not url:
+        print(
+            "calls-server: copy-to-postgres needs the database: --database-url or "
+            "CALLS_DATABASE_URL=postgresql://...",
+            file=sys.stderr,
+        )
+        return 2
+    source = EmbeddedStore(settings.data_dir, compact_every=settings.compact_every)
+    try:
+        records = source.export()
+        target = PostgresStore(url)
+        try:
+            target.copy_from(records, replace=args.replace)
+            copied = target.record_counts()
+        finally:
+            target.close()
+    finally:
+        source.close()
+    _print({"copied": copied})
+    print(
+        f"Copied {settings.data_dir} into the database ({copied['calls']} calls, counts "
+        "verified). Start the server with CALLS_DATABASE_URL set to it.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, Any]:
     record, secret = keys.new_api_key(organization_id, wall_clock(), name)
     store.add_api_key(record)
@@ -416,6 +447,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     salvage_.add_argument("--to", type=Path, required=True, help="the new data directory")
     salvage_.set_defaults(command=recover)
+
+    moving = commands.add_parser(
+        "copy-to-postgres",
+        help="copy the data directory into a PostgreSQL database (moving up)",
+        description="Copies every record of the data directory (--data-dir: organizations, "
+        "keys, agents, phone numbers, webhooks, calls with their events, webhook deliveries "
+        "pending or done, idempotency keys) into the database in one transaction, and "
+        "verifies the counts. The server must be stopped (the directory's lock). A database "
+        "that holds records is refused unless --replace is given.",
+    )
+    moving.add_argument(
+        "--database-url", help="the target database (CALLS_DATABASE_URL, postgresql://...)"
+    )
+    moving.add_argument(
+        "--replace", action="store_true", help="remove what the database holds first"
+    )
+    moving.set_defaults(command=copy_to_postgres)
     return parser
 
 

@@ -72,6 +72,19 @@ _EVENT_SUMMARY = (
 )
 
 
+# The kinds of records a store holds (its tables), as `export` answers them.
+EXPORTED = (
+    "organizations",
+    "api_keys",
+    "agents",
+    "phone_numbers",
+    "webhooks",
+    "calls",
+    "webhook_events",
+    "idempotency_keys",
+)
+
+
 class EmbeddedStore:
     """The `storage.interface.Store` of a data directory on local disk."""
 
@@ -560,6 +573,17 @@ class EmbeddedStore:
                 del self._kept[expired_slot]
             self._kept.pop(slot, None)
             self._kept[slot] = doc_id
+
+    # -- moving to another store --------------------------------------------------------------
+    def export(self) -> dict[str, list[dict[str, Any]]]:
+        """Every record, by kind (the tables of `EXPORTED`), each kind in the order stored.
+        The records are the store's own: read them, never change them."""
+        with self._reading():
+            tables = {name: self._table(name) for name in EXPORTED}
+            return {
+                name: [doc for _, doc in sorted(raw_documents(table).items(), key=_doc_order)]
+                for name, table in tables.items()
+            }
 
     # -- the processes that serve the store ---------------------------------------------------
     @property
