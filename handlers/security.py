@@ -1,6 +1,7 @@
 """Security functions named by openapi.yaml's security schemes.
 
-Connexion calls them on the event loop, before validation, with exactly these signatures
+The request path calls them before validation (on the event loop, or a worker thread when
+they read a store whose reads wait: `@reads`), with exactly these signatures
 (`request` is passed because the signature asks for it). The API key and secret are two
 schemes required together; Connexion hands each function only its own header, so the
 first function checks the pair (and the rate limits) and the second only accepts.
@@ -16,8 +17,10 @@ from connexion.lifecycle import ConnexionRequest
 from calls_server.domain import keys
 from calls_server.domain.errors import BOTH_HEADERS, Forbidden, RateLimited, Unauthorized
 from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS, RATE_LIMIT_REFUSED
+from calls_server.handlers.scope import reads
 
 
+@reads
 def check_api_key_pair(
     api_key: str, required_scopes: Any = None, request: ConnexionRequest | None = None
 ) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import re
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -154,6 +156,8 @@ class PostgresStore:
         self._url = url
         self._write_observer: Callable[[float], None] | None = None
         self._quota = quota or Quota()
+        # Usage exact (serialized per organization) only when a quota needs it.
+        self._limited = bool(self._quota.max_calls or self._quota.max_bytes)
         self._pool_timeout = pool_timeout
         self._max_connections = max_connections
         self._event_source: EventSource | None = None
@@ -182,7 +186,7 @@ class PostgresStore:
             configure=_configure,
             # A connection the server dropped (a restart, a failover) is replaced when it
             # is handed out, instead of failing the request that gets it.
-            check=ConnectionPool.check_connection,
+            check=_check_connection,
             open=False,
             name="calls-server",
         )
@@ -204,23 +208,29 @@ class PostgresStore:
         org = call["organization_id"]
         data = _call_json(call)
         stored = _loads(data)  # the call as stored, for the event source
+        values = (org, call["call_id"], *_call_values(stored, data))
+        if not self._limited:
+            # The common case, a statement that is its own transaction (no BEGIN and COMMIT
+            # round trips): the call and its usage, unless events may be owed (the
+            # organization has webhooks): then nothing, and the transaction below.
+            with self._writing() as conn:
+                row = conn.execute(
+                    _ADD_CALL_ALONE,
+                    (self._event_source is not None, org, *values, _stripe()),
+                ).fetchone()
+            assert row is not None  # the statement's SELECT answers one row
+            inserted, deferred = row
+            if not deferred:
+                if not inserted:
+                    raise _duplicate_call(call["call_id"])
+                return
         with self._transaction() as conn:
-            inserted = conn.execute(
-                "INSERT INTO calls (organization_id, call_id, doc, size, call_status,"
-                " call_type, direction, agent_id, created_at, updated_at, start_timestamp,"
-                " end_timestamp, call_duration, scheduled_timestamp, search_parts, search_text)"
-                " VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING 1",
-                (org, call["call_id"], *_call_values(stored, data)),
-            ).fetchone()
+            inserted = conn.execute(_ADD_CALL, values).fetchone()
             if inserted is None:
-                raise DuplicateId(
-                    f"A call with ID '{call['call_id']}' already exists",
-                    message="Call already exists",
-                )
-            count, size = _use(conn, org, 1, len(data))
-            self._quota.check(count, size)
+                raise _duplicate_call(call["call_id"])
+            held = _use(conn, org, 1, len(data), exact=self._limited)
+            if held is not None:
+                self._quota.check(*held)
             self._record_events(conn, None, stored)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
@@ -253,9 +263,9 @@ class PostgresStore:
             )
             grown = len(data) - old_size
             if grown:
-                count, size = _use(conn, organization_id, 0, grown)
-                if grown > 0 and self._quota.max_bytes:
-                    self._quota.check(count, size)
+                held = _use(conn, organization_id, 0, grown, exact=self._limited)
+                if held is not None and grown > 0 and self._quota.max_bytes:
+                    self._quota.check(*held)
             self._record_events(conn, old, new)
         return changed
 
@@ -271,7 +281,7 @@ class PostgresStore:
                 "DELETE FROM calls WHERE organization_id = %s AND call_id = %s",
                 (organization_id, call_id),
             )
-            _use(conn, organization_id, -1, -old_size)
+            _use(conn, organization_id, -1, -old_size, exact=self._limited)
             self._record_events(conn, _copy(old), None)
         return old
 
@@ -665,6 +675,8 @@ class PostgresStore:
                 (organization_id,),
             ).fetchall()
         ]
+        if not hooks:  # nothing can be owed: no need to read the agent
+            return
         agent = conn.execute(
             "SELECT doc FROM agents WHERE organization_id = %s AND agent_id = %s",
             (organization_id, call.get("agent_id")),
@@ -848,6 +860,16 @@ class PostgresStore:
         return cast(dict[str, Any], row[0])
 
     # -- connections ---------------------------------------------------------------------------
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A connection for one write statement, its own transaction; timed for
+        `observe_writes` as `_transaction` is."""
+        started = time.perf_counter()
+        with self._unavailable(), self._pool.connection() as conn:
+            yield conn
+        if self._write_observer is not None:
+            self._write_observer(time.perf_counter() - started)
+
     @contextmanager
     def _transaction(self, first: bytes | None = None) -> Iterator[Connection]:
         """A connection in a transaction (begun with statement `first`, if given): committed
@@ -1085,21 +1107,81 @@ def migrate(conn: Connection, up_to: int | None = None) -> list[int]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _check_connection(conn: Connection) -> None:
+    """Raise if `conn`, idle in the pool, is no longer usable. Cheap for a healthy one,
+    which has nothing to read (a round trip per checkout would cost as much as the
+    request's own query): one the server closed, or told why it is closing it, has an
+    error message or EOF waiting; only then is it tried with a round trip."""
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
 def _configure(conn: Connection) -> None:
     """Set up a new connection: JSONB documents parsed by orjson (several times faster)."""
     set_json_loads(orjson.loads, conn)
 
 
-def _use(conn: Connection, organization_id: str, calls_: int, size: int) -> tuple[int, int]:
-    """Add to the organization's usage; what it holds then (its row locked until commit)."""
+# Rows an organization's usage is spread over when no quota needs it exact.
+USAGE_STRIPES = 16
+
+_CALL_INSERT_COLUMNS = (
+    "organization_id, call_id, doc, size, call_status, call_type, direction, agent_id,"
+    " created_at, updated_at, start_timestamp, end_timestamp, call_duration,"
+    " scheduled_timestamp, search_parts, search_text"
+)
+_CALL_INSERT_VALUES = "%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+_ADD_CALL = (
+    f"INSERT INTO calls ({_CALL_INSERT_COLUMNS}) VALUES ({_CALL_INSERT_VALUES})"
+    " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING 1"
+)
+# A call and its usage in one statement (parameters: whether events are recorded, the
+# organization, the call's values, a usage stripe), unless events are recorded and
+# the organization has webhooks: then nothing is written, and it answers (inserted,
+# deferred) = (false, true).
+_ADD_CALL_ALONE = (
+    "WITH deferred AS (SELECT %s::bool AND EXISTS"
+    " (SELECT 1 FROM webhooks WHERE organization_id = %s) AS yes),"
+    f" inserted AS (INSERT INTO calls ({_CALL_INSERT_COLUMNS})"
+    f" SELECT {_CALL_INSERT_VALUES} WHERE NOT (SELECT yes FROM deferred)"
+    " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING organization_id, size),"
+    " used AS (INSERT INTO organization_usage AS u (organization_id, stripe, calls, bytes)"
+    " SELECT organization_id, %s, 1, size FROM inserted"
+    " ON CONFLICT (organization_id, stripe) DO UPDATE"
+    " SET calls = u.calls + excluded.calls, bytes = u.bytes + excluded.bytes)"
+    " SELECT EXISTS (SELECT 1 FROM inserted), (SELECT yes FROM deferred)"
+)
+
+
+def _stripe() -> int:
+    return random.randrange(USAGE_STRIPES)
+
+
+def _duplicate_call(call_id: str) -> DuplicateId:
+    return DuplicateId(f"A call with ID '{call_id}' already exists", message="Call already exists")
+
+
+def _use(
+    conn: Connection, organization_id: str, calls_: int, size: int, exact: bool
+) -> tuple[int, int] | None:
+    """Add to the organization's usage (0003_usage_stripes.sql). `exact`: in stripe 0,
+    whose row lock (until commit) serializes the organization's writes, and answer what
+    it holds then; otherwise in a random stripe, concurrently with other writes, and
+    answer None."""
+    stripe = 0 if exact else _stripe()
+    conn.execute(
+        "INSERT INTO organization_usage AS u (organization_id, stripe, calls, bytes)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (organization_id, stripe) DO UPDATE"
+        " SET calls = u.calls + excluded.calls, bytes = u.bytes + excluded.bytes",
+        (organization_id, stripe, calls_, size),
+    )
+    if not exact:
+        return None
     row = conn.execute(
-        "INSERT INTO organization_usage AS u (organization_id, calls, bytes)"
-        " VALUES (%s, %s, %s) ON CONFLICT (organization_id) DO UPDATE"
-        " SET calls = u.calls + excluded.calls, bytes = u.bytes + excluded.bytes"
-        " RETURNING calls, bytes",
-        (organization_id, calls_, size),
+        "SELECT sum(calls), sum(bytes) FROM organization_usage WHERE organization_id = %s",
+        (organization_id,),
     ).fetchone()
-    assert row is not None  # an upsert always returns its row
+    assert row is not None  # an aggregate always answers a row
     return int(row[0]), int(row[1])
 
 
