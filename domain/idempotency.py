@@ -27,6 +27,26 @@ class IdempotentAnswer(TypedDict):
     expires_at: int  # Unix ms
 
 
+# The status of a claim: a request with this key is running (in some process), its answer
+# not yet kept.
+RUNNING = 0
+
+
+def claim(scope: str, key: str, fingerprint: str, now: int, lease_ms: int) -> IdempotentAnswer:
+    """The record that says a request with `key` is running, until `now + lease_ms` at most
+    (past that, its process is taken to have stopped and another may run the request)."""
+    return IdempotentAnswer(
+        scope=scope,
+        key=key,
+        fingerprint=fingerprint,
+        status=RUNNING,
+        body=None,
+        headers={},
+        created_at=now,
+        expires_at=now + lease_ms,
+    )
+
+
 def fingerprint(operation: str, arguments: Mapping[str, Any]) -> str:
     """What identifies a request: its operation and its validated arguments (path
     parameters and body, defaults filled in), whatever the order of keys as sent."""

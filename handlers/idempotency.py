@@ -4,7 +4,9 @@ one answered, instead of creating again.
 `@idempotent` wraps a create handler. Without the header it only runs the handler. With
 it: a kept answer for the same key and the same request is replayed (with
 `Idempotent-Replayed: true`); the same key with another request is 422; a request whose
-twin is still running waits for the twin's answer (409 after `IN_FLIGHT_WAIT`). Answers
+twin is still running waits for the twin's answer (409 after `IN_FLIGHT_WAIT`), also when
+the twin runs in another process on the same PostgreSQL store: before running, a request
+claims its key in the store (`Store.claim_idempotent`), which exactly one process gets. Answers
 are kept durably, by the store, for `CALLS_IDEMPOTENCY_TTL`; requests refused before the
 handler ran (validation, authentication) are not kept, nor answers that say to try again.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +31,15 @@ import anyio.to_thread
 from calls_server.domain import idempotency
 from calls_server.domain.envelope import failure
 from calls_server.domain.errors import ApiError, IdempotencyKeyInFlight, IdempotencyKeyReused
-from calls_server.domain.idempotency import IdempotentAnswer
+from calls_server.domain.idempotency import RUNNING, IdempotentAnswer
 from calls_server.handlers.scope import services
 
 # Seconds a retry waits for its twin still running before it is answered 409.
 IN_FLIGHT_WAIT = 10.0
+# A claim's lease (a process that stops mid-request leaves its claim for that long) and how
+# often a retry asks whether another process's twin has answered (seconds).
+CLAIM_LEASE_MS = 60_000
+CLAIM_POLL = 0.05
 REPLAYED = {"Idempotent-Replayed": "true"}
 
 
@@ -65,19 +72,56 @@ class IdempotencyKeys:
                     "retry once it has been answered"
                 )
         running = services()
-        if running.store.reads_wait:  # a database: not on the event loop
-            found = await anyio.to_thread.run_sync(running.store.find_idempotent, scope, key)
-        else:
-            found = running.store.find_idempotent(scope, key)
-        if found is not None and found["expires_at"] > running.clock():
+        found = await _from_store(running.store.find_idempotent, scope, key)
+        now = running.clock()
+        if found is not None and found["expires_at"] > now and found["status"] != RUNNING:
             _check_same(key, found["fingerprint"], fingerprint)
             return _replay(found)
         flight = self._flying[slot] = _Flight(fingerprint)
         try:
-            return await run(functools.partial(self._keep, scope, key, fingerprint))
+            claim, answered = await self._claim(scope, key, fingerprint)
+            if answered is not None:
+                return _replay(answered)
+            kept = False
+
+            def keep(status: int, body: Any, headers: Any) -> None:
+                nonlocal kept
+                self._keep(scope, key, fingerprint, status, body, headers)
+                kept = True
+
+            try:
+                return await run(keep)
+            finally:
+                if not kept:  # not an answer to keep: the next retry runs the request
+                    await _from_store(running.store.release_idempotent, claim)
         finally:
             del self._flying[slot]
             flight.done.set()
+
+    async def _claim(
+        self, scope: str, key: str, fingerprint: str
+    ) -> tuple[IdempotentAnswer, IdempotentAnswer | None]:
+        """Claim the key among the processes sharing the store: (the claim, None) once this
+        one may run the request; (the claim, the answer) if another answered it meanwhile.
+        While another runs it, ask again every CLAIM_POLL seconds; 409 after
+        IN_FLIGHT_WAIT."""
+        running = services()
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        while True:
+            now = running.clock()
+            claim = idempotency.claim(scope, key, fingerprint, now, CLAIM_LEASE_MS)
+            other = await _from_store(running.store.claim_idempotent, claim, now)
+            if other is None:
+                return claim, None
+            _check_same(key, other["fingerprint"], fingerprint)
+            if other["status"] != RUNNING:
+                return claim, other
+            if time.monotonic() >= deadline:
+                raise IdempotencyKeyInFlight(
+                    f"A request with Idempotency-Key '{key}' is still running; "
+                    "retry once it has been answered"
+                )
+            await anyio.sleep(CLAIM_POLL)
 
     def _keep(
         self, scope: str, key: str, fingerprint: str, status: int, body: Any, headers: Any
@@ -164,6 +208,14 @@ def _keep_result(keep: Keep, result: Any) -> None:
 def _keep_error(keep: Keep, error: ApiError) -> None:
     if idempotency.kept(error.status_code):
         keep(error.status_code, failure(error.message, error.error), error.headers)
+
+
+async def _from_store(call: Callable[..., Any], *args: Any) -> Any:
+    """`call(*args)` on a store method: on a worker thread when the store's reads wait for
+    a database, at once otherwise."""
+    if services().store.reads_wait:
+        return await anyio.to_thread.run_sync(call, *args)
+    return call(*args)
 
 
 def _check_same(key: str, kept: str, sent: str) -> None:

@@ -548,6 +548,13 @@ class EmbeddedStore:
         found = None if doc_id is None else raw_documents(self._idempotency).get(str(doc_id))
         return None if found is None else cast(IdempotentAnswer, _copy(found))
 
+    def claim_idempotent(self, claim: IdempotentAnswer, now: int) -> IdempotentAnswer | None:
+        """None: one process serves a data directory, and it knows what it runs."""
+        return None
+
+    def release_idempotent(self, claim: IdempotentAnswer) -> None:
+        """Nothing to release: no claim was written."""
+
     def keep_idempotent(self, answer: IdempotentAnswer) -> None:
         # Written to the journal (the kernel has it: a killed process loses nothing), not
         # waited for: the next write's fsync covers it. The create it answers was made

@@ -216,6 +216,17 @@ class Store(Protocol):
         """The ids of the processes serving the store now, this one's included: a claim by
         any other process was left behind by one that stopped."""
 
+    def claim_idempotent(self, claim: IdempotentAnswer, now: int) -> IdempotentAnswer | None:
+        """Record `claim` (a request with its key about to run, `idempotency.claim`) unless
+        a record of its scope and key that has not expired by `now` exists: then answer that
+        record (another process's claim, or an answer kept). None: claimed. A store that one
+        process serves at a time needs no claims (the process knows what it runs) and may
+        answer None without writing."""
+
+    def release_idempotent(self, claim: IdempotentAnswer) -> None:
+        """Remove `claim` if it is still the record of its key (its request's answer is not
+        one to keep: the next retry runs it again)."""
+
     # -- durability ----------------------------------------------------------------------------
 
     def check_ready(self) -> None:

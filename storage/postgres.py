@@ -712,6 +712,42 @@ class PostgresStore:
             ).fetchone()
         return None if row is None else cast(IdempotentAnswer, row[0])
 
+    def claim_idempotent(self, claim: IdempotentAnswer, now: int) -> IdempotentAnswer | None:
+        """Record `claim` unless an unexpired record of its key exists (answered then):
+        several processes may get the same key at once, and exactly one runs it."""
+        with self._transaction() as conn:
+            taken = conn.execute(
+                "INSERT INTO idempotency_keys AS k (scope, key, expires_at, doc)"
+                " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT (scope, key) DO UPDATE"
+                " SET expires_at = excluded.expires_at, doc = excluded.doc"
+                " WHERE k.expires_at <= %s RETURNING 1",
+                (claim["scope"], claim["key"], claim["expires_at"], _json(claim), now),
+            ).fetchone()
+            if taken is not None:
+                return None
+            row = conn.execute(
+                "SELECT doc FROM idempotency_keys WHERE scope = %s AND key = %s",
+                (claim["scope"], claim["key"]),
+            ).fetchone()
+        assert row is not None  # the conflicting row, locked by the upsert until commit
+        return cast(IdempotentAnswer, row[0])
+
+    def release_idempotent(self, claim: IdempotentAnswer) -> None:
+        """Remove `claim` if it is still the record of its key."""
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE scope = %s AND key = %s"
+                " AND doc->>'status' = %s AND (doc->>'created_at')::bigint = %s"
+                " AND doc->>'fingerprint' = %s",
+                (
+                    claim["scope"],
+                    claim["key"],
+                    str(claim["status"]),
+                    claim["created_at"],
+                    claim["fingerprint"],
+                ),
+            )
+
     def keep_idempotent(self, answer: IdempotentAnswer) -> None:
         """Keep `answer` (replacing one of the same scope and key), dropping the answers
         expired by its `created_at`. Committed, so durable, when it returns."""

@@ -18,7 +18,7 @@ import time
 import psycopg
 import pytest
 
-from calls_server.domain import agents, calls, keys, webhooks
+from calls_server.domain import agents, calls, idempotency, keys, webhooks
 from calls_server.domain.errors import (
     AgentNotFound,
     BadRequest,
@@ -711,6 +711,26 @@ def test_transcript_search_and_listing_use_indexes(store, database_url):
     assert "Seq Scan" not in searched
     assert "calls_created" in newest
     assert "Sort" not in newest
+
+
+def test_of_two_processes_claiming_one_key_one_gets_it_until_released_or_expired(
+    store, database_url
+):
+    other = PostgresStore(database_url)
+    try:
+        mine = idempotency.claim("acme", "k", "print-a", now=1_000, lease_ms=60_000)
+        theirs = idempotency.claim("acme", "k", "print-a", now=1_001, lease_ms=60_000)
+
+        assert store.claim_idempotent(mine, now=1_000) is None  # claimed
+        assert other.claim_idempotent(theirs, now=1_001) == mine  # running elsewhere
+        other.release_idempotent(theirs)  # not its claim: nothing removed
+        assert store.find_idempotent("acme", "k") == mine
+        store.release_idempotent(mine)
+        assert other.claim_idempotent(theirs, now=1_001) is None  # free again
+        later = idempotency.claim("acme", "k", "print-a", now=61_001, lease_ms=60_000)
+        assert store.claim_idempotent(later, now=61_001) is None  # its lease ran out
+    finally:
+        other.close()
 
 
 # -- several processes on one database -------------------------------------------------------------

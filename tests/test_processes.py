@@ -1,7 +1,8 @@
 """Several server processes on one PostgreSQL database: they serve the same organizations,
 dispatch each scheduled call exactly once between them (also when one is killed), deliver
-each webhook event once and each call's in order whichever process made the change, and
-stop honouring a revoked key at once. `serve --workers N` runs such processes on one port.
+each webhook event once and each call's in order whichever process made the change, run a
+create sent to several of them with one Idempotency-Key once, and stop honouring a revoked
+key at once. `serve --workers N` runs such processes on one port.
 
 Real processes (`calls-server serve`), a real database, a real dialer and webhook receiver
 on loopback."""
@@ -13,6 +14,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -247,3 +249,25 @@ def test_workers_share_the_port_and_the_database(tmp_path, database, database_ur
     assert server.process.returncode == 0  # SIGTERM stopped the workers, then the parent
     assert {c["call_id"] for c in listed["data"]["calls"]} >= {c["call_id"] for c in made}
     wait_for(lambda: database.live_processes() == {database.process_id})
+
+
+# -- idempotency keys ----------------------------------------------------------------------------
+
+
+def test_one_key_sent_to_two_processes_at_once_creates_one_call(tmp_path, database_url):
+    with servers(tmp_path, 2, CALLS_DATABASE_URL=database_url) as running:
+        headers = {**running[0].new_key_headers("acme"), "Idempotency-Key": "once"}
+        urls = [f"{server.base_url}/api/calls/create" for server in running]
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(
+                pool.map(
+                    lambda n: httpx.post(urls[n % 2], json={"agent_id": "a"}, headers=headers),
+                    range(20),
+                )
+            )
+        listed = httpx.get(urls[0].replace("/create", ""), headers=headers).json()
+
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["data"]["call"]["call_id"] for a in answers}) == 1
+    assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 19
+    assert listed["data"]["pagination"]["total"] == 1
