@@ -33,7 +33,7 @@ from typing import Any, cast
 
 import orjson
 import psycopg
-from psycopg import sql
+from psycopg import IsolationLevel, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
@@ -86,8 +86,6 @@ _CALL_COLUMNS = (
 _EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
 _SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
 _NOT_A_CURSOR = "'cursor' is not a cursor this server answered"
-# A listing reads its count and its page from one snapshot, so that they agree.
-_SNAPSHOT = b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # How long the cause found for a pool timeout is reused: under an outage every waiting
 # request would otherwise probe the database once more.
 _DIAGNOSIS_KEPT = 1.0
@@ -302,7 +300,7 @@ class PostgresStore:
             raise BadRequest(f"Calls cannot be sorted by '{query.sort_by}'")
         where, params = _call_filters(organization_id, query)
         field = sql.Identifier(query.sort_by)
-        with self._transaction(_SNAPSHOT) as conn:
+        with self._transaction(snapshot=True) as conn:  # count and page agree
             counted = conn.execute(
                 sql.SQL("SELECT count(*), count({field}) FROM calls WHERE {where}").format(
                     field=field, where=where
@@ -585,7 +583,7 @@ class PostgresStore:
             clauses.append(sql.SQL("created_at >= %s"))
             params.append(since)
         where = sql.SQL(" AND ").join(clauses)
-        with self._transaction(_SNAPSHOT) as conn:
+        with self._transaction(snapshot=True) as conn:  # count and page agree
             _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)
             counted = conn.execute(
                 sql.SQL("SELECT count(*) FROM webhook_events WHERE {}").format(where), params
@@ -907,17 +905,23 @@ class PostgresStore:
             self._write_observer(time.perf_counter() - started)
 
     @contextmanager
-    def _transaction(self, first: bytes | None = None) -> Iterator[Connection]:
-        """A connection in a transaction (begun with statement `first`, if given): committed
-        when the block ends, rolled back if it raises. A write (no `first`) that commits is
-        timed for `observe_writes`, from asking for a connection to the commit."""
+    def _transaction(self, snapshot: bool = False) -> Iterator[Connection]:
+        """A connection in a transaction: committed when the block ends, rolled back if it
+        raises. A write that commits is timed for `observe_writes`, from asking for a
+        connection to the commit. `snapshot`: a read-only one whose statements all see one
+        snapshot (REPEATABLE READ), named in its BEGIN (no round trip of its own)."""
         started = time.perf_counter()
         with self._unavailable(), self._pool.connection() as conn:
-            with conn.transaction():
-                if first is not None:
-                    conn.execute(first)
-                yield conn
-            if first is None and self._write_observer is not None:
+            if snapshot:
+                conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
+            try:
+                with conn.transaction():
+                    yield conn
+            finally:
+                if snapshot:  # the pool's next user gets the server's defaults
+                    with contextlib.suppress(psycopg.Error):  # broken: the pool drops it
+                        conn.isolation_level, conn.read_only = None, None
+            if not snapshot and self._write_observer is not None:
                 self._write_observer(time.perf_counter() - started)
 
     # -- for metrics ---------------------------------------------------------------------------

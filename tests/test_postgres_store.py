@@ -411,6 +411,21 @@ def test_concurrent_changes_of_a_call_are_told_in_commit_order(store):
     assert first_told(told) == recorded
 
 
+def test_a_listing_reads_one_snapshot_and_leaves_the_connection_at_the_defaults(database_url):
+    store = PostgresStore(database_url, max_connections=1)  # one connection: the same one
+    try:
+        with store._transaction(snapshot=True) as conn:
+            inside = conn.execute("SHOW transaction_isolation").fetchone()
+            read_only = conn.execute("SHOW transaction_read_only").fetchone()
+        store.list_calls("org", EVERYTHING)
+        with store._transaction() as conn:
+            after = conn.execute("SHOW transaction_isolation").fetchone()
+    finally:
+        store.close()
+
+    assert (inside, read_only, after) == (("repeatable read",), ("on",), ("read committed",))
+
+
 def test_a_value_postgresql_cannot_hold_is_a_bad_request(store):
     with pytest.raises(BadRequest, match="cannot be stored"):
         store.add_call(a_call(transcript="nul \x00 inside"))
@@ -828,15 +843,20 @@ def test_migrations_applied_again_are_a_no_op(store, database_url):
     PostgresStore(database_url).close()  # and opening again changes nothing either
 
 
-def test_a_database_of_the_previous_version_is_migrated_keeping_its_records(databases):
+@pytest.mark.parametrize("version", [v for v, _ in migrations()][:-1])
+def test_a_database_of_an_earlier_version_is_migrated_keeping_its_records(databases, version):
     url = databases.fresh_url()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            assert migrate(conn, up_to=1) == [1]
+            assert migrate(conn, up_to=version) == list(range(1, version + 1))
             conn.execute(
                 "INSERT INTO webhook_events (organization_id, webhook_id, event_id, status,"
                 " created_at, doc) VALUES ('acme', 'wh', 'evt_1', 'pending', 1, %s::jsonb)",
                 ('{"event_id": "evt_1", "call_id": "c1", "next_attempt_at": 5}',),
+            )
+            conn.execute(
+                "INSERT INTO organization_usage (organization_id, calls, bytes)"
+                " VALUES ('acme', 3, 300)"
             )
         opened = PostgresStore(url)
         told: list[list[dict]] = []
@@ -845,6 +865,7 @@ def test_a_database_of_the_previous_version_is_migrated_keeping_its_records(data
             wait_for(lambda: first_told(told) == ["evt_1"])
             assert told[0][0]["call_id"] == "c1"
             assert [e["event_id"] for e in opened.pending_webhook_events()] == ["evt_1"]
+            assert opened.counts()["calls"] == 3
         finally:
             opened.close()
         with psycopg.connect(url) as conn:
