@@ -39,7 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,31 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    # CPU time per request (us) of the processes watched (the server, the database).
+    cpu_us: dict[str, float] = field(default_factory=dict)
+
+
+# Processes whose CPU time a run adds up, by role: a function answering their pids.
+Watch = dict[str, Callable[[], list[int]]]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of the processes so far (those gone since count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL server process on the machine (backends and background workers)."""
+    found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
 
 
 Records = dict[str, list[dict]]
@@ -190,8 +216,10 @@ def wrk(
     env: dict[str, str],
     args: argparse.Namespace,
     connections: int | None = None,
+    watch: Watch | None = None,
 ) -> Result:
-    """One wrk run (after a short warm-up) and its parsed numbers."""
+    """One wrk run (after a short warm-up) and its parsed numbers, with the CPU time the
+    `watch`ed processes spent on it."""
     command = [
         "taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections or args.connections}",
         "--latency", "-s", str(WRK_SCRIPTS / f"{name}.lua"),
@@ -201,17 +229,23 @@ def wrk(
     subprocess.run(
         [*command[:5], "-d1s", *command[5:]], env=environ, capture_output=True, check=True
     )
+    watched = {role: pids() for role, pids in (watch or {}).items()}
+    before = {role: cpu_seconds(pids) for role, pids in watched.items()}
     out = subprocess.run(
         [*command[:5], f"-d{args.duration}s", *command[5:]],
         env=environ, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    spent = {role: cpu_seconds(pids) - before[role] for role, pids in watched.items()}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = max(1.0, rate * args.duration)
     return Result(
         name,
-        float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        rate,
         _millis(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         _millis(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         int(errors.group(1)) if errors else 0,
+        {role: seconds / requests * 1e6 for role, seconds in spent.items()},
     )
 
 
@@ -254,6 +288,7 @@ def interleaved(
     args: argparse.Namespace,
     servers: Servers,
     connections: int | None = None,
+    watch: Watch | None = None,
 ) -> list[tuple[Result, Result]]:
     """(ceiling, case) for each round, the ceiling measured right before the case."""
     pairs = []
@@ -261,7 +296,7 @@ def interleaved(
     ceiling_env = {**env, "BENCH_KEY": "k", "BENCH_SECRET": "s"}
     for _ in range(args.rounds):
         ceiling = wrk(ceiling_case, servers.ceiling_port, ceiling_env, args, connections)
-        pairs.append((ceiling, wrk(name, port, env, args, connections)))
+        pairs.append((ceiling, wrk(name, port, env, args, connections, watch)))
     return pairs
 
 
@@ -366,16 +401,21 @@ def main() -> int:
                     command, args.port, work / f"server-{size}-{len(startup)}.log",
                     env=server_env, cores=cores,
                 )  # fmt: skip
+                watch: Watch = {"server": lambda pid=process.pid: [pid, *_children(pid)]}
+                if databases is not None and configuration != EMBEDDED:
+                    watch["database"] = postgres_pids
                 try:
                     if configuration != EMBEDDED:
                         time.sleep(2)  # every worker up (the first answer comes from one)
                     memory[(size, configuration)] = rss_mib(process.pid)
                     for name in cases:
                         key = (name, size, configuration)
-                        measured[key] = interleaved(name, args.port, env, args, servers)
+                        measured[key] = interleaved(
+                            name, args.port, env, args, servers, None, watch
+                        )
                         if name == "list":  # latency without queueing: one request at a time
                             measured[("list-1", size, configuration)] = interleaved(
-                                "list", args.port, env, args, servers, connections=1
+                                "list", args.port, env, args, servers, 1, watch
                             )
                 finally:
                     stop(process)
@@ -444,6 +484,18 @@ def report(
             f"| {spread(ratios, '{:.2f}')} | {'' if target is None else f'≥ {target:.2f}'} "
             f"| {met} | {sum(r.errors for _, r in pairs)} |"
         )
+    print()
+    print("| case | store | calls stored | server CPU per request | database CPU per request |")
+    print("|---|---|---:|---:|---:|")
+    for (name, size, configuration), pairs in measured.items():
+        used = [r.cpu_us for _, r in pairs if r.cpu_us]
+        if not used:
+            continue
+        server = median([u["server"] for u in used])
+        database = (
+            f"{median([u['database'] for u in used]):,.0f} us" if "database" in used[0] else ""
+        )
+        print(f"| {LABELS[name]} | {configuration} | {size:,} | {server:,.0f} us | {database} |")
     print()
     print("| measure | value |")
     print("|---|---:|")
