@@ -1002,6 +1002,16 @@ class _Scan:
         self.conn, self.query, self.where, self.params = conn, query, where, params
         self.direction = sql.SQL("DESC" if query.descending else "ASC")
         self.beyond = sql.SQL("<" if query.descending else ">")
+        # In creation order with a filter of one value, the order is led by that (constant)
+        # column: only its index (organization, column, created_at, seq) gives that order,
+        # so the planner reads the filter's calls in order instead of walking the newest
+        # calls of the organization past every one that does not match (20,000 table rows
+        # after 20,000 creates of another agent).
+        self.lead: sql.Composable = sql.SQL("")
+        if query.sort_by == "created_at":
+            single = [f for f in _EQUALITY_FIELDS if len(query.filters.get(f) or ()) == 1]
+            if single:
+                self.lead = sql.SQL("{}, ").format(sql.Identifier(single[-1]))
 
     def with_value(
         self, after: Sequence[int] | None, skip: int, count: int
@@ -1020,8 +1030,10 @@ class _Scan:
             sql.SQL(
                 "SELECT doc, {field}, created_at, seq FROM calls"
                 " WHERE {where} AND {field} IS NOT NULL{keyset}"
-                " ORDER BY {field} {d}, created_at {d}, seq {d} OFFSET %s LIMIT %s"
-            ).format(field=field, where=self.where, keyset=keyset, d=self.direction),
+                " ORDER BY {lead}{field} {d}, created_at {d}, seq {d} OFFSET %s LIMIT %s"
+            ).format(
+                lead=self.lead, field=field, where=self.where, keyset=keyset, d=self.direction
+            ),
             [*params, skip, count],
             prepare=False,  # planned for these values (see list_calls)
         ).fetchall()
@@ -1269,8 +1281,13 @@ def _call_filters(organization_id: str, query: CallQuery) -> tuple[sql.Composed,
     filters = query.filters
     for field in _EQUALITY_FIELDS:
         if field in filters:  # any of the values; a call without one matches none
-            clauses.append(sql.SQL("{} = ANY(%s::text[])").format(sql.Identifier(field)))
-            params.append(list(filters[field]))
+            values = list(filters[field])
+            if len(values) == 1:  # `=`: an index's equality condition, also for its order
+                clauses.append(sql.SQL("{} = %s").format(sql.Identifier(field)))
+                params.append(values[0])
+            else:
+                clauses.append(sql.SQL("{} = ANY(%s::text[])").format(sql.Identifier(field)))
+                params.append(values)
     for name, field in RANGE_FIELDS.items():
         if name in filters:  # inclusive; a call without a value is in no range
             column = sql.Identifier(field)
