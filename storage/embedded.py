@@ -430,7 +430,7 @@ class EmbeddedStore:
             self._event_source, self._event_listener = source, listener
             pending = self.pending_webhook_events()
             if pending:
-                listener([{k: event[k] for k in _EVENT_SUMMARY} for event in pending])
+                self._tell(pending)
 
     def pending_webhook_events(self) -> list[WebhookEvent]:
         with self._reading():

@@ -33,11 +33,11 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from calls_server.domain.webhooks import WebhookEvent
+from calls_server.storage.interface import EventListener
 
 log = logging.getLogger("calls_server.storage")
 
 Connection = psycopg.Connection[TupleRow]
-EventListener = Callable[[list[WebhookEvent]], None]
 
 # Advisory lock keys (any numbers, fixed): the first half of the two-key form for presence,
 # the one-key form for the delivery role.
