@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,23 @@ def published(spec: dict[str, Any]) -> tuple[bytes, bytes]:
     as_json = json.dumps(public_spec, indent=2).encode()
     as_yaml = yaml.safe_dump(public_spec, sort_keys=False, allow_unicode=True).encode()
     return as_json, as_yaml
+
+
+def served_at(base_path: str, path: str, item: Mapping[str, Any]) -> list[str]:
+    """Where the spec's `path` is served: under the API's base path, and first under the
+    base of the path's own first server, if it has one (upstream mounts batch calls at
+    `/batch-call`, outside `/api`; clients generated against `/api` reach them there too)."""
+    servers = item.get("servers")
+    if not servers:
+        return [base_path + path]
+    own = urllib.parse.urlsplit(servers[0]["url"]).path.rstrip("/")
+    return [own + path] if own == base_path else [own + path, base_path + path]
+
+
+def served_paths(spec: Mapping[str, Any], base_path: str) -> dict[str, Mapping[str, Any]]:
+    """The spec's path items by every path they are served at."""
+    return {
+        served: item
+        for path, item in spec["paths"].items()
+        for served in served_at(base_path, path, item)
+    }

@@ -46,12 +46,12 @@ _AUTH_DETAILS = {
 }
 
 
-def install(app: AsyncApp, spec: Mapping[str, Any], base_path: str) -> None:
+def install(app: AsyncApp, paths: Mapping[str, Mapping[str, Any]], base_path: str) -> None:
     """Register the envelope renderers on `app` for everything that can go wrong.
 
     They are `async` so that Connexion calls them on the event loop: a plain function would
     be sent to a worker thread for every 401 or 404, a few microseconds of work each."""
-    allowed_methods = AllowedMethods(spec, base_path)
+    allowed_methods = AllowedMethods(paths)
 
     async def on_api_error(request: ConnexionRequest, exc: ApiError) -> ConnexionResponse:
         return _render(request, exc.status_code, exc.message, exc.error, exc.headers)
@@ -129,11 +129,12 @@ class AllowedMethods:
     `Allow` names a single method even where the spec documents several.
     """
 
-    def __init__(self, spec: Mapping[str, Any], base_path: str) -> None:
+    def __init__(self, paths: Mapping[str, Mapping[str, Any]]) -> None:
+        """`paths`: the spec's path items by the paths they are served at."""
         self._routes = []
-        self.literal_paths = {base_path + p for p in spec["paths"] if "{" not in p}
-        for template, item in spec["paths"].items():
-            pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(base_path + template))
+        self.literal_paths = {path for path in paths if "{" not in path}
+        for path, item in paths.items():
+            pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path))
             methods = [m.upper() for m in item if m in _HTTP_METHODS]
             if "GET" in methods:
                 methods.append("HEAD")

@@ -70,6 +70,7 @@ from calls_server.compiled_schema import (
     openapi_components,
     openapi_schema,
 )
+from calls_server.contract import served_at
 from calls_server.metrics import OPERATION
 from calls_server.validation_errors import describe, parameter_error
 
@@ -116,7 +117,8 @@ class CompiledApi(SpecMiddleware):  # type: ignore[misc]
                     strict=bool(options.get("strict_validation")),
                     validate_responses=bool(options.get("validate_responses")),
                 )
-                self.routes.add(base_path + path, method.upper(), compiled)
+                for served in served_at(base_path, path, item):
+                    self.routes.add(served, method.upper(), compiled)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -33,6 +33,11 @@ class Casing:
         """An enum value outside a call record (a wrapper field), as a response shows it."""
         return _upper(value) if self._upper(False) else value
 
+    def listed(self, value: str | None) -> str | None:
+        """An enum value upstream shows in UPPER case wherever it appears (a batch task's
+        status), as a response shows it."""
+        return _upper(value) if self._upper(True) else value
+
     def _upper(self, listed: bool) -> bool:
         return listed if self.mode == "upstream" else self.mode == "upper"
 

@@ -10,7 +10,9 @@ Hierarchy::
     │   ├── CallNotFound          no such call in the caller's organization
     │   ├── OrganizationNotFound
     │   ├── ApiKeyNotFound
-    │   └── WebhookNotFound
+    │   ├── WebhookNotFound
+    │   ├── BatchNotFound
+    │   └── TaskNotFound
     ├── Conflict              409 the request conflicts with the stored state
     │   ├── DuplicateId           a custom id that exists already
     │   ├── IllegalTransition     a status change the lifecycle does not allow
@@ -116,6 +118,20 @@ class PhoneNumberNotFound(NotFound):
 
     def __init__(self, phone_number: str) -> None:
         super().__init__(f"Phone number '{phone_number}' does not exist")
+
+
+class BatchNotFound(NotFound):
+    message = "Batch call not found"
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"Batch call with ID '{batch_id}' does not exist")
+
+
+class TaskNotFound(NotFound):
+    message = "Batch call task not found"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"Task with ID '{task_id}' does not exist in this batch call")
 
 
 class Conflict(ApiError):

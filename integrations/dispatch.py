@@ -36,7 +36,7 @@ def place_phone_call(
     """Record the outbound phone call `request` asks for (a create-phone-call body), then
     schedule it, or dial it now when a dialer is configured."""
     now = clock()
-    agent_id = request.get("override_agent_id") or _bound_agent(
+    agent_id = request.get("override_agent_id") or bound_agent(
         store, organization_id, request["from_number"]
     )
     call = calls.new_call(
@@ -66,7 +66,9 @@ def place_phone_call(
     return PhoneCallPlaced(call, "call_failed", message)
 
 
-def _bound_agent(store: Store, organization_id: str, from_number: str) -> str:
+def bound_agent(store: Store, organization_id: str, from_number: str) -> str:
+    """The agent calls placed from `from_number` speak with when a request names none (the
+    number's outbound agent); BadRequest when it has none."""
     try:
         number: PhoneNumber | None = store.get_phone_number(organization_id, from_number)
     except PhoneNumberNotFound:

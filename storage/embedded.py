@@ -35,17 +35,20 @@ from typing import Any, cast
 import orjson
 from sortedcontainers import SortedList
 
-from calls_server.domain import agents, calls, webhooks
+from calls_server.domain import agents, batches, calls, webhooks
 from calls_server.domain.agents import Agent
+from calls_server.domain.batches import Batch, Task
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import (
     AgentNotFound,
     ApiKeyNotFound,
+    BatchNotFound,
     CallNotFound,
     DuplicateId,
     OrganizationNotFound,
     PhoneNumberNotFound,
     StoreUnavailable,
+    TaskNotFound,
     WebhookEventNotFound,
     WebhookNotFound,
 )
@@ -56,7 +59,7 @@ from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import Webhook, WebhookEvent
 from calls_server.storage.call_index import OrgCallIndex
-from calls_server.storage.interface import EventListener, EventSource
+from calls_server.storage.interface import EventListener, EventSource, TaskChange
 from calls_server.storage.journal import JournalFailed, JournalStorage
 from calls_server.storage.tinydb_table import EmbeddedTinyDB, JournaledTable, raw_documents
 
@@ -82,6 +85,8 @@ EXPORTED = (
     "calls",
     "webhook_events",
     "idempotency_keys",
+    "batches",
+    "batch_tasks",
 )
 
 
@@ -127,6 +132,23 @@ class EmbeddedStore:
         self._numbers = _OrgRecords(
             self._table("phone_numbers"), "phone_number", lambda _, key: PhoneNumberNotFound(key)
         )
+        self._batches = _OrgRecords(
+            self._table("batches"), "batch_call_id", lambda _, key: BatchNotFound(key)
+        )
+        self._tasks = self._table("batch_tasks")
+        # batch -> task id -> doc id, in the batch's order; and batch -> its pending tasks
+        # as (next_attempt_at, index, task id), so that the due ones are a range.
+        self._batch_tasks: dict[str, dict[str, int]] = {}
+        self._pending: dict[str, SortedList] = {}
+        self._calling: dict[str, set[str]] = {}  # batch -> its tasks with calls under way
+        for doc_id, task in sorted(raw_documents(self._tasks).items(), key=_task_order):
+            self._index_task(int(doc_id), None, task)
+        # Batches the dispatcher has work in: (organization, batch id).
+        self._active = {
+            (batch["organization_id"], batch["batch_call_id"])
+            for batch in raw_documents(self._batches.table).values()
+            if batches.active(batch)
+        }
         self._event_source: EventSource | None = None
         self._event_listener: EventListener | None = None
         # Indexes: rebuilt here, kept up to date by every write below.
@@ -416,6 +438,165 @@ class EmbeddedStore:
             del self._webhooks.index[organization_id][webhook_id]
             self._hook_events.pop(webhook_id, None)
             return _copy(old)
+
+    # -- batch calls ---------------------------------------------------------------------------
+    def add_batch(self, batch: Batch, tasks: list[Task]) -> None:
+        with self._writing():
+            self._org_doc_id(batch["organization_id"])
+            with self._journal.transaction():
+                self._batches.add(batch)
+                self._insert_tasks(tasks)
+            self._track_batch(batch)
+
+    def get_batch(self, organization_id: str, batch_id: str) -> Batch:
+        with self._reading():
+            return _copy(self._batches.stored(organization_id, batch_id)[1])
+
+    def batches(self, organization_id: str) -> list[Batch]:
+        with self._reading():
+            return self._batches.all(organization_id)
+
+    def change_batch(
+        self,
+        organization_id: str,
+        batch_id: str,
+        change: Callable[[Batch], Batch],
+        each_task: Callable[[Batch, Task], tuple[Batch, Task]] | None = None,
+    ) -> Batch:
+        with self._writing():
+            doc_id, old = self._batches.stored(organization_id, batch_id)
+            batch = change(_copy(old))
+            changed: list[tuple[int, Task, Task]] = []
+            if each_task is not None:
+                table = raw_documents(self._tasks)
+                for task_doc in self._batch_tasks.get(batch_id, {}).values():
+                    before = table[str(task_doc)]
+                    batch, after = each_task(batch, _copy(before))
+                    if after != before:
+                        changed.append((task_doc, before, _copy(after)))
+            with self._journal.transaction():
+                self._batches.table.replace(doc_id, _copy(batch))
+                for task_doc, _, after in changed:
+                    self._tasks.replace(task_doc, after)
+            for task_doc, before, after in changed:
+                self._index_task(task_doc, before, after)
+            self._track_batch(batch)
+            return batch
+
+    def replace_batch(
+        self,
+        organization_id: str,
+        batch_id: str,
+        change: Callable[[Batch], tuple[Batch, list[Task]]],
+    ) -> Batch:
+        with self._writing():
+            doc_id, old = self._batches.stored(organization_id, batch_id)
+            batch, tasks = change(_copy(old))
+            with self._journal.transaction():
+                self._batches.table.replace(doc_id, _copy(batch))
+                self._remove_tasks(batch_id)
+                self._insert_tasks(tasks)
+            self._track_batch(batch)
+            return batch
+
+    def delete_batch(
+        self, organization_id: str, batch_id: str, check: Callable[[Batch], None]
+    ) -> Batch:
+        with self._writing():
+            doc_id, old = self._batches.stored(organization_id, batch_id)
+            check(_copy(old))
+            with self._journal.transaction():
+                self._batches.table.remove(doc_ids=[doc_id])
+                self._remove_tasks(batch_id)
+            del self._batches.index[organization_id][batch_id]
+            self._active.discard((organization_id, batch_id))
+            return _copy(old)
+
+    def batch_tasks(
+        self,
+        organization_id: str,
+        batch_id: str,
+        status: str | None = None,
+        due_by: int | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[Task], int]:
+        with self._reading():
+            self._batches.stored(organization_id, batch_id)
+            table = raw_documents(self._tasks)
+            ids = self._batch_tasks.get(batch_id, {})
+            end = None if limit is None else offset + limit
+            if due_by is not None:  # a range of the pending ones, earliest due first
+                pending = self._pending.get(batch_id, SortedList())
+                total = pending.bisect_right((due_by, _MAX_INT, _MAX))
+                chosen = [
+                    ids[task_id] for _, _, task_id in pending[offset : min(total, end or total)]
+                ]
+                return [_copy(table[str(doc)]) for doc in chosen], total
+            if status == "calling":  # followed every pass: indexed
+                docs = sorted(ids[task_id] for task_id in self._calling.get(batch_id, ()))
+                matching = [table[str(doc)] for doc in docs]
+            else:
+                documents = (table[str(task_doc)] for task_doc in ids.values())
+                matching = [t for t in documents if status is None or t["status"] == status]
+            return [_copy(task) for task in matching[offset:end]], len(matching)
+
+    def change_batch_task(
+        self, organization_id: str, batch_id: str, task_id: str, change: TaskChange
+    ) -> tuple[Batch, Task]:
+        with self._writing():
+            doc_id, old_batch = self._batches.stored(organization_id, batch_id)
+            task_doc = self._batch_tasks.get(batch_id, {}).get(task_id)
+            if task_doc is None:
+                raise TaskNotFound(task_id)
+            old_task = raw_documents(self._tasks)[str(task_doc)]
+            calling = sum(
+                raw_documents(self._batches.table)[str(d)]["in_progress"]
+                for b, d in self._batches.index.get(organization_id, {}).items()
+                if (organization_id, b) in self._active
+            )
+            batch, task = change(_copy(old_batch), _copy(old_task), calling)
+            with self._journal.transaction():
+                self._batches.table.replace(doc_id, _copy(batch))
+                self._tasks.replace(task_doc, _copy(task))
+            self._index_task(task_doc, old_task, task)
+            self._track_batch(batch)
+            return batch, task
+
+    def active_batches(self) -> list[Batch]:
+        with self._reading():
+            return [self.get_batch(org, batch_id) for org, batch_id in sorted(self._active)]
+
+    def _insert_tasks(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            self._index_task(self._tasks.insert(_copy(task)), None, task)
+
+    def _remove_tasks(self, batch_id: str) -> None:
+        gone = list(self._batch_tasks.pop(batch_id, {}).values())
+        if gone:
+            self._tasks.remove(doc_ids=gone)
+        self._pending.pop(batch_id, None)
+        self._calling.pop(batch_id, None)
+
+    def _index_task(self, doc_id: int, old: Task | None, new: Task) -> None:
+        batch_id = new["batch_call_id"]
+        self._batch_tasks.setdefault(batch_id, {})[new["task_id"]] = doc_id
+        pending = self._pending.setdefault(batch_id, SortedList())
+        for task, update in ((old, pending.discard), (new, pending.add)):
+            if task is not None and task["status"] == "pending":
+                update((task["next_attempt_at"], task["index"], task["task_id"]))
+        calling = self._calling.setdefault(batch_id, set())
+        if new["status"] == "calling":
+            calling.add(new["task_id"])
+        else:
+            calling.discard(new["task_id"])
+
+    def _track_batch(self, batch: Batch) -> None:
+        key = (batch["organization_id"], batch["batch_call_id"])
+        if batches.active(batch):
+            self._active.add(key)
+        else:
+            self._active.discard(key)
 
     # -- webhook events (the outbox) ---------------------------------------------------------
     def record_webhook_events(
@@ -749,6 +930,13 @@ def _stored(call: Call) -> tuple[Call, int]:
 
 def _doc_order(item: tuple[str, Any]) -> int:
     return int(item[0])
+
+
+def _task_order(item: tuple[str, Any]) -> tuple[int, int]:
+    return (item[1]["index"], int(item[0]))
+
+
+_MAX_INT = 2**63  # sorts after every index
 
 
 def _size(call: Mapping[str, Any]) -> int:

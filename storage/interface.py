@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from calls_server.domain.agents import Agent
+from calls_server.domain.batches import Batch, Task
 from calls_server.domain.calls import Call
 from calls_server.domain.idempotency import IdempotentAnswer
 from calls_server.domain.keys import ApiKey, Organization
@@ -24,6 +25,9 @@ from calls_server.domain.webhooks import Webhook, WebhookEvent
 # call's agent) for every change of a call (None: absent), inside its write: the webhook
 # events that change owes, to be recorded in the same atomic write. Must be quick and pure.
 EventSource = Callable[[Call | None, Call | None, list[Webhook], list[str]], list[WebhookEvent]]
+# Changes a task and its batch together, given the number of the organization's batch calls
+# under way (across its batches, read under the same lock).
+TaskChange = Callable[[Batch, Task, int], tuple[Batch, Task]]
 # Called with webhook events that are pending (recorded, queued again, or due sooner; each
 # summed up: its ids, status and next attempt, not its payload), in commit order, possibly
 # under the store's lock: it must only take note, never block. Told twice of an event, it
@@ -149,6 +153,66 @@ class Store(Protocol):
         """Remove the webhook, its events and its assignments to agents, and return it.
         Raises WebhookNotFound. `check`, if given, is called with the stored webhook first,
         atomically with the removal: if it raises, nothing is removed."""
+
+    # -- batch calls ---------------------------------------------------------------------------
+    def add_batch(self, batch: Batch, tasks: list[Task]) -> None:
+        """Store a new batch and its tasks, together. Raises OrganizationNotFound."""
+
+    def get_batch(self, organization_id: str, batch_id: str) -> Batch:
+        """The batch. Raises BatchNotFound, also for another organization's."""
+
+    def batches(self, organization_id: str) -> list[Batch]:
+        """The organization's batches, oldest first."""
+
+    def change_batch(
+        self,
+        organization_id: str,
+        batch_id: str,
+        change: Callable[[Batch], Batch],
+        each_task: Callable[[Batch, Task], tuple[Batch, Task]] | None = None,
+    ) -> Batch:
+        """Replace the batch by `change(batch)`, then, if given, each of its tasks (in
+        order) by `each_task(batch, task)`, the batch following; all atomically."""
+
+    def replace_batch(
+        self,
+        organization_id: str,
+        batch_id: str,
+        change: Callable[[Batch], tuple[Batch, list[Task]]],
+    ) -> Batch:
+        """Replace the batch and all its tasks by `change(batch)`, atomically."""
+
+    def delete_batch(
+        self, organization_id: str, batch_id: str, check: Callable[[Batch], None]
+    ) -> Batch:
+        """Remove the batch and its tasks for good (its calls stay) and return it, if
+        `check(batch)` does not raise. Raises BatchNotFound."""
+
+    def batch_tasks(
+        self,
+        organization_id: str,
+        batch_id: str,
+        status: str | None = None,
+        due_by: int | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[Task], int]:
+        """`limit` (None: all) of the batch's tasks from `offset`, in the batch's order,
+        only those in `status`; or only the pending ones due by `due_by` (Unix ms), the
+        earliest due first (then in the batch's order); and how many match. Raises
+        BatchNotFound."""
+
+    def change_batch_task(
+        self, organization_id: str, batch_id: str, task_id: str, change: TaskChange
+    ) -> tuple[Batch, Task]:
+        """Replace the task and its batch by `change(batch, task, calling)` atomically,
+        `calling` being how many of the organization's batch calls are under way (what
+        `batches.active` batches count in `in_progress`), read under the same lock: no two
+        changes of one organization's tasks run at once. Raises BatchNotFound or
+        TaskNotFound."""
+
+    def active_batches(self) -> list[Batch]:
+        """Every organization's batches the dispatcher has work in (`batches.active`)."""
 
     # -- webhook events (the outbox) ---------------------------------------------------------
     def record_webhook_events(

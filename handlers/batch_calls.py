@@ -1,0 +1,200 @@
+"""Handlers of the `batch_calls` tag: outbound campaigns (upstream's `/batch-call`, mounted
+without the `/api` prefix as upstream does, and under it too).
+
+The rules live in domain/batches.py; dialing is the batch dispatcher's
+(integrations/batch_dispatch.py). Every handler makes one storage call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from calls_server.domain import batches
+from calls_server.domain.batches import Batch, Task
+from calls_server.domain.envelope import Envelope, success
+from calls_server.handlers.idempotency import idempotent
+from calls_server.handlers.scope import organization_id, reads, services
+from calls_server.integrations.dispatch import bound_agent
+
+Response = tuple[Envelope, int]
+# Task fields that are the dispatcher's bookkeeping, not the task's state.
+_INTERNAL_TASK_FIELDS = ("claimed_by", "dialed")
+
+
+def shown(batch: Batch) -> Batch:
+    """A batch as responses show it: `status` through the server's enum casing."""
+    return {**batch, "status": services().casing.value(batch["status"])}
+
+
+def shown_task(task: Task) -> Task:
+    """A task as responses show it: `status` as upstream lists it (UPPER, in the
+    upstream casing mode), without the dispatcher's bookkeeping."""
+    kept = {k: v for k, v in task.items() if k not in _INTERNAL_TASK_FIELDS}
+    return {**kept, "status": services().casing.listed(task["status"])}
+
+
+@idempotent
+def create_batch_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /batch-call"""
+    org = organization_id(token_info)
+    store = services().store
+    if body.get("agent_id") is None:  # the agent bound to from_number, as for phone calls
+        body = {**body, "agent_id": bound_agent(store, org, body["from_number"])}
+    agent_ids = [agent["agent_id"] for agent in store.agents(org)]
+    batch, tasks = batches.new_batch(org, body, services().clock(), agent_ids)
+    store.add_batch(batch, tasks)
+    return success("Batch call created successfully", shown(batch)), 200
+
+
+@reads
+def list_batch_calls(token_info: dict[str, Any], **params: Any) -> Response:
+    """GET /batch-call/list"""
+    limit = params.get("limit") or params.get("size")
+    return _list(token_info, {}, params["page"], limit, params["sort_by"], params["sort_order"])
+
+
+@reads
+def search_batch_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
+    """POST /batch-call/list"""
+    paging = body.get("pagination") or {}
+    page = paging.get("page", body.get("page", 0))
+    limit = paging.get("limit", body.get("limit"))
+    criteria = body.get("filter_criteria") or {}
+    envelope, status = _list(token_info, criteria, page, limit, body["sort_by"], body["sort_order"])
+    envelope["message"] = "Batch calls retrieved successfully with filters"
+    envelope["data"]["applied_filters"] = {
+        name: f"{len(values)} values" for name, values in criteria.items() if values
+    }
+    return envelope, status
+
+
+def _list(
+    token_info: dict[str, Any],
+    criteria: dict[str, list[str]],
+    page: int,
+    limit: int | None,
+    sort_by: str,
+    sort_order: str,
+) -> Response:
+    org = organization_id(token_info)
+    found = batches.matching(services().store.batches(org), criteria)
+    ordered = batches.sorted_batches(found, sort_by, sort_order)
+    if limit is None:  # upstream: no limit, every batch on one page
+        page, chosen = 0, ordered
+    else:
+        chosen = ordered[page * limit : (page + 1) * limit]
+    data = {
+        "organization_id": org,
+        "batch_calls": [shown(batch) for batch in chosen],
+        "pagination": batches.pagination(page, limit or len(chosen), len(ordered)),
+        "returned_count": len(chosen),
+        "sort_by": sort_by,
+        "sort_order": sort_order,
+    }
+    return success("Batch calls retrieved successfully", data), 200
+
+
+@reads
+def get_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
+    """GET /batch-call/{batch_call_id}"""
+    batch = services().store.get_batch(organization_id(token_info), batch_call_id)
+    return success("Batch call retrieved successfully", shown(batch)), 200
+
+
+def update_batch_call(
+    batch_call_id: str, body: dict[str, Any], token_info: dict[str, Any]
+) -> Response:
+    """PATCH /batch-call/{batch_call_id}"""
+    org = organization_id(token_info)
+    store, now = services().store, services().clock()
+    agent_ids = [agent["agent_id"] for agent in store.agents(org)]
+    batch = store.change_batch(
+        org, batch_call_id, lambda stored: batches.patched(stored, body, now, agent_ids)
+    )
+    return success("Batch call updated successfully", shown(batch)), 200
+
+
+def replace_batch_call(
+    batch_call_id: str, body: dict[str, Any], token_info: dict[str, Any]
+) -> Response:
+    """PUT /batch-call/{batch_call_id}"""
+    org = organization_id(token_info)
+    store, now = services().store, services().clock()
+    if body.get("agent_id") is None:
+        body = {**body, "agent_id": bound_agent(store, org, body["from_number"])}
+    agent_ids = [agent["agent_id"] for agent in store.agents(org)]
+    batch = store.replace_batch(
+        org, batch_call_id, lambda stored: batches.replaced(stored, body, now, agent_ids)
+    )
+    return success("Batch call updated successfully", shown(batch)), 200
+
+
+def delete_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
+    """DELETE /batch-call/{batch_call_id}"""
+    services().store.delete_batch(
+        organization_id(token_info), batch_call_id, batches.check_deletable
+    )
+    return success("Batch call deleted successfully", None), 200
+
+
+def execute_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
+    """POST /batch-call/{batch_call_id}/execute"""
+    now = services().clock()
+    batch = services().store.change_batch(
+        organization_id(token_info), batch_call_id, lambda b: batches.executed(b, now)
+    )
+    return success("Batch call execution started", shown(batch)), 200
+
+
+def pause_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
+    """POST /batch-call/{batch_call_id}/pause"""
+    now = services().clock()
+    batch = services().store.change_batch(
+        organization_id(token_info), batch_call_id, lambda b: batches.paused(b, now)
+    )
+    return success("Batch call paused", shown(batch)), 200
+
+
+def resume_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
+    """POST /batch-call/{batch_call_id}/resume"""
+    now = services().clock()
+    batch = services().store.change_batch(
+        organization_id(token_info), batch_call_id, lambda b: batches.resumed(b, now)
+    )
+    return success("Batch call resumed", shown(batch)), 200
+
+
+def cancel_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
+    """POST /batch-call/{batch_call_id}/cancel"""
+    now = services().clock()
+    batch = services().store.change_batch(
+        organization_id(token_info),
+        batch_call_id,
+        lambda b: batches.cancelled(b, now),
+        lambda b, task: batches.task_cancelled(b, task, now),
+    )
+    return success("Batch call cancelled", shown(batch)), 200
+
+
+@reads
+def list_batch_call_tasks(
+    batch_call_id: str,
+    token_info: dict[str, Any],
+    page: int,
+    limit: int,
+    status: str | None = None,
+) -> Response:
+    """GET /batch-call/{batch_call_id}/tasks"""
+    tasks, total = services().store.batch_tasks(
+        organization_id(token_info),
+        batch_call_id,
+        status=status.lower() if status else None,
+        offset=page * limit,
+        limit=limit,
+    )
+    data = {
+        "batch_call_id": batch_call_id,
+        "tasks": [shown_task(task) for task in tasks],
+        "pagination": batches.pagination(page, limit, total),
+    }
+    return success("Batch call tasks retrieved successfully", data), 200
