@@ -251,16 +251,20 @@ def _started(batch: Batch, now: int) -> None:
 
 # -- requests that move a batch ------------------------------------------------------------------
 def patched(batch: Batch, body: Mapping[str, Any], now: int, agent_ids: Iterable[str]) -> Batch:
-    """`batch` with a PATCH body applied: only the fields sent change; `status` moves as
-    the transition table allows (draft, scheduled, sent; never to completed or failed)."""
+    """`batch` with a PATCH body applied: only the fields sent change. A draft or scheduled
+    batch may move to draft, scheduled (with a future trigger time) or sent; a running one
+    may only be renamed or re-timezoned; a finished one not changed at all."""
     status = batch["status"]
-    if status in FINAL or (status == "sent" and "status" in body):
-        raise _invalid(f"Cannot update batch call with status {status.upper()}")
-    new = copy.deepcopy(batch)
+    if status in FINAL or (
+        status not in ("draft", "scheduled") and set(body) - {"name", "timezone"}
+    ):
+        only = "" if status in FINAL else ": only its name and timezone can change"
+        raise _invalid(f"Cannot update batch call with status {status.upper()}{only}")
     if "agent_id" in body and body["agent_id"] not in set(agent_ids):
         raise _invalid(f"agent_id '{body['agent_id']}' is not an agent of this organization")
     if "timezone" in body:
         zone(body["timezone"])
+    new = copy.deepcopy(batch)
     for field in ("name", "agent_id", "timezone"):
         if field in body:
             new[field] = body[field]
@@ -269,23 +273,13 @@ def patched(batch: Batch, body: Mapping[str, Any], now: int, agent_ids: Iterable
         if trigger is not None and trigger <= now:
             raise _invalid(f"trigger_timestamp {body['trigger_timestamp']} is not in the future")
         new["scheduled_timestamp"] = trigger
-    asked = (body.get("status") or "").lower()
-    if body.get("send_now"):
-        asked = "sent"
-    if asked and asked != status:
-        if status not in ("draft", "scheduled"):
-            raise _invalid(
-                f"Cannot change batch call status from {status.upper()} to {asked.upper()}"
-            )
-        if asked == "scheduled" and (new["scheduled_timestamp"] or 0) <= now:
-            raise _invalid("status 'scheduled' needs a trigger_timestamp in the future")
-        new["status"] = asked
-        if asked == "sent":
-            _started(new, now)
-    elif (
-        status == "scheduled" and "trigger_timestamp" in body and new["scheduled_timestamp"] is None
-    ):
-        raise _invalid("a scheduled batch needs a trigger_timestamp")
+    asked = "sent" if body.get("send_now") else (body.get("status") or status).lower()
+    moved = "status" in body or "trigger_timestamp" in body
+    if asked == "scheduled" and moved and (new["scheduled_timestamp"] or 0) <= now:
+        raise _invalid("status 'scheduled' needs a trigger_timestamp in the future")
+    new["status"] = asked
+    if asked == "sent":
+        _started(new, now)
     return _touched(new, now)
 
 

@@ -372,6 +372,30 @@ def test_patch_cannot_move_a_sent_batch_back(client, tenant, agent_id):
     assert_error(response, 400, "Cannot update batch call with status SENT")
 
 
+def test_a_sending_batch_can_still_be_renamed(client, tenant, agent_id):
+    batch = created(client, tenant, agent_id)
+
+    response = client.patch(
+        f"/batch-call/{batch['batch_call_id']}", json={"name": "Later"}, headers=tenant.headers
+    )
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["data"]["name"], response.json()["data"]["status"]) == ("Later", "sent")
+
+
+def test_a_finished_batch_cannot_be_changed(client, tenant, agent_id, store, clock):
+    batch = created(client, tenant, agent_id, status="draft")
+    store.change_batch(
+        tenant.organization_id, batch["batch_call_id"], lambda b: {**b, "status": "completed"}
+    )
+
+    response = client.patch(
+        f"/batch-call/{batch['batch_call_id']}", json={"name": "x"}, headers=tenant.headers
+    )
+
+    assert_error(response, 400, "Cannot update batch call with status COMPLETED")
+
+
 def test_put_replaces_a_drafts_tasks(client, tenant, agent_id, store):
     batch = created(client, tenant, agent_id, status="draft")
     body = {
