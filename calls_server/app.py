@@ -20,11 +20,12 @@ from connexion.resolver import Resolver
 from starlette.middleware.cors import CORSMiddleware
 
 from calls_server import errors
-from calls_server.contract import published, spec_for
+from calls_server.contract import published, served_paths, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
 from calls_server.handlers.idempotency import IdempotencyKeys
 from calls_server.handlers.scope import Services
+from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.integrations.scheduler import Scheduler
@@ -139,6 +140,17 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             if services.dialer
             else None
         )
+        batch_dispatcher = (
+            BatchDispatcher(
+                store,
+                services.dialer,
+                settings.batch_concurrency,
+                settings.scheduler_interval,
+                clock,
+            )
+            if services.dialer
+            else None
+        )
         deliverer = (
             WebhookDeliverer(
                 store,
@@ -161,14 +173,14 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
             else None
         )
         try:
-            for service in (deliverer, sandbox, scheduler):
+            for service in (deliverer, sandbox, scheduler, batch_dispatcher):
                 if service:
                     service.start()
             try:
                 # The ASGI server copies this state into every request's scope (request.state).
                 yield {"services": services}
             finally:
-                for service in (scheduler, sandbox, deliverer):
+                for service in (batch_dispatcher, scheduler, sandbox, deliverer):
                     if service:
                         service.stop()
         finally:
@@ -219,5 +231,5 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         validate_responses=settings.validate_responses,
         swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=False),
     )
-    errors.install(app, spec, base_path)
+    errors.install(app, served_paths(spec, base_path), base_path)
     return app

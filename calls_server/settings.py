@@ -100,8 +100,11 @@ class Settings:
     # Seconds delivered and failed events are kept once settled (to be listed and
     # redelivered). Each keeps the call as sent, in memory on the embedded store.
     webhook_event_retention: float = 7 * 86400.0
-    # Seconds between two looks for due scheduled calls (with a dialer configured).
+    # Seconds between two looks for due scheduled calls and batch tasks (with a dialer).
     scheduler_interval: float = 0.5
+    # Batch calls of one organization under way at once, at most (a batch's own
+    # concurrency_limit may lower it for that batch).
+    batch_concurrency: int = 20
     # How responses case enum values (call_status, call_type, direction): `upstream` (UPPER
     # where upstream shows calls as listed, lower elsewhere), `lower` or `upper` throughout.
     enum_case: str = "upstream"
@@ -176,6 +179,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}DIALER_CONCURRENCY must be between 1 and 256")
         if not 0.05 <= self.scheduler_interval <= 60:
             raise SettingsError(f"{PREFIX}SCHEDULER_INTERVAL must be between 0.05 and 60 seconds")
+        if not 1 <= self.batch_concurrency <= 10_000:
+            raise SettingsError(f"{PREFIX}BATCH_CONCURRENCY must be between 1 and 10000")
         try:
             EgressPolicy.parse_networks(self.webhook_allow_networks)
         except ValueError as e:

@@ -13,8 +13,11 @@ generator keyed by the call id (so the same seed gives the same calls the same o
 
 - `sandbox_outcome`: `completed` (ended, `user_hangup`), `voicemail` (ended,
   `voicemail_reached`), `no_answer` (ended, `dial_no_answer`, nothing said), `busy`
-  (ended, `dial_busy`), `failed` (error, `dial_failed`);
+  (ended, `dial_busy`), `failed` (error, `dial_failed`); a comma-separated list scripts a
+  batch task's attempts in turn;
 - `sandbox_duration_ms`: how long the call lasts once answered (or rings, unanswered).
+
+A batch call (domain/batches.py) takes both from its task's `dynamic_variables` too.
 
 `time_scale` shortens every wait (0.001: a two-minute call ends after 0.12 s), for tests.
 """
@@ -107,12 +110,13 @@ class SandboxDialer:
 
     def plan(self, call: Mapping[str, Any]) -> tuple[str, int]:
         """The outcome and duration (ms) of `call`: as its metadata says, else drawn."""
-        metadata = call.get("metadata") or {}
+        metadata = _script(call.get("metadata") or {})
         rng = random.Random(f"{self.seed}:{call['call_id']}")
         outcome = rng.choices(OUTCOMES, WEIGHTS)[0]
         duration = rng.randint(20_000, 180_000)
-        if metadata.get("sandbox_outcome") in OUTCOMES:
-            outcome = metadata["sandbox_outcome"]
+        scripted = _scripted_outcome(metadata)
+        if scripted in OUTCOMES:
+            outcome = scripted
         if isinstance(metadata.get("sandbox_duration_ms"), int):
             duration = max(0, metadata["sandbox_duration_ms"])
         if outcome in ("no_answer", "busy", "failed") and "sandbox_duration_ms" not in metadata:
@@ -183,6 +187,25 @@ class SandboxDialer:
         return self.store.change_call(
             organization_id, call_id, lambda call: calls.update(call, changes, now)
         )
+
+
+def _script(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The call's metadata over (a batch call's) its task's `dynamic_variables`: either may
+    script the call."""
+    variables = metadata.get("dynamic_variables")
+    return {**(variables if isinstance(variables, dict) else {}), **metadata}
+
+
+def _scripted_outcome(script: Mapping[str, Any]) -> str | None:
+    """The outcome `sandbox_outcome` scripts. A list (`no_answer,busy,completed`) scripts a
+    batch task's attempts in turn (`attempt`), the last one repeating."""
+    outcomes = script.get("sandbox_outcome")
+    if not isinstance(outcomes, str):
+        return None
+    steps = [step.strip() for step in outcomes.split(",")]
+    attempt = script.get("attempt")
+    turn = attempt - 1 if isinstance(attempt, int) and attempt > 0 else 0
+    return steps[min(turn, len(steps) - 1)]
 
 
 _SUMMARIES = {

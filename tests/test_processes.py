@@ -1,5 +1,6 @@
 """Several server processes on one PostgreSQL database: they serve the same organizations,
-dispatch each scheduled call exactly once between them (also when one is killed), deliver
+dispatch each scheduled call and each batch task's attempt exactly once between them (also
+when one is killed), keep an organization's batch concurrency cap together, deliver
 each webhook event once and each call's in order whichever process made the change, run a
 create sent to several of them with one Idempotency-Key once, and stop honouring a revoked
 key at once. `serve --workers N` runs such processes on one port.
@@ -17,14 +18,23 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from calls_server.domain import calls, keys
+from calls_server.domain import batches, calls, keys
 from calls_server.integrations.scheduler import INTERRUPTED
 from calls_server.storage.postgres import PostgresStore
 from tests.conftest import ADMIN_TOKEN, Receiver, RunningServer, running_server, wait_for
+from tests.test_batch_server import (
+    PhoneNetwork,
+    assert_counters_match_tasks,
+    batch_of,
+    most_at_once,
+    new_agent,
+    tasks_of,
+)
 
 SECRET = "dialer-secret-0123456789"
 SCHEDULED = 300
@@ -271,3 +281,81 @@ def test_one_key_sent_to_two_processes_at_once_creates_one_call(tmp_path, databa
     assert len({a.json()["data"]["call"]["call_id"] for a in answers}) == 1
     assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 19
     assert listed["data"]["pagination"]["total"] == 1
+
+
+# -- batch calls -----------------------------------------------------------------------------------
+
+
+def batch_env(database_url: str, receiver: Receiver) -> dict[str, str]:
+    return {**dialer_env(database_url, receiver), "CALLS_SCHEDULER_INTERVAL": "0.05"}
+
+
+def start_batch(base: str, headers: dict[str, str], count: int, **settings: Any) -> str:
+    body = {
+        "from_number": "+14157774444",
+        "agent_id": new_agent(base, headers),
+        "tasks": [{"to_number": f"+1555{n:07d}"} for n in range(count)],
+        **settings,
+    }
+    created = httpx.post(f"{base}/batch-call", json=body, headers=headers)
+    assert created.status_code == 200, created.text
+    return str(created.json()["data"]["batch_call_id"])
+
+
+def test_two_processes_dial_each_attempt_of_a_batch_once_within_the_organizations_cap(
+    tmp_path, database_url, receiver
+):
+    receiver.reply_to = lambda request: (202, 0.01)
+    env = {**batch_env(database_url, receiver), "CALLS_BATCH_CONCURRENCY": "6"}
+    with servers(tmp_path, 2, **env) as running:
+        headers = running[0].new_key_headers("acme")
+        network = PhoneNetwork(receiver, headers)
+        network.base = lambda: running[1].base_url
+        with network.running():
+            first = start_batch(running[0].base_url, headers, 40)
+            second = start_batch(running[1].base_url, headers, 40)
+            done = lambda: all(  # noqa: E731
+                batch_of(running[0].base_url, headers, b)["status"] != "sent"
+                for b in (first, second)
+            )
+            wait_for(done, timeout=120)
+        tasks = [t for b in (first, second) for t in tasks_of(running[0].base_url, headers, b)]
+        listed = [
+            httpx.get(f"{running[0].base_url}/api/calls/{t['call_id']}", headers=headers).json()
+            for t in tasks
+        ]
+
+    times = dialed(receiver)
+    assert len(times) == 80
+    assert max(times.values()) == 1
+    assert {t["status"] for t in tasks} == {"COMPLETED"}
+    spans = [(c["data"]["start_timestamp"], c["data"]["end_timestamp"]) for c in listed]
+    assert most_at_once(spans) <= 6
+
+
+def test_a_process_killed_mid_batch_leaves_no_attempt_dialed_twice_and_none_lost(
+    tmp_path, database_url, receiver
+):
+    receiver.reply_to = lambda request: (202, 0.02)
+    with servers(tmp_path, 2, **batch_env(database_url, receiver)) as running:
+        headers = running[0].new_key_headers("acme")
+        network = PhoneNetwork(receiver, headers)
+        network.base = lambda: running[1].base_url  # the survivor
+        with network.running():
+            batch_id = start_batch(running[0].base_url, headers, 90, concurrency_limit=10)
+            wait_for(lambda: len(receiver.received) >= 30, timeout=60)
+            running[0].process.send_signal(signal.SIGKILL)
+            running[0].process.wait()
+            wait_for(
+                lambda: batch_of(running[1].base_url, headers, batch_id)["status"] != "sent",
+                timeout=120,
+            )
+        batch = batch_of(running[1].base_url, headers, batch_id)
+        tasks = tasks_of(running[1].base_url, headers, batch_id)
+
+    assert max(dialed(receiver).values()) == 1
+    assert {t["status"] for t in tasks} <= {"COMPLETED", "FAILED"}
+    for task in tasks:
+        assert task["status"] == "COMPLETED" or task["error_message"] == batches.INTERRUPTED
+    assert sum(t["status"] == "FAILED" for t in tasks) <= 10
+    assert_counters_match_tasks(batch, tasks)

@@ -45,6 +45,7 @@ POSTGRES = {"CALLS_DATABASE_URL": "postgresql://db.example.com/calls"}
         ({"CALLS_LIVEKIT_URL": "wss://x"}, "CALLS_LIVEKIT_API_KEY"),
         ({"CALLS_LIVEKIT_IDENTITY": "same-for-all"}, "CALLS_LIVEKIT_IDENTITY"),
         ({"CALLS_WORKERS": "0"}, "CALLS_WORKERS"),
+        ({"CALLS_BATCH_CONCURRENCY": "0"}, "CALLS_BATCH_CONCURRENCY"),
         ({"CALLS_WORKERS": "2", "CALLS_METRICS_PORT": "8079", **POSTGRES}, "CALLS_METRICS_PORT"),
     ],
 )
@@ -105,6 +106,7 @@ EVERY_SETTING = {
     "webhook_disable_after": "172800",
     "webhook_event_retention": "3600",
     "scheduler_interval": "0.25",
+    "batch_concurrency": "50",
     "quota_calls": "1000",
     "enum_case": "upper",
     "log_json": "true",

@@ -1,0 +1,253 @@
+"""The batch dispatcher: dials the tasks of running batches, within their rules.
+
+A thread looks at every active batch (`Store.active_batches`) every `interval` seconds:
+
+- a scheduled batch whose trigger time has come is sent;
+- each task whose call is under way is followed: once the call has ended (by the dialer's
+  updates, or the sandbox's), the attempt's outcome is recorded, and the task completes,
+  fails, or waits for its retry (`batches.settled`);
+- unless it is the batch's quiet time, due tasks are claimed, one conditional change each
+  (`batches.claimed`, under the store's per-organization lock, which checks the batch's
+  and the organization's concurrency caps), and handed to dispatch workers. A worker
+  creates the attempt's call (an ordinary outbound phone call, its id derived from the task
+  and the attempt), hands it to the dialer (`dispatch.dispatch`), and records the dial.
+
+Exactly once. A claim records the process that made it; of several processes only one
+claims a task's attempt. A claim left by a process that stopped (`Store.live_processes`)
+is settled by whichever process finds it: if the attempt's call does not exist, it was
+never dialed and the attempt is made again (`batches.released`); if the call exists but
+the dial was not recorded on it, whether the dialer got it is unknown, so it is not dialed
+again (`batches.interrupted`, at most once, as the scheduler does); if the call records
+the dial, the task just goes on following it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+
+from calls_server.domain import batches, calls
+from calls_server.domain.batches import Batch, Task
+from calls_server.domain.errors import ApiError, CallNotFound, Conflict, DuplicateId
+from calls_server.integrations.clock import Clock, wall_clock
+from calls_server.integrations.dialer import Dialer
+from calls_server.integrations.dispatch import dispatch
+from calls_server.storage import Store
+
+log = logging.getLogger("calls_server.batches")
+
+
+class BatchDispatcher:
+    """Runs while the app runs (with a dialer); `start` and `stop` come from its lifespan.
+
+    `organization_cap`: how many batch calls of one organization may be under way at once
+    (CALLS_BATCH_CONCURRENCY); a batch's `concurrency_limit` may lower it for the batch."""
+
+    def __init__(
+        self,
+        store: Store,
+        dialer: Dialer,
+        organization_cap: int,
+        interval: float = 0.5,
+        clock: Clock = wall_clock,
+        workers: int = 8,
+    ) -> None:
+        self.store = store
+        self.dialer = dialer
+        self.organization_cap = organization_cap
+        self.interval = interval
+        self.clock = clock
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._dialing: set[str] = set()  # task ids this process is dialing now
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch-dial")
+        self._thread = threading.Thread(target=self._run, name="batch-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop looking; wait for the dials under way to be recorded."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._workers.shutdown(wait=True)
+
+    def run_once(self) -> list[Future[None]]:
+        """One look at every active batch: first the calls under way (their outcomes free
+        room under the caps), then new attempts. Answers the dials it started (each done
+        once recorded)."""
+        now = self.clock()
+        live: set[str] | None = None
+        for batch in self.store.active_batches():
+            with self._problems(batch):
+                if batch["status"] == "scheduled":
+                    self._start(batch, now)
+                if batch["in_progress"]:
+                    live = self.store.live_processes() if live is None else live
+                    self._follow(batch, live)
+        active = self.store.active_batches()
+        calling: dict[str, int] = {}
+        for batch in active:
+            org = batch["organization_id"]
+            calling[org] = calling.get(org, 0) + batch["in_progress"]
+        started: list[Future[None]] = []
+        for batch in active:
+            with self._problems(batch):
+                org = batch["organization_id"]
+                dials = self._claim(batch, now, self.organization_cap - calling[org])
+                calling[org] += len(dials)
+                started += dials
+        return started
+
+    @contextlib.contextmanager
+    def _problems(self, batch: Batch) -> Iterator[None]:
+        """Log what goes wrong with one batch, and go on with the others."""
+        try:
+            yield
+        except ApiError as e:  # deleted, or moved on by a request, meanwhile
+            log.debug("batch %s: %s", batch["batch_call_id"], e.error)
+        except Exception:
+            log.exception("batch %s: pass failed; trying again", batch["batch_call_id"])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("batch dispatcher pass failed; trying again")
+
+    def _start(self, batch: Batch, now: int) -> None:
+        if (batch["scheduled_timestamp"] or 0) > now:
+            return
+        self.store.change_batch(
+            batch["organization_id"], batch["batch_call_id"], lambda b: batches.started(b, now)
+        )
+
+    # -- dialing ---------------------------------------------------------------------------------
+    def _claim(self, batch: Batch, now: int, organization_free: int) -> list[Future[None]]:
+        """Claim the batch's due tasks that its caps and quiet hours allow, and hand them to
+        dispatch workers."""
+        if batch["status"] != "sent":
+            return []
+        quiet = batches.quiet_hours(batch)
+        if quiet is not None and quiet.holds(now):
+            return []
+        free = min(
+            batches.cap(batch, self.organization_cap) - batch["in_progress"], organization_free
+        )
+        if free <= 0:
+            return []
+        org, batch_id = batch["organization_id"], batch["batch_call_id"]
+        due, _ = self.store.batch_tasks(org, batch_id, due_by=now, limit=free)
+        me, dials = self.store.process_id, []
+        claim = partial(batches.claimed, organization_cap=self.organization_cap, now=now, me=me)
+        for task in due:
+            try:
+                _, task = self.store.change_batch_task(org, batch_id, task["task_id"], claim)
+            except Conflict as e:  # claimed elsewhere, a cap reached, paused meanwhile
+                log.debug("%s", e.error)
+                break
+            with self._lock:
+                self._dialing.add(task["task_id"])
+            dials.append(self._workers.submit(self._dial, batch, task))
+        return dials
+
+    def _dial(self, batch: Batch, task: Task) -> None:
+        """Create the claimed attempt's call, hand it to the dialer, record the dial."""
+        org, batch_id, call_id = batch["organization_id"], batch["batch_call_id"], task["call_id"]
+        try:
+            call = calls.new_call(**batches.attempt_call(batch, task, self.clock()))
+            # Created already only by this claim (a retry of it): never by another one.
+            with contextlib.suppress(DuplicateId):
+                self.store.add_call(call)
+            _, outcome = dispatch(self.store, self.dialer, self.clock, org, call_id)
+            self.store.change_batch_task(
+                org,
+                batch_id,
+                task["task_id"],
+                lambda b, t, _: batches.dialed(
+                    b, t, call_id, outcome.accepted, outcome.reason, self.clock()
+                ),
+            )
+        except ApiError as e:
+            log.warning(
+                "batch %s task %s: dial not recorded: %s", batch_id, task["task_id"], e.error
+            )
+        except Exception:
+            log.exception("batch %s task %s: dial failed", batch_id, task["task_id"])
+        finally:
+            with self._lock:
+                self._dialing.discard(task["task_id"])
+
+    # -- following calls under way ---------------------------------------------------------------
+    def _follow(self, batch: Batch, live: set[str]) -> None:
+        """Record the outcome of every attempt of the batch whose call has ended, and settle
+        the claims of processes that stopped."""
+        org, batch_id = batch["organization_id"], batch["batch_call_id"]
+        under_way, _ = self.store.batch_tasks(org, batch_id, status="calling")
+        for task in under_way:
+            with self._lock:
+                if task["task_id"] in self._dialing:
+                    continue
+            try:
+                if task["dialed"]:
+                    self._settle(org, batch_id, task)
+                elif task["claimed_by"] not in live or task["claimed_by"] == self.store.process_id:
+                    self._recover(org, batch_id, task)
+            except ApiError as e:  # settled meanwhile by another process
+                log.debug("batch %s task %s: %s", batch_id, task["task_id"], e.error)
+
+    def _settle(self, org: str, batch_id: str, task: Task) -> None:
+        try:
+            call = self.store.get_call(org, task["call_id"])
+        except CallNotFound:
+            self._change(org, batch_id, task, batches.call_gone)
+            return
+        if call["call_status"] in ("ended", "error"):
+            self._change(org, batch_id, task, lambda b, t, now: batches.settled(b, t, call, now))
+
+    def _recover(self, org: str, batch_id: str, task: Task) -> None:
+        """A claim whose process stopped (or whose dial here failed) before the dial was
+        recorded on the task."""
+        claimant = task["claimed_by"]
+        try:
+            call = self.store.get_call(org, task["call_id"])
+        except CallNotFound:
+            self._change(
+                org, batch_id, task, lambda b, t, now: batches.released(b, t, claimant, now)
+            )
+            return
+        if call["call_status"] == "registered":  # created, the dial not recorded
+            self.store.change_call(
+                org,
+                call["call_id"],
+                lambda c: calls.dispatched(c, False, batches.INTERRUPTED, 0, self.clock()),
+            )
+            self._change(
+                org, batch_id, task, lambda b, t, now: batches.interrupted(b, t, claimant, now)
+            )
+            return
+        call_id = call["call_id"]
+        self._change(
+            org,
+            batch_id,
+            task,
+            lambda b, t, now: batches.dialed(b, t, call_id, True, "recorded on the call", now),
+        )
+
+    def _change(
+        self,
+        org: str,
+        batch_id: str,
+        task: Task,
+        change: Callable[[Batch, Task, int], tuple[Batch, Task]],
+    ) -> None:
+        now = self.clock()
+        self.store.change_batch_task(
+            org, batch_id, task["task_id"], lambda b, t, _: change(b, t, now)
+        )

@@ -1,0 +1,205 @@
+"""Batch calls on a real server process: a campaign played out by the sandbox dialer, and a
+campaign whose server is killed mid-batch and started again (no attempt dialed twice,
+none lost). Real processes, real files, a real dialer on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from calls_server.domain import batches
+from tests.conftest import Receiver, running_server, wait_for
+
+SECRET = "dialer-secret-0123456789"
+FROM = "+14157774444"
+
+
+def new_agent(base: str, headers: dict[str, str]) -> str:
+    response = httpx.post(
+        f"{base}/api/agents/create", json={"agent_name": "Campaigner"}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["data"]["agent_id"])
+
+
+def batch_of(base: str, headers: dict[str, str], batch_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = httpx.get(f"{base}/batch-call/{batch_id}", headers=headers).json()[
+        "data"
+    ]
+    return data
+
+
+def tasks_of(base: str, headers: dict[str, str], batch_id: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    page = 0
+    while True:
+        response = httpx.get(
+            f"{base}/batch-call/{batch_id}/tasks?page={page}&limit=100", headers=headers
+        )
+        data = response.json()["data"]
+        found += data["tasks"]
+        if not data["pagination"]["has_next_page"]:
+            return found
+        page += 1
+
+
+def assert_counters_match_tasks(batch: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    statuses = Counter(task["status"].lower() for task in tasks)
+    for status, counter in batches.COUNTED.items():
+        assert batch[counter] == statuses[status], counter
+    assert batch["sent"] == sum(task["attempts"] > 0 for task in tasks)
+    assert batch["picked_up"] == sum(task["picked_up"] for task in tasks)
+
+
+def most_at_once(intervals: list[tuple[int, int]]) -> int:
+    """The most intervals (start, end) that overlap at any one time."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_a_campaign_plays_out_against_the_sandbox_dialer_within_its_cap(tmp_path):
+    outcomes = ["completed", "voicemail", "busy", "completed", "no_answer"] * 4
+    env = {
+        "CALLS_SANDBOX": "true",
+        "CALLS_SANDBOX_TIME_SCALE": "0.002",  # a 30 s call lasts 60 ms
+        "CALLS_SCHEDULER_INTERVAL": "0.05",
+    }
+    with running_server(tmp_path / "data", **env) as server:
+        base, headers = server.base_url, server.new_key_headers()
+        body = {
+            "name": "Sandbox campaign",
+            "from_number": FROM,
+            "agent_id": new_agent(base, headers),
+            "concurrency_limit": 3,
+            "tasks": [
+                {
+                    "to_number": f"+1555000{n:04d}",
+                    "dynamic_variables": {
+                        "sandbox_outcome": outcome,
+                        "sandbox_duration_ms": 30_000,
+                    },
+                }
+                for n, outcome in enumerate(outcomes)
+            ],
+        }
+        created = httpx.post(f"{base}/batch-call", json=body, headers=headers)
+        batch_id = created.json()["data"]["batch_call_id"]
+        wait_for(lambda: batch_of(base, headers, batch_id)["status"] != "sent", timeout=60)
+        batch = batch_of(base, headers, batch_id)
+        tasks = tasks_of(base, headers, batch_id)
+        listed = httpx.get(f"{base}/api/calls?limit=100", headers=headers).json()["data"]["calls"]
+
+    assert batch["status"] == "completed"
+    assert (batch["completed"], batch["failed"], batch["picked_up"]) == (8 + 4, 8, 12)
+    assert_counters_match_tasks(batch, tasks)
+    assert [task["outcome"] for task in tasks] == outcomes
+    assert {call["metadata"]["batch_call_id"] for call in listed} == {batch_id}
+    assert len(listed) == len(outcomes)
+    spans = [(c["start_timestamp"], c["end_timestamp"]) for c in listed]
+    assert most_at_once(spans) <= 3
+
+
+# -- killed mid-batch ------------------------------------------------------------------------------
+class PhoneNetwork:
+    """Stands in for the telephone side of a dialer: every call the dialer received ends
+    (as a dialer's update reports it) once the server records it as under way."""
+
+    def __init__(self, receiver: Receiver, headers: dict[str, str]) -> None:
+        self.receiver, self.headers = receiver, headers
+        self.base: Callable[[], str | None] = lambda: None
+        self.ended: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @contextmanager
+    def running(self) -> Iterator[PhoneNetwork]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            base = self.base()
+            if base is None:
+                continue
+            for received in list(self.receiver.received):
+                call_id = json.loads(received.body)["call_id"]
+                if call_id not in self.ended:
+                    self._end(base, call_id)
+
+    def _end(self, base: str, call_id: str) -> None:
+        try:
+            call = httpx.get(f"{base}/api/calls/{call_id}", headers=self.headers, timeout=2)
+            if call.json()["data"]["call_status"].lower() != "ongoing":
+                return
+            ended = {"call_status": "ended", "disconnection_reason": "user_hangup"}
+            httpx.put(f"{base}/api/calls/{call_id}", json=ended, headers=self.headers, timeout=2)
+            self.ended.add(call_id)
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass  # the server is down (being killed, or starting again): later
+
+
+def test_a_server_killed_mid_batch_and_restarted_dials_no_attempt_twice_and_loses_none(
+    tmp_path, receiver
+):
+    data = tmp_path / "data"
+    receiver.reply_to = lambda request: (202, 0.01)  # dialing takes a little while
+    env = {
+        "CALLS_DIALER_URL": receiver.url,
+        "CALLS_DIALER_SECRET": SECRET,
+        "CALLS_SCHEDULER_INTERVAL": "0.05",
+    }
+    count = 60
+    with running_server(data, **env) as first:
+        headers = first.new_key_headers()
+        network = PhoneNetwork(receiver, headers)
+        with network.running():
+            network.base = lambda: first.base_url
+            body = {
+                "from_number": FROM,
+                "agent_id": new_agent(first.base_url, headers),
+                "concurrency_limit": 5,
+                "tasks": [{"to_number": f"+1555000{n:04d}"} for n in range(count)],
+            }
+            created = httpx.post(f"{first.base_url}/batch-call", json=body, headers=headers)
+            batch_id = created.json()["data"]["batch_call_id"]
+            wait_for(lambda: len(receiver.received) >= count // 3, timeout=60)
+            network.base = lambda: None
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait()
+            dialed_before = len(receiver.received)
+
+            with running_server(data, **env) as second:
+                network.base = lambda: second.base_url
+                wait_for(
+                    lambda: batch_of(second.base_url, headers, batch_id)["status"] != "sent",
+                    timeout=120,
+                )
+                batch = batch_of(second.base_url, headers, batch_id)
+                tasks = tasks_of(second.base_url, headers, batch_id)
+
+    times = Counter(json.loads(r.body)["call_id"] for r in receiver.received)
+    assert max(times.values()) == 1  # no attempt dialed twice
+    assert dialed_before < len(receiver.received)  # the second server went on
+    assert {t["status"] for t in tasks} <= {"COMPLETED", "FAILED"}  # none lost
+    interrupted = [t for t in tasks if t["status"] == "FAILED"]
+    for task in interrupted:
+        assert task["error_message"] == batches.INTERRUPTED
+    assert len(interrupted) <= 5  # at most the dials under way when it was killed
+    assert sum(t["attempts"] for t in tasks) == len({c for t in tasks for c in t["call_ids"]})
+    assert batch["status"] == "completed"
+    assert_counters_match_tasks(batch, tasks)
