@@ -32,7 +32,14 @@ from functools import partial
 
 from calls_server.domain import batches, calls
 from calls_server.domain.batches import Batch, Task
-from calls_server.domain.errors import ApiError, CallNotFound, Conflict, DuplicateId
+from calls_server.domain.errors import (
+    ApiError,
+    BadRequest,
+    CallNotFound,
+    Conflict,
+    DuplicateId,
+    QuotaExceeded,
+)
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.dispatch import dispatch
@@ -161,18 +168,21 @@ class BatchDispatcher:
         """Create the claimed attempt's call, hand it to the dialer, record the dial."""
         org, batch_id, call_id = batch["organization_id"], batch["batch_call_id"], task["call_id"]
         try:
-            call = calls.new_call(**batches.attempt_call(batch, task, self.clock()))
-            # Created already only by this claim (a retry of it): never by another one.
-            with contextlib.suppress(DuplicateId):
-                self.store.add_call(call)
-            _, outcome = dispatch(self.store, self.dialer, self.clock, org, call_id)
+            try:
+                self.store.add_call(
+                    calls.new_call(**batches.attempt_call(batch, task, self.clock()))
+                )
+                _, outcome = dispatch(self.store, self.dialer, self.clock, org, call_id)
+                accepted, reason = outcome.accepted, outcome.reason
+            except DuplicateId:  # never another claim's: this one's, made before
+                return
+            except (BadRequest, QuotaExceeded) as e:  # not placed, and would not be again
+                accepted, reason = False, f"call not created: {e.error}"
             self.store.change_batch_task(
                 org,
                 batch_id,
                 task["task_id"],
-                lambda b, t, _: batches.dialed(
-                    b, t, call_id, outcome.accepted, outcome.reason, self.clock()
-                ),
+                lambda b, t, _: batches.dialed(b, t, call_id, accepted, reason, self.clock()),
             )
         except ApiError as e:
             log.warning(

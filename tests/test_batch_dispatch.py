@@ -19,9 +19,11 @@ import pytest
 
 from calls_server.domain import agents, batches, calls
 from calls_server.domain.batches import Batch, Task
+from calls_server.domain.quotas import Quota
 from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.dialer import DialOutcome
-from tests.conftest import FakeClock
+from calls_server.storage.embedded import EmbeddedStore
+from tests.conftest import FakeClock, add_tenant
 
 FROM = "+14157774444"
 NOON = int(datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp() * 1000)
@@ -606,3 +608,25 @@ def test_a_call_deleted_while_under_way_fails_its_task(campaign, dispatcher, sto
     (task,) = campaign.tasks(batch)
     assert (task["status"], task["error_message"]) == ("failed", batches.CALL_DELETED)
     campaign.assert_counters_exact(batch)
+
+
+def test_an_attempt_whose_call_the_quota_refuses_fails_with_the_reason(tmp_path, dialer, clock):
+    store = EmbeddedStore(tmp_path / "data", quota=Quota(max_calls=1))
+    tenant = add_tenant(store, "capped-org")
+    agent = agents.new_agent(tenant.organization_id, {"agent_name": "a"}, clock())
+    store.add_agent(agent)
+    capped = Campaign(store, tenant, agent["agent_id"], clock)
+    batch = capped.create(2)
+    running = BatchDispatcher(store, dialer, organization_cap=10, clock=clock)
+    try:
+        run(running)
+        run(running)
+        first, second = capped.tasks(batch)
+    finally:
+        running.stop()
+        store.close()
+
+    assert first["status"] == "calling"
+    assert second["status"] == "failed"
+    assert second["error_message"].startswith("failed: call not created: The organization")
+    assert len(dialer.jobs) == 1
