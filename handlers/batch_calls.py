@@ -7,6 +7,7 @@ The rules live in domain/batches.py; dialing is the batch dispatcher's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from calls_server.domain import batches
@@ -139,41 +140,42 @@ def delete_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Respons
 
 def execute_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
     """POST /batch-call/{batch_call_id}/execute"""
-    now = services().clock()
-    batch = services().store.change_batch(
-        organization_id(token_info), batch_call_id, lambda b: batches.executed(b, now)
-    )
-    return success("Batch call execution started", shown(batch)), 200
+    return _moved(batch_call_id, token_info, batches.executed, "Batch call execution started")
 
 
 def pause_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
     """POST /batch-call/{batch_call_id}/pause"""
-    now = services().clock()
-    batch = services().store.change_batch(
-        organization_id(token_info), batch_call_id, lambda b: batches.paused(b, now)
-    )
-    return success("Batch call paused", shown(batch)), 200
+    return _moved(batch_call_id, token_info, batches.paused, "Batch call paused")
 
 
 def resume_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
     """POST /batch-call/{batch_call_id}/resume"""
-    now = services().clock()
-    batch = services().store.change_batch(
-        organization_id(token_info), batch_call_id, lambda b: batches.resumed(b, now)
-    )
-    return success("Batch call resumed", shown(batch)), 200
+    return _moved(batch_call_id, token_info, batches.resumed, "Batch call resumed")
 
 
 def cancel_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
-    """POST /batch-call/{batch_call_id}/cancel"""
+    """POST /batch-call/{batch_call_id}/cancel: its pending tasks cancelled with it."""
+    return _moved(
+        batch_call_id, token_info, batches.cancelled, "Batch call cancelled", batches.task_cancelled
+    )
+
+
+def _moved(
+    batch_call_id: str,
+    token_info: dict[str, Any],
+    move: Callable[[Batch, int], Batch],
+    message: str,
+    each_task: Callable[[Batch, Task, int], tuple[Batch, Task]] | None = None,
+) -> Response:
+    """The batch moved by the rule `move` (and each of its tasks by `each_task`)."""
     now = services().clock()
     batch = services().store.change_batch(
         organization_id(token_info),
         batch_call_id,
-        lambda b: batches.cancelled(b, now),
-        lambda b, task: batches.task_cancelled(b, task, now),
+        lambda b: move(b, now),
+        None if each_task is None else lambda b, task: each_task(b, task, now),
     )
-    return success("Batch call cancelled", shown(batch)), 200
+    return success(message, shown(batch)), 200
 
 
 @reads
