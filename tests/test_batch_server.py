@@ -1,21 +1,27 @@
-"""Batch calls on a real server process: a campaign played out by the sandbox dialer, and a
+"""Batch calls on a real server process: a campaign played out by the sandbox dialer, a
 campaign whose server is killed mid-batch and started again (no attempt dialed twice,
-none lost). Real processes, real files, a real dialer on loopback."""
+none lost), and README's campaign run as written. Real processes, real files, a real
+dialer on loopback."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from calls_server.domain import batches
-from tests.conftest import Receiver, running_server, wait_for
+from tests.conftest import Receiver, free_port, running_server, wait_for
 
 SECRET = "dialer-secret-0123456789"
 FROM = "+14157774444"
@@ -203,3 +209,34 @@ def test_a_server_killed_mid_batch_and_restarted_dials_no_attempt_twice_and_lose
     assert sum(t["attempts"] for t in tasks) == len({c for t in tasks for c in t["call_ids"]})
     assert batch["status"] == "completed"
     assert_counters_match_tasks(batch, tasks)
+
+
+# -- README's campaign -----------------------------------------------------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_campaign() -> tuple[str, str]:
+    """The shell block after README's `batch-scenario` marker, and the output it shows."""
+    after = README.read_text().split("<!-- batch-scenario -->\n```sh\n", 1)[1]
+    script, rest = after.split("\n```\n", 1)
+    shown = rest.split("```text\n", 1)[1].split("\n```\n", 1)[0]
+    return script, shown
+
+
+@pytest.mark.skipif(
+    not (shutil.which("curl") and shutil.which("jq")), reason="the campaign needs curl and jq"
+)
+def test_the_readmes_campaign_prints_what_the_readme_shows(tmp_path):
+    script, shown = readme_campaign()
+    runnable = (
+        script.replace("8092", str(free_port()))
+        .replace("/tmp/", f"{tmp_path}/")
+        .replace(".venv/bin/calls-server", f"{sys.executable} -m calls_server.cli")
+    )
+
+    done = subprocess.run(
+        ["bash", "-c", runnable], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == shown.strip()
