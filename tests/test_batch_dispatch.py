@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from concurrent.futures import wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
 
 from calls_server.domain import agents, batches, calls
 from calls_server.domain.batches import Batch, Task
+from calls_server.domain.errors import Conflict
 from calls_server.domain.quotas import Quota
 from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.dialer import DialOutcome
@@ -630,3 +632,23 @@ def test_an_attempt_whose_call_the_quota_refuses_fails_with_the_reason(tmp_path,
     assert second["status"] == "failed"
     assert second["error_message"].startswith("failed: call not created: The organization")
     assert len(dialer.jobs) == 1
+
+
+def test_claims_made_at_once_never_exceed_the_organizations_cap(campaign, store, clock):
+    first, second = campaign.create(10), campaign.create(10)
+    tasks = [(b, t) for b in (first, second) for t in campaign.tasks(b)]
+
+    def claim(pair: tuple[Batch, Task]) -> bool:
+        batch, task = pair
+        claim = partial(batches.claimed, organization_cap=3, now=clock(), me="a-process")
+        try:
+            store.change_batch_task(campaign.org, batch["batch_call_id"], task["task_id"], claim)
+        except Conflict:
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        claimed = list(pool.map(claim, tasks))
+
+    assert sum(claimed) == 3
+    assert campaign.batch(first)["in_progress"] + campaign.batch(second)["in_progress"] == 3

@@ -24,8 +24,8 @@ WEBHOOKS = {"CALLS_WEBHOOK_ALLOW_HTTP": "true", "CALLS_WEBHOOK_ALLOW_NETWORKS": 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A data directory a real server filled: calls with events, an agent, a number, a
-    webhook whose deliveries are pending (its receiver is down), a kept idempotent answer;
-    what that server answered for them."""
+    webhook whose deliveries are pending (its receiver is down), a kept idempotent answer,
+    a draft batch call; what that server answered for them."""
     data = tmp_path_factory.mktemp("embedded") / "data"
     with running_server(data, **WEBHOOKS) as server:
         headers = server.new_key_headers("acme")
@@ -35,7 +35,15 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "/post-call-webhooks/create",
             json={"name": "hook", "url": down, "status_events": True},
         )
-        api.post("/agents/create", json={"agent_name": "Front desk"})
+        agent = api.post("/agents/create", json={"agent_name": "Front desk"}).json()["data"]
+        draft = {
+            "from_number": "+14155550100",
+            "agent_id": agent["agent_id"],
+            "status": "draft",
+            "tasks": [{"to_number": f"+1415555020{n}"} for n in range(3)],
+        }
+        batch = httpx.post(f"{server.base_url}/batch-call", json=draft, headers=headers).json()
+        batch_id = batch["data"]["batch_call_id"]
         api.post("/phone-numbers/create", json={"phone_number": "+14155550100"})
         made = [
             api.post("/calls/create", json=SEED_REQUEST, headers={"Idempotency-Key": f"k{n}"})
@@ -49,6 +57,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "agents": api.get("/agents").json(),
             "numbers": api.get("/phone-numbers").json(),
             "webhooks": api.get("/post-call-webhooks").json()["data"]["webhooks"],
+            "batch": api.get(f"/batch-call/{batch_id}").json(),
+            "tasks": api.get(f"/batch-call/{batch_id}/tasks").json(),
         }
         api.close()
     store = EmbeddedStore(data)
@@ -60,6 +70,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "answered": answered,
         "counts": {kind: len(records) for kind, records in exported.items()},
         "call_ids": call_ids,
+        "batch_id": batch_id,
     }
 
 
@@ -75,6 +86,7 @@ def test_every_record_is_copied_and_the_counts_verified(embedded, database_url):
     assert json.loads(done.stdout)["copied"] == embedded["counts"]
     assert embedded["counts"]["webhook_events"] > 0
     assert embedded["counts"]["idempotency_keys"] == 5
+    assert (embedded["counts"]["batches"], embedded["counts"]["batch_tasks"]) == (1, 3)
     store = PostgresStore(database_url)
     try:
         assert store.record_counts() == embedded["counts"]
@@ -96,11 +108,13 @@ def test_a_server_on_the_copy_answers_as_the_embedded_one_did(embedded, database
             "agents": api.get("/agents").json(),
             "numbers": api.get("/phone-numbers").json(),
             "webhooks": api.get("/post-call-webhooks").json()["data"]["webhooks"],
+            "batch": api.get(f"/batch-call/{embedded['batch_id']}").json(),
+            "tasks": api.get(f"/batch-call/{embedded['batch_id']}/tasks").json(),
         }
         replayed = api.post("/calls/create", json=SEED_REQUEST, headers={"Idempotency-Key": "k0"})
         api.close()
 
-    for kind in ("calls", "listing", "agents", "numbers", "webhooks"):
+    for kind in ("calls", "listing", "agents", "numbers", "webhooks", "batch", "tasks"):
         assert drop_request_ids(answered[kind]) == drop_request_ids(embedded["answered"][kind])
     assert replayed.headers["Idempotent-Replayed"] == "true"
     assert replayed.json()["data"]["call"]["call_id"] == embedded["call_ids"][0]
