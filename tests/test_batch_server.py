@@ -74,19 +74,31 @@ def most_at_once(intervals: list[tuple[int, int]]) -> int:
     return most
 
 
-def test_a_campaign_plays_out_against_the_sandbox_dialer_within_its_cap(tmp_path):
+def test_a_campaign_plays_out_against_the_sandbox_dialer_within_its_cap(tmp_path, receiver):
     outcomes = ["completed", "voicemail", "busy", "completed", "no_answer"] * 4
     env = {
         "CALLS_SANDBOX": "true",
         "CALLS_SANDBOX_TIME_SCALE": "0.002",  # a 30 s call lasts 60 ms
         "CALLS_SCHEDULER_INTERVAL": "0.05",
+        "CALLS_WEBHOOK_ALLOW_HTTP": "true",
+        "CALLS_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
     }
     with running_server(tmp_path / "data", **env) as server:
         base, headers = server.base_url, server.new_key_headers()
+        agent = new_agent(base, headers)
+        hook = {"name": "CRM", "url": f"{receiver.url}/post-call"}
+        made = httpx.post(f"{base}/api/post-call-webhooks/create", json=hook, headers=headers)
+        assign = {"webhook_id": made.json()["data"]["id"]}
+        assigned = httpx.post(
+            f"{base}/api/agents/{agent}/tools/post-call-webhook/assign",
+            json=assign,
+            headers=headers,
+        )
+        assert assigned.status_code == 200, assigned.text
         body = {
             "name": "Sandbox campaign",
             "from_number": FROM,
-            "agent_id": new_agent(base, headers),
+            "agent_id": agent,
             "concurrency_limit": 3,
             "tasks": [
                 {
@@ -105,6 +117,7 @@ def test_a_campaign_plays_out_against_the_sandbox_dialer_within_its_cap(tmp_path
         batch = batch_of(base, headers, batch_id)
         tasks = tasks_of(base, headers, batch_id)
         listed = httpx.get(f"{base}/api/calls?limit=100", headers=headers).json()["data"]["calls"]
+        wait_for(lambda: len(receiver.received) >= len(outcomes), timeout=30)
 
     assert batch["status"] == "completed"
     assert (batch["completed"], batch["failed"], batch["picked_up"]) == (8 + 4, 8, 12)
@@ -114,6 +127,10 @@ def test_a_campaign_plays_out_against_the_sandbox_dialer_within_its_cap(tmp_path
     assert len(listed) == len(outcomes)
     spans = [(c["start_timestamp"], c["end_timestamp"]) for c in listed]
     assert most_at_once(spans) <= 3
+    # Post-call webhooks fire for batch calls as for any other: one per call, on its end.
+    posted = [json.loads(r.body) for r in receiver.received]
+    assert sorted(p["call"]["call_id"] for p in posted) == sorted(c["call_id"] for c in listed)
+    assert {p["call"]["metadata"]["batch_call_id"] for p in posted} == {batch_id}
 
 
 # -- killed mid-batch ------------------------------------------------------------------------------
