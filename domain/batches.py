@@ -92,7 +92,7 @@ def new_batch(
         "total": 0,
         **dict.fromkeys(COUNTERS, 0),
     }
-    tasks = _settings(batch, body, now, agent_ids, creating=True)
+    tasks = _settings(batch, body, now, agent_ids)
     return batch, tasks
 
 
@@ -106,11 +106,11 @@ def replaced(
     new = copy.deepcopy(batch)
     for counter in ("total_task_count", "total", *COUNTERS):
         new[counter] = 0
-    return new, _settings(new, body, now, agent_ids, creating=True)
+    return new, _settings(new, body, now, agent_ids)
 
 
 def _settings(
-    batch: Batch, body: Mapping[str, Any], now: int, agent_ids: Iterable[str], creating: bool
+    batch: Batch, body: Mapping[str, Any], now: int, agent_ids: Iterable[str]
 ) -> list[Task]:
     """Apply a create (or PUT) body to `batch` (in place) and answer its tasks."""
     problems: list[str] = []

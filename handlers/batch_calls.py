@@ -22,12 +22,12 @@ Response = tuple[Envelope, int]
 _INTERNAL_TASK_FIELDS = ("claimed_by", "dialed")
 
 
-def shown(batch: Batch) -> Batch:
+def _shown(batch: Batch) -> Batch:
     """A batch as responses show it: `status` through the server's enum casing."""
     return {**batch, "status": services().casing.value(batch["status"])}
 
 
-def shown_task(task: Task) -> Task:
+def _shown_task(task: Task) -> Task:
     """A task as responses show it: `status` as upstream lists it (UPPER, in the
     upstream casing mode), without the dispatcher's bookkeeping."""
     kept = {k: v for k, v in task.items() if k not in _INTERNAL_TASK_FIELDS}
@@ -44,7 +44,7 @@ def create_batch_call(body: dict[str, Any], token_info: dict[str, Any]) -> Respo
     agent_ids = [agent["agent_id"] for agent in store.agents(org)]
     batch, tasks = batches.new_batch(org, body, services().clock(), agent_ids)
     store.add_batch(batch, tasks)
-    return success("Batch call created successfully", shown(batch)), 200
+    return success("Batch call created successfully", _shown(batch)), 200
 
 
 @reads
@@ -86,7 +86,7 @@ def _list(
         chosen = ordered[page * limit : (page + 1) * limit]
     data = {
         "organization_id": org,
-        "batch_calls": [shown(batch) for batch in chosen],
+        "batch_calls": [_shown(batch) for batch in chosen],
         "pagination": batches.pagination(page, limit or len(chosen), len(ordered)),
         "returned_count": len(chosen),
         "sort_by": sort_by,
@@ -99,7 +99,7 @@ def _list(
 def get_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
     """GET /batch-call/{batch_call_id}"""
     batch = services().store.get_batch(organization_id(token_info), batch_call_id)
-    return success("Batch call retrieved successfully", shown(batch)), 200
+    return success("Batch call retrieved successfully", _shown(batch)), 200
 
 
 def update_batch_call(
@@ -112,7 +112,7 @@ def update_batch_call(
     batch = store.change_batch(
         org, batch_call_id, lambda stored: batches.patched(stored, body, now, agent_ids)
     )
-    return success("Batch call updated successfully", shown(batch)), 200
+    return success("Batch call updated successfully", _shown(batch)), 200
 
 
 def replace_batch_call(
@@ -127,7 +127,7 @@ def replace_batch_call(
     batch = store.replace_batch(
         org, batch_call_id, lambda stored: batches.replaced(stored, body, now, agent_ids)
     )
-    return success("Batch call updated successfully", shown(batch)), 200
+    return success("Batch call updated successfully", _shown(batch)), 200
 
 
 def delete_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
@@ -175,7 +175,7 @@ def _moved(
         lambda b: move(b, now),
         None if each_task is None else lambda b, task: each_task(b, task, now),
     )
-    return success(message, shown(batch)), 200
+    return success(message, _shown(batch)), 200
 
 
 @reads
@@ -196,7 +196,7 @@ def list_batch_call_tasks(
     )
     data = {
         "batch_call_id": batch_call_id,
-        "tasks": [shown_task(task) for task in tasks],
+        "tasks": [_shown_task(task) for task in tasks],
         "pagination": batches.pagination(page, limit, total),
     }
     return success("Batch call tasks retrieved successfully", data), 200
