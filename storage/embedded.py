@@ -565,7 +565,8 @@ class EmbeddedStore:
 
     def active_batches(self) -> list[Batch]:
         with self._reading():
-            return [self.get_batch(org, batch_id) for org, batch_id in sorted(self._active)]
+            oldest_first = sorted(self._active, key=lambda key: self._batches.index[key[0]][key[1]])
+            return [self.get_batch(org, batch_id) for org, batch_id in oldest_first]
 
     def _insert_tasks(self, tasks: list[Task]) -> None:
         for task in tasks:

@@ -212,7 +212,8 @@ class Store(Protocol):
         TaskNotFound."""
 
     def active_batches(self) -> list[Batch]:
-        """Every organization's batches the dispatcher has work in (`batches.active`)."""
+        """Every organization's batches the dispatcher has work in (`batches.active`),
+        oldest first (the dispatcher fills the caps in that order)."""
 
     # -- webhook events (the outbox) ---------------------------------------------------------
     def record_webhook_events(

@@ -675,9 +675,7 @@ class PostgresStore:
 
     def active_batches(self) -> list[Batch]:
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT doc FROM batches WHERE active ORDER BY organization_id, batch_call_id"
-            ).fetchall()
+            rows = conn.execute("SELECT doc FROM batches WHERE active ORDER BY seq").fetchall()
         return [cast(Batch, row[0]) for row in rows]
 
     # -- webhook events (the outbox) ---------------------------------------------------------

@@ -652,3 +652,17 @@ def test_claims_made_at_once_never_exceed_the_organizations_cap(campaign, store,
 
     assert sum(claimed) == 3
     assert campaign.batch(first)["in_progress"] + campaign.batch(second)["in_progress"] == 3
+
+
+def test_an_organizations_older_batch_is_served_first_under_its_cap(store, campaign, dialer, clock):
+    older = campaign.create(3)
+    clock.advance(1)
+    newer = campaign.create(3)
+    capped = BatchDispatcher(store, dialer, organization_cap=2, clock=clock)
+    try:
+        run(capped)
+    finally:
+        capped.stop()
+
+    assert campaign.batch(older)["in_progress"] == 2
+    assert campaign.batch(newer)["in_progress"] == 0
