@@ -263,6 +263,13 @@ class EmbeddedStore:
             page, total, position = index.select(query, table)
             return CallPage([_copy(table[str(doc_id)]) for doc_id in page], total, position)
 
+    def call_statuses(self, organization_id: str, call_ids: list[str]) -> dict[str, str]:
+        with self._reading():
+            index = self._call_index.get(organization_id)
+            table = raw_documents(self._calls)
+            found = {} if index is None else index.call_ids
+            return {c: table[str(found[c])]["call_status"] for c in call_ids if c in found}
+
     def scheduled_calls(self, due_by: int) -> list[Call]:
         with self._reading():
             table = raw_documents(self._calls)

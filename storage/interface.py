@@ -65,6 +65,10 @@ class Store(Protocol):
         """One page of the organization's calls that match `query` (by number, or after its
         cursor's position), how many match, and the last one's position if more follow."""
 
+    def call_statuses(self, organization_id: str, call_ids: list[str]) -> dict[str, str]:
+        """The `call_status` of each of the calls that exist (the others left out): what
+        the batch dispatcher asks of the calls under way, without reading them whole."""
+
     def scheduled_calls(self, due_by: int) -> list[Call]:
         """Every organization's `scheduled` calls due at or before `due_by` (Unix seconds)."""
 

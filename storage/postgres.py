@@ -354,6 +354,17 @@ class PostgresStore:
             position = [1, created_at, seq] if value is None else [0, value, created_at, seq]
         return CallPage([cast(Call, row[0]) for row in rows], total, position)
 
+    def call_statuses(self, organization_id: str, call_ids: list[str]) -> dict[str, str]:
+        if not call_ids:
+            return {}
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT call_id, call_status FROM calls"
+                " WHERE organization_id = %s AND call_id = ANY(%s)",
+                (organization_id, call_ids),
+            ).fetchall()
+        return {str(call_id): str(status) for call_id, status in rows}
+
     def scheduled_calls(self, due_by: int) -> list[Call]:
         """Every organization's `scheduled` calls due at or before `due_by` (Unix seconds)."""
         with self._reading() as conn:
