@@ -296,6 +296,29 @@ def test_nothing_is_dialed_in_quiet_hours_and_dialing_resumes_at_their_end(
     assert len(dialer.jobs) == 2
 
 
+@pytest.mark.parametrize(
+    ("utc", "dialed"),
+    [
+        ((2026, 3, 8, 2, 59), 1),  # 21:59 EST, Saturday evening: before the window
+        ((2026, 3, 8, 3, 0), 0),  # 22:00 EST: quiet
+        ((2026, 3, 8, 5, 0), 0),  # midnight: still quiet, across it
+        ((2026, 3, 8, 7, 30), 0),  # 03:30 EDT: the clock sprang forward at 02:00, quiet
+        ((2026, 3, 8, 11, 59), 0),  # 07:59 EDT
+        ((2026, 3, 8, 12, 0), 1),  # 08:00 EDT, an hour earlier in UTC than the night before
+    ],
+)
+def test_quiet_hours_follow_the_wall_clock_across_midnight_and_a_dst_change(
+    campaign, dispatcher, dialer, clock, utc, dialed
+):
+    clock.now = at(*utc)
+    quiet = {"enabled": True, "start_time": "22:00", "end_time": "08:00"}
+    campaign.create(1, timezone="America/New_York", quiet_hours=quiet)
+
+    run(dispatcher)
+
+    assert len(dialer.jobs) == dialed
+
+
 def test_a_retry_falling_in_quiet_hours_waits_for_their_end(campaign, dispatcher, clock):
     clock.now = at(2026, 12, 7, 16, 0)  # 21:30 in Calcutta
     rule = {"condition": "no_answer", "retry_timing": {"type": "AFTER", "duration_minutes": 60}}
