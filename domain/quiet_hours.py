@@ -27,8 +27,9 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     # ValueError: paths such as '../x' or '', and files that are not zones; TypeError: a
-    # request may send any JSON value.
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    # request may send any JSON value; OSError: a directory of the tzdata package's zones
+    # ('America'), which it opens as a file where the system has none of that name.
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         raise BadRequest(f"Unknown time zone {name!r}", message="Validation error") from None
 
 
