@@ -38,13 +38,19 @@ def _shown_task(task: Task) -> Task:
 def create_batch_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /batch-call"""
     org = organization_id(token_info)
-    store = services().store
-    if body.get("agent_id") is None:  # the agent bound to from_number, as for phone calls
-        body = {**body, "agent_id": bound_agent(store, org, body["from_number"])}
-    agent_ids = [agent["agent_id"] for agent in store.agents(org)]
+    body, agent_ids = _with_agent(org, body)
     batch, tasks = batches.new_batch(org, body, services().clock(), agent_ids)
-    store.add_batch(batch, tasks)
+    services().store.add_batch(batch, tasks)
     return success("Batch call created successfully", _shown(batch)), 200
+
+
+def _with_agent(org: str, body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A create (or PUT) body with its agent: the one bound to `from_number` when it names
+    none, as for phone calls; and the organization's agent ids, to check it against."""
+    store = services().store
+    if body.get("agent_id") is None:
+        body = {**body, "agent_id": bound_agent(store, org, body["from_number"])}
+    return body, [agent["agent_id"] for agent in store.agents(org)]
 
 
 @reads
@@ -121,9 +127,7 @@ def replace_batch_call(
     """PUT /batch-call/{batch_call_id}"""
     org = organization_id(token_info)
     store, now = services().store, services().clock()
-    if body.get("agent_id") is None:
-        body = {**body, "agent_id": bound_agent(store, org, body["from_number"])}
-    agent_ids = [agent["agent_id"] for agent in store.agents(org)]
+    body, agent_ids = _with_agent(org, body)
     batch = store.replace_batch(
         org, batch_call_id, lambda stored: batches.replaced(stored, body, now, agent_ids)
     )
