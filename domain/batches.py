@@ -52,7 +52,6 @@ COUNTERS = ("sent", "picked_up", *COUNTED.values())
 # Batches the dispatcher looks at; the others only change by request.
 ACTIVE = frozenset({"scheduled", "sent", "paused"})
 FINAL = frozenset({"completed", "failed", "cancelled"})
-OUTCOMES = ("completed", "voicemail", "no_answer", "busy", "failed")
 # With retry_config enabled and no rules given: these outcomes are tried again after this.
 DEFAULT_RULES: tuple[dict[str, Any], ...] = tuple(
     {"condition": c, "enabled": True, "retry_timing": {"type": "AFTER", "duration_minutes": 30}}

@@ -151,7 +151,7 @@ class BatchDispatcher:
         )
         if free <= 0:
             return []
-        org, batch_id = batch["organization_id"], batch["batch_call_id"]
+        org, batch_id = _key(batch)
         due, _ = self.store.batch_tasks(org, batch_id, due_by=now, limit=free)
         me, dials = self.store.process_id, []
         claim = partial(batches.claimed, organization_cap=self.organization_cap, now=now, me=me)
@@ -168,7 +168,7 @@ class BatchDispatcher:
 
     def _dial(self, batch: Batch, task: Task) -> None:
         """Create the claimed attempt's call, hand it to the dialer, record the dial."""
-        org, batch_id, call_id = batch["organization_id"], batch["batch_call_id"], task["call_id"]
+        (org, batch_id), call_id = _key(batch), task["call_id"]
         try:
             try:
                 self.store.add_call(
@@ -180,11 +180,11 @@ class BatchDispatcher:
                 return
             except (BadRequest, QuotaExceeded) as e:  # not placed, and would not be again
                 accepted, reason = False, f"call not created: {e.error}"
-            self.store.change_batch_task(
+            self._change(
                 org,
                 batch_id,
-                task["task_id"],
-                lambda b, t, _: batches.dialed(b, t, call_id, accepted, reason, self.clock()),
+                task,
+                lambda b, t, now: batches.dialed(b, t, call_id, accepted, reason, now),
             )
         except ApiError as e:
             log.warning(
