@@ -23,12 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import uvicorn
-
-from calls_server.app import create_app
 from calls_server.domain import keys
 from calls_server.domain.errors import ApiError, DuplicateId
-from calls_server.http_protocol import HttpLimits, LimitedHttpToolsProtocol
 from calls_server.integrations.clock import wall_clock
 from calls_server.logs import log_config
 from calls_server.settings import Settings, SettingsError
@@ -64,6 +60,13 @@ GC_THRESHOLDS = (10_000, 20, 100)
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish first."""
+    # The web stack is imported by the command that serves, not by every command (`--help`,
+    # `create-org`, ... answer in a fraction of the time).
+    import uvicorn
+
+    from calls_server.app import create_app
+    from calls_server.http_protocol import HttpLimits, LimitedHttpToolsProtocol
+
     logging.config.dictConfig(log_config(settings.log_level, settings.log_json))
     fresh = settings.database_url is None and (
         not settings.data_dir.exists() or not any(settings.data_dir.iterdir())

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from typing import Any
 
-from calls_server.middleware import current_request_id
+# The id of the request being handled (set by calls_server.middleware.RequestId), for log
+# lines. Here rather than beside the middleware: logging is set up by every command, and the
+# web stack is imported only by the one that serves.
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
 TEXT_FORMAT = "%(levelname)s: [%(request_id)s] %(message)s"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-from contextvars import ContextVar
 from typing import Any
 
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
@@ -16,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from calls_server.domain.errors import PayloadTooLarge
 from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
 from calls_server.errors import REQUEST_ID
+from calls_server.logs import current_request_id
 
 
 class BodySizeLimit:
@@ -110,8 +110,6 @@ class SwaggerUI(SwaggerUIMiddleware):  # type: ignore[misc]
         await super().__call__(scope, receive, send)
 
 
-# The id of the request being handled, for log lines (see calls_server/logs.py).
-current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 _ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 

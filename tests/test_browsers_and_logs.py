@@ -87,7 +87,7 @@ def test_another_origin_is_not_allowed(store):
 def test_json_log_lines_carry_the_request_id(capsys):
     logging.config.dictConfig(log_config("info", as_json=True))
     try:
-        from calls_server.middleware import current_request_id
+        from calls_server.logs import current_request_id
 
         token = current_request_id.set("desk-4713")
         logging.getLogger("calls_server.test").warning("hello %s", "desk")
