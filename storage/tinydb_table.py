@@ -15,7 +15,7 @@ locking either: #529, #537). The overrides:
 - `raw_documents` reads the stored documents through `Table._read_table`, without the copy
   TinyDB makes per read (callers copy what they hand out).
 
-tests/test_tinydb_table.py records the signatures of the private names relied on here, so
+tests/unit/test_tinydb_table.py records the signatures of the private names relied on here, so
 that an upgrade that changes them fails a test instead of breaking silently.
 """
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import free_port
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def scenario() -> str:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from tests.api.test_webhooks import LOOPBACK_SETTINGS
 from tests.conftest import app_client, assert_error, wait_for
-from tests.test_webhooks import LOOPBACK_SETTINGS
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, running_server
 
-CONFIG_DIR = Path(__file__).parent / "contract"
+CONFIG_DIR = Path(__file__).parents[1] / "contract"
 MAX_EXAMPLES = os.environ.get("CONTRACT_MAX_EXAMPLES", "30")
 SEED = os.environ.get("CONTRACT_SEED", "1")
 
@@ -37,7 +37,7 @@ def server(tmp_path_factory):
         CALLS_WEBHOOK_DELIVERY="false",
         CALLS_WEBHOOK_ALLOW_HTTP="true",
         # Let generated URLs register (nothing is delivered), so that the stateful phase
-        # reaches the webhook operations; tests/test_egress.py covers the address rules.
+        # reaches the webhook operations; tests/api/test_egress.py covers the address rules.
         CALLS_WEBHOOK_ALLOW_NETWORKS="0.0.0.0/0,::/0",
         CALLS_WEBHOOKS_PER_ORGANIZATION="1000",  # Schemathesis registers hundreds
     ) as running:

@@ -13,7 +13,9 @@ import pytest
 
 from tests.conftest import app_client
 
-EXAMPLES = json.loads((Path(__file__).parent / "fixtures" / "upstream_examples.json").read_text())
+EXAMPLES = json.loads(
+    (Path(__file__).parents[1] / "fixtures" / "upstream_examples.json").read_text()
+)
 # (example, where): why this server answers otherwise.
 DELIBERATE = {
     ("importPhoneNumber", "message"): (

@@ -27,7 +27,7 @@ from calls_server.domain import batches, calls, keys
 from calls_server.integrations.scheduler import INTERRUPTED
 from calls_server.storage.postgres import PostgresStore
 from tests.conftest import ADMIN_TOKEN, Receiver, RunningServer, running_server, wait_for
-from tests.test_batch_server import (
+from tests.system.test_batch_server import (
     PhoneNetwork,
     assert_counters_match_tasks,
     batch_of,

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import running_server
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.install
 

@@ -37,8 +37,8 @@ from calls_server.integrations.clock import wall_clock
 from calls_server.storage.postgres import PostgresStore, migrate, migrations
 from tests.conftest import wait_for
 from tests.postgres_server import TcpProxy
-from tests.test_call_index import random_call, random_query, reference
-from tests.test_storage import a_call
+from tests.store.test_storage import a_call
+from tests.unit.test_call_index import random_call, random_query, reference
 
 EVERYTHING = CallQuery(page=0, limit=100, sort_by="created_at", sort_order="ascending", filters={})
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 PACKAGE = "calls_server"
 LAYERS = ("domain", "storage", "integrations", "handlers", "wiring")
 # Modules held to a stricter rule than their layer's: what they may import from.

@@ -16,7 +16,7 @@ from tests.conftest import SEED_REQUEST, Tenant, app_client, assert_error, creat
 
 # The upstream reference page of POST /api/calls/create, as published (a copy: the suite reads
 # nothing outside the repository).
-SEED_PAGE = Path(__file__).parent / "fixtures" / "seed-create-call.txt"
+SEED_PAGE = Path(__file__).parents[1] / "fixtures" / "seed-create-call.txt"
 UUID4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 
 

@@ -1,6 +1,6 @@
 """The batch-call endpoints: upstream's surface, statuses and moves, and refusals.
 
-Dispatching (what a running batch dials, and when) is tests/test_batch_dispatch.py.
+Dispatching (what a running batch dials, and when) is tests/store/test_batch_dispatch.py.
 """
 
 from __future__ import annotations

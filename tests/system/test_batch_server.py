@@ -229,7 +229,7 @@ def test_a_server_killed_mid_batch_and_restarted_dials_no_attempt_twice_and_lose
 
 
 # -- README's campaign -----------------------------------------------------------------------------
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_campaign() -> tuple[str, str]:

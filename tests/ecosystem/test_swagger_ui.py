@@ -34,7 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(
-    os.environ.get("CALLS_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+    os.environ.get("CALLS_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
 )
 SEED = {
     "agent_id": "agent-123",
