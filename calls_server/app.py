@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -76,13 +76,42 @@ def handler_name(operation_id: str, tag: str) -> str:
     return f"calls_server.handlers.{tag}.{function}"
 
 
-def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> AsyncApp:
+class CallsApp(AsyncApp):  # type: ignore[misc]
+    """The API as an ASGI app, built once from the settings and started on `backing`'s store
+    and clock each time its lifespan starts."""
+
+    backing: Backing
+
+    def serve_from(self, store: Store, clock: Clock = wall_clock) -> None:
+        """Serve from `store` on `clock` from the next start of the lifespan on (the app must
+        be stopped). Building the app costs hundreds of milliseconds, starting it a few: the
+        tests build one per settings and start it on a fresh store for each test."""
+        self.backing.store = store
+        self.backing.clock = clock
+
+
+@dataclass
+class Backing:
+    """What an app serves from, read when its lifespan starts: the store, the clock, and
+    the metrics of that run (counted afresh at each start, over that store)."""
+
+    store: Store
+    clock: Clock
+    metrics: Metrics | None = None
+
+    def current_metrics(self) -> Metrics:
+        """The metrics of the run under way (there is one while requests are answered)."""
+        assert self.metrics is not None, "the app's lifespan has not started"
+        return self.metrics
+
+
+def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> CallsApp:
     """An ASGI app serving the Calls API from `store`. The caller opens and closes the store.
 
-    The dialer, LiveKit and the other services handlers use are built here, once, from
-    `settings`, and reach handlers through the lifespan state; `clock` is the time handlers,
-    the scheduler, webhook deliveries and dialer signatures read (tests pass one they can
-    move). LiveKit's SDK dates its tokens by the system clock.
+    The dialer, LiveKit and the other services handlers use are built from `settings` when
+    the app starts, and reach handlers through the lifespan state; `clock` is the time
+    handlers, the scheduler, webhook deliveries and dialer signatures read (tests pass one
+    they can move). LiveKit's SDK dates its tokens by the system clock.
 
     Swagger UI is served at /api/ui/ and the spec at /api/openapi.json (and .yaml). With a
     dialer configured, the scheduler runs for as long as the app does.
@@ -95,10 +124,12 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
     # Requests are counted by the spec's operationId (`createCall`), which Connexion has
     # replaced by the handler's name (`calls_server.handlers.calls.create_call`) by then.
     operation_ids = {handler_name(o, tag): o for o, tag in HandlerResolver(spec).tags.items()}
-    metrics = Metrics(store, operation_ids)
+    backing = Backing(store, clock)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+        store, clock = backing.store, backing.clock
+        metrics = backing.metrics = Metrics(store, operation_ids)
         dialer = settings.dialer()
         sandbox = (
             SandboxDialer(
@@ -206,7 +237,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         ServerErrorMiddleware,
         # Counts and times every answer, errors included; it changes none, so the headers
         # below still go on everything.
-        partial(RequestMetrics, metrics=metrics, base_path=base_path),
+        partial(RequestMetrics, metrics=backing.current_metrics, base_path=base_path),
         # Outermost, so that every response, errors and preflights included, carries the id
         # and the headers every answer has.
         RequestId,
@@ -215,7 +246,11 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         ExceptionMiddleware,  # renders every error as the envelope (errors.py)
         partial(BodySizeLimit, max_bytes=settings.max_body_bytes),
         # /metrics on the API's port, for the admin; not with a metrics port of its own.
-        *([] if settings.metrics_port else [partial(MetricsEndpoint, metrics=metrics)]),
+        *(
+            []
+            if settings.metrics_port
+            else [partial(MetricsEndpoint, metrics=backing.current_metrics)]
+        ),
         partial(PublishedSpec, base_path=base_path, as_json=as_json, as_yaml=as_yaml),
         SwaggerUI,
         # The operations of openapi.yaml: routing, security, validation and handlers,
@@ -223,7 +258,8 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> A
         CompiledApi,
         LifespanMiddleware,
     ]
-    app = AsyncApp(__name__, lifespan=lifespan, middlewares=middlewares)
+    app = CallsApp(__name__, lifespan=lifespan, middlewares=middlewares)
+    app.backing = backing
     app.add_api(
         spec,
         resolver=HandlerResolver(spec),

@@ -243,9 +243,9 @@ class RequestMetrics:
     but for the spec (`openapi`), Swagger UI (`swaggerUI`) and `/metrics` (`metrics`):
     every label value is one of a fixed set, never a path."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, base_path: str) -> None:
+    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics], base_path: str) -> None:
         self.app = app
-        self.metrics = metrics
+        self.metrics = metrics  # those of the app's current run
         self.spec_paths = (f"{base_path}/openapi.json", f"{base_path}/openapi.yaml")
         self.ui_prefix = f"{base_path}/ui"
 
@@ -266,11 +266,12 @@ class RequestMetrics:
             await self.app(scope, receive, send_noting_status)
         finally:
             operation = scope.get(OPERATION) or self._unmatched(scope["path"])
-            self.metrics.requests.observe(operation, status, time.perf_counter() - started)
+            metrics = self.metrics()
+            metrics.requests.observe(operation, status, time.perf_counter() - started)
             if status == 429:
                 limit = scope.get(RATE_LIMIT_REFUSED)
                 if limit in RATE_LIMITS:
-                    self.metrics.rate_limited.labels(limit).inc()
+                    metrics.rate_limited.labels(limit).inc()
 
     def _unmatched(self, path: str) -> str:
         if path in self.spec_paths:
@@ -285,9 +286,9 @@ class MetricsEndpoint:
     bearer token as the admin API, refused the same way (401 without it or with a wrong
     one, 403 when the server has none), as the envelope."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics]) -> None:
         self.app = app
-        self.metrics = metrics
+        self.metrics = metrics  # those of the app's current run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -304,7 +305,7 @@ class MetricsEndpoint:
             raise Unauthorized(ADMIN_HEADER)
         check_admin_token(token, request=ConnexionRequest(scope, receive))  # 401 or 403
         body, content_type = await anyio.to_thread.run_sync(
-            self.metrics.exposition, headers.get(b"accept", b"").decode("latin-1")
+            self.metrics().exposition, headers.get(b"accept", b"").decode("latin-1")
         )
         await send(
             {

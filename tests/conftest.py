@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from calls_server.app import create_app
+from calls_server.app import CallsApp, create_app
 from calls_server.domain import keys
+from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.settings import Settings
 from calls_server.storage import EmbeddedStore, Store
 from calls_server.storage.postgres import PostgresStore
@@ -125,18 +127,48 @@ def settings(data_dir: Path) -> Settings:
     )
 
 
+# Apps built in this process, by their settings (the data directory aside: an app does not
+# read it). Building one costs hundreds of milliseconds, starting a built one on a fresh
+# store a few: each test starts a cached app on its own store and clock, so tests stay as
+# isolated as with an app each. The least recently used are dropped past a few dozen
+# (tests whose settings name a receiver's port build their own).
+_APPS: OrderedDict[Settings, CallsApp] = OrderedDict()
+_APPS_KEPT = 32
+_RUNNING: set[int] = set()
+
+
+@contextmanager
+def started_app(
+    settings: Settings, store: Store, clock: Clock = wall_clock
+) -> Iterator[TestClient]:
+    """A client of the app of `settings`, started on `store` and `clock`, stopped after."""
+    key = replace(settings, data_dir=Path("calls-data"))
+    app = _APPS.pop(key, None)
+    if app is None or id(app) in _RUNNING:  # an app runs on one store at a time
+        app = create_app(key, store, clock)
+    _APPS[key] = app
+    while len(_APPS) > _APPS_KEPT:
+        _APPS.popitem(last=False)
+    app.serve_from(store, clock)
+    _RUNNING.add(id(app))
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        _RUNNING.discard(id(app))
+
+
 @pytest.fixture
-def client(settings: Settings, store: EmbeddedStore) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, store), raise_server_exceptions=False) as c:
+def client(settings: Settings, store: Store) -> Iterator[TestClient]:
+    with started_app(settings, store) as c:
         yield c
 
 
 @contextmanager
-def app_client(store: EmbeddedStore, clock: Any = None, **settings: Any) -> Iterator[TestClient]:
+def app_client(store: Store, clock: Any = None, **settings: Any) -> Iterator[TestClient]:
     """A client of the app over `store` with the given settings (response validation on)."""
     configured = Settings(**{"validate_responses": True, "enum_case": STORED_CASE, **settings})
-    app = create_app(configured, store) if clock is None else create_app(configured, store, clock)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with started_app(configured, store, clock or wall_clock) as client:
         yield client
 
 
