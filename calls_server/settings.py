@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -137,6 +138,22 @@ class Settings:
     # the admin token), at the host given.
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # `calls-server mcp`: the Calls API its tools call, and the organization's key pair they
+    # call it with.
+    mcp_url: str = "http://127.0.0.1:8080/api"
+    mcp_api_key: str | None = None
+    mcp_api_secret: str | None = None
+    # `calls-server mcp --transport http`: the address and port it listens on; the bearer
+    # token its clients must send (16+ characters; without one it does not start over HTTP);
+    # the Host names it answers to, comma-separated, each `name` (any port) or `name:port`
+    # (empty: localhost, 127.0.0.1 and [::1], and the bound host:port); the browser origins
+    # it answers, comma-separated `scheme://host[:port]` (empty: none, so a request carrying
+    # an Origin is refused).
+    mcp_host: str = "127.0.0.1"
+    mcp_port: int = 8090
+    mcp_token: str | None = None
+    mcp_allowed_hosts: str = ""
+    mcp_allowed_origins: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_level", self.log_level.lower())
@@ -266,6 +283,22 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}LOG_LEVEL must be one of critical, error, warning, info, debug"
             )
+        if not 0 < self.mcp_port < 65536:
+            raise SettingsError(f"{PREFIX}MCP_PORT must be between 1 and 65535")
+        if self.mcp_token is not None and len(self.mcp_token) < 16:
+            raise SettingsError(f"{PREFIX}MCP_TOKEN must be at least 16 characters long")
+        try:
+            _host_list(self.mcp_allowed_hosts)
+        except ValueError as e:
+            raise SettingsError(
+                f"{PREFIX}MCP_ALLOWED_HOSTS: {e} (each a name or name:port, comma-separated)"
+            ) from None
+        try:
+            _origin_list(self.mcp_allowed_origins)
+        except ValueError as e:
+            raise SettingsError(
+                f"{PREFIX}MCP_ALLOWED_ORIGINS: {e} (each scheme://host[:port], comma-separated)"
+            ) from None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -329,6 +362,67 @@ class Settings:
             self.livekit_token_ttl,
             self.livekit_identity,
         )
+
+    def mcp_hosts(self) -> frozenset[tuple[str, int | None]]:
+        """The Host headers the MCP server answers over HTTP, as (name, port) pairs, a port of
+        None standing for any: those configured, or else the loopback names and the bound
+        host:port. A name not listed (a DNS-rebinding page's own) is refused."""
+        if self.mcp_allowed_hosts.strip():
+            return frozenset(_host_list(self.mcp_allowed_hosts))
+        hosts: set[tuple[str, int | None]] = {(name, None) for name in LOOPBACK_HOSTS}
+        bound = self.mcp_host.strip().lower()
+        if ":" in bound and not bound.startswith("["):
+            bound = f"[{bound}]"
+        if bound not in ("", "0.0.0.0", "[::]", *LOOPBACK_HOSTS):  # all interfaces: no name
+            hosts.add((bound, self.mcp_port))
+        return frozenset(hosts)
+
+    def mcp_origins(self) -> frozenset[str]:
+        """The browser origins the MCP server answers over HTTP (normalized, see
+        `normalize_origin`); none unless configured."""
+        return frozenset(_origin_list(self.mcp_allowed_origins))
+
+
+# The names of this machine's loopback interface, as they appear in a Host header.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_HOST = re.compile(
+    r"(?P<name>\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::(?P<port>[0-9]{1,5}))?"
+)
+_ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<host>[^/?#@\s]+)")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """A Host header's value (`name` or `name:port`, an IPv6 address in brackets) as its
+    lower-cased name and port (None without one); ValueError if it is not one."""
+    match = _HOST.fullmatch(value.strip().lower())
+    if match is None:
+        raise ValueError(f"{value!r} is not a host name or address, with an optional :port")
+    port = match["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} has a port outside 1..65535")
+    return match["name"], None if port is None else int(port)
+
+
+def normalize_origin(value: str) -> str:
+    """An Origin (`scheme://host[:port]`, http or https) lower-cased, without a default
+    port or a trailing slash, as browsers send it; ValueError if it is not one."""
+    match = _ORIGIN.fullmatch(value.strip().lower().removesuffix("/"))
+    if match is None:
+        raise ValueError(f"{value!r} is not an origin: http:// or https://, a host, no path")
+    scheme = match["scheme"]
+    name, port = split_host(match["host"])
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{name}"
+    return f"{scheme}://{name}:{port}"
+
+
+def _host_list(text: str) -> list[tuple[str, int | None]]:
+    return [split_host(item) for item in text.split(",") if item.strip()]
+
+
+def _origin_list(text: str) -> list[str]:
+    return [normalize_origin(item) for item in text.split(",") if item.strip()]
 
 
 def _is_conninfo(text: str) -> bool:
