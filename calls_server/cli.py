@@ -289,27 +289,41 @@ def revoke_key(args: argparse.Namespace, settings: Settings) -> int:
 
 def mcp(args: argparse.Namespace, settings: Settings) -> int:
     """Serve a Calls server's operations to MCP clients (agents) as tools."""
-    if not (args.api_key and args.api_secret):
+    import dataclasses
+
+    flags = {"mcp_url": args.url, "mcp_host": args.mcp_host, "mcp_port": args.mcp_port}
+    settings = dataclasses.replace(settings, **{k: v for k, v in flags.items() if v is not None})
+    if not (settings.mcp_api_key and settings.mcp_api_secret):
         print(
             "calls-server: the MCP server needs the organization's key pair: set "
             "CALLS_MCP_API_KEY and CALLS_MCP_API_SECRET",
             file=sys.stderr,
         )
         return 2
+    if args.transport == "http" and not settings.mcp_token:
+        print(MCP_TOKEN_NEEDED, file=sys.stderr)
+        return 2
     try:
-        from calls_server.mcp import build_server
+        from calls_server.mcp import build_server, run_http
     except ImportError:
         print(
             "calls-server: the MCP server needs the `mcp` extra: pip install 'calls-server[mcp]'",
             file=sys.stderr,
         )
         return 2
-    server = build_server(args.url, args.api_key, args.api_secret)
+    server = build_server(settings.mcp_url, settings.mcp_api_key, settings.mcp_api_secret)
     if args.transport == "stdio":
         server.run(transport="stdio", show_banner=False)
     else:
-        server.run(transport="http", host=args.host, port=args.port, show_banner=False)
+        run_http(server, settings)
     return 0
+
+
+MCP_TOKEN_NEEDED = """\
+calls-server: the MCP server over HTTP answers only clients that send its bearer token: set
+CALLS_MCP_TOKEN (16+ characters), e.g.
+  export CALLS_MCP_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+and give the client `Authorization: Bearer $CALLS_MCP_TOKEN`. (stdio needs no token.)"""
 
 
 def recover(args: argparse.Namespace, settings: Settings) -> int:
@@ -425,21 +439,28 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the Calls operations to MCP clients (agents) as tools",
         description="An MCP server whose tools are the Calls, schedule and webhook operations "
         "of openapi.yaml, calling a running Calls server with one organization's key pair "
-        "(CALLS_MCP_API_KEY, CALLS_MCP_API_SECRET). Needs the `mcp` extra.",
+        "(CALLS_MCP_API_KEY, CALLS_MCP_API_SECRET). Needs the `mcp` extra. Over HTTP its "
+        "clients must send `Authorization: Bearer $CALLS_MCP_TOKEN`, and only the Host names "
+        "in CALLS_MCP_ALLOWED_HOSTS (default: loopback) and browser origins in "
+        "CALLS_MCP_ALLOWED_ORIGINS (default: none) are answered.",
     )
     agents.add_argument(
         "--url",
-        default=os.environ.get("CALLS_MCP_URL", "http://127.0.0.1:8080/api"),
         help="the Calls server's API base URL (CALLS_MCP_URL, default http://127.0.0.1:8080/api)",
     )
     agents.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    agents.add_argument("--host", default="127.0.0.1", help="with --transport http")
-    agents.add_argument("--port", type=int, default=8090, help="with --transport http")
-    agents.set_defaults(
-        command=mcp,
-        api_key=os.environ.get("CALLS_MCP_API_KEY"),
-        api_secret=os.environ.get("CALLS_MCP_API_SECRET"),
+    agents.add_argument(
+        "--host",
+        dest="mcp_host",
+        help="with --transport http: address to listen on (CALLS_MCP_HOST, default 127.0.0.1)",
     )
+    agents.add_argument(
+        "--port",
+        dest="mcp_port",
+        type=int,
+        help="with --transport http: port (CALLS_MCP_PORT, default 8090)",
+    )
+    agents.set_defaults(command=mcp)
 
     salvage_ = commands.add_parser(
         "recover",

@@ -8,16 +8,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from fastmcp import Client
-from fastmcp.client.transports import StdioTransport
+from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from fastmcp.exceptions import ToolError
 
 from calls_server.contract import load_spec
 from calls_server.mcp import TOOL_TAGS, build_server
+from calls_server.settings import Settings, SettingsError
+from tests.conftest import free_port, wait_for
 
 SEED = {
     "agent_id": "agent-123",
@@ -129,3 +133,209 @@ def test_the_command_refuses_to_start_without_a_key_pair(tmp_path):
 
     assert result.returncode == 2
     assert "CALLS_MCP_API_KEY" in result.stderr
+
+
+# -- over HTTP: a bearer token, and only the Hosts and Origins allowed -------------------------
+
+MCP_TOKEN = "mcp-test-token-0123456789abcdef"
+ALLOWED_ORIGIN = "http://agents.example.test"
+EVIL = "evil.example"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "tests", "version": "1"},
+    },
+}
+LIST_TOOLS = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+STREAMABLE = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def without_mcp_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CALLS_MCP_")}
+
+
+@dataclass
+class McpOverHttp:
+    """A `calls-server mcp --transport http` process on 127.0.0.1, and the key pair it uses."""
+
+    url: str
+    key: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def mcp_http(server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpOverHttp]:
+    key = server.new_key_headers()
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("mcp") / "mcp.log"
+    environ = {
+        **without_mcp_settings(),
+        "CALLS_MCP_API_KEY": key["X-API-KEY"],
+        "CALLS_MCP_API_SECRET": key["X-API-SECRET"],
+        "CALLS_MCP_TOKEN": MCP_TOKEN,
+        "CALLS_MCP_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
+    }
+    command = [sys.executable, "-m", "calls_server.cli", "mcp", "--transport", "http"]
+    command += ["--port", str(port), "--url", f"{server.base_url}/api"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    def listening() -> bool:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            httpx.get(url, timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
+    try:
+        wait_for(listening, timeout=30)
+        yield McpOverHttp(url, key)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def post(mcp: McpOverHttp, message: dict[str, Any], **headers: str) -> httpx.Response:
+    return httpx.post(mcp.url, json=message, headers={**STREAMABLE, **headers}, timeout=10)
+
+
+def bearer(token: str = MCP_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_refused(response: httpx.Response, status: int, reason: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert (body["status"], body["data"]) == ("error", None)
+    assert reason in body["error"]
+
+
+def test_over_http_a_client_without_the_token_is_refused_and_sees_no_tool(mcp_http):
+    initialized = post(mcp_http, INITIALIZE)
+    listed = post(mcp_http, LIST_TOOLS)
+
+    assert_refused(initialized, 401, "Authorization: Bearer")
+    assert initialized.headers["WWW-Authenticate"] == "Bearer"
+    assert_refused(listed, 401, "Authorization: Bearer")
+    assert "listCalls" not in listed.text
+
+
+def test_over_http_a_wrong_token_is_refused(mcp_http):
+    for token in (MCP_TOKEN[:-1] + "X", MCP_TOKEN[:-1], MCP_TOKEN + "0", MCP_TOKEN.upper()):
+        assert_refused(post(mcp_http, INITIALIZE, **bearer(token)), 401, "Invalid MCP token")
+    # The right token, but not as a bearer token.
+    for authorization in (MCP_TOKEN, f"Basic {MCP_TOKEN}"):
+        refused = post(mcp_http, INITIALIZE, Authorization=authorization)
+        assert_refused(refused, 401, "Authorization: Bearer")
+
+
+def test_over_http_a_host_not_allowed_is_refused_even_with_the_token(mcp_http):
+    port = mcp_http.url.split(":")[2].split("/")[0]
+
+    for host in (EVIL, f"{EVIL}:{port}", f"127.0.0.1.{EVIL}:{port}", ""):
+        assert_refused(post(mcp_http, INITIALIZE, Host=host, **bearer()), 403, "Host not allowed")
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert post(mcp_http, INITIALIZE, Host=host, **bearer()).status_code == 200
+
+
+def test_over_http_an_origin_not_allowed_is_refused_even_with_the_token(mcp_http):
+    port = mcp_http.url.split(":")[2].split("/")[0]
+
+    # A page of another site, a loopback page (listed nowhere either), a sandboxed frame.
+    for origin in (f"http://{EVIL}", f"http://localhost:{port}", "null"):
+        refused = post(mcp_http, INITIALIZE, Origin=origin, **bearer())
+        assert_refused(refused, 403, "Origin not allowed")
+
+
+def test_over_http_an_allowed_origin_with_the_token_is_answered(mcp_http):
+    answered = post(mcp_http, INITIALIZE, Origin=ALLOWED_ORIGIN, **bearer())
+
+    assert answered.status_code == 200, answered.text
+    assert '"serverInfo"' in answered.text
+
+
+def test_over_http_a_page_rebinding_its_name_to_loopback_creates_nothing(mcp_http, server):
+    """The outside report's attack: a page whose name resolves to 127.0.0.1 posts to the MCP
+    server (its own Host and Origin), to list calls and register a webhook of its own."""
+    create_webhook = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {
+            "name": tool_for("post", "/post-call-webhooks/create"),
+            "arguments": {"url": f"https://{EVIL}/hook"},
+        },
+    }
+    page = {"Host": EVIL, "Origin": f"http://{EVIL}"}
+
+    for message in (INITIALIZE, LIST_TOOLS, create_webhook):
+        assert post(mcp_http, message, **page).status_code == 403
+        assert post(mcp_http, message, **page, **bearer()).status_code == 403
+
+    webhooks = httpx.get(f"{server.base_url}/api/post-call-webhooks", headers=mcp_http.key)
+    assert webhooks.status_code == 200
+    assert "evil" not in webhooks.text
+
+
+def test_over_http_a_client_with_the_token_lists_the_tools_and_calls_one(mcp_http, server):
+    transport = StreamableHttpTransport(mcp_http.url, auth=MCP_TOKEN)
+
+    async def session() -> tuple[set[str], Any]:
+        async with Client(transport) as client:
+            tools = {tool.name for tool in await client.list_tools()}
+            created = await client.call_tool(tool_for("post", "/calls/create"), SEED)
+            return tools, result_data(created)
+
+    tools, created = run(session())
+
+    assert {"createCall", "listCalls", "createPostCallWebhook"} <= tools
+    call_id = created["data"]["call"]["call_id"]
+    stored = httpx.get(f"{server.base_url}/api/calls/{call_id}", headers=mcp_http.key)
+    assert stored.json()["data"]["metadata"] == SEED["metadata"]
+
+
+def test_over_http_the_command_refuses_to_start_without_a_token():
+    environ = {
+        **without_mcp_settings(),
+        "CALLS_MCP_API_KEY": "sk_test",
+        "CALLS_MCP_API_SECRET": "s3cr3t_test",
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "calls_server.cli", "mcp", "--transport", "http"],
+        capture_output=True, text=True, env=environ, timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "CALLS_MCP_TOKEN (16+ characters)" in result.stderr
+    assert "Authorization: Bearer $CALLS_MCP_TOKEN" in result.stderr
+
+
+def test_the_http_settings_default_to_loopback_and_are_checked():
+    settings = Settings.load({})
+
+    assert (settings.mcp_host, settings.mcp_port, settings.mcp_token) == ("127.0.0.1", 8090, None)
+    assert settings.mcp_hosts() >= {("localhost", None), ("127.0.0.1", None), ("[::1]", None)}
+    assert settings.mcp_origins() == frozenset()
+    exposed = Settings.load({"CALLS_MCP_HOST": "10.1.2.3", "CALLS_MCP_PORT": "9000"})
+    assert ("10.1.2.3", 9000) in exposed.mcp_hosts()
+    listed = Settings.load({"CALLS_MCP_ALLOWED_ORIGINS": "HTTPS://Agents.Example.test:443/"})
+    assert listed.mcp_origins() == {"https://agents.example.test"}
+    for environ in (
+        {"CALLS_MCP_TOKEN": "too-short"},
+        {"CALLS_MCP_ALLOWED_HOSTS": "*"},
+        {"CALLS_MCP_ALLOWED_ORIGINS": "*"},
+        {"CALLS_MCP_ALLOWED_ORIGINS": "agents.example.test"},
+        {"CALLS_MCP_PORT": "0"},
+    ):
+        with pytest.raises(SettingsError, match=next(iter(environ))):
+            Settings.load(environ)
