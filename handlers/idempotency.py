@@ -71,14 +71,16 @@ class IdempotencyKeys:
                     f"A request with Idempotency-Key '{key}' is still running; "
                     "retry once it has been answered"
                 )
-        running = services()
-        found = await _from_store(running.store.find_idempotent, scope, key)
-        now = running.clock()
-        if found is not None and found["expires_at"] > now and found["status"] != RUNNING:
-            _check_same(key, found["fingerprint"], fingerprint)
-            return _replay(found)
+        # Registered before the first await: a twin that arrives while this one reads the
+        # store must find it and wait, not register a flight of its own over it.
         flight = self._flying[slot] = _Flight(fingerprint)
         try:
+            running = services()
+            found = await _from_store(running.store.find_idempotent, scope, key)
+            now = running.clock()
+            if found is not None and found["expires_at"] > now and found["status"] != RUNNING:
+                _check_same(key, found["fingerprint"], fingerprint)
+                return _replay(found)
             claim, answered = await self._claim(scope, key, fingerprint)
             if answered is not None:
                 return _replay(answered)

@@ -359,3 +359,38 @@ def test_a_process_killed_mid_batch_leaves_no_attempt_dialed_twice_and_none_lost
         assert task["status"] == "COMPLETED" or task["error_message"] == batches.INTERRUPTED
     assert sum(t["status"] == "FAILED" for t in tasks) <= 10
     assert_counters_match_tasks(batch, tasks)
+
+
+def test_many_keys_each_sent_twenty_times_at_once_to_two_processes_answer_one_call_each(
+    tmp_path, database_url
+):
+    """test_one_key_sent_to_two_processes_at_once_creates_one_call, round after round: twins
+    that reach one process together wait for the one running there (a twin registering
+    over it once made a 500 for one and a 409 for those waiting on it)."""
+    rounds = 15
+    with servers(tmp_path, 2, CALLS_DATABASE_URL=database_url) as running:
+        headers = running[0].new_key_headers("acme")
+        urls = [f"{server.base_url}/api/calls/create" for server in running]
+        answered = []
+        with ThreadPoolExecutor(20) as pool:
+            for n in range(rounds):
+                keyed = {**headers, "Idempotency-Key": f"key-{n}"}
+                answered.append(
+                    list(
+                        pool.map(
+                            lambda t, keyed=keyed: httpx.post(
+                                urls[t % 2], json={"agent_id": "a"}, headers=keyed, timeout=30
+                            ),
+                            range(20),
+                        )
+                    )
+                )
+        listed = httpx.get(urls[0].replace("/create", ""), headers=headers).json()
+        logs = "".join(server.log() for server in running)
+
+    for answers in answered:
+        assert Counter(a.status_code for a in answers) == {200: 20}, [a.text for a in answers]
+        assert len({a.json()["data"]["call"]["call_id"] for a in answers}) == 1
+        assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 19
+    assert listed["data"]["pagination"]["total"] == rounds
+    assert "Traceback" not in logs

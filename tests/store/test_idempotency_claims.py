@@ -1,0 +1,176 @@
+"""Idempotency-Key claims under concurrency: many twins of one keyed request at once, in one
+process (the process's registry of requests running, `IdempotencyKeys`) and across processes
+(the store's claim: two PostgresStores on one database stand for two processes). Exactly one
+twin runs the request and the others get its answer (or a 409 while it runs), never an
+error of the server.
+
+Aggressive rather than lucky: every round starts its twins together (a barrier, or tasks
+started in one go on one event loop) and many rounds run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import pytest
+from connexion.context import _scope
+
+from calls_server.domain import idempotency
+from calls_server.domain.errors import ApiError
+from calls_server.domain.idempotency import RUNNING
+from calls_server.handlers.idempotency import IdempotencyKeys
+from calls_server.integrations.clock import wall_clock
+from calls_server.storage.postgres import PostgresStore
+
+TWINS = 12
+ROUNDS = 40
+
+
+class ReadsWait:
+    """`store` as a store whose reads wait for a database: `IdempotencyKeys` calls it on
+    worker threads, so a request's twins interleave at each of its reads (as on
+    PostgreSQL), whatever the backend."""
+
+    reads_wait = True
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@contextmanager
+def serving(store: Any) -> Iterator[IdempotencyKeys]:
+    """The services `IdempotencyKeys` reads, as a running app has them, over `store`."""
+    keys = IdempotencyKeys(ttl_seconds=60)
+    services = SimpleNamespace(store=ReadsWait(store), clock=wall_clock, idempotency=keys)
+    token = _scope.set({"state": {"services": services}})
+    try:
+        yield keys
+    finally:
+        _scope.reset(token)
+
+
+def test_twins_in_one_process_run_the_request_once_and_all_get_its_answer(store):
+    """Twins that all arrive while the first reads the store: each waits for the one
+    running instead of registering over it (then one of them was never told it had
+    ended: a KeyError, a 500, and a 409 for those waiting on it)."""
+    runs: Counter[str] = Counter()
+    answers: dict[str, list[Any]] = {}
+
+    async def round_of_twins(keys: IdempotencyKeys, key: str) -> None:
+        async def run(keep: Any) -> Any:
+            runs[key] += 1
+            await anyio.sleep(0.005)
+            body = {"call_id": f"call-of-{key}"}
+            keep(200, body, {})
+            return body, 200, {}
+
+        async def twin() -> None:
+            try:
+                answer = await keys.answer("acme", key, "print", run)
+            except ApiError as error:
+                answer = error.status_code
+            answers.setdefault(key, []).append(answer)
+
+        async with anyio.create_task_group() as twins:
+            for _ in range(TWINS):
+                twins.start_soon(twin)
+
+    async def rounds() -> None:
+        with serving(store) as keys:
+            for n in range(ROUNDS):
+                await round_of_twins(keys, f"key-{n}")
+
+    anyio.run(rounds)
+
+    assert runs == Counter({f"key-{n}": 1 for n in range(ROUNDS)})
+    for key, got in answers.items():
+        assert len(got) == TWINS
+        assert got.count(({"call_id": f"call-of-{key}"}, 200, {})) == 1  # the one that ran
+        replayed = ({"call_id": f"call-of-{key}"}, 200, {"Idempotent-Replayed": "true"})
+        assert got.count(replayed) == TWINS - 1, got
+
+
+@pytest.fixture
+def stores(database_url: str) -> Iterator[list[PostgresStore]]:
+    """Two PostgresStores on one database: two processes serving it."""
+    opened = [PostgresStore(database_url, max_connections=TWINS) for _ in range(2)]
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def test_twins_claiming_in_two_processes_run_once_each_time_the_key_is_free(stores):
+    """Twins claim one key at once, through two stores, until it is answered. The first to
+    claim it runs the request and, every other round, releases it (its answer is not one to
+    keep): then exactly one other claims it and keeps its answer. No claim fails, each
+    sees either a claim running (the fingerprint sent), or the answer kept."""
+    errors: list[BaseException] = []
+
+    def round_of_twins(n: int) -> list[str]:
+        key = f"key-{n}"
+        release_first = n % 2 == 1
+        start = threading.Barrier(TWINS)
+        ran: list[str] = []
+        lock = threading.Lock()
+
+        def twin(t: int) -> None:
+            store = stores[t % 2]
+            try:
+                start.wait()
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    now = wall_clock()
+                    mine = idempotency.claim("acme", key, "print", now, lease_ms=60_000)
+                    other = store.claim_idempotent(mine, now)
+                    if other is None:
+                        with lock:
+                            ran.append(f"twin-{t}")
+                            first = len(ran) == 1
+                        time.sleep(0.002)  # runs the request
+                        if release_first and first:
+                            store.release_idempotent(mine)
+                        else:
+                            store.keep_idempotent(answer(key, f"twin-{t}", now))
+                        return
+                    assert other["fingerprint"] == "print"
+                    if other["status"] != RUNNING:
+                        assert other["body"] == {"by": ran[-1]}
+                        return
+                    time.sleep(0.001)
+                raise AssertionError(f"{key} never answered")
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=twin, args=(t,)) for t in range(TWINS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert len(ran) == (2 if release_first else 1), (key, ran)
+        return ran
+
+    for n in range(ROUNDS):
+        round_of_twins(n)
+
+
+def answer(key: str, by: str, now: int) -> idempotency.IdempotentAnswer:
+    return idempotency.IdempotentAnswer(
+        scope="acme",
+        key=key,
+        fingerprint="print",
+        status=200,
+        body={"by": by},
+        headers={},
+        created_at=now,
+        expires_at=now + 60_000,
+    )
