@@ -793,7 +793,10 @@ class EmbeddedStore:
 
     # -- durability ----------------------------------------------------------------------------
     def check_ready(self) -> None:
-        self._check_usable()
+        # Not ready while the journal failed, or while the data directory, having refused
+        # a write (no room, inode or file descriptor left), still refuses one.
+        with _unavailable_when_failed():
+            self._journal.check_ready()
 
     def wait_durable(self) -> None:
         with _unavailable_when_failed():

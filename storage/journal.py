@@ -35,6 +35,17 @@ while the journal moves on to a new segment (an fsync) and the tables are copied
 shallowly (stored documents are never mutated, only replaced); a thread then writes the
 snapshot and deletes the segments it covers, and no writer waits for that part.
 
+Moving on to a new segment happens after the triggering record is written, so it must
+never be that record's failure: the current segment is fsync'd, the next one opened, and
+only then is the current one closed. Should the next segment not open (no file descriptor
+or inode left), nothing changes: appends go on in the current segment, the rotation (and
+with it compaction) is retried a second later, and readiness says why meanwhile.
+
+Readiness (`check_ready`): once an append, a rotation or a snapshot has failed for want of
+room, inodes or file descriptors, the journal is not ready until a probe (a small file
+created, written and removed in the data directory) succeeds again; a failed journal is
+never ready. A healthy journal answers without touching the disk.
+
 TinyDB's `Storage.write(data)` only ever sees the whole database, so the journal records
 are produced a layer up, by the table (`storage.tinydb_table.JournaledTable`), and handed
 to `commit`.
@@ -47,6 +58,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +77,11 @@ LOCK = "lock"
 SEGMENT_GLOB = "journal-*.jsonl"
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
+# Seconds between attempts to open the next segment after one failed (each costs an fsync
+# under the caller's lock).
+ROTATION_RETRY = 1.0
+# Bytes the readiness probe writes once the data directory has refused something.
+PROBE_BYTES = 64 * 1024
 # Documents per orjson.dumps call in a snapshot: the encoder holds the GIL for a whole
 # call, so one call for 100k calls would stall the server for most of a second.
 SNAPSHOT_CHUNK = 500
@@ -86,7 +103,9 @@ class CorruptJournal(RuntimeError):
 
 
 class JournalFailed(RuntimeError):
-    """A write could not be made durable or undone: the store is unusable until a restart."""
+    """A write was refused: it could not be written (nothing of it is kept; the journal goes
+    on once there is room), or it could not be made durable or undone (`failed`: the store is
+    unusable until a restart). Also what `check_ready` raises while the journal is not ready."""
 
 
 def segment_name(first_seq: int) -> str:
@@ -242,6 +261,10 @@ class JournalStorage(Storage):
         self._sync = threading.Condition()
         self._syncing = False
         self._failed: OSError | None = None
+        # The last failure to write to the directory short of `_failed` (a full disk, no
+        # file descriptor left): not ready until a probe succeeds (`check_ready`).
+        self._trouble: OSError | None = None
+        self._rotation_retry_at = 0.0  # time.monotonic() before which no rotation is tried
         self._transaction: _Transaction | None = None
         try:
             _remove_temporaries(self.directory)
@@ -250,7 +273,8 @@ class JournalStorage(Storage):
                 _cut_torn_tail(*state.torn_tail)
             self._seq, self._tables, self._records = state.seq, state.tables, state.records
             self._written = self._durable = self._seq
-            self._segment = self._open_segment()
+            self._segment_first = self._seq + 1
+            self._segment = self._open_segment(self._segment_first)
         except BaseException:
             self._lock_file.close()
             raise
@@ -272,8 +296,8 @@ class JournalStorage(Storage):
             return
         try:
             self.wait_for_compaction()
-            if self._failed is None:
-                self._rotate()
+            # Without a new segment no snapshot: the journal already holds everything.
+            if self._failed is None and self._rotate():
                 self._compact(self._seq, self._copy_tables(), self._segment_first)
         finally:
             os.close(self._segment)
@@ -293,6 +317,27 @@ class JournalStorage(Storage):
                 "restart the server once the cause is fixed"
             )
 
+    def check_ready(self) -> None:
+        """Raise JournalFailed while the journal cannot serve: it failed, or the data
+        directory refused a write and still refuses a probe. Quick while all is well."""
+        self.check_usable()
+        trouble = self._trouble
+        if trouble is None:
+            return
+        try:
+            _probe(self.directory)
+        except OSError as e:
+            raise JournalFailed(f"the data directory cannot be written ({e.strerror})") from e
+        with self._sync:
+            if self._trouble is trouble:  # not a newer failure meanwhile
+                self._trouble = None
+                self._rotation_retry_at = 0.0
+        log.warning("the data directory can be written again (it could not: %s)", trouble)
+
+    def _note_trouble(self, error: OSError) -> None:
+        with self._sync:
+            self._trouble = error
+
     def commit(self, changes: list[Change], undo: Callable[[], None] | None = None) -> None:
         """Write `changes` (already applied in memory) to the journal as one record.
 
@@ -310,7 +355,12 @@ class JournalStorage(Storage):
         if not changes:
             return
         self._append(changes)
-        if self._records >= self._compaction_due() and not self._compacting():
+        # The record is written: nothing from here on may make it a refused write.
+        if (
+            self._records >= self._compaction_due()
+            and not self._compacting()
+            and time.monotonic() >= self._rotation_retry_at
+        ):
             self.compact_in_background()
 
     @contextlib.contextmanager
@@ -364,8 +414,10 @@ class JournalStorage(Storage):
             self.check_usable()
 
     def compact_in_background(self) -> None:
-        """Start a new segment and snapshot everything before it on another thread."""
-        self._rotate()
+        """Start a new segment and snapshot everything before it on another thread (neither
+        if no new segment could be opened: see `_rotate`)."""
+        if not self._rotate():
+            return
         self._compaction = threading.Thread(
             target=self._compact,
             args=(self._seq, self._copy_tables(), self._segment_first),
@@ -389,29 +441,78 @@ class JournalStorage(Storage):
             except OSError as undo:
                 log.critical("could not cut a failed append off the journal: %s", undo)
                 self._failed = undo
+            else:
+                self._note_trouble(e)
             raise JournalFailed(f"the record could not be written ({e.strerror})") from e
         self._seq += 1
         self._records += 1
         self._written = self._seq
 
-    def _rotate(self) -> None:
-        """Close the current segment, durable, and continue in a new one."""
+    def _rotate(self) -> bool:
+        """Continue the journal in a new segment; False if it could not (nothing changed).
+
+        Called after a record was appended (whose writer has been told nothing yet), so the
+        order matters: the current segment is made durable, then the next one is opened,
+        and only then is the current one closed. A next segment that cannot be opened (no
+        file descriptor, inode or room) is not a failure of the records written: they stay
+        in the current segment, which appends go on using, and the rotation is retried
+        `ROTATION_RETRY` seconds later; `check_ready` says not ready meanwhile. Only an
+        fsync that fails fails the journal (`failed`), as in `wait_durable`.
+        """
         with self._sync:
             while self._syncing:
                 self._sync.wait()
-            os.fsync(self._segment)
-            self._durable = self._written
-            os.close(self._segment)
-            self._segment = self._open_segment()
-            self._records = 0
-            self._sync.notify_all()
+            try:
+                if self._durable < self._written:
+                    try:
+                        os.fsync(self._segment)
+                    except OSError as e:
+                        log.critical(
+                            "fsync of the journal failed, refusing reads and writes: %s", e
+                        )
+                        self._failed = e
+                        return False
+                    self._durable = self._written
+                first = self._seq + 1
+                if first == self._segment_first:
+                    return True  # nothing written since the segment began: it is the new one
+                try:
+                    segment = self._open_segment(first)
+                except OSError as e:
+                    log.error(
+                        "cannot start journal segment %s (%s): writes go on in %s and "
+                        "compaction waits; retrying in %g s",
+                        segment_name(first),
+                        e,
+                        segment_name(self._segment_first),
+                        ROTATION_RETRY,
+                    )
+                    self._trouble = e
+                    self._rotation_retry_at = time.monotonic() + ROTATION_RETRY
+                    return False
+                with contextlib.suppress(OSError):  # durable above; the fd is freed anyway
+                    os.close(self._segment)
+                self._segment, self._segment_first = segment, first
+                self._records = 0
+                return True
+            finally:
+                self._sync.notify_all()
 
-    def _open_segment(self) -> int:
-        self._segment_first = self._seq + 1
-        path = self.directory / segment_name(self._segment_first)
+    def _open_segment(self, first_seq: int) -> int:
+        """A new segment whose first record will be `first_seq`, durable in the directory;
+        OSError (and no new file left behind) if it cannot be made."""
+        path = self.directory / segment_name(first_seq)
         segment = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-        os.fchmod(segment, FILE_MODE)
-        _fsync_directory(self.directory)
+        try:
+            os.fchmod(segment, FILE_MODE)
+            _fsync_directory(self.directory)
+        except OSError:
+            empty = os.fstat(segment).st_size == 0
+            os.close(segment)
+            if empty:  # only ever a file just made: an empty segment holds nothing
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         return segment
 
     def _copy_tables(self) -> Tables:
@@ -420,8 +521,9 @@ class JournalStorage(Storage):
     def _compact(self, seq: int, tables: Tables, keep_from: int) -> None:
         try:
             write_snapshot(self.directory, seq, tables)
-        except OSError:
+        except OSError as e:
             log.exception("snapshot failed; the journal keeps every record until the next one")
+            self._note_trouble(e)
             return
         for path in sorted(self.directory.glob(SEGMENT_GLOB), key=_first_seq):
             if _first_seq(path) < keep_from:
@@ -544,6 +646,23 @@ def _remove_temporaries(directory: Path) -> None:
     for leftover in directory.glob(".*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
+
+
+def _probe(directory: Path) -> None:
+    """Create, write (`PROBE_BYTES`) and remove a file in `directory`: OSError if it cannot
+    take one (no file descriptor, inode or room left). Not fsync'd: what is asked is
+    whether a write would be accepted, and a leftover is removed on open with the other
+    temporary files."""
+    path = directory / f".probe.{threading.get_ident()}.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        data, written = bytes(PROBE_BYTES), 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _fsync_directory(directory: Path) -> None:
