@@ -46,6 +46,10 @@ room, inodes or file descriptors, the journal is not ready until a probe (a smal
 created, written and removed in the data directory) succeeds again; a failed journal is
 never ready. A healthy journal answers without touching the disk.
 
+A snapshot written by compaction names, in its trailer, the segment that continues the
+journal after it (created and fsync'd before the snapshot was written): if that segment is
+missing on open, the newest records were deleted, and the directory is refused.
+
 TinyDB's `Storage.write(data)` only ever sees the whole database, so the journal records
 are produced a layer up, by the table (`storage.tinydb_table.JournaledTable`), and handed
 to `commit`.
@@ -119,8 +123,13 @@ def encode_record(seq: int, changes: list[Change]) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
-def write_snapshot(directory: Path, seq: int, tables: Tables) -> None:
-    """Atomically replace the snapshot in `directory` by `tables` as of record `seq`."""
+def write_snapshot(
+    directory: Path, seq: int, tables: Tables, next_segment: str | None = None
+) -> None:
+    """Atomically replace the snapshot in `directory` by `tables` as of record `seq`.
+
+    `next_segment`: the file name of the segment that continues the journal after `seq`,
+    which must exist already (compaction); a snapshot on its own (salvage) names none."""
     temporary = directory / f".{SNAPSHOT}.{threading.get_ident()}.tmp"
     try:
         with _create(temporary) as f:
@@ -128,7 +137,10 @@ def write_snapshot(directory: Path, seq: int, tables: Tables) -> None:
             for data in _snapshot_pieces(seq, tables):
                 f.write(data)
                 crc, size = zlib.crc32(data, crc), size + len(data)
-            f.write(b"\n#crc32=%08x bytes=%d\n" % (crc, size))
+            trailer = b"#crc32=%08x bytes=%d" % (crc, size)
+            if next_segment is not None:
+                trailer += b" next=" + next_segment.encode()
+            f.write(b"\n" + trailer + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, directory / SNAPSHOT)
@@ -179,9 +191,18 @@ def replay(directory: Path, salvage: bool = False) -> Replay:
     snapshot = directory / SNAPSHOT
     if snapshot.exists():
         try:
-            state.seq, state.tables = _load_snapshot(snapshot)
+            state.seq, state.tables, next_segment = _load_snapshot(snapshot)
         except ValueError as e:
             problem(f"{snapshot}: {e}")
+        else:
+            # Lines of the newest segment cut off, or the whole segment gone when older
+            # ones remain, leave no trace (a crash can leave the same files). This one can:
+            # the segment the snapshot was written after is gone.
+            if next_segment is not None and not (directory / next_segment).exists():
+                problem(
+                    f"{directory / next_segment}: missing, yet {SNAPSHOT} (record "
+                    f"{state.seq}) says the journal continues in it: later records may be lost"
+                )
     segments = sorted(directory.glob(SEGMENT_GLOB), key=_first_seq)
     for index, path in enumerate(segments):
         data = path.read_bytes()
@@ -520,7 +541,7 @@ class JournalStorage(Storage):
 
     def _compact(self, seq: int, tables: Tables, keep_from: int) -> None:
         try:
-            write_snapshot(self.directory, seq, tables)
+            write_snapshot(self.directory, seq, tables, next_segment=segment_name(keep_from))
         except OSError as e:
             log.exception("snapshot failed; the journal keeps every record until the next one")
             self._note_trouble(e)
@@ -563,7 +584,8 @@ def _decode_record(line: bytes) -> tuple[int, list[Change]]:
     return record["seq"], record["changes"]
 
 
-def _load_snapshot(path: Path) -> tuple[int, Tables]:
+def _load_snapshot(path: Path) -> tuple[int, Tables, str | None]:
+    """The seq, tables and next segment's name (if the trailer names one) of a snapshot."""
     data = path.read_bytes()
     # Sliced, not split: splitting copies a snapshot of a million calls (a gigabyte) twice.
     end = len(data)
@@ -574,12 +596,15 @@ def _load_snapshot(path: Path) -> tuple[int, Tables]:
     try:
         fields = dict(part.split(b"=", 1) for part in trailer.lstrip(b"#").split())
         expected_crc, expected_size = int(fields[b"crc32"], 16), int(fields[b"bytes"])
+        next_segment = fields[b"next"].decode() if b"next" in fields else None
     except (ValueError, KeyError):
         raise ValueError("its checksum trailer is missing or damaged") from None
     if len(document) != expected_size or zlib.crc32(document) != expected_crc:
         raise ValueError(f"its checksum does not match (damaged within its {len(data)} bytes)")
     snapshot = orjson.loads(document)
-    return snapshot["seq"], snapshot["tables"]
+    if next_segment is not None and next_segment != segment_name(snapshot["seq"] + 1):
+        raise ValueError(f"its trailer names {next_segment}, not the segment after it")
+    return snapshot["seq"], snapshot["tables"], next_segment
 
 
 def _apply(tables: Tables, table: str, doc_id: str, doc: dict[str, Any] | None) -> None:

@@ -7,6 +7,7 @@ says it does not know.
   says 503 meanwhile and 200 once descriptors are free again.
 - A full disk: writes refused (503) are not kept, and readiness says 503 until a file can
   be written again.
+- The segment a snapshot was written after, deleted: refused on open, naming it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ import pytest
 from calls_server.domain import calls
 from calls_server.domain.errors import StoreUnavailable
 from calls_server.domain.listing import CallQuery
-from calls_server.storage import EmbeddedStore
-from calls_server.storage.journal import SEGMENT_GLOB, SNAPSHOT, JournalStorage, segment_name
+from calls_server.storage import CorruptJournal, EmbeddedStore
+from calls_server.storage.journal import (
+    SEGMENT_GLOB,
+    SNAPSHOT,
+    JournalStorage,
+    salvage,
+    segment_name,
+)
 from tests.conftest import SEED_REQUEST, add_tenant, app_client, assert_error, create_call
 
 
@@ -244,6 +251,49 @@ def test_over_http_ready_is_503_while_the_disk_is_full(small_disk):
             assert client.get("/api/ready").status_code == 200
     finally:
         store.abandon()
+
+
+# -- the newest segment deleted --------------------------------------------------------------
+
+
+def test_the_segment_after_the_snapshot_deleted_is_refused_naming_it(tmp_path):
+    store = EmbeddedStore(tmp_path, compact_every=3)
+    for n in range(8):
+        store.add_call(a_call(n))
+    store._journal.wait_for_compaction()
+    store.abandon()
+    newest = max(tmp_path.glob(SEGMENT_GLOB))
+    assert newest.stat().st_size > 0
+    newest.unlink()
+
+    with pytest.raises(CorruptJournal, match=newest.name):
+        EmbeddedStore(tmp_path)
+
+
+def test_a_deleted_segment_after_the_snapshot_is_reported_by_salvage(tmp_path):
+    data, target = tmp_path / "data", tmp_path / "recovered"
+    store = EmbeddedStore(data, compact_every=3)
+    for n in range(8):
+        store.add_call(a_call(n))
+    store._journal.wait_for_compaction()
+    store.abandon()
+    newest = max(data.glob(SEGMENT_GLOB))
+    newest.unlink()
+
+    report = salvage(data, target)
+
+    assert report["problems"][0].startswith(f"{newest}: missing")
+    assert stored_ids(target) <= {f"c{n}" for n in range(8)}  # the snapshot's calls open
+
+
+def test_an_empty_newest_segment_just_made_is_no_damage(tmp_path):
+    store = EmbeddedStore(tmp_path, compact_every=3)
+    for n in range(6):
+        store.add_call(a_call(n))
+    store.close()  # a snapshot of everything, and an empty segment after it
+    assert [(tmp_path / name).stat().st_size for name in segments(tmp_path)] == [0]
+
+    assert stored_ids(tmp_path) == {f"c{n}" for n in range(6)}
 
 
 def test_an_fsync_that_fails_at_rotation_fails_the_journal_not_the_process(tmp_path, monkeypatch):
