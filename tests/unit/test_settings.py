@@ -76,6 +76,14 @@ def test_a_complete_livekit_configuration_gives_rooms():
 # A valid value, other than the default, for every setting (set together where they must be).
 EVERY_SETTING = {
     "data_dir": "/srv/calls",
+    "mcp_url": "http://calls.internal:8080/api",
+    "mcp_api_key": "sk_mcp",
+    "mcp_api_secret": "s3cr3t_mcp",
+    "mcp_host": "0.0.0.0",
+    "mcp_port": "9090",
+    "mcp_token": "mcp-token-0123456789abcdef",
+    "mcp_allowed_hosts": "mcp.example.com",
+    "mcp_allowed_origins": "https://app.example.com",
     "host": "0.0.0.0",
     "port": "9000",
     "admin_token": "a-long-enough-admin-token",
