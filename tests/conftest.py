@@ -100,11 +100,17 @@ def database_url(databases: TestDatabases) -> Iterator[str]:
 
 
 @pytest.fixture
+def migrated_database_url(databases: TestDatabases) -> str:
+    """A database with the store's schema and nothing in it (emptied for each test)."""
+    return databases.migrated_url()
+
+
+@pytest.fixture
 def store(backend: str, data_dir: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
     """An empty store of the backend under test."""
     opened: Store
     if backend == "postgres":
-        opened = PostgresStore(request.getfixturevalue("database_url"))
+        opened = PostgresStore(request.getfixturevalue("migrated_database_url"))
     else:
         opened = EmbeddedStore(data_dir)
     yield opened
