@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import importlib
 import json
 import re
@@ -54,6 +55,7 @@ def body_operations() -> list[tuple[str, str, dict[str, Any]]]:
     return found
 
 
+@functools.cache  # compiled once per operation, not once per generated example
 def compiled_and_resolved(path: str, method: str, media_type: str) -> CompiledSchema:
     written = WRITTEN.operation(path, method)
     resolved = resolve(written.body["content"][media_type]["schema"])
