@@ -14,11 +14,17 @@
   within `pool_timeout` answers 503 (`StoreUnavailable`) naming the cause; connections
   time out (`connect_timeout`) and so do statements (`statement_timeout`), so no request
   waits for the database without end.
+- A connection the database dropped (a restart, `pg_terminate_backend`) is replaced: when
+  handed out if its end has been heard of; otherwise a read (`READS`) that loses it runs
+  once more on a fresh one, and a transaction that loses it at its BEGIN (nothing of it
+  sent) begins once more on a fresh one. A write that loses its connection later is a
+  503, never run again: it may have been committed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import re
@@ -29,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 import psycopg
@@ -147,6 +153,64 @@ class DatabaseNotEmpty(Exception):
     """A copy into a database that holds records already."""
 
 
+# The store's methods that only read (the others write). One that fails because the
+# database dropped its connection is run once more, on a fresh connection: it changed
+# nothing, and nothing it read was answered yet.
+READS = frozenset(
+    {
+        "get_call",
+        "list_calls",
+        "call_statuses",
+        "scheduled_calls",
+        "get_organization",
+        "find_api_key",
+        "list_api_keys",
+        "agents",
+        "get_agent",
+        "phone_numbers",
+        "get_phone_number",
+        "webhooks",
+        "get_webhook",
+        "get_batch",
+        "batches",
+        "batch_tasks",
+        "active_batches",
+        "pending_webhook_events",
+        "list_webhook_events",
+        "get_webhook_event",
+        "find_idempotent",
+        "check_ready",
+        "record_counts",
+        "live_processes",
+        "counts",
+    }
+)
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def _reads_run_again_once(cls: _Class) -> _Class:
+    """`cls` with each method of `READS` run once more when it failed on a connection the
+    database had dropped."""
+    for name in READS:
+        setattr(cls, name, _again_once_if_dropped(getattr(cls, name)))
+    return cls
+
+
+def _again_once_if_dropped(read: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(read)
+    def again_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(self, *args, **kwargs)
+        except StoreUnavailable as e:
+            if not _connection_lost(e.__cause__):
+                raise
+        return read(self, *args, **kwargs)  # on another connection: the pool dropped that one
+
+    return again_once
+
+
+@_reads_run_again_once
 class PostgresStore:
     """The `storage.interface.Store` of a PostgreSQL database (migrated on open)."""
 
@@ -1065,18 +1129,30 @@ class PostgresStore:
         connection to the commit. `snapshot`: a read-only one whose statements all see one
         snapshot (REPEATABLE READ), named in its BEGIN (no round trip of its own)."""
         started = time.perf_counter()
-        with self._unavailable(), self._pool.connection() as conn:
-            if snapshot:
-                conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
-            try:
-                with conn.transaction():
-                    yield conn
-            finally:
-                if snapshot:  # the pool's next user gets the server's defaults
-                    with contextlib.suppress(psycopg.Error):  # broken: the pool drops it
-                        conn.isolation_level, conn.read_only = None, None
-            if not snapshot and self._write_observer is not None:
-                self._write_observer(time.perf_counter() - started)
+        with self._unavailable(), contextlib.ExitStack() as begun:
+            yield self._begin(begun, snapshot)
+        if not snapshot and self._write_observer is not None:
+            self._write_observer(time.perf_counter() - started)
+
+    def _begin(self, begun: contextlib.ExitStack, snapshot: bool) -> Connection:
+        """A connection of the pool in a transaction begun, both ended by `begun`. BEGIN is
+        the transaction's first word: a connection the database dropped, found out then,
+        is replaced once, as nothing of the transaction was sent."""
+        for attempt in range(2):
+            with contextlib.ExitStack() as ending:
+                conn = ending.enter_context(self._pool.connection())
+                if snapshot:
+                    conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
+                    ending.callback(_server_defaults, conn)
+                try:
+                    ending.enter_context(conn.transaction())
+                except psycopg.OperationalError as e:
+                    if attempt or not _connection_lost(e):
+                        raise
+                    continue  # the pool drops the connection, and another is asked for
+                begun.enter_context(ending.pop_all())
+                return conn
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # -- for metrics ---------------------------------------------------------------------------
     def observe_writes(self, observer: Callable[[float], None] | None) -> None:
@@ -1406,6 +1482,23 @@ def _check_connection(conn: Connection) -> None:
     readable, _, _ = select.select([conn.fileno()], [], [], 0)
     if readable:
         ConnectionPool.check_connection(conn)
+
+
+def _connection_lost(error: BaseException | None) -> bool:
+    """Whether `error` says the connection is gone (the database closed it or is closing it:
+    a restart, `pg_terminate_backend`, an idle session timed out; or it was cut), rather
+    than that a statement failed on a live one (a timeout, a conflict, a full disk)."""
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    state = error.sqlstate  # None: libpq's own, the connection broken ("server closed ...")
+    return state is None or state.startswith(("08", "57P"))
+
+
+def _server_defaults(conn: Connection) -> None:
+    """Give the pool's next user of `conn` the server's defaults (no isolation level or
+    access mode of ours)."""
+    with contextlib.suppress(psycopg.Error):  # broken: the pool drops it
+        conn.isolation_level, conn.read_only = None, None
 
 
 def _configure(conn: Connection) -> None:

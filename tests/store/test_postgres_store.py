@@ -34,6 +34,7 @@ from calls_server.domain.errors import (
 from calls_server.domain.listing import CallQuery, normalize_filters
 from calls_server.domain.quotas import Quota
 from calls_server.integrations.clock import wall_clock
+from calls_server.storage import postgres
 from calls_server.storage.postgres import PostgresStore, migrate, migrations
 from tests.conftest import wait_for
 from tests.postgres_server import TcpProxy
@@ -1000,3 +1001,112 @@ def test_a_closed_store_is_a_503(database_url):
 
     with pytest.raises(StoreUnavailable, match="closed"):
         store.get_call("org", "x")
+
+
+# -- connections the database dropped -------------------------------------------------------------
+
+
+def terminate_store_connections(databases, database_url: str) -> int:
+    """End, from an admin connection, every backend serving the store's connections to the
+    test's database (as a restart would), waiting until each is gone; how many there were."""
+    name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    with psycopg.connect(databases.admin_url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+            " WHERE application_name = 'calls-server' AND datname = %s",
+            (name,),
+        ).fetchone()
+    assert ended is not None
+    return int(ended[0])
+
+
+@pytest.fixture
+def unheard(monkeypatch, database_url):
+    """A store of one connection handed out without the check that hears that the database
+    ended it: as when the database's word has not arrived yet (pg_terminate_backend and a
+    shutdown end backends asynchronously), deterministically."""
+    monkeypatch.setattr(postgres, "_check_connection", lambda conn: None)
+    opened = PostgresStore(database_url, min_connections=1, max_connections=1)
+    yield opened
+    opened.close()
+
+
+def test_after_the_database_dropped_every_connection_reads_and_writes_run_at_once(
+    store, databases, database_url
+):
+    store.add_organization(keys.new_organization(0, "acme"))
+    store.add_call(a_call(call_id="kept"))
+    assert terminate_store_connections(databases, database_url) >= 1
+
+    assert store.get_call("org", "kept")["call_id"] == "kept"
+    store.add_call(a_call(call_id="added"))
+    assert store.list_calls("org", EVERYTHING).total == 2
+
+
+def test_a_read_on_a_connection_the_database_dropped_runs_again_on_a_fresh_one(
+    unheard, databases, database_url
+):
+    unheard.add_call(a_call(call_id="kept"))
+
+    for read in (
+        lambda: unheard.get_call("org", "kept")["call_id"] == "kept",  # one statement
+        lambda: unheard.list_calls("org", EVERYTHING).total == 1,  # a snapshot transaction
+        lambda: unheard.find_api_key("none") is None,
+        lambda: unheard.check_ready() is None,
+    ):
+        assert terminate_store_connections(databases, database_url) >= 1
+        assert read()
+
+
+def test_a_read_that_fails_on_a_live_connection_is_not_run_again(database_url, monkeypatch):
+    store = PostgresStore(database_url, statement_timeout=0.2)
+    runs = []
+
+    def too_long(conn, *args, **kwargs):
+        runs.append(1)
+        conn.execute("SELECT pg_sleep(1)")
+
+    monkeypatch.setattr(postgres, "_locked", too_long)  # what get_agent reads with
+    try:
+        with pytest.raises(StoreUnavailable, match="statement timeout"):
+            store.get_agent("org", "agent")
+        assert runs == [1]
+    finally:
+        store.close()
+
+
+def test_a_write_on_a_connection_the_database_dropped_runs_again_only_if_nothing_was_sent(
+    unheard, databases, database_url
+):
+    # A transaction finds the connection dropped at its BEGIN: nothing sent, begun again.
+    assert terminate_store_connections(databases, database_url) >= 1
+    unheard.add_organization(keys.new_organization(0, "acme"))
+    assert unheard.get_organization("acme")["organization_id"] == "acme"
+
+    # A write of one statement finds it out only once the statement was sent: a 503, and
+    # the write is not run again (here the database had not received it).
+    assert terminate_store_connections(databases, database_url) >= 1
+    with pytest.raises(StoreUnavailable, match="terminating connection"):
+        unheard.add_call(a_call(call_id="once"))
+    with pytest.raises(CallNotFound):
+        unheard.get_call("org", "once")
+    unheard.add_call(a_call(call_id="once"))  # the client's retry
+    assert unheard.list_calls("org", EVERYTHING).total == 1
+
+
+def test_a_write_whose_connection_is_dropped_after_it_was_sent_is_a_503_not_run_again(
+    store, databases, database_url
+):
+    store.add_call(a_call(call_id="kept", call_status="registered"))
+    changes = []
+
+    def change(call):
+        changes.append(call["call_id"])
+        terminate_store_connections(databases, database_url)  # mid-transaction
+        return {**call, "call_status": "ongoing"}
+
+    with pytest.raises(StoreUnavailable, match="terminating connection"):
+        store.change_call("org", "kept", change)
+
+    assert changes == ["kept"]
+    assert store.get_call("org", "kept")["call_status"] == "registered"
