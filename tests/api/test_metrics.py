@@ -3,8 +3,6 @@ delivery and the rate limits; served at /metrics to the admin, or on a port of t
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +17,6 @@ from tests.conftest import (
     assert_error,
     create_call,
     free_port,
-    running_server,
     wait_for,
 )
 
@@ -146,22 +143,6 @@ def test_metrics_are_not_an_api_operation(client):
 # -- a port of their own -----------------------------------------------------------------------
 
 
-def test_with_a_metrics_port_a_real_server_serves_them_there_without_auth_and_not_on_the_api(
-    tmp_path,
-):
-    port = free_port()
-    with running_server(tmp_path / "data", CALLS_METRICS_PORT=str(port)) as server:
-        headers = server.new_key_headers()
-        httpx.post(f"{server.base_url}/api/calls/create", json=SEED_REQUEST, headers=headers)
-        own = httpx.get(f"http://127.0.0.1:{port}/metrics")
-        on_api = httpx.get(f"{server.base_url}/metrics", headers=ADMIN)
-
-    assert own.status_code == 200
-    assert value(own.text, "calls_http_requests_total", operation="createCall", status="200") == 1
-    assert value(own.text, "calls_store_calls", backend="embedded") == 1
-    assert_error(on_api, 404, "No route matches GET /metrics")
-
-
 def test_the_metrics_port_is_closed_when_the_app_stops(store, data_dir):
     port = free_port()
     with app_client(store, data_dir=data_dir, metrics_port=port) as client:
@@ -173,20 +154,6 @@ def test_the_metrics_port_is_closed_when_the_app_stops(store, data_dir):
     assert_error(on_api, 404)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/metrics")
-
-
-def test_a_metrics_port_already_taken_stops_the_server_at_start_saying_so(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with (
-            pytest.raises(RuntimeError, match=rf"cannot listen on 127\.0\.0\.1:{port}") as stopped,
-            running_server(tmp_path / "data", CALLS_METRICS_PORT=str(port)),
-        ):
-            pass
-
-    assert "CALLS_METRICS_PORT" in str(stopped.value)
 
 
 # -- the store -----------------------------------------------------------------------------------

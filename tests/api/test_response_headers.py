@@ -3,13 +3,8 @@ of keys show, and liveness and readiness."""
 
 from __future__ import annotations
 
-import threading
-import time
-
-import httpx
-
 from calls_server.domain.errors import StoreUnavailable
-from tests.conftest import assert_error, running_server
+from tests.conftest import assert_error
 
 
 def test_every_answer_says_nosniff(client, tenant):
@@ -105,38 +100,3 @@ def test_not_ready_when_the_store_cannot_serve(client, store, monkeypatch):
 
     assert_error(response, 503, "the disk is full")
     assert client.get("/api/health").status_code == 200  # alive, only not ready
-
-
-def test_health_is_answered_while_the_dialer_hangs(tmp_path, receiver):
-    """Phone calls whose dialer never answers hold their worker threads; liveness is
-    answered on the event loop all the same."""
-    receiver.reply_to = lambda _: (202, 8.0)  # the dialer takes 8 s per attempt
-    env = {
-        "CALLS_DIALER_URL": receiver.url,
-        "CALLS_DIALER_SECRET": "dialer-secret",
-        "CALLS_DIALER_TIMEOUT": "10",
-        "CALLS_DIALER_ATTEMPTS": "1",
-        "CALLS_DIALER_CONCURRENCY": "2",
-    }
-    with running_server(tmp_path / "data", **env) as server:
-        headers = server.new_key_headers()
-        body = {"from_number": "+14155550100", "to_number": "+14155550101"}
-        with httpx.Client(base_url=server.base_url, timeout=30) as http:
-            hanging = [
-                http.build_request(
-                    "POST", "/api/calls/create-phone-call", json=body, headers=headers
-                )
-                for _ in range(6)
-            ]
-            threads = [threading.Thread(target=http.send, args=(r,)) for r in hanging]
-            for thread in threads:
-                thread.start()
-            time.sleep(1)
-            started = time.monotonic()
-            health = http.get("/api/health")
-            waited = time.monotonic() - started
-            for thread in threads:
-                thread.join()
-
-    assert health.status_code == 200
-    assert waited < 2, f"liveness took {waited:.1f} s while the dialer hung"

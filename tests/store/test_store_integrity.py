@@ -4,7 +4,6 @@ readable by its owner only."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,7 +18,6 @@ from calls_server.domain import calls
 from calls_server.domain.errors import StoreUnavailable
 from calls_server.storage import CorruptJournal, EmbeddedStore
 from calls_server.storage.journal import SEGMENT_GLOB, SNAPSHOT, encode_record, salvage
-from tests.conftest import cli
 
 
 def a_call(n: int, pad: int = 0) -> calls.Call:
@@ -156,40 +154,7 @@ def test_a_torn_tail_is_cut_off_and_logged(tmp_path, caplog):
     assert found == {"c0", "c1", "c99"}
 
 
-def test_the_cli_refuses_a_damaged_directory_with_the_reason(tmp_path):
-    fill(tmp_path / "data")
-    (tmp_path / "data" / SNAPSHOT).unlink()
-
-    result = cli("--data-dir", str(tmp_path / "data"), "list-keys", "org")
-
-    assert result.returncode == 2
-    assert "snapshot.json is missing" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 # -- recovery --------------------------------------------------------------------------------
-
-
-def test_recover_salvages_everything_readable_into_a_new_directory(tmp_path):
-    data, target = tmp_path / "data", tmp_path / "recovered"
-    fill(data, count=30, compact_every=10)
-    segment = segments(data)[-1]
-    offset = line_start(segment, flip_digit(segment, b'"n":'))
-
-    result = cli("--data-dir", str(data), "recover", "--to", str(target))
-
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    damaged = f"{segment}: the record at byte {offset} is damaged: its checksum does not match"
-    assert report["problems"][0] == damaged
-    assert report["problems"][1].endswith("is missing")  # the gap the damaged record leaves
-    store = EmbeddedStore(target)
-    try:
-        kept = {c["call_id"] for c in store.list_calls("org", calls_query())[0]}
-    finally:
-        store.close()
-    assert len(kept) == 29  # every call but the one in the damaged record
-    assert report["last_record"] == 30
 
 
 def test_recover_refuses_to_write_into_a_directory_that_holds_data(tmp_path):
