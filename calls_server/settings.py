@@ -128,6 +128,13 @@ class Settings:
     body_timeout: float = 30.0
     max_connections: int = 2048
     keep_alive_timeout: float = 5.0
+    # Connections open at once from one client address (an IPv6 client's /64; trusted
+    # proxies are not capped); seconds a client has to take an answer the server could not
+    # send at once, before it is cut; bytes of such unsent answers, all connections
+    # together, past which the connections that have waited longest are cut.
+    max_connections_per_address: int = 256
+    send_timeout: float = 60.0
+    max_buffered_bytes: int = 256 * 1024 * 1024
     # TLS terminated by the server: certificate chain and key files (PEM), both or neither.
     tls_certfile: str | None = None
     tls_keyfile: str | None = None
@@ -246,11 +253,15 @@ class Settings:
                 f"{PREFIX}MAX_HEADER_BYTES must be between 1024 and 1048576 and "
                 f"{PREFIX}MAX_HEADERS between 10 and 1000"
             )
-        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "send_timeout"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be in (0, 3600] seconds")
         if self.max_connections < 1:
             raise SettingsError(f"{PREFIX}MAX_CONNECTIONS must be at least 1")
+        if self.max_connections_per_address < 1:
+            raise SettingsError(f"{PREFIX}MAX_CONNECTIONS_PER_ADDRESS must be at least 1")
+        if self.max_buffered_bytes < 1_048_576:
+            raise SettingsError(f"{PREFIX}MAX_BUFFERED_BYTES must be at least 1048576 (1 MiB)")
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise SettingsError(
                 f"{PREFIX}TLS_CERTFILE and {PREFIX}TLS_KEYFILE go together: set both, or neither"
