@@ -1,4 +1,5 @@
-"""Rate limits: token buckets per API key, per organization and per client address.
+"""Rate limits: token buckets per API key, per organization, and of failed authentications
+per client network and in all.
 
 A bucket holds up to `per_minute` tokens and refills continuously at `per_minute` a
 minute; a request takes one. So a client may burst up to the limit, then goes at the
@@ -9,6 +10,7 @@ itself (behind a load balancer over N processes, a client gets up to N times the
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import threading
 from dataclasses import dataclass
@@ -23,6 +25,12 @@ RATE_LIMIT_HEADERS = "calls.rate_limit_headers"
 RATE_LIMIT_REFUSED = "calls.rate_limit_refused"
 # Buckets kept at most per limiter; past it, the full (idle) ones are forgotten first.
 MAX_BUCKETS = 100_000
+# Failed authentications are counted per network, not per address: one holder of a /24
+# (IPv4) or a /64 (IPv6, often a single host's) has every address in it to guess from.
+IPV4_PREFIX, IPV6_PREFIX = 24, 64
+# The ceiling of failed authentications a minute from all networks together, in times the
+# per-network limit: guesses spread over many networks are limited too.
+ALL_NETWORKS_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,13 @@ class Buckets:
             self._keep(key, tokens - 1, now)
             return self._allowance(tokens - 1, now)
 
-    def refuse_when_empty(self, key: str, now: int, what: str) -> None:
-        """RateLimited when `key` has no token left (without taking one)."""
+    def refuse_when_empty(self, key: str, now: int, refusal: str) -> None:
+        """RateLimited, worded `refusal`, when `key` has no token left (without taking one)."""
         tokens = self.level(key, now)
         if tokens < 1:
             wait = math.ceil((1 - tokens) / self._rate / 1000)
             raise RateLimited(
-                f"Too many {what} from this address; try again in {wait} s",
+                f"{refusal}; try again in {wait} s",
                 headers={"Retry-After": str(wait)},
                 limit=self.limit,
             )
@@ -100,7 +108,7 @@ class Buckets:
 
 class RateLimits:
     """The server's limits: per key and per organization (both must allow a request), and
-    failed authentications per client address."""
+    failed authentications per client network and from all networks together."""
 
     def __init__(self, per_key: int, per_organization: int, auth_failures: int) -> None:
         self.per_key = Buckets(per_key, "for this API key", "key") if per_key else None
@@ -111,6 +119,12 @@ class RateLimits:
         )
         self.auth_failures = (
             Buckets(auth_failures, "failed authentications", "auth_failures")
+            if auth_failures
+            else None
+        )
+        # One bucket (key ""), for the failures of every network.
+        self.all_auth_failures = (
+            Buckets(auth_failures * ALL_NETWORKS_FACTOR, "failed authentications", "auth_failures")
             if auth_failures
             else None
         )
@@ -132,13 +146,41 @@ class RateLimits:
         return min(allowances, key=lambda a: a.remaining)
 
     def check_address(self, address: str, now: int) -> None:
-        """RateLimited when `address` has failed to authenticate too often lately."""
-        if self.auth_failures is not None:
-            self.auth_failures.refuse_when_empty(address, now, "failed authentications")
+        """RateLimited when `address`'s network has failed to authenticate too often lately,
+        or when all networks together have and this one has failed lately too (a network
+        that has not keeps authenticating: a flood of failures cannot lock everyone out)."""
+        if self.auth_failures is None or self.all_auth_failures is None:
+            return
+        network = network_of(address)
+        self.auth_failures.refuse_when_empty(
+            network, now, "Too many failed authentications from this address's network"
+        )
+        if self.auth_failures.level(network, now) < self.auth_failures.per_minute:
+            self.all_auth_failures.refuse_when_empty(
+                "", now, "Too many failed authentications from all addresses"
+            )
 
     def failed(self, address: str, now: int) -> None:
-        """Count a failed authentication from `address`."""
-        if self.auth_failures is not None:
-            # An empty bucket stays empty: the next request from there is refused.
+        """Count a failed authentication from `address` (in its network, and in all)."""
+        if self.auth_failures is None or self.all_auth_failures is None:
+            return
+        # An empty bucket stays empty: the next request from there is refused.
+        for bucket, key in (
+            (self.auth_failures, network_of(address)),
+            (self.all_auth_failures, ""),
+        ):
             with contextlib.suppress(RateLimited):
-                self.auth_failures.take(address, now)
+                bucket.take(key, now)
+
+
+def network_of(address: str) -> str:
+    """The network whose failures `address`'s count with: its /24 (IPv4, also IPv4-mapped
+    IPv6) or /64 (IPv6). Anything else (no address known, a test client's name) is itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # without an IPv6 zone
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
+    return str(ipaddress.ip_network((ip, prefix), strict=False))

@@ -37,8 +37,8 @@ def check_api_key_pair(
 def _check_api_key_pair(api_key: str, request: ConnexionRequest) -> dict[str, Any]:
     running = request.state.services
     now = running.clock()
-    # Guessing keys is limited per client address: past the limit, even a right pair waits.
-    address = request.scope["client"][0] if request.scope.get("client") else "unknown"
+    # Guessing keys is limited per client network: past the limit, even a right pair waits.
+    address = _client_address(request)
     running.rate_limits.check_address(address, now)
     secret = request.headers.get("X-API-SECRET")
     try:
@@ -68,14 +68,33 @@ def accept_api_secret(
 def check_admin_token(
     token: str, required_scopes: Any = None, request: ConnexionRequest | None = None
 ) -> dict[str, Any]:
-    """Admin access when `token` is the configured admin token."""
+    """Admin access when `token` is the configured admin token. Wrong tokens count as
+    failed authentications, as wrong key pairs do: the same limit stops guessing either."""
     assert request is not None
-    expected: str | None = request.state.services.admin_token
+    try:
+        return _check_admin_token(token, request)
+    except RateLimited as refused:
+        request.scope[RATE_LIMIT_REFUSED] = refused.limit
+        raise
+
+
+def _check_admin_token(token: str, request: ConnexionRequest) -> dict[str, Any]:
+    running = request.state.services
+    expected: str | None = running.admin_token
     if expected is None:
         raise Forbidden(
             "The admin API is disabled: start the server with CALLS_ADMIN_TOKEN set",
             message="Admin API disabled",
         )
+    now, address = running.clock(), _client_address(request)
+    running.rate_limits.check_address(address, now)
     if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode()):
+        running.rate_limits.failed(address, now)
         raise Unauthorized("Invalid admin token")
     return {"sub": "admin"}
+
+
+def _client_address(request: ConnexionRequest) -> str:
+    """The client's address (behind a trusted proxy, the one it forwarded)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else "unknown"

@@ -1,9 +1,11 @@
 """Rate limits: per API key and per organization (off by default), failed authentications
-per client address (300 a minute by default); 429 with Retry-After and RateLimit headers."""
+(wrong key pairs and wrong admin tokens) per client network (300 a minute by default) and
+from all networks together; 429 with Retry-After and RateLimit headers."""
 
 from __future__ import annotations
 
 import pytest
+from starlette.testclient import TestClient
 
 from calls_server.domain.errors import RateLimited
 from calls_server.domain.listing import CallQuery
@@ -11,6 +13,8 @@ from calls_server.domain.rate_limits import Buckets
 from tests.conftest import ADMIN_TOKEN, app_client, assert_error
 
 WRONG = {"X-API-KEY": "sk_unknownkey000", "X-API-SECRET": "s3cr3t_wrongsecret00"}
+WRONG_ADMIN = {"Authorization": "Bearer not-the-admin-token-0000"}
+RIGHT_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def test_without_limits_no_rate_limit_headers_are_sent(client, tenant):
@@ -121,6 +125,91 @@ def test_a_bucket_refuses_below_one_token():
     assert buckets.take("k", 1000).remaining == 0
 
 
+def test_wrong_admin_tokens_are_limited_as_failed_authentications(store, tenant, clock):
+    keys = f"/api/organizations/{tenant.organization_id}/api-keys"
+    with app_client(store, clock=clock, admin_token=ADMIN_TOKEN, rate_limit_auth_failures=3) as c:
+        failures = [c.get(keys, headers=WRONG_ADMIN).status_code for _ in range(3)]
+        # Past the limit the right token waits too: a guesser cannot tell a hit.
+        refused = c.get(keys, headers=RIGHT_ADMIN)
+        clock.advance(60)
+        allowed = c.get(keys, headers=RIGHT_ADMIN)
+
+    assert failures == [401, 401, 401]
+    assert_error(refused, 429, "Too many failed authentications")
+    assert int(refused.headers["retry-after"]) > 0
+    assert allowed.status_code == 200
+
+
+def test_wrong_admin_tokens_at_the_metrics_endpoint_are_limited_too(store, clock):
+    with app_client(store, clock=clock, admin_token=ADMIN_TOKEN, rate_limit_auth_failures=2) as c:
+        failures = [c.get("/metrics", headers=WRONG_ADMIN).status_code for _ in range(2)]
+        refused = c.get("/metrics", headers=RIGHT_ADMIN)
+
+    assert failures == [401, 401]
+    assert_error(refused, 429, "Too many failed authentications")
+    assert int(refused.headers["retry-after"]) > 0
+
+
+def test_wrong_key_pairs_and_wrong_admin_tokens_share_one_limit(store, tenant, clock):
+    with app_client(store, clock=clock, admin_token=ADMIN_TOKEN, rate_limit_auth_failures=2) as c:
+        c.get("/api/calls", headers=WRONG)
+        c.get(f"/api/organizations/{tenant.organization_id}/api-keys", headers=WRONG_ADMIN)
+        refused = c.get("/api/calls", headers=tenant.headers)
+
+    assert_error(refused, 429, "Too many failed authentications")
+
+
+def test_failures_from_many_addresses_of_one_ipv4_network_are_limited_together(
+    store, tenant, clock
+):
+    with app_client(store, clock=clock, rate_limit_auth_failures=3) as c:
+        failures = [
+            _from(c, f"203.0.113.{n}").get("/api/calls", headers=WRONG).status_code
+            for n in range(1, 4)
+        ]
+        same_network = _from(c, "203.0.113.200").get("/api/calls", headers=tenant.headers)
+        other_network = _from(c, "203.0.114.1").get("/api/calls", headers=tenant.headers)
+
+    assert failures == [401, 401, 401]
+    assert_error(same_network, 429, "Too many failed authentications from this address's network")
+    assert other_network.status_code == 200
+
+
+def test_failures_from_many_addresses_of_one_ipv6_network_are_limited_together(
+    store, tenant, clock
+):
+    with app_client(store, clock=clock, rate_limit_auth_failures=2) as c:
+        for n in range(2):
+            _from(c, f"2001:db8:1:2::{n + 1:x}").get("/api/calls", headers=WRONG)
+        same_network = _from(c, "2001:db8:1:2:ffff::9").get("/api/calls", headers=tenant.headers)
+        other_network = _from(c, "2001:db8:1:3::1").get("/api/calls", headers=tenant.headers)
+
+    assert_error(same_network, 429, "from this address's network")
+    assert other_network.status_code == 200
+
+
+def test_failures_from_many_networks_are_limited_together_for_those_that_failed(
+    store, tenant, clock
+):
+    # 2 a minute per network: a ceiling of 20 a minute from all networks.
+    with app_client(store, clock=clock, rate_limit_auth_failures=2) as c:
+        spread = [
+            _from(c, f"198.51.{n}.1").get("/api/calls", headers=WRONG).status_code
+            for n in range(20)
+        ]
+        guesser = _from(c, "198.51.100.1")
+        first_guess = guesser.get("/api/calls", headers=WRONG)
+        second_guess = guesser.get("/api/calls", headers=WRONG)
+        # A network that has not failed lately is not locked out by the others' failures.
+        bystander = _from(c, "192.0.2.1").get("/api/calls", headers=tenant.headers)
+
+    assert set(spread) == {401}
+    assert first_guess.status_code == 401
+    assert_error(second_guess, 429, "Too many failed authentications from all addresses")
+    assert int(second_guess.headers["retry-after"]) > 0
+    assert bystander.status_code == 200
+
+
 def _second_key(client, tenant):
     created = client.post(
         f"/api/organizations/{tenant.organization_id}/api-keys",
@@ -132,3 +221,11 @@ def _second_key(client, tenant):
 
 def _every():
     return CallQuery(page=0, limit=10, sort_by="created_at", sort_order="descending", filters={})
+
+
+def _from(client, address):
+    """A client of the same running app whose requests come from `address` (the address
+    a trusted proxy's X-Forwarded-For names lands in the same place: the scope's client)."""
+    other = TestClient(client.app, client=(address, 40000), raise_server_exceptions=False)
+    other.app_state.update(client.app_state)  # the running app's services, from its start
+    return other
