@@ -68,6 +68,12 @@ class Settings:
     dialer_secret: str | None = None
     dialer_timeout: float = 5.0
     dialer_attempts: int = 3
+    # Seconds one dial may take, every attempt and back-off included; create-phone-call
+    # waits no longer for a dial slot and the dial together (past it: call_failed).
+    dialer_deadline: float = 10.0
+    # The dialer places one call per Idempotency-Key (keeping the keys it has seen): a batch
+    # attempt whose dial a restart interrupted is dialed again under its key, not failed.
+    dialer_idempotent: bool = False
     # The sandbox dialer instead of a real one: calls play out by themselves, with outcomes
     # scripted per call in metadata or drawn under the seed; waits times the time scale.
     sandbox: bool = False
@@ -199,6 +205,8 @@ class Settings:
                 f"{PREFIX}DIALER_TIMEOUT must be in (0, 60] seconds and "
                 f"{PREFIX}DIALER_ATTEMPTS between 1 and 10"
             )
+        if not 0 < self.dialer_deadline <= 120:
+            raise SettingsError(f"{PREFIX}DIALER_DEADLINE must be in (0, 120] seconds")
         if not 1 <= self.dialer_concurrency <= 256:
             raise SettingsError(f"{PREFIX}DIALER_CONCURRENCY must be between 1 and 256")
         if not 0.05 <= self.scheduler_interval <= 60:
@@ -339,7 +347,12 @@ class Settings:
         if not (self.dialer_url and self.dialer_secret):
             return None
         return HttpDialer(
-            self.dialer_url, self.dialer_secret, self.dialer_timeout, self.dialer_attempts
+            self.dialer_url,
+            self.dialer_secret,
+            self.dialer_timeout,
+            self.dialer_attempts,
+            deadline=self.dialer_deadline,
+            idempotent=self.dialer_idempotent,
         )
 
     def public_host(self) -> str:

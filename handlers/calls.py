@@ -13,6 +13,7 @@ waits for its fsync (or commit) before it is acknowledged.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -22,7 +23,8 @@ from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import CallQuery
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
-from calls_server.integrations.dispatch import place_phone_call
+from calls_server.integrations.dialer import HttpDialer, Unavailable
+from calls_server.integrations.dispatch import PhoneCallPlaced, place_phone_call
 
 Response = tuple[Envelope, int]
 Versioned = tuple[Envelope, int, dict[str, str]]  # with the call's ETag
@@ -57,19 +59,33 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
 
     Placing the call (an fsync, then the dialer, retries included) runs on a worker thread
     of its own bounded pool: a slow or hanging dialer holds at most that many threads, and
-    never those that serve every other request.
+    never those that serve every other request. The wait for a thread of that pool and the
+    HTTP dialer together last at most its deadline (CALLS_DIALER_DEADLINE): a call still
+    waiting for a thread then is not dialed, and fails (`call_failed`) saying so.
     """
     org = organization_id(token_info)
     running = services()
-    placed = await anyio.to_thread.run_sync(
-        place_phone_call,
-        running.store,
-        running.dialer,
-        running.clock,
-        org,
-        body,
-        limiter=running.dial_limiter,
-    )
+    store, dialer, clock = running.store, running.dialer, running.clock
+    if not isinstance(dialer, HttpDialer):  # none, or the sandbox: answers at once
+        placed = await anyio.to_thread.run_sync(
+            place_phone_call, store, dialer, clock, org, body, limiter=running.dial_limiter
+        )
+    else:
+        ends = time.monotonic() + dialer.deadline
+        waited: PhoneCallPlaced | None = None
+        with anyio.move_on_after(dialer.deadline):  # only the wait for a thread is cut
+            waited = await anyio.to_thread.run_sync(
+                lambda: place_phone_call(
+                    store, dialer.within(ends - time.monotonic()), clock, org, body
+                ),
+                limiter=running.dial_limiter,
+            )
+        if waited is None:  # recorded, and failed without dialing
+            busy = f"no dialing thread came free within {dialer.deadline:g} s (all dialing)"
+            waited = await anyio.to_thread.run_sync(
+                place_phone_call, store, Unavailable(busy), clock, org, body
+            )
+        placed = waited
     call, casing = placed.call, running.casing
     data = {
         "organization_id": org,

@@ -5,7 +5,8 @@ The job is POSTed as JSON, signed under the configured secret (integrations/sign
 `Idempotency-Key` (the call id, the same on every attempt) and a timeout per attempt.
 A 2xx accepts the call. Another 4xx (but 408 and 429) refuses it at once; a 5xx, 408, 429,
 timeout or connection error is retried, with exponential backoff, up to the configured
-number of attempts.
+number of attempts, all within the dial's deadline: no attempt or back-off starts past
+it, and each attempt's timeouts are cut to what is left of it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
@@ -34,10 +35,28 @@ class DialOutcome:
 
 
 class Dialer(Protocol):
-    """Hands one phone call to whatever places it."""
+    """Hands one phone call to whatever places it.
+
+    `idempotent`: whether dialing the same job again (the same `Idempotency-Key`, its
+    call id) never places a second call, so that a dial whose outcome a restart lost may
+    be made again."""
+
+    @property
+    def idempotent(self) -> bool: ...
 
     def dial(self, job: Mapping[str, Any]) -> DialOutcome:
         """Deliver `job`; never raises for the dialer's own failures."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A dialer that refuses every job with `reason` (dialing was not even tried)."""
+
+    reason: str
+    idempotent: bool = True
+
+    def dial(self, job: Mapping[str, Any]) -> DialOutcome:
+        return DialOutcome(False, self.reason, 0)
 
 
 @dataclass(frozen=True)
@@ -50,19 +69,34 @@ class HttpDialer:
     attempts: int = 3
     backoff: float = 0.5  # seconds before the second attempt; doubles each time
     clock: Clock = wall_clock  # the time each attempt's signature carries
+    # Seconds one dial may take, every attempt and back-off included (CALLS_DIALER_DEADLINE).
+    deadline: float = 10.0
+    # The operator's word that the dialer places one call per Idempotency-Key
+    # (CALLS_DIALER_IDEMPOTENT).
+    idempotent: bool = False
 
     def dial(self, job: Mapping[str, Any]) -> DialOutcome:
         body = json.dumps(job, separators=(",", ":"), sort_keys=True).encode()
         # The same key on every attempt: a dialer that honors it places the call once, even
         # when an attempt timed out after the dialer had taken it.
         headers = {"Content-Type": "application/json", "Idempotency-Key": job["call_id"]}
+        ends = time.monotonic() + self.deadline
         reason = ""
         for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                pause = self.backoff * 2 ** (attempt - 2)
+                if time.monotonic() + pause >= ends:  # no time left for another attempt
+                    cut = f"at the dial's deadline of {self.deadline:.3g} s"
+                    return DialOutcome(
+                        False, f"{reason} after {attempt - 1} attempts, {cut}", attempt - 1
+                    )
+                time.sleep(pause)
+            timeout = max(0.001, min(self.timeout, ends - time.monotonic()))
             try:
                 signed = {**headers, **signature_headers(self.secret, body, self.clock() // 1000)}
-                response = httpx.post(self.url, content=body, headers=signed, timeout=self.timeout)
+                response = httpx.post(self.url, content=body, headers=signed, timeout=timeout)
             except httpx.TimeoutException:
-                reason = f"no answer within {self.timeout:g} s"
+                reason = f"no answer within {timeout:.3g} s"
             except httpx.TransportError as e:
                 reason = f"unreachable ({type(e).__name__})"
             else:
@@ -73,9 +107,11 @@ class HttpDialer:
                     detail = response.text[:200]
                     return DialOutcome(False, f"refused (HTTP {status}): {detail}", attempt)
                 reason = f"failed (HTTP {status})"
-            if attempt < self.attempts:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
         return DialOutcome(False, f"{reason} after {self.attempts} attempts", self.attempts)
+
+    def within(self, seconds: float) -> HttpDialer:
+        """This dialer, its dials given at most `seconds` (what is left of a request's)."""
+        return replace(self, deadline=max(0.001, min(self.deadline, seconds)))
 
 
 def job_for(call: Mapping[str, Any]) -> dict[str, Any]:

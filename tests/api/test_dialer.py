@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from starlette.testclient import TestClient
@@ -150,3 +152,46 @@ def test_an_invalid_request_reaches_no_dialer(client, tenant, receiver):
 
     assert_error(response, 400)
     assert receiver.received == []
+
+
+# -- a bound on the wait --------------------------------------------------------------------------
+HANGING = {"dialer_timeout": 5, "dialer_attempts": 3, "dialer_deadline": 1.0}
+
+
+def test_a_hanging_dialer_is_answered_within_the_deadline_as_a_failed_call(
+    store, data_dir, tenant, receiver
+):
+    receiver.reply_to = lambda _: (202, 2.5)  # past the deadline, within the timeout
+    dialer = {"dialer_url": receiver.url, "dialer_secret": SECRET, **HANGING}
+    with app_client(store, data_dir=data_dir, **dialer) as client:
+        started = time.monotonic()
+        body = create_phone_call(client, tenant)
+        waited = time.monotonic() - started
+
+    assert waited < 2.0, waited  # 1 s, and the call's writes (was 5 + 0.5 + 5 + 1 + 5 s)
+    assert body["data"]["status"] == "call_failed"
+    assert "at the dial's deadline" in body["message"]
+    call = store.get_call(tenant.organization_id, body["data"]["call"]["call_id"])
+    assert (call["call_status"], call["disconnection_reason"]) == ("error", "dial_failed")
+    assert call["events"][-1]["event"] == "Dialing failed"
+
+
+def test_a_call_waiting_for_a_dialing_thread_fails_at_the_deadline_without_dialing(
+    store, data_dir, tenant, receiver
+):
+    receiver.reply_to = lambda _: (202, 2.5)
+    settings = {"dialer_url": receiver.url, "dialer_secret": SECRET, **HANGING}
+    with (
+        app_client(store, data_dir=data_dir, dialer_concurrency=1, **settings) as client,
+        ThreadPoolExecutor(max_workers=2) as pool,
+    ):
+        started = time.monotonic()
+        answers = list(pool.map(lambda _: create_phone_call(client, tenant), range(2)))
+        waited = time.monotonic() - started
+
+    assert waited < 2.5, waited  # each within 1 s (was one after the other: 2 x 16.5 s)
+    assert sorted(a["data"]["status"] for a in answers) == ["call_failed", "call_failed"]
+    assert len(receiver.received) == 1  # the second was never handed to the dialer
+    (unsent,) = [a for a in answers if "no dialing thread came free within 1 s" in a["message"]]
+    call = store.get_call(tenant.organization_id, unsent["data"]["call"]["call_id"])
+    assert call["call_status"] == "error"

@@ -101,6 +101,8 @@ EVERY_SETTING = {
     "dialer_timeout": "2.5",
     "dialer_attempts": "5",
     "dialer_concurrency": "4",
+    "dialer_deadline": "20",
+    "dialer_idempotent": "true",
     "webhook_delivery": "false",
     "webhook_allow_http": "true",
     "webhook_allow_networks": "10.1.0.0/16, 127.0.0.0/8",
