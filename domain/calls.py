@@ -41,6 +41,8 @@ EVENTS_OMITTED = "Earlier events omitted"
 # Metadata keys the server keeps for scheduled calls, as upstream shows them.
 CLAIM_EVENT = "Scheduled call due"
 SCHEDULE_METADATA_KEYS = ("is_scheduled", "scheduled_timestamp", "execution_status")
+# The event of a call the server ended itself (`cut_off`).
+CUT_OFF_EVENT = "Call ended by the server"
 
 # Fields a PUT copies as given (after enum values are lower-cased).
 _PLAIN_UPDATE_FIELDS = (
@@ -329,6 +331,34 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
     data = {"result": reason, "attempts": attempts, "previous_status": call["call_status"]}
     _record(result, now, name, data)
     return result
+
+
+def cut_off(call: Call, disconnection_reason: str, why: str, now: int) -> Call:
+    """`call`, under way, ended now in `error` with `disconnection_reason` by the server
+    itself, `why` in its event: a call whose player stopped with the process that played
+    it (the sandbox's, after a kill). Raises Conflict if the call is not under way."""
+    if call["call_status"] != "ongoing":
+        raise Conflict(
+            f"Call '{call['call_id']}' is not under way (status '{call['call_status']}')",
+            message="Call is not under way",
+        )
+    ended = copy.deepcopy(call)
+    ended["call_status"] = "error"
+    ended["disconnection_reason"] = disconnection_reason
+    _stamp_status_times(ended, "error", now)
+    start, end = ended["start_timestamp"], ended["end_timestamp"]
+    if start is not None:
+        ended["end_timestamp"] = end = max(start, end)
+        ended["call_duration"] = end - start
+    ended["updated_at"] = now
+    data = {
+        "reason": why,
+        "disconnection_reason": disconnection_reason,
+        "previous_status": "ongoing",
+        "new_status": "error",
+    }
+    _record(ended, now, CUT_OFF_EVENT, data)
+    return ended
 
 
 def _leave_schedule(call: Call, execution_status: str) -> None:

@@ -20,22 +20,38 @@ generator keyed by the call id (so the same seed gives the same calls the same o
 A batch call (domain/batches.py) takes both from its task's `dynamic_variables` too.
 
 `time_scale` shortens every wait (0.001: a two-minute call ends after 0.12 s), for tests.
+
+The play-out lives in the memory of the process: a call under way when its process stops
+(a `kill -9`, a restart) is played no further. Whoever follows it ends it (`cut_off`, in
+`error` with `error_unknown`, the event saying why): the batch dispatcher does so for the
+batch calls whose dialing process no longer serves the store.
+
+A second dial of a call the sandbox is playing plays nothing more (its call id is the
+Idempotency-Key a real dialer would honour), so a dial whose outcome a restart lost may be
+made again.
+
+An answered call's `recording_url` carries its organization and a random token of its
+own (`?organization_id=...&token=...`): the recording is served only for a call that
+exists and holds that URL.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import io
 import itertools
 import logging
 import math
 import random
+import secrets
 import struct
 import threading
 import time
 import wave
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from calls_server.domain import calls
 from calls_server.domain.errors import ApiError
@@ -64,10 +80,16 @@ SCRIPT = (
     ("agent", "You are welcome. Have a good day!"),
 )
 VOICEMAIL = (("agent", "Hello, this is your assistant. Please call us back at your convenience."),)
+# How a call the sandbox of a stopped process was playing ends: upstream's reason for an
+# error it does not name, the event saying what happened.
+CUT_OFF_REASON = "error_unknown"
+CUT_OFF_WHY = "the sandbox dialer playing the call stopped with its process (restart or kill)"
 
 
 class SandboxDialer:
     """A `Dialer` that plays every call out by itself, on one thread of its own."""
+
+    idempotent = True  # a call it is playing is not played twice
 
     def __init__(
         self,
@@ -83,6 +105,7 @@ class SandboxDialer:
         self.time_scale = time_scale
         self.clock = clock
         self._due: list[tuple[float, int, str, str, str]] = []  # (when, tie, step, org, call)
+        self._playing: set[str] = set()  # the call ids it has steps of
         self._tie = itertools.count()
         self._wake = threading.Condition()
         self._stopping = False
@@ -100,9 +123,24 @@ class SandboxDialer:
             self._thread.join()
 
     def dial(self, job: Mapping[str, Any]) -> DialOutcome:
-        """Accept the phone call of `job` (a dialer job) and play it out from now."""
-        self._after(self.plan(job)[1], "end", job["organization_id"], job["call_id"])
+        """Accept the phone call of `job` (a dialer job) and play it out from now, unless it
+        is playing it already (a dial made again under the same key)."""
+        with self._wake:
+            again = job["call_id"] in self._playing
+        if not again:
+            self._after(self.plan(job)[1], "end", job["organization_id"], job["call_id"])
         return DialOutcome(True, "accepted by the sandbox dialer", 1)
+
+    def cut_off(self, organization_id: str, call_id: str) -> calls.Call:
+        """End the call under way that the sandbox of a stopped process was playing (this
+        one never will): `error`, `error_unknown`, its event saying why. Conflict if the
+        call is no longer under way."""
+        now = self.clock()
+        return self.store.change_call(
+            organization_id,
+            call_id,
+            lambda call: calls.cut_off(call, CUT_OFF_REASON, CUT_OFF_WHY, now),
+        )
 
     def play_web_call(self, call: Mapping[str, Any]) -> None:
         """Play out a new web call: its participant joins, then it ends."""
@@ -137,7 +175,7 @@ class SandboxDialer:
             "disconnection_reason": REASONS[outcome],
             "transcript": "\n".join(f"{role.title()}: {text}" for role, text in lines) or None,
             "transcript_object": transcript_object,
-            "recording_url": f"{self.recordings_url}/{call['call_id']}" if answered else None,
+            "recording_url": self._recording_url(call) if answered else None,
             "call_analysis": {
                 "call_successful": outcome == "completed",
                 "call_summary": _SUMMARIES[outcome],
@@ -147,11 +185,17 @@ class SandboxDialer:
             "call_cost": {"combined_cost": round(duration / 60_000 * 0.07, 4) if answered else 0},
         }
 
+    def _recording_url(self, call: Mapping[str, Any]) -> str:
+        """Where the call's recording is served: unguessable, by a random token of its own."""
+        query = urlencode({"organization_id": call["organization_id"], "token": _token()})
+        return f"{self.recordings_url}/{call['call_id']}?{query}"
+
     # -- the play-out ----------------------------------------------------------------------
     def _after(self, delay_ms: int, step: str, organization_id: str, call_id: str) -> None:
         when = time.monotonic() + delay_ms / 1000 * self.time_scale
         with self._wake:
             heapq.heappush(self._due, (when, next(self._tie), step, organization_id, call_id))
+            self._playing.add(call_id)
             self._wake.notify()
 
     def _run(self) -> None:
@@ -159,6 +203,7 @@ class SandboxDialer:
             while not self._stopping:
                 if self._due and self._due[0][0] <= time.monotonic():
                     _, _, step, org, call_id = heapq.heappop(self._due)
+                    self._playing.discard(call_id)  # a join adds its end again
                     self._wake.release()
                     try:
                         self._step(step, org, call_id)
@@ -232,9 +277,21 @@ def _transcript(lines: tuple[tuple[str, str], ...], duration: int) -> list[dict[
     return entries
 
 
+def _token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def recording_token(recording_url: str | None) -> str | None:
+    """The token of a recording URL the sandbox handed out (None: it has none)."""
+    tokens = parse_qs(urlsplit(recording_url or "").query).get("token")
+    return tokens[0] if tokens else None
+
+
+@functools.lru_cache(maxsize=32)  # players fetch a recording again and again, ranges and all
 def recording(call_id: str, seconds: float = 2.0, rate: int = 8000) -> bytes:
     """A short WAV (8 kHz mono PCM) standing in for the call's recording: a tone whose pitch
-    follows the call id."""
+    follows the call id. Takes milliseconds of pure Python: callers run it off the event
+    loop."""
     pitch = 300 + sum(call_id.encode()) % 400
     frames = b"".join(
         struct.pack("<h", int(8000 * math.sin(2 * math.pi * pitch * n / rate)))

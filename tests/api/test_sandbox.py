@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import time
 import wave
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from calls_server.integrations.sandbox import SandboxDialer
-from tests.conftest import app_client, wait_for
+from calls_server.handlers import sandbox as sandbox_handlers
+from calls_server.integrations.sandbox import SandboxDialer, recording
+from tests.conftest import app_client, assert_error, wait_for
 
 # A two-minute call lasts 0.12 s here.
 SANDBOX = {"sandbox": True, "sandbox_time_scale": 0.001}
@@ -127,3 +130,57 @@ def test_the_recording_is_404_with_the_sandbox_off(store, data_dir):
         response = client.get("/api/sandbox/recordings/call_x")
 
     assert response.status_code == 404
+
+
+# -- recordings: only a call's own, at its unguessable URL, made off the event loop -------------
+def recording_path(client, tenant) -> str:
+    data = place(client, tenant, sandbox_outcome="completed")
+    url = final(client, tenant, data["call"]["call_id"])["recording_url"]
+    return "/" + url.split("://", 1)[1].split("/", 1)[1]
+
+
+def test_a_recording_of_a_call_that_does_not_exist_is_404_in_the_envelope(client, tenant):
+    path = recording_path(client, tenant)
+    known = path.split("?")[0].rsplit("/", 1)[1]
+
+    response = client.get(path.replace(known, "call_00000000-0000-0000-0000-000000000000"))
+
+    assert_error(response, 404)
+
+
+def test_a_recording_url_without_the_calls_token_is_404(client, tenant):
+    path = recording_path(client, tenant)
+    bare, query = path.split("?")
+
+    wrong = client.get(f"{bare}?{query.rsplit('token=', 1)[0]}token=guessed")
+    missing = client.get(bare)
+
+    assert_error(wrong, 404)
+    assert_error(missing, 404)
+    assert client.get(path).status_code == 200
+
+
+def test_a_recording_url_names_the_calls_organization_and_a_token_of_its_own(client, tenant):
+    first, second = recording_path(client, tenant), recording_path(client, tenant)
+
+    query = parse_qs(urlsplit(first).query)
+    assert query["organization_id"] == [tenant.organization_id]
+    assert len(query["token"][0]) >= 32
+    assert query["token"] != parse_qs(urlsplit(second).query)["token"]
+
+
+def test_a_recording_is_made_on_a_worker_thread_and_kept_for_the_next_fetch():
+    # A plain function: the app runs it on a worker thread, never on the event loop.
+    assert not inspect.iscoroutinefunction(sandbox_handlers.get_sandbox_recording)
+    assert recording("call_x") is recording("call_x")
+
+
+# -- a dial made again ----------------------------------------------------------------------------
+def test_a_second_dial_of_a_call_the_sandbox_is_playing_plays_nothing_more(store):
+    sandbox = SandboxDialer(store, "http://x", time_scale=0.001)
+    job = {"call_id": "call_1", "organization_id": "org", "metadata": {}}
+
+    first, again = sandbox.dial(job), sandbox.dial(job)
+
+    assert (first.accepted, again.accepted) == (True, True)
+    assert len(sandbox._due) == 1  # one end scheduled: one call played
