@@ -6,6 +6,9 @@ Each app has a registry of its own (`Metrics`), filled by:
   by operation (the spec's `operationId`, which the compiled request path leaves in the
   scope under `OPERATION`) and status code, and its latency; the refusals of the rate
   limits, by the limit that refused (the security check leaves it in the scope);
+- the HTTP layer (`HttpLayer`, from calls_server/http_protocol.py's `STATS`): connections
+  open, refused at once by reason, cut by reason, and the bytes of answers not yet taken
+  by their clients (zero when the app is not served by `calls-server serve`);
 - the store (the seconds from a write's start to its durability, the journal's fsync
   included; how many calls and organizations it holds, read at each scrape), the
   scheduler (how late due calls are claimed) and webhook delivery (events waiting, and
@@ -24,11 +27,15 @@ request counts kept in plain lists here.
 
 from __future__ import annotations
 
+import socket
+import sys
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from itertools import accumulate
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import anyio.to_thread
 from connexion.lifecycle import ConnexionRequest
@@ -37,9 +44,9 @@ from prometheus_client import (
     Counter,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -53,6 +60,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from calls_server import http_protocol
 from calls_server.domain.errors import Unauthorized
 from calls_server.domain.rate_limits import RATE_LIMIT_REFUSED
 from calls_server.errors import ADMIN_HEADER
@@ -129,6 +137,7 @@ class Metrics:
         )
         self.live = _LiveState(store)
         self.registry.register(self.live)
+        self.registry.register(HttpLayer(http_protocol.STATS))
         if isinstance(store, TimesWrites):
             store.observe_writes(self.store_write_seconds.observe)
 
@@ -237,6 +246,41 @@ class _LiveState(Collector):
         )
 
 
+class HttpLayer(Collector):
+    """What the HTTP layer's limits did, read at each scrape from its `HttpStats`."""
+
+    def __init__(self, stats: http_protocol.HttpStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        refused = CounterMetricFamily(
+            "calls_http_connections_refused",
+            "Connections closed unread as they came, by the limit that refused them: "
+            "max_connections or max_connections_per_address",
+            labels=["reason"],
+        )
+        for reason, count in list(self.stats.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        cut = CounterMetricFamily(
+            "calls_http_connections_cut",
+            "Connections closed by the server for a slow client: header_timeout or "
+            "body_timeout (sending), send_timeout or max_buffered_bytes (not reading)",
+            labels=["reason"],
+        )
+        for reason, count in list(self.stats.cut.items()):
+            cut.add_metric([reason], count)
+        yield cut
+        yield GaugeMetricFamily(
+            "calls_http_connections_open", "HTTP connections open now", len(self.stats.open)
+        )
+        yield GaugeMetricFamily(
+            "calls_http_response_bytes_buffered",
+            "Bytes of answers written but not yet taken by their clients, now",
+            self.stats.buffered_bytes(),
+        )
+
+
 class RequestMetrics:
     """ASGI middleware counting every HTTP request by operation and status, timing it, and
     counting the rate limits' refusals. Requests no operation answered are `unmatched`,
@@ -329,22 +373,100 @@ def _bearer_token(authorization: str) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+# The metrics listener's limits. A scraper sends its request at once and takes the answer
+# at once: seconds a connection may wait on the client, and connections served at once
+# (each holds a thread; past it, new ones are closed unread until one ends).
+EXPORTER_IDLE_TIMEOUT = 5.0
+EXPORTER_MAX_CONNECTIONS = 8
+
+
 class Exporter:
     """The metrics on a listener of their own (`metrics_host:metrics_port`), without
-    authentication: prometheus_client's threaded HTTP server, from the app's start to its
-    stop (the socket is closed then)."""
+    authentication, from the app's start to its stop (the socket is closed then).
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    prometheus_client's WSGI server, bounded: it starts a thread per connection and waits
+    on a silent client forever, so idle connections would pile up threads without end.
+    Here a connection gets `idle_timeout` seconds per read or write, and at most
+    `max_connections` are served at once."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        idle_timeout: float = EXPORTER_IDLE_TIMEOUT,
+        max_connections: int = EXPORTER_MAX_CONNECTIONS,
+    ) -> None:
+        handler = type("_Handler", (_ExporterHandler,), {"timeout": idle_timeout})
         try:
-            self.server, self.thread = start_http_server(port, host, registry=metrics.registry)
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server_class = type(
+                "_Server",
+                (_BoundedServer,),
+                {"address_family": family, "max_connections": max_connections},
+            )
+            self.server: WSGIServer = make_server(
+                host, port, make_wsgi_app(metrics.registry), server_class, handler
+            )
         except OSError as e:
             raise RuntimeError(
                 f"CALLS_METRICS_PORT: cannot listen on {host}:{port} ({e.strerror}): is "
                 "another process on it? CALLS_METRICS_PORT=0 serves the metrics at /metrics "
                 "on the API's port instead"
             ) from e
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics-exporter", daemon=True
+        )
+        self.thread.start()
 
     def close(self) -> None:
+        """Stop listening (connections being served finish on their own threads)."""
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """A thread per connection, at most `max_connections` at once: past it, a connection
+    is closed unread (a scraper retries at its next interval)."""
+
+    max_connections = EXPORTER_MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], TimeoutError | ConnectionError):
+            return  # a client gone silent or away: nothing to report
+        super().handle_error(request, client_address)
+
+
+class _ExporterHandler(WSGIRequestHandler):
+    """One request per connection (HTTP/1.0), given up when the client is silent past the
+    socket timeout; nothing logged."""
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True  # a silent or vanished client: just close
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing (a scrape every few seconds would fill the log)."""

@@ -30,6 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
+from calls_server.metrics import EXPORTER_IDLE_TIMEOUT, EXPORTER_MAX_CONNECTIONS
+from tests.api.test_metrics import ADMIN, value
 from tests.conftest import (
     ADMIN_TOKEN,
     SERVER_COMMAND,
@@ -307,6 +309,8 @@ def test_3000_slow_clients_are_turned_away_at_the_cap_and_cut_off_without_memory
 ):
     env = {
         "CALLS_MAX_CONNECTIONS": str(CAP),
+        # All from 127.0.0.1: the cap per address is not what is tested here.
+        "CALLS_MAX_CONNECTIONS_PER_ADDRESS": str(SLOW_CLIENTS),
         "CALLS_HEADER_TIMEOUT": f"{FLOOD_HEADER_TIMEOUT:g}",
     }
     with _descriptors(SLOW_CLIENTS + 1024), running_server(data_dir, **env) as server:
@@ -523,3 +527,237 @@ def test_x_forwarded_for_is_believed_from_a_trusted_proxy(data_dir):
         client = _logged_client(server, "203.0.113.7")
 
     assert client.startswith("203.0.113.7"), client
+
+
+# -- clients that do not read their answers --------------------------------------------------
+
+BIG_CALLS = 20
+PAD = 1_000_000  # bytes of metadata per call: a page of all of them is about 20 MB
+NON_READERS = 6
+SEND_TIMEOUT = 3.0
+BUFFER_BUDGET = 48 * MIB
+
+
+def _scrape(server: RunningServer) -> str:
+    response = httpx.get(f"{server.base_url}/metrics", headers=ADMIN, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def _create_big_calls(server: RunningServer) -> dict[str, str]:
+    """BIG_CALLS calls of about PAD bytes each; the key headers that list them."""
+    key = server.new_key_headers()
+    with httpx.Client(base_url=server.base_url, headers=key, timeout=30) as http:
+        for i in range(BIG_CALLS):
+            # Four strings: one may be 256 KiB at most.
+            pads = {f"pad{j}": f"{i:04d}" + "x" * (PAD // 4) for j in range(4)}
+            body = {"agent_id": "agent-big", "metadata": pads}
+            created = http.post("/api/calls/create", json=body)
+            assert created.status_code == 200, created.text[:300]
+    return key
+
+
+def _page_request(key: dict[str, str]) -> bytes:
+    head = [
+        "GET /api/calls?limit=100 HTTP/1.1",
+        "Host: 127.0.0.1",
+        *(f"{name}: {value}" for name, value in key.items()),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def _non_reader(server: RunningServer) -> socket.socket:
+    """A connection whose client takes next to nothing: a small receive buffer, never read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", int(server.base_url.rsplit(":", 1)[1])))
+    return sock
+
+
+def _cut_for_not_reading(text: str) -> float:
+    return sum(
+        value(text, "calls_http_connections_cut_total", reason=reason) or 0
+        for reason in ("send_timeout", "max_buffered_bytes")
+    )
+
+
+def test_clients_not_reading_big_pages_hold_bounded_memory_and_are_cut_after_the_send_timeout(
+    data_dir,
+):
+    env = {
+        "CALLS_SEND_TIMEOUT": f"{SEND_TIMEOUT:g}",
+        "CALLS_MAX_BUFFERED_BYTES": str(BUFFER_BUDGET),
+    }
+    with running_server(data_dir, **env) as server:
+        key = _create_big_calls(server)
+        page = httpx.get(f"{server.base_url}/api/calls?limit=100", headers=key, timeout=30)
+        assert page.status_code == 200
+        page_bytes = len(page.content)
+        assert page_bytes > BIG_CALLS * PAD
+        peak_before = _peak_rss(server)
+        sockets = []
+        try:
+            started = time.monotonic()
+            for _ in range(NON_READERS):
+                sock = _non_reader(server)
+                sockets.append(sock)
+                # Ten pages asked for, none read: sequential requests and pipelined ones.
+                for _ in range(10):
+                    sock.sendall(_page_request(key))
+                time.sleep(0.3)  # each one's answer is built and stalled before the next
+            # Other clients are served meanwhile.
+            _assert_healthy(server)
+            other = httpx.get(f"{server.base_url}/api/calls?limit=1", headers=key, timeout=10)
+            assert other.status_code == 200
+            assert len(other.json()["data"]["calls"]) == 1
+            wait_for(lambda: _cut_for_not_reading(_scrape(server)) >= NON_READERS, timeout=20)
+            elapsed = time.monotonic() - started
+            peak_growth = _peak_rss(server) - peak_before
+            received = []
+            for sock in sockets:
+                received.append(len(_read_until_closed(sock)))
+        finally:
+            for sock in sockets:
+                sock.close()
+        text = _scrape(server)
+        _assert_healthy(server)
+
+    # Without limits each connection held two answers (one unsent, one built and waiting)
+    # for as long as it stayed open: twelve of them, 1.4 GB.
+    assert peak_growth <= BUFFER_BUDGET + 3 * page_bytes, f"{peak_growth / MIB:.0f} MiB"
+    assert elapsed >= SEND_TIMEOUT
+    # Cut before they got even two of their ten pages.
+    assert all(size < 2 * page_bytes for size in received), received
+    assert value(text, "calls_http_connections_cut_total", reason="send_timeout")
+    assert value(text, "calls_http_response_bytes_buffered") == 0
+
+
+# -- connections per address -----------------------------------------------------------------
+
+PER_ADDRESS = 5
+
+
+def _connect_from(server: RunningServer, address: str) -> socket.socket:
+    """A connection from `address` (any of 127.0.0.0/8 is this host's loopback on Linux)."""
+    sock = socket.socket()
+    sock.settimeout(10)
+    sock.bind((address, 0))
+    sock.connect(("127.0.0.1", int(server.base_url.rsplit(":", 1)[1])))
+    return sock
+
+
+def _health_over(sock: socket.socket) -> int:
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    return _parse(_read_until_closed(sock))[0]
+
+
+def test_an_address_over_its_connection_cap_is_refused_while_another_address_connects(data_dir):
+    env = {"CALLS_MAX_CONNECTIONS_PER_ADDRESS": str(PER_ADDRESS)}
+    with running_server(data_dir, **env) as server:
+        held = [_connect_from(server, "127.0.0.2") for _ in range(PER_ADDRESS)]
+        try:
+            # The server has taken the held connections in once it has answered after them.
+            _assert_healthy(server)
+            with _connect_from(server, "127.0.0.2") as over:
+                started = time.monotonic()
+                refused = _read_until_closed(over)
+                refused_after = time.monotonic() - started
+            with _connect_from(server, "127.0.0.3") as other:
+                other_status = _health_over(other)
+            text = _scrape(server)
+        finally:
+            for sock in held:
+                sock.close()
+        # Places are given back when connections close.
+        wait_for(lambda: _scrape(server).count("calls_http_connections_open 1.0") == 1)
+        with _connect_from(server, "127.0.0.2") as again:
+            again_status = _health_over(again)
+
+    # Closed at once, unread (not by the 10 s header timeout).
+    assert refused == b"", "a connection over the cap was read and answered"
+    assert refused_after < 2, refused_after
+    assert other_status == 200
+    assert (
+        value(text, "calls_http_connections_refused_total", reason="max_connections_per_address")
+        == 1
+    )
+    assert value(text, "calls_http_connections_refused_total", reason="max_connections") == 0
+    assert again_status == 200
+
+
+def test_a_trusted_proxy_is_not_capped_per_address(data_dir):
+    env = {
+        "CALLS_MAX_CONNECTIONS_PER_ADDRESS": str(PER_ADDRESS),
+        "CALLS_FORWARDED_ALLOW_IPS": "127.0.0.4",
+    }
+    with running_server(data_dir, **env) as server:
+        held = [_connect_from(server, "127.0.0.4") for _ in range(PER_ADDRESS)]
+        try:
+            with _connect_from(server, "127.0.0.4") as beyond:
+                status = _health_over(beyond)
+        finally:
+            for sock in held:
+                sock.close()
+
+    assert status == 200
+
+
+# -- the Host header ---------------------------------------------------------------------------
+
+
+def test_an_http_1_1_request_without_host_is_refused_400(server):
+    with _connect(server) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\n\r\n")
+        raw = _read_until_closed(sock)
+
+    _assert_refusal(raw, 400, "must have exactly one Host header")
+
+
+def test_a_request_with_two_host_headers_is_refused_400(server):
+    with _connect(server) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n")
+        raw = _read_until_closed(sock)
+
+    _assert_refusal(raw, 400, "more than one Host header")
+
+
+def test_an_http_1_0_request_without_host_is_served(server):
+    with _connect(server) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.0\r\n\r\n")
+        raw = _read_until_closed(sock)
+
+    assert _parse(raw)[0] == 200, raw[:300]
+
+
+# -- the metrics listener -----------------------------------------------------------------------
+
+
+def _threads(server: RunningServer) -> int:
+    return _status_kib(server.process.pid, "Threads")
+
+
+def test_idle_connections_to_the_metrics_port_are_closed_and_hold_a_bounded_number_of_threads(
+    data_dir,
+):
+    port = free_port()
+    with running_server(data_dir, CALLS_METRICS_PORT=str(port)) as server:
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+        threads_before = _threads(server)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(50)]
+        try:
+            time.sleep(0.5)
+            threads_held = _threads(server)
+            started = time.monotonic()
+            answers = [_read_until_closed(sock) for sock in idle]
+            closed_after = time.monotonic() - started
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_for(lambda: _threads(server) <= threads_before)
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics")
+
+    assert threads_held - threads_before <= EXPORTER_MAX_CONNECTIONS
+    assert answers == [b""] * len(idle)
+    assert closed_after <= EXPORTER_IDLE_TIMEOUT + 3
+    assert scrape.status_code == 200
