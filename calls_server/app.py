@@ -178,6 +178,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
                 settings.batch_concurrency,
                 settings.scheduler_interval,
                 clock,
+                sandbox=sandbox,  # its calls end with this process: the next one ends them
             )
             if services.dialer
             else None

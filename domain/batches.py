@@ -431,11 +431,13 @@ def attempt_call(batch: Batch, task: Task, now: int) -> dict[str, Any]:
 def dialed(
     batch: Batch, task: Task, call_id: str, accepted: bool, reason: str, now: int
 ) -> tuple[Batch, Task]:
-    """The claimed attempt handed to the dialer: under way, or (refused) ended `failed`."""
+    """The claimed attempt handed to the dialer: under way, or (refused) ended `failed`.
+    The claimant stays on the task while the call is under way: a sandbox call ends with
+    the process that plays it, so whoever follows the call must know which one that is."""
     _require_attempt(task, call_id)
     if task["dialed"]:
         raise Conflict(f"Task '{task['task_id']}' was recorded as dialed already")
-    batch, task = _moved(batch, task, {"dialed": True, "claimed_by": None}, now)
+    batch, task = _moved(batch, task, {"dialed": True}, now)
     if accepted:
         return batch, task
     return _attempt_ended(batch, task, "failed", now, reason)
@@ -466,10 +468,22 @@ def released(batch: Batch, task: Task, claimant: str | None, now: int) -> tuple[
     return _moved(batch, task, changes, now)
 
 
+def reclaimed(
+    batch: Batch, task: Task, claimant: str | None, me: str, now: int
+) -> tuple[Batch, Task]:
+    """A claim whose process stopped after creating the call but before recording the
+    dial, taken over by process `me` to dial the same call again under the same
+    Idempotency-Key (its id): only for a dialer that places one call per key. Being one
+    conditional change, of several processes only one takes it over."""
+    _require_claim(task, claimant)
+    return _moved(batch, task, {"claimed_by": me}, now)
+
+
 def interrupted(batch: Batch, task: Task, claimant: str | None, now: int) -> tuple[Batch, Task]:
     """A claim whose process stopped after creating the call but before recording the
-    dial: whether the dialer got it is unknown, so it is not dialed again (at most once,
-    as the scheduler's) and the task fails, for a person to settle."""
+    dial, when the dialer may place a second call for a second dial of the same key:
+    whether it got the first is unknown, so it is not dialed again (at most once, as the
+    scheduler's) and the task fails, for a person to settle."""
     _require_claim(task, claimant)
     batch, task = _moved(batch, task, {"dialed": True, "claimed_by": None}, now)
     return _final(batch, task, "failed", "failed", now, INTERRUPTED)

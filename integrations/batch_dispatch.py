@@ -12,13 +12,21 @@ A thread looks at every active batch (`Store.active_batches`) every `interval` s
   creates the attempt's call (an ordinary outbound phone call, its id derived from the task
   and the attempt), hands it to the dialer (`dispatch.dispatch`), and records the dial.
 
-Exactly once. A claim records the process that made it; of several processes only one
-claims a task's attempt. A claim left by a process that stopped (`Store.live_processes`)
-is settled by whichever process finds it: if the attempt's call does not exist, it was
-never dialed and the attempt is made again (`batches.released`); if the call exists but
-the dial was not recorded on it, whether the dialer got it is unknown, so it is not dialed
-again (`batches.interrupted`, at most once, as the scheduler does); if the call records
-the dial, the task just goes on following it.
+Exactly once. A claim records the process that made it (kept on the task until the
+attempt's outcome is recorded); of several processes only one claims a task's attempt. A
+claim left by a process that stopped (`Store.live_processes`) is settled by whichever
+process finds it: if the attempt's call does not exist, it was never dialed and the
+attempt is made again (`batches.released`); if the call exists but the dial was not
+recorded on it, whether the dialer got it is unknown: a dialer that places one call per
+Idempotency-Key (`Dialer.idempotent`: the sandbox, or an HTTP dialer the operator vouches
+for) is handed the same call again under the same key (`batches.reclaimed`), any other
+is not (`batches.interrupted`, at most once, as the scheduler does); if the call records
+the dial, the task just goes on following it. The attempt's call id, derived from the task
+and the attempt, is the guard: a dial made again is never a second call.
+
+A sandbox call ends with the process that plays it: one still under way whose dialing
+process stopped is ended (`SandboxDialer.cut_off`, in `error`), and its task follows its
+retry rules as for any call that ended so.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from calls_server.domain.errors import (
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.dispatch import dispatch
+from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.storage import Store
 
 log = logging.getLogger("calls_server.batches")
@@ -53,7 +62,9 @@ class BatchDispatcher:
     """Runs while the app runs (with a dialer); `start` and `stop` come from its lifespan.
 
     `organization_cap`: how many batch calls of one organization may be under way at once
-    (CALLS_BATCH_CONCURRENCY); a batch's `concurrency_limit` may lower it for the batch."""
+    (CALLS_BATCH_CONCURRENCY); a batch's `concurrency_limit` may lower it for the batch.
+    `sandbox`: the sandbox dialer, when it is the dialer (its calls end with their process).
+    """
 
     def __init__(
         self,
@@ -63,9 +74,11 @@ class BatchDispatcher:
         interval: float = 0.5,
         clock: Clock = wall_clock,
         workers: int = 8,
+        sandbox: SandboxDialer | None = None,
     ) -> None:
         self.store = store
         self.dialer = dialer
+        self.sandbox = sandbox
         self.organization_cap = organization_cap
         self.interval = interval
         self.clock = clock
@@ -91,6 +104,7 @@ class BatchDispatcher:
         once recorded)."""
         now = self.clock()
         live: set[str] | None = None
+        started: list[Future[None]] = []
         active = self.store.active_batches()
         for n, batch in enumerate(active):
             with self._problems(batch):
@@ -98,14 +112,13 @@ class BatchDispatcher:
                     batch = active[n] = self._start(batch, now)
                 if batch["in_progress"]:
                     live = self.store.live_processes() if live is None else live
-                    if self._follow(batch, live):
+                    if self._follow(batch, live, started):
                         active[n] = self.store.get_batch(*_key(batch))
             _let_requests_run()
         calling: dict[str, int] = {}
         for batch in active:
             org = batch["organization_id"]
             calling[org] = calling.get(org, 0) + batch["in_progress"]
-        started: list[Future[None]] = []
         for batch in active:
             org = batch["organization_id"]
             if self.organization_cap <= calling[org]:
@@ -166,14 +179,16 @@ class BatchDispatcher:
             dials.append(self._workers.submit(self._dial, batch, task))
         return dials
 
-    def _dial(self, batch: Batch, task: Task) -> None:
-        """Create the claimed attempt's call, hand it to the dialer, record the dial."""
+    def _dial(self, batch: Batch, task: Task, create: bool = True) -> None:
+        """Create the claimed attempt's call (unless `create` is False: it exists, its dial
+        made again), hand it to the dialer, record the dial."""
         (org, batch_id), call_id = _key(batch), task["call_id"]
         try:
             try:
-                self.store.add_call(
-                    calls.new_call(**batches.attempt_call(batch, task, self.clock()))
-                )
+                if create:
+                    self.store.add_call(
+                        calls.new_call(**batches.attempt_call(batch, task, self.clock()))
+                    )
                 _, outcome = dispatch(self.store, self.dialer, self.clock, org, call_id)
                 accepted, reason = outcome.accepted, outcome.reason
             except DuplicateId:  # never another claim's: this one's, made before
@@ -197,9 +212,10 @@ class BatchDispatcher:
                 self._dialing.discard(task["task_id"])
 
     # -- following calls under way ---------------------------------------------------------------
-    def _follow(self, batch: Batch, live: set[str]) -> int:
+    def _follow(self, batch: Batch, live: set[str], started: list[Future[None]]) -> int:
         """Record the outcome of every attempt of the batch whose call has ended, and settle
-        the claims of processes that stopped; how many tasks were changed."""
+        the claims of processes that stopped (adding the dials made again to `started`);
+        how many tasks were changed."""
         org, batch_id = _key(batch)
         under_way, _ = self.store.batch_tasks(org, batch_id, status="calling")
         with self._lock:
@@ -208,11 +224,16 @@ class BatchDispatcher:
         statuses = self.store.call_statuses(org, [t["call_id"] for t in under_way if t["dialed"]])
         changed = 0
         for task in under_way:
+            gone = task["claimed_by"] not in live
             try:
                 if task["dialed"]:
-                    changed += self._settle(org, batch_id, task, statuses.get(task["call_id"]))
-                elif task["claimed_by"] not in live or task["claimed_by"] == self.store.process_id:
-                    self._recover(org, batch_id, task)
+                    status = statuses.get(task["call_id"])
+                    if status == "ongoing" and gone and self.sandbox is not None:
+                        # Its sandbox stopped with its process: nothing will end it.
+                        status = self.sandbox.cut_off(org, task["call_id"])["call_status"]
+                    changed += self._settle(org, batch_id, task, status)
+                elif gone or task["claimed_by"] == self.store.process_id:
+                    started += self._recover(org, batch_id, task)
                     changed += 1
             except ApiError as e:  # settled meanwhile by another process
                 log.debug("batch %s task %s: %s", batch_id, task["task_id"], e.error)
@@ -229,9 +250,9 @@ class BatchDispatcher:
         self._change(org, batch_id, task, lambda b, t, now: batches.settled(b, t, call, now))
         return True
 
-    def _recover(self, org: str, batch_id: str, task: Task) -> None:
+    def _recover(self, org: str, batch_id: str, task: Task) -> list[Future[None]]:
         """A claim whose process stopped (or whose dial here failed) before the dial was
-        recorded on the task."""
+        recorded on the task; answers the dial it made again, if it did."""
         claimant = task["claimed_by"]
         try:
             call = self.store.get_call(org, task["call_id"])
@@ -239,7 +260,17 @@ class BatchDispatcher:
             self._change(
                 org, batch_id, task, lambda b, t, now: batches.released(b, t, claimant, now)
             )
-            return
+            return []
+        if call["call_status"] == "registered" and self.dialer.idempotent:
+            # Created, the dial not recorded: the same call again, under the same key.
+            me = self.store.process_id
+            reclaim = partial(batches.reclaimed, claimant=claimant, me=me)
+            batch, task = self.store.change_batch_task(
+                org, batch_id, task["task_id"], lambda b, t, _: reclaim(b, t, now=self.clock())
+            )
+            with self._lock:
+                self._dialing.add(task["task_id"])
+            return [self._workers.submit(self._dial, batch, task, create=False)]
         if call["call_status"] == "registered":  # created, the dial not recorded
             self.store.change_call(
                 org,
@@ -249,7 +280,7 @@ class BatchDispatcher:
             self._change(
                 org, batch_id, task, lambda b, t, now: batches.interrupted(b, t, claimant, now)
             )
-            return
+            return []
         call_id = call["call_id"]
         self._change(
             org,
@@ -257,6 +288,7 @@ class BatchDispatcher:
             task,
             lambda b, t, now: batches.dialed(b, t, call_id, True, "recorded on the call", now),
         )
+        return []
 
     def _change(
         self,

@@ -24,6 +24,7 @@ from calls_server.domain.errors import Conflict
 from calls_server.domain.quotas import Quota
 from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.dialer import DialOutcome
+from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.storage.embedded import EmbeddedStore
 from tests.conftest import FakeClock, add_tenant
 
@@ -44,11 +45,14 @@ ENDINGS: dict[str, dict[str, Any]] = {
 
 
 class RecordingDialer:
-    """Accepts every job (but those whose number it is told to refuse) and keeps them."""
+    """Accepts every job (but those whose number it is told to refuse) and keeps them.
+    `idempotent`: whether it says it places one call per Idempotency-Key (it keeps every
+    job all the same, so that the tests count what was dialed)."""
 
     def __init__(self) -> None:
         self.jobs: list[Mapping[str, Any]] = []
         self.refused: set[str] = set()
+        self.idempotent = False
 
     def dial(self, job: Mapping[str, Any]) -> DialOutcome:
         self.jobs.append(job)
@@ -689,3 +693,109 @@ def test_an_organizations_older_batch_is_served_first_under_its_cap(store, campa
 
     assert campaign.batch(older)["in_progress"] == 2
     assert campaign.batch(newer)["in_progress"] == 0
+
+
+# -- what a killed process left under way ----------------------------------------------------------
+def dialed_as(campaign: Campaign, batch: Batch, process: str) -> Task:
+    """The batch's first task claimed and dialed by `process` (which then stops): its call
+    is under way, as the dialer accepted it."""
+    claimed = claim_as(campaign, batch, process)
+    now = campaign.clock()
+    call = calls.new_call(**batches.attempt_call(campaign.batch(batch), claimed, now))
+    campaign.store.add_call(calls.dispatched(call, True, "accepted by the sandbox dialer", 1, now))
+    record = lambda b, t, _: batches.dialed(b, t, claimed["call_id"], True, "accepted", now)  # noqa: E731
+    return campaign.store.change_batch_task(
+        campaign.org, batch["batch_call_id"], claimed["task_id"], record
+    )[1]
+
+
+def test_a_sandbox_call_a_stopped_process_was_playing_is_ended_and_its_task_retried(
+    campaign, dialer, store, tenant, clock
+):
+    sandbox = SandboxDialer(store, "http://127.0.0.1/recordings", clock=clock)
+    running = BatchDispatcher(store, sandbox, organization_cap=10, clock=clock, sandbox=sandbox)
+    batch = campaign.create(1, retry_config={"enabled": True})  # failed: again after 30 min
+    stranded = dialed_as(campaign, batch, "a-killed-process")
+    try:
+        run(running)
+        (task,) = campaign.tasks(batch)
+        call = store.get_call(tenant.organization_id, stranded["call_id"])
+        stored = campaign.batch(batch)
+    finally:
+        running.stop()
+
+    assert (call["call_status"], call["disconnection_reason"]) == ("error", "error_unknown")
+    assert call["events"][-1]["event"] == calls.CUT_OFF_EVENT
+    assert "stopped with its process" in call["events"][-1]["data"]["reason"]
+    assert call["call_duration"] == call["end_timestamp"] - call["start_timestamp"]
+    assert (task["status"], task["outcome"], task["attempts"]) == ("pending", "failed", 1)
+    assert task["next_attempt_at"] == clock() + 30 * 60_000
+    assert (stored["in_progress"], stored["pending"]) == (0, 1)  # its place under the caps freed
+    campaign.assert_counters_exact(batch)
+
+
+def test_a_call_under_way_that_a_stopped_process_handed_to_an_http_dialer_is_left_to_it(
+    campaign, dispatcher, store, tenant
+):
+    batch = campaign.create(1)
+    stranded = dialed_as(campaign, batch, "a-killed-process")
+
+    run(dispatcher)
+
+    assert store.get_call(tenant.organization_id, stranded["call_id"])["call_status"] == "ongoing"
+    assert campaign.tasks(batch)[0]["status"] == "calling"
+
+
+def test_a_sandbox_call_of_a_live_process_is_left_to_it(
+    campaign, store, tenant, clock, monkeypatch
+):
+    monkeypatch.setattr(store, "live_processes", lambda: {store.process_id, "another-process"})
+    sandbox = SandboxDialer(store, "http://127.0.0.1/recordings", clock=clock)
+    running = BatchDispatcher(store, sandbox, organization_cap=10, clock=clock, sandbox=sandbox)
+    batch = campaign.create(1)
+    playing = dialed_as(campaign, batch, "another-process")
+    try:
+        run(running)
+    finally:
+        running.stop()
+
+    assert store.get_call(tenant.organization_id, playing["call_id"])["call_status"] == "ongoing"
+
+
+def test_a_claim_whose_call_exists_undialed_is_dialed_again_once_when_the_dialer_honours_keys(
+    campaign, dispatcher, dialer, store, tenant, clock
+):
+    dialer.idempotent = True
+    batch = campaign.create(1)
+    claimed = claim_as(campaign, batch, "a-killed-process")
+    store.add_call(calls.new_call(**batches.attempt_call(campaign.batch(batch), claimed, clock())))
+
+    run(dispatcher)
+    run(dispatcher)
+
+    (task,) = campaign.tasks(batch)
+    assert (task["status"], task["attempts"], task["dialed"]) == ("calling", 1, True)
+    assert task["call_ids"] == [claimed["call_id"]]  # the same attempt, no second call
+    assert dialer.dialed() == Counter({claimed["call_id"]: 1})  # under its same key
+    call = store.get_call(tenant.organization_id, claimed["call_id"])
+    assert call["call_status"] == "ongoing"
+    campaign.end(call["call_id"], "completed")
+    run(dispatcher)
+    assert campaign.batch(batch)["status"] == "completed"
+    campaign.assert_counters_exact(batch)
+
+
+def test_a_claim_taken_over_for_a_dial_again_is_taken_by_one_process_only(campaign, clock):
+    batch = campaign.create(1)
+    claimed = claim_as(campaign, batch, "a-killed-process")
+
+    def take_over(me: str) -> Task:
+        take = lambda b, t, _: batches.reclaimed(b, t, "a-killed-process", me, clock())  # noqa: E731
+        return campaign.store.change_batch_task(
+            campaign.org, batch["batch_call_id"], claimed["task_id"], take
+        )[1]
+
+    take_over("first")
+    with pytest.raises(Conflict):
+        take_over("second")
+    assert campaign.tasks(batch)[0]["claimed_by"] == "first"

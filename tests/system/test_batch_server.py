@@ -257,3 +257,62 @@ def test_the_readmes_campaign_prints_what_the_readme_shows(tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == shown.strip()
+
+
+# -- killed mid-batch, the sandbox dialing ---------------------------------------------------------
+def batch_calls(base: str, headers: dict[str, str], batch_id: str) -> list[dict[str, Any]]:
+    listed = httpx.get(f"{base}/api/calls?limit=100", headers=headers).json()["data"]["calls"]
+    return [c for c in listed if c["metadata"].get("batch_call_id") == batch_id]
+
+
+def test_a_sandbox_campaign_killed_mid_batch_completes_after_a_restart(tmp_path):
+    data = tmp_path / "data"
+    env = {
+        "CALLS_SANDBOX": "true",
+        "CALLS_SANDBOX_TIME_SCALE": "0.01",  # a 30 s call lasts 0.3 s
+        "CALLS_SCHEDULER_INTERVAL": "0.05",
+    }
+    count = 60
+    with running_server(data, **env) as first:
+        headers = first.new_key_headers()
+        body = {
+            "from_number": FROM,
+            "agent_id": new_agent(first.base_url, headers),
+            "concurrency_limit": 10,
+            "tasks": [
+                {
+                    "to_number": f"+1555000{n:04d}",
+                    "dynamic_variables": {
+                        "sandbox_outcome": "completed",
+                        "sandbox_duration_ms": 30_000,
+                    },
+                }
+                for n in range(count)
+            ],
+        }
+        created = httpx.post(f"{first.base_url}/batch-call", json=body, headers=headers)
+        batch_id = created.json()["data"]["batch_call_id"]
+        wait_for(lambda: batch_of(first.base_url, headers, batch_id)["sent"] >= count // 3)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait()
+
+    with running_server(data, **env) as second:
+        wait_for(lambda: batch_of(second.base_url, headers, batch_id)["status"] != "sent", 60)
+        batch = batch_of(second.base_url, headers, batch_id)
+        tasks = tasks_of(second.base_url, headers, batch_id)
+        made = batch_calls(second.base_url, headers, batch_id)
+
+    assert batch["status"] == "completed"
+    assert (batch["in_progress"], batch["pending"]) == (0, 0)  # the caps are free
+    assert_counters_match_tasks(batch, tasks)
+    attempts = Counter((c["metadata"]["task_id"], c["metadata"]["attempt"]) for c in made)
+    assert len(attempts) == sum(t["attempts"] for t in tasks)
+    assert set(attempts.values()) == {1}  # one call per attempt
+    for call in made:  # each handed to the dialer exactly once, and ended
+        dialed = [e for e in call["events"] if e["event"] == "Call dispatched to dialer"]
+        assert len(dialed) == 1, call["call_id"]
+        assert call["call_status"].lower() in ("ended", "error")
+    cut_off = [c for c in made if c["disconnection_reason"] == "error_unknown"]
+    assert cut_off  # calls under way at the kill: ended with a reason, their tasks failed
+    assert {t["outcome"] for t in tasks} == {"completed", "failed"}
+    assert not [t for t in tasks if t["error_message"] == batches.INTERRUPTED]
