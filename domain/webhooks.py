@@ -35,15 +35,19 @@ STATUS_EVENTS = {
 
 
 def new_webhook(
-    organization_id: str, fields: Mapping[str, Any], now: int, existing: int, limit: int
+    organization_id: str,
+    fields: Mapping[str, Any],
+    now: int,
+    existing: int = 0,
+    limit: int | None = None,
 ) -> Webhook:
-    """A webhook with its signing secret (shown once, when created), for an organization
-    that has `existing` webhooks and may have `limit`. (Whether its URL may be called is
-    `integrations.egress`' to say: it takes resolving the name.)"""
-    if existing >= limit:
-        raise BadRequest(
-            f"An organization may have at most {limit} webhooks; delete one it no longer needs"
-        )
+    """A webhook with its signing secret (shown once, when created); with a `limit`, for an
+    organization that has `existing` webhooks (`within_limit`). A request's create leaves
+    the count to the store's insert instead (`Store.add_webhook`'s check), where concurrent
+    creates cannot both pass. (Whether its URL may be called is `integrations.egress`' to
+    say: it takes resolving the name.)"""
+    if limit is not None:
+        within_limit(existing, limit)
     created = iso8601.utc(now)
     return {
         "id": f"webhook_{uuid.uuid4().hex}",
@@ -59,6 +63,14 @@ def new_webhook(
         "created_at": created,
         "updated_at": created,
     }
+
+
+def within_limit(existing: int, limit: int) -> None:
+    """BadRequest unless an organization that has `existing` webhooks may add one."""
+    if existing >= limit:
+        raise BadRequest(
+            f"An organization may have at most {limit} webhooks; delete one it no longer needs"
+        )
 
 
 def changed(webhook: Webhook, fields: Mapping[str, Any], now: int) -> Webhook:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from calls_server.domain import agents, versions, webhooks
@@ -20,9 +21,9 @@ def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -
     running = services()
     org = organization_id(token_info)
     running.egress.check_url(body["url"])
-    existing = len(running.store.webhooks(org))
-    hook = webhooks.new_webhook(org, body, running.clock(), existing, running.webhook_limit)
-    running.store.add_webhook(hook)
+    hook = webhooks.new_webhook(org, body, running.clock())
+    # Counted in the store's insert, atomically: concurrent creates cannot both pass the cap.
+    running.store.add_webhook(hook, partial(webhooks.within_limit, limit=running.webhook_limit))
     shown = {**webhooks.public_view(hook), "secret": hook["secret"]}
     return success("Post-call webhook created successfully", shown), 200, _etag(hook)
 

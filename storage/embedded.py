@@ -400,9 +400,12 @@ class EmbeddedStore:
             return self._numbers.remove(organization_id, phone_number)
 
     # -- webhooks --------------------------------------------------------------------------
-    def add_webhook(self, webhook: Webhook) -> None:
+    def add_webhook(self, webhook: Webhook, check: Callable[[int], None] | None = None) -> None:
+        organization_id = webhook["organization_id"]
         with self._writing():
-            self._org_doc_id(webhook["organization_id"])
+            self._org_doc_id(organization_id)
+            if check is not None:
+                check(len(self._webhooks.index.get(organization_id, {})))
             self._webhooks.add(webhook)
 
     def webhooks(self, organization_id: str) -> list[Webhook]:

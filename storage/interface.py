@@ -134,8 +134,11 @@ class Store(Protocol):
         """Remove the number and return it. Raises PhoneNumberNotFound."""
 
     # -- webhooks ----------------------------------------------------------------------------
-    def add_webhook(self, webhook: Webhook) -> None:
-        """Store a new webhook of an existing organization. Raises OrganizationNotFound."""
+    def add_webhook(self, webhook: Webhook, check: Callable[[int], None] | None = None) -> None:
+        """Store a new webhook of an existing organization. Raises OrganizationNotFound.
+        `check`, if given, is called with how many webhooks the organization has, atomically
+        with the insert (no other webhook of the organization is added in between): if it
+        raises, nothing is stored."""
 
     def webhooks(self, organization_id: str) -> list[Webhook]:
         """The organization's webhooks, oldest first."""

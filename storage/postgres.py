@@ -147,6 +147,9 @@ _BATCHES = _Kind(
 # The key (with the organization's hash) of the advisory lock that serializes changes of an
 # organization's batches: its concurrency cap counts calls across them.
 BATCH_LOCK = 0x42415443  # "BATC"
+# The key (with the organization's hash) of the advisory lock that serializes adding an
+# organization's webhooks: their number is capped.
+WEBHOOK_LOCK = 0x57424B53  # "WBKS"
 
 
 class DatabaseNotEmpty(Exception):
@@ -580,9 +583,27 @@ class PostgresStore:
         return self._delete_record(_NUMBERS, organization_id, phone_number)
 
     # -- webhooks --------------------------------------------------------------------------
-    def add_webhook(self, webhook: Webhook) -> None:
-        """Store a new webhook of an existing organization. Raises OrganizationNotFound."""
-        self._add_record(_WEBHOOKS, webhook)
+    def add_webhook(self, webhook: Webhook, check: Callable[[int], None] | None = None) -> None:
+        """Store a new webhook of an existing organization (after `check`, if given, passes
+        the organization's count of webhooks). Raises OrganizationNotFound."""
+        if check is None:
+            self._add_record(_WEBHOOKS, webhook)
+            return
+        organization_id = webhook["organization_id"]
+
+        def count_and_check(conn: Connection) -> None:
+            # One count-and-insert at a time per organization, until the commit: the count
+            # checked stays true (concurrent creates cannot both pass the cap).
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (WEBHOOK_LOCK, organization_id)
+            )
+            counted = conn.execute(
+                "SELECT count(*) FROM webhooks WHERE organization_id = %s", (organization_id,)
+            ).fetchone()
+            assert counted is not None  # an aggregate always answers a row
+            check(counted[0])
+
+        self._add_record(_WEBHOOKS, webhook, count_and_check)
 
     def webhooks(self, organization_id: str) -> list[Webhook]:
         """The organization's webhooks, oldest first."""
@@ -1053,10 +1074,18 @@ class PostgresStore:
             conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
     # -- records of one organization (agents, phone numbers, webhooks) ---------------------------
-    def _add_record(self, kind: _Kind, record: Mapping[str, Any]) -> None:
+    def _add_record(
+        self,
+        kind: _Kind,
+        record: Mapping[str, Any],
+        check: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Insert `record`, after `check(conn)`, if given, in the same transaction."""
         organization_id, key = record["organization_id"], record[kind.field]
         with self._transaction() as conn:
             _require_organization(conn, organization_id)
+            if check is not None:
+                check(conn)
             inserted = conn.execute(
                 sql.SQL(
                     "INSERT INTO {table} (organization_id, {column}, doc)"

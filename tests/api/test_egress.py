@@ -4,6 +4,9 @@ checked again at delivery against the address actually connected to."""
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -151,3 +154,26 @@ def test_a_delivery_to_an_address_no_longer_allowed_is_not_sent(store, tenant, r
 def test_a_url_that_does_not_parse_is_refused_not_a_crash(url):
     with pytest.raises(UnsafeTarget):
         EgressPolicy(allow_http=True).check_url(url)
+
+
+def test_concurrent_creates_never_pass_the_webhook_cap(store, tenant, monkeypatch):
+    cap, tries = 3, 12
+    start = threading.Barrier(tries)
+    # Reads that take a while (a loaded server) widen any window between counting the
+    # organization's webhooks and inserting one: the cap must hold whatever the timing.
+    read = store.webhooks
+    monkeypatch.setattr(store, "webhooks", lambda org: (read(org), time.sleep(0.05))[0])
+
+    def create(n: int) -> int:
+        start.wait()
+        body = {"name": f"h{n}", "url": f"https://93.184.215.{n + 1}/hooks"}
+        return client.post(
+            "/api/post-call-webhooks/create", json=body, headers=tenant.headers
+        ).status_code
+
+    with app_client(store, webhooks_per_organization=cap) as client:
+        with ThreadPoolExecutor(tries) as pool:
+            answers = list(pool.map(create, range(tries)))
+
+    assert sorted(answers) == [200] * cap + [400] * (tries - cap)
+    assert len(store.webhooks(tenant.organization_id)) == cap
