@@ -21,6 +21,14 @@ from calls_server.domain.errors import BadRequest
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Addresses refused beside those `ipaddress` does not count as global: IANA's protocol
+# assignments (192.0.0.0/24: Python before 3.11.10 and 3.12.4 counts most of it global) and
+# a cloud's host service at a public address (Azure's wire server, reachable from its VMs).
+_SPECIAL_NETWORKS = (
+    (ipaddress.ip_network("192.0.0.0/24"), "an IANA special-purpose address"),
+    (ipaddress.ip_network("168.63.129.16/32"), "a cloud provider's host service address"),
+)
+
 # Names that only ever mean something inside a network (metadata services, mDNS, loopback).
 _INTERNAL_SUFFIXES = (".internal", ".local", ".localhost", ".localdomain", ".home.arpa")
 _INTERNAL_NAMES = {"localhost", "metadata", "metadata.google.internal", "instance-data"}
@@ -98,10 +106,22 @@ class EgressPolicy:
         for address in outside:
             reason = _why_private(address)
             if reason:
+                # Why an address is refused is told only for an address the URL names: what
+                # a name resolves to on the server's network is not the tenant's to learn.
+                what = f"is {reason}" if _is_address(host) else "resolves to a non-public address"
                 raise UnsafeTarget(
-                    f"Webhook URL host {host} is {reason} ({address}); webhooks go to public "
-                    "addresses only (an operator can allow networks: CALLS_WEBHOOK_ALLOW_NETWORKS)"
+                    f"Webhook URL host {host} {what}; webhooks go to public addresses only "
+                    "(an operator can allow networks: CALLS_WEBHOOK_ALLOW_NETWORKS)"
                 )
+
+
+def _is_address(host: str) -> bool:
+    """Whether the URL's host is an IP address (in its usual notation) rather than a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _why_private(address: Address) -> str | None:
@@ -110,6 +130,9 @@ def _why_private(address: Address) -> str | None:
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is not None:
             return _why_private(embedded)
+    for network, reason in _SPECIAL_NETWORKS:
+        if address in network:
+            return reason
     for flag, reason in (
         ("is_loopback", "a loopback address"),
         ("is_link_local", "a link-local (metadata) address"),

@@ -4,6 +4,7 @@ checked again at delivery against the address actually connected to."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -171,9 +172,49 @@ def test_concurrent_creates_never_pass_the_webhook_cap(store, tenant, monkeypatc
             "/api/post-call-webhooks/create", json=body, headers=tenant.headers
         ).status_code
 
-    with app_client(store, webhooks_per_organization=cap) as client:
-        with ThreadPoolExecutor(tries) as pool:
-            answers = list(pool.map(create, range(tries)))
+    with (
+        app_client(store, webhooks_per_organization=cap) as client,
+        ThreadPoolExecutor(tries) as pool,
+    ):
+        answers = list(pool.map(create, range(tries)))
 
     assert sorted(answers) == [200] * cap + [400] * (tries - cap)
     assert len(store.webhooks(tenant.organization_id)) == cap
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://168.63.129.16/machine",  # Azure's wire server
+        "https://[::ffff:168.63.129.16]/machine",
+        "https://192.0.0.192/",  # IANA special-purpose (protocol assignments)
+        "https://192.0.0.8/",
+    ],
+)
+def test_special_purpose_and_cloud_host_addresses_are_refused(client, tenant, url):
+    response = client.post(
+        "/api/post-call-webhooks/create", json={"name": "h", "url": url}, headers=tenant.headers
+    )
+
+    assert_error(response, 400, "webhooks go to public addresses only")
+    assert (
+        client.get("/api/post-call-webhooks", headers=tenant.headers).json()["data"]["count"] == 0
+    )
+
+
+def test_refusing_a_name_does_not_tell_what_it_resolves_to(client, tenant, monkeypatch):
+    resolve = socket.getaddrinfo
+
+    def internal_dns(host, port, *args, **kwargs):
+        if host == "billing.corp.example.com":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.20.30.40", port))]
+        return resolve(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", internal_dns)
+    body = {"name": "h", "url": "https://billing.corp.example.com/hooks"}
+
+    response = client.post("/api/post-call-webhooks/create", json=body, headers=tenant.headers)
+
+    error = assert_error(response, 400, "billing.corp.example.com")["error"]
+    assert "10.20.30.40" not in error
+    assert "private" not in error
