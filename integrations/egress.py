@@ -29,6 +29,8 @@ _SPECIAL_NETWORKS = (
     (ipaddress.ip_network("168.63.129.16/32"), "a cloud provider's host service address"),
 )
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
 # Names that only ever mean something inside a network (metadata services, mDNS, loopback).
 _INTERNAL_SUFFIXES = (".internal", ".local", ".localhost", ".localdomain", ".home.arpa")
 _INTERNAL_NAMES = {"localhost", "metadata", "metadata.google.internal", "instance-data"}
@@ -40,11 +42,13 @@ class UnsafeTarget(BadRequest):
 
 @dataclass(frozen=True)
 class Target:
-    """Where one delivery goes: the URL to connect to (an address that was checked), and
-    the host name to present (Host header, TLS server name and certificate check)."""
+    """Where one delivery goes: the URL to connect to (an address that was checked), the
+    host name to present (TLS server name and certificate check), and the Host header (the
+    URL's host and port, the port left out when it is the scheme's default)."""
 
     url: str
     host: str
+    authority: str
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,12 @@ class EgressPolicy:
         parts = urlsplit(url)
         address = addresses[0]
         netloc = f"[{address}]" if address.version == 6 else str(address)
+        authority = f"[{host}]" if ":" in host else host  # an IPv6 address in brackets
         if parts.port is not None:
             netloc += f":{parts.port}"
-        return Target(urlunsplit(parts._replace(netloc=netloc)), host)
+            if parts.port != _DEFAULT_PORTS[parts.scheme]:
+                authority += f":{parts.port}"
+        return Target(urlunsplit(parts._replace(netloc=netloc)), host, authority)
 
     def _host_and_port(self, url: str) -> tuple[str, int]:
         try:
@@ -90,7 +97,7 @@ class EgressPolicy:
         if "@" in parts.netloc:
             raise UnsafeTarget("Webhook URL must not carry a user name or password")
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            port = parts.port or _DEFAULT_PORTS[parts.scheme]
         except ValueError:
             raise UnsafeTarget("Webhook URL has an invalid port") from None
         host = (parts.hostname or "").rstrip(".").lower()

@@ -345,7 +345,7 @@ class WebhookDeliverer:
             target = self.egress.target(hook["url"])
             headers = {
                 "Content-Type": "application/json",
-                "Host": target.host,
+                "Host": target.authority,
                 "X-Calls-Event": event["event"],
                 **signature_headers(hook["secret"], body, sent // 1000),
             }

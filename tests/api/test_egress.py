@@ -218,3 +218,19 @@ def test_refusing_a_name_does_not_tell_what_it_resolves_to(client, tenant, monke
     error = assert_error(response, 400, "billing.corp.example.com")["error"]
     assert "10.20.30.40" not in error
     assert "private" not in error
+
+
+@pytest.mark.parametrize(
+    ("url", "authority"),
+    [
+        ("https://93.184.215.14:8443/hooks", "93.184.215.14:8443"),
+        ("https://93.184.215.14:443/hooks", "93.184.215.14"),  # the scheme's default
+        ("https://93.184.215.14/hooks", "93.184.215.14"),
+        (
+            "https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:8443/",
+            "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:8443",
+        ),
+    ],
+)
+def test_the_host_header_names_the_urls_host_and_port(url, authority):
+    assert STRICT.target(url).authority == authority

@@ -646,3 +646,13 @@ def test_redelivering_needs_a_since_time(client, tenant):
     )
 
     assert_error(response, 400, "'since' is a required property")
+
+
+def test_the_host_header_carries_the_receivers_port(client, tenant, receiver):
+    register(client, tenant, receiver.url + "/host")
+    create_call(client, tenant)
+
+    wait_for(lambda: len(receiver.received) == 1)
+
+    port = receiver.server.server_address[1]
+    assert receiver.received[0].headers["Host"] == f"127.0.0.1:{port}"
