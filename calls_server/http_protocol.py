@@ -436,9 +436,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """The client took what was buffered (down to the low-water mark): go on."""
         self._stalled.pop(self, None)
         super().resume_writing()
+        self._deadline_kind = _NONE
         if self.transport.is_closing():
             return
-        self._deadline_kind = _NONE
         if self._completion_deferred:
             self._completion_deferred = False
             self.on_response_complete()
@@ -492,7 +492,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _on_timer(self) -> None:
         self._timer = None
         kind = self._deadline_kind
-        if kind == _NONE or self.transport.is_closing():
+        # A closing transport still holds what its client has not taken: the send timeout
+        # runs on until it is cut.
+        if kind == _NONE or (kind != _SEND and self.transport.is_closing()):
             return
         if self.loop.time() < self._deadline - TIMER_SLACK:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)

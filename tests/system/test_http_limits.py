@@ -761,3 +761,20 @@ def test_idle_connections_to_the_metrics_port_are_closed_and_hold_a_bounded_numb
     assert answers == [b""] * len(idle)
     assert closed_after <= EXPORTER_IDLE_TIMEOUT + 3
     assert scrape.status_code == 200
+
+
+def test_a_client_not_reading_its_last_answer_is_cut_after_the_send_timeout(data_dir):
+    # Connection: close: the server closes once the answer is taken, which a client that
+    # never reads never lets happen.
+    with running_server(data_dir, CALLS_SEND_TIMEOUT=f"{SEND_TIMEOUT:g}") as server:
+        key = _create_big_calls(server)
+        with _non_reader(server) as sock:
+            started = time.monotonic()
+            sock.sendall(_page_request(key).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            wait_for(lambda: _cut_for_not_reading(_scrape(server)) == 1, timeout=SEND_TIMEOUT + 5)
+            elapsed = time.monotonic() - started
+            text = _scrape(server)
+
+    assert elapsed >= SEND_TIMEOUT
+    assert value(text, "calls_http_connections_cut_total", reason="send_timeout") == 1
+    assert value(text, "calls_http_response_bytes_buffered") == 0
