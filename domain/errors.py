@@ -16,13 +16,15 @@ Hierarchy::
     ├── Conflict              409 the request conflicts with the stored state
     │   ├── DuplicateId           a custom id that exists already
     │   ├── IllegalTransition     a status change the lifecycle does not allow
-    │   └── IdempotencyKeyInFlight  the first request with this key has not finished yet
+    │   ├── IdempotencyKeyInFlight  the first request with this key has not finished yet
+    │   └── RequestAlreadyDone    a retry whose first request stored its record, answer lost
     ├── PreconditionFailed    412 If-Match names another version than the stored one
     ├── PayloadTooLarge       413 the body is larger than the configured limit
     ├── IdempotencyKeyReused  422 an Idempotency-Key sent again with another request
     ├── QuotaExceeded         429 the organization holds as many calls or bytes as allowed
     ├── RateLimited           429 too many requests (or failed authentications) in a window
     └── StoreUnavailable      503 the data directory cannot be written (e.g. the disk is full)
+        └── OutcomeUnknown        the database went away while a change was being committed
 """
 
 from __future__ import annotations
@@ -151,6 +153,13 @@ class IdempotencyKeyInFlight(Conflict):
     message = "Request in progress"
 
 
+class RequestAlreadyDone(Conflict):
+    """A retry with an Idempotency-Key whose first request added its record but did not
+    keep its answer (it ended with an unknown outcome): the record is named instead."""
+
+    message = "Request already done"
+
+
 class PreconditionFailed(ApiError):
     status_code = 412
     message = "Precondition failed"
@@ -190,3 +199,19 @@ class RateLimited(ApiError):
 class StoreUnavailable(ApiError):
     status_code = 503
     message = "Service unavailable"
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The connection to the database was lost (or did not answer in time) after a change
+    was sent to be committed: it may or may not be stored. Distinct from the plain 503, where
+    nothing was written, so that a client finds out before it sends the change again."""
+
+    message = "Outcome unknown"
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            f"The database stopped answering while this change was being committed ({cause}):"
+            " it may or may not have been stored. Find out with a GET of the record (or a"
+            " listing), or send the request again with the same Idempotency-Key, which answers"
+            " what was stored instead of making it twice"
+        )

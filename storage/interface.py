@@ -10,6 +10,7 @@ written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Protocol
 
 from calls_server.domain.agents import Agent
@@ -33,6 +34,14 @@ TaskChange = Callable[[Batch, Task, int], tuple[Batch, Task]]
 # under the store's lock: it must only take note, never block. Told twice of an event, it
 # looks at it again.
 EventListener = Callable[[list[WebhookEvent]], None]
+# The Idempotency-Key claim the current request runs under, and until when (Unix ms) its
+# answer would be kept. A store whose commit can be lost in flight (PostgreSQL: the
+# connection drops after COMMIT was sent) marks that claim, in the transaction of each
+# record it adds, with the record's kind and id (`written`), and keeps the mark that long:
+# a retry after an unknown outcome then finds what was stored instead of adding it again.
+UNDER_CLAIM: ContextVar[tuple[IdempotentAnswer, int] | None] = ContextVar(
+    "UNDER_CLAIM", default=None
+)
 
 
 class Store(Protocol):
@@ -297,7 +306,8 @@ class Store(Protocol):
 
     def release_idempotent(self, claim: IdempotentAnswer) -> None:
         """Remove `claim` if it is still the record of its key (its request's answer is not
-        one to keep: the next retry runs it again)."""
+        one to keep: the next retry runs it again), unless a record was added under it
+        (`UNDER_CLAIM`): then mark it `ended`, so that a retry answers what was added."""
 
     # -- durability ----------------------------------------------------------------------------
 

@@ -12,8 +12,15 @@
 - The schema is kept by numbered migrations, applied on open under an advisory lock.
 - A database that cannot be reached, a connection lost or a pool with no free connection
   within `pool_timeout` answers 503 (`StoreUnavailable`) naming the cause; connections
-  time out (`connect_timeout`) and so do statements (`statement_timeout`), so no request
-  waits for the database without end.
+  time out (`connect_timeout`) and so do statements (`statement_timeout`, the server's).
+  A server that stopped (SIGSTOP, a hung host) enforces no timeout and its kernel still
+  acknowledges what is sent, so each store call is also bounded on this side: past
+  `statement_timeout` + `CALL_MARGIN` (`ready_timeout` for `check_ready`) its connection
+  is cut (`_Watchdog`), and TCP keepalives and `tcp_user_timeout` end a connection whose
+  peer went silent.
+- A change whose connection is lost (or cut) after its COMMIT, or its single autocommit
+  statement, was sent may have been committed: that is `OutcomeUnknown` (a 503 of its
+  own), never the plain 503 that says nothing was written.
 - A connection the database dropped (a restart, `pg_terminate_backend`) is replaced: when
   handed out if its end has been heard of; otherwise a read (`READS`) that loses it runs
   once more on a fresh one, and a transaction that loses it at its BEGIN (nothing of it
@@ -25,10 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
+import os
 import random
 import re
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,6 +67,7 @@ from calls_server.domain.errors import (
     CallNotFound,
     DuplicateId,
     OrganizationNotFound,
+    OutcomeUnknown,
     PhoneNumberNotFound,
     StoreUnavailable,
     TaskNotFound,
@@ -69,7 +80,7 @@ from calls_server.domain.listing import RANGE_FIELDS, CallPage, CallQuery
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import Webhook, WebhookEvent
-from calls_server.storage.interface import EventListener, EventSource, TaskChange
+from calls_server.storage.interface import UNDER_CLAIM, EventListener, EventSource, TaskChange
 from calls_server.storage.postgres_presence import CHANNEL, Presence
 
 Connection = psycopg.Connection[TupleRow]
@@ -98,6 +109,15 @@ _NOT_A_CURSOR = "'cursor' is not a cursor this server answered"
 # How long the cause found for a pool timeout is reused: under an outage every waiting
 # request would otherwise probe the database once more.
 _DIAGNOSIS_KEPT = 1.0
+# Seconds a store call may wait for the database beyond `statement_timeout` (which the
+# server enforces per statement, if it runs at all) before this side cuts its connection.
+CALL_MARGIN = 5.0
+# How often the watchdog looks for store calls past their bound (seconds): its precision.
+_WATCH_EVERY = 0.25
+# Libpq's TCP settings: a peer silent for this long (no ACK of what was sent, or no answer
+# to keepalives) ends the connection, whatever the call was doing.
+_TCP_USER_TIMEOUT_MS = 20_000
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,7 @@ class _Kind:
     table: str
     column: str
     field: str
+    name: str  # of one record, for people
     not_found: Callable[[str, str], Exception]  # (organization, id) -> the error
     duplicate: Callable[[str], Exception]  # id -> the error
 
@@ -116,6 +137,7 @@ _AGENTS = _Kind(
     "agents",
     "agent_id",
     "agent_id",
+    "agent",
     lambda org, key: AgentNotFound(key, org),
     lambda key: DuplicateId(f"An agent with ID '{key}' already exists"),
 )
@@ -123,6 +145,7 @@ _NUMBERS = _Kind(
     "phone_numbers",
     "phone_number",
     "phone_number",
+    "phone number",
     lambda _, key: PhoneNumberNotFound(key),
     lambda key: DuplicateId(
         f"Phone number '{key}' already exists", message="Phone number already exists"
@@ -132,6 +155,7 @@ _WEBHOOKS = _Kind(
     "webhooks",
     "webhook_id",
     "id",
+    "webhook",
     lambda _, key: WebhookNotFound(key),
     lambda key: DuplicateId(f"A webhook with ID '{key}' already exists"),
 )
@@ -141,6 +165,7 @@ _BATCHES = _Kind(
     "batches",
     "batch_call_id",
     "batch_call_id",
+    "batch call",
     lambda _, key: BatchNotFound(key),
     lambda key: DuplicateId(f"A batch call with ID '{key}' already exists"),
 )
@@ -229,11 +254,17 @@ class PostgresStore:
         *,
         connect_timeout: float = 5.0,
         statement_timeout: float = 30.0,
+        ready_timeout: float = 2.0,
     ) -> None:
         """Open a pool of connections to `url` (a URI or key=value conninfo) and bring the
         schema up to date. Raises StoreUnavailable if the database cannot be reached within
-        `pool_timeout` seconds."""
+        `pool_timeout` seconds. A store call answers within `statement_timeout` +
+        CALL_MARGIN seconds (plus `pool_timeout` for a connection), `check_ready` within
+        `ready_timeout` (each, plus a probe of `connect_timeout` if no connection is free)."""
         self._url = url
+        self._call_timeout = statement_timeout + CALL_MARGIN
+        self._ready_timeout = ready_timeout
+        self._watchdog = _Watchdog()
         self._write_observer: Callable[[float], None] | None = None
         self._quota = quota or Quota()
         # Usage exact (serialized per organization) only when a quota needs it.
@@ -256,6 +287,8 @@ class PostgresStore:
                 )
             ),
             "application_name": "calls-server",
+            **_KEEPALIVES,
+            "tcp_user_timeout": _TCP_USER_TIMEOUT_MS,
         }
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             url,
@@ -280,6 +313,7 @@ class PostgresStore:
                 )
         except BaseException:
             self._pool.close()
+            self._watchdog.close()
             raise
 
     # -- calls -----------------------------------------------------------------------------
@@ -289,7 +323,7 @@ class PostgresStore:
         data = _call_json(call)
         stored = _loads(data)  # the call as stored, for the event source
         values = (org, call["call_id"], *_call_values(stored, data))
-        if not self._limited:
+        if not self._limited and UNDER_CLAIM.get() is None:
             # The common case, a statement that is its own transaction (no BEGIN and COMMIT
             # round trips): the call and its usage, unless events may be owed (the
             # organization has webhooks): then nothing, and the transaction below.
@@ -312,6 +346,7 @@ class PostgresStore:
             if held is not None:
                 self._quota.check(*held)
             self._record_events(conn, None, stored)
+            _mark_claim(conn, "call", call["call_id"])
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         """The call. Raises CallNotFound, also when it belongs to another organization."""
@@ -471,6 +506,7 @@ class PostgresStore:
                     f"An organization with ID '{organization_id}' already exists",
                     message="Organization already exists",
                 )
+            _mark_claim(conn, "organization", organization_id)
 
     def get_organization(self, organization_id: str) -> Organization:
         """The organization. Raises OrganizationNotFound."""
@@ -493,6 +529,7 @@ class PostgresStore:
             ).fetchone()
             if inserted is None:
                 raise DuplicateId(f"An API key with ID '{key['api_key_id']}' already exists")
+            _mark_claim(conn, "API key", key["api_key_id"])
 
     def find_api_key(self, api_key: str) -> ApiKey | None:
         """The key record whose public part is `api_key`, active or not, if any. Read from
@@ -503,7 +540,7 @@ class PostgresStore:
 
     def list_api_keys(self, organization_id: str) -> list[ApiKey]:
         """The organization's keys, oldest first. Raises OrganizationNotFound."""
-        with self._transaction() as conn:
+        with self._transaction(snapshot=True) as conn:  # a read: its COMMIT decides nothing
             _require_organization(conn, organization_id)
             rows = conn.execute(
                 "SELECT doc FROM api_keys WHERE organization_id = %s ORDER BY seq",
@@ -665,6 +702,7 @@ class PostgresStore:
                 (batch["organization_id"], batch["batch_call_id"], *_batch_values(batch)),
             )
             _insert_tasks(conn, tasks)
+            _mark_claim(conn, "batch call", batch["batch_call_id"])
 
     def get_batch(self, organization_id: str, batch_id: str) -> Batch:
         with self._reading() as conn:
@@ -835,7 +873,7 @@ class PostgresStore:
         self, organization_id: str, webhook_id: str, event_id: str
     ) -> WebhookEvent:
         """The event. Raises WebhookNotFound or WebhookEventNotFound."""
-        with self._transaction() as conn:
+        with self._transaction(snapshot=True) as conn:  # a read: its COMMIT decides nothing
             return self._event(conn, organization_id, webhook_id, event_id, lock=False)
 
     def change_webhook_event(
@@ -965,19 +1003,28 @@ class PostgresStore:
         return cast(IdempotentAnswer, row[0])
 
     def release_idempotent(self, claim: IdempotentAnswer) -> None:
-        """Remove `claim` if it is still the record of its key."""
+        """Remove `claim` if it is still the record of its key; if a record was added
+        under it (see `UNDER_CLAIM`), mark it `ended` instead: a retry answers that."""
+        mine = (
+            " WHERE scope = %s AND key = %s AND doc->>'status' = %s"
+            " AND (doc->>'created_at')::bigint = %s AND doc->>'fingerprint' = %s"
+        )
+        params = (
+            claim["scope"],
+            claim["key"],
+            str(claim["status"]),
+            claim["created_at"],
+            claim["fingerprint"],
+        )
         with self._transaction() as conn:
             conn.execute(
-                "DELETE FROM idempotency_keys WHERE scope = %s AND key = %s"
-                " AND doc->>'status' = %s AND (doc->>'created_at')::bigint = %s"
-                " AND doc->>'fingerprint' = %s",
-                (
-                    claim["scope"],
-                    claim["key"],
-                    str(claim["status"]),
-                    claim["created_at"],
-                    claim["fingerprint"],
-                ),
+                "DELETE FROM idempotency_keys" + mine + " AND doc->'written' IS NULL", params
+            )
+            conn.execute(
+                "UPDATE idempotency_keys SET doc = doc || '{\"ended\": true}'::jsonb"
+                + mine
+                + " AND doc->'written' IS NOT NULL",
+                params,
             )
 
     def keep_idempotent(self, answer: IdempotentAnswer) -> None:
@@ -997,7 +1044,7 @@ class PostgresStore:
     # -- durability ----------------------------------------------------------------------------
     def check_ready(self) -> None:
         """Return when the database answers; raise StoreUnavailable naming the cause."""
-        with self._reading() as conn:
+        with self._reading(self._ready_timeout) as conn:
             conn.execute("SELECT 1").fetchone()
 
     def wait_durable(self) -> None:
@@ -1009,7 +1056,7 @@ class PostgresStore:
         its order) in one transaction, verifying the count of each kind. Raises
         DatabaseNotEmpty if the database holds records, unless `replace`: then they are
         removed first. Nothing is written if anything fails."""
-        with self._transaction() as conn:
+        with self._transaction(bounded=False) as conn:
             conn.execute("SET LOCAL statement_timeout = 0")  # a large copy may take long
             held = _record_counts(conn)
             if any(held.values()) and not replace:
@@ -1065,6 +1112,7 @@ class PostgresStore:
         for those in use to be returned)."""
         self._presence.close(wake=self._notify_deliverer)
         self._pool.close()
+        self._watchdog.close()
 
     def _notify_deliverer(self) -> None:
         with (
@@ -1095,6 +1143,7 @@ class PostgresStore:
             ).fetchone()
             if inserted is None:
                 raise kind.duplicate(key)
+            _mark_claim(conn, kind.name, key)
 
     def _records(self, kind: _Kind, organization_id: str) -> list[dict[str, Any]]:
         with self._reading() as conn:
@@ -1144,39 +1193,65 @@ class PostgresStore:
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
         """A connection for one write statement, its own transaction; timed for
-        `observe_writes` as `_transaction` is."""
+        `observe_writes` as `_transaction` is. Once the block has begun (the statement is
+        sent in it) a connection lost or cut is `OutcomeUnknown`: it may have committed."""
         started = time.perf_counter()
-        with self._unavailable(), self._pool.connection() as conn:
-            yield conn
+        sent = False
+        try:
+            with (
+                self._unavailable(),
+                self._pool.connection() as conn,
+                self._watchdog.watch(conn, self._call_timeout),
+            ):
+                sent = True
+                yield conn
+        except StoreUnavailable as e:
+            if sent and _outcome_unknown(e):
+                raise OutcomeUnknown(e.error) from e.__cause__
+            raise
         if self._write_observer is not None:
             self._write_observer(time.perf_counter() - started)
 
     @contextmanager
-    def _transaction(self, snapshot: bool = False) -> Iterator[Connection]:
+    def _transaction(self, snapshot: bool = False, bounded: bool = True) -> Iterator[Connection]:
         """A connection in a transaction: committed when the block ends, rolled back if it
         raises. A write that commits is timed for `observe_writes`, from asking for a
         connection to the commit. `snapshot`: a read-only one whose statements all see one
-        snapshot (REPEATABLE READ), named in its BEGIN (no round trip of its own)."""
+        snapshot (REPEATABLE READ), named in its BEGIN (no round trip of its own). `bounded`:
+        its connection is cut past the store call's bound (not for a copy's long work).
+        A write whose connection is lost (or cut) during its COMMIT is `OutcomeUnknown`;
+        lost before, it is rolled back by the server: the plain StoreUnavailable."""
         started = time.perf_counter()
-        with self._unavailable(), contextlib.ExitStack() as begun:
-            yield self._begin(begun, snapshot)
+        committing = False
+        try:
+            with self._unavailable(), contextlib.ExitStack() as begun:
+                yield self._begin(begun, snapshot, self._call_timeout if bounded else None)
+                committing = not snapshot  # what `begun` ends now is the COMMIT
+        except StoreUnavailable as e:
+            if committing and _outcome_unknown(e):
+                raise OutcomeUnknown(e.error) from e.__cause__
+            raise
         if not snapshot and self._write_observer is not None:
             self._write_observer(time.perf_counter() - started)
 
-    def _begin(self, begun: contextlib.ExitStack, snapshot: bool) -> Connection:
+    def _begin(
+        self, begun: contextlib.ExitStack, snapshot: bool, bound: float | None
+    ) -> Connection:
         """A connection of the pool in a transaction begun, both ended by `begun`. BEGIN is
         the transaction's first word: a connection the database dropped, found out then,
-        is replaced once, as nothing of the transaction was sent."""
+        is replaced once, as nothing of the transaction was sent (one this side cut for
+        taking too long is not: the database is not answering)."""
         for attempt in range(2):
             with contextlib.ExitStack() as ending:
                 conn = ending.enter_context(self._pool.connection())
+                watch = ending.enter_context(self._watchdog.watch(conn, bound))
                 if snapshot:
                     conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
                     ending.callback(_server_defaults, conn)
                 try:
                     ending.enter_context(conn.transaction())
                 except psycopg.OperationalError as e:
-                    if attempt or not _connection_lost(e):
+                    if attempt or not _connection_lost(e) or watch.fired:
                         raise
                     continue  # the pool drops the connection, and another is asked for
                 begun.enter_context(ending.pop_all())
@@ -1200,10 +1275,15 @@ class PostgresStore:
         return {"calls": int(row[0]), "organizations": int(row[1])}
 
     @contextmanager
-    def _reading(self) -> Iterator[Connection]:
+    def _reading(self, bound: float | None = None) -> Iterator[Connection]:
         """A connection for one statement (a transaction of its own, without BEGIN and
-        COMMIT round trips)."""
-        with self._unavailable(), self._pool.connection() as conn:
+        COMMIT round trips), waited for and answered within `bound` seconds each (default
+        `pool_timeout` and the store call's bound)."""
+        with (
+            self._unavailable(),
+            self._pool.connection(bound) as conn,
+            self._watchdog.watch(conn, bound or self._call_timeout),
+        ):
             yield conn
 
     @contextmanager
@@ -1215,6 +1295,8 @@ class PostgresStore:
             raise StoreUnavailable("The store is closed") from e
         except PoolTimeout as e:
             raise StoreUnavailable(self._why_no_connection()) from e
+        except _TimedOut as e:
+            raise StoreUnavailable(str(e)) from e
         except psycopg.OperationalError as e:
             # A connection lost, the server shutting down, a statement timed out, ...
             raise StoreUnavailable(f"The database cannot take this request: {_cause(e)}") from e
@@ -1516,11 +1598,123 @@ def _check_connection(conn: Connection) -> None:
 def _connection_lost(error: BaseException | None) -> bool:
     """Whether `error` says the connection is gone (the database closed it or is closing it:
     a restart, `pg_terminate_backend`, an idle session timed out; or it was cut), rather
-    than that a statement failed on a live one (a timeout, a conflict, a full disk)."""
-    if not isinstance(error, psycopg.OperationalError):
+    than that a statement failed on a live one (a timeout, a conflict, a full disk), or
+    that the pool had no connection to give (its errors are OperationalErrors too)."""
+    if not isinstance(error, psycopg.OperationalError) or isinstance(
+        error, (PoolTimeout, PoolClosed)
+    ):
         return False
     state = error.sqlstate  # None: libpq's own, the connection broken ("server closed ...")
     return state is None or state.startswith(("08", "57P"))
+
+
+def _mark_claim(conn: Connection, kind: str, record_id: str) -> None:
+    """Mark the Idempotency-Key claim the request runs under, if any (`UNDER_CLAIM`), in
+    the transaction that adds the record `kind` `record_id`: committed with it or not at
+    all, and kept as long as an answer would be."""
+    under = UNDER_CLAIM.get()
+    if under is None:
+        return
+    claim, kept_until = under
+    mark = {"written": {"kind": kind, "id": record_id}, "expires_at": kept_until}
+    conn.execute(
+        "UPDATE idempotency_keys SET expires_at = %s, doc = doc || %s::jsonb"
+        " WHERE scope = %s AND key = %s AND doc->>'status' = %s"
+        " AND (doc->>'created_at')::bigint = %s AND doc->>'fingerprint' = %s",
+        (
+            kept_until,
+            _json(mark),
+            claim["scope"],
+            claim["key"],
+            str(claim["status"]),
+            claim["created_at"],
+            claim["fingerprint"],
+        ),
+    )
+
+
+def _outcome_unknown(error: StoreUnavailable) -> bool:
+    """Whether `error`, met while a change was being committed, leaves its outcome unknown:
+    the connection is gone (lost, or cut for not answering) rather than the database
+    having refused the change."""
+    return isinstance(error.__cause__, _TimedOut) or _connection_lost(error.__cause__)
+
+
+class _TimedOut(Exception):
+    """A store call the database did not answer within its bound: its connection was cut."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The database did not answer within {seconds:g} s")
+
+
+class _Watch:
+    """One store call's connection under watch; `fired` once the watchdog cut it."""
+
+    def __init__(self, conn: Connection, deadline: float) -> None:
+        self.conn, self.deadline, self.fired = conn, deadline, False
+
+
+class _Watchdog:
+    """Cuts the connection of a store call past its deadline. `statement_timeout` is the
+    server's: a server that is stopped (or a host that hangs, or a network that still
+    acknowledges) never enforces it, and libpq waits for an answer without end. Shutting
+    our end of the socket down wakes the waiting call at once with an error, and the pool
+    drops the connection. One thread per store, looking every _WATCH_EVERY seconds (a
+    wake-up per call would cost every call a thread switch)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, _Watch] = {}
+        self._ids = itertools.count()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="calls-store-watchdog").start()
+
+    @contextmanager
+    def watch(self, conn: Connection, seconds: float | None) -> Iterator[_Watch]:
+        """Watch `conn` for `seconds` (None: not at all) while the block runs; an error
+        the cut caused is raised as _TimedOut."""
+        watch = _Watch(conn, time.monotonic() + (math.inf if seconds is None else seconds))
+        with self._lock:
+            token = next(self._ids)
+            if seconds is not None:
+                self._watched[token] = watch
+        try:
+            yield watch
+        except psycopg.Error as e:
+            with self._lock:  # the watchdog decides under the lock: no cut after this
+                self._watched.pop(token, None)
+            if watch.fired:
+                assert seconds is not None
+                raise _TimedOut(seconds) from e
+            raise
+        finally:
+            with self._lock:
+                self._watched.pop(token, None)
+
+    def close(self) -> None:
+        """Stop the watchdog's thread."""
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(_WATCH_EVERY):
+            now = time.monotonic()
+            with self._lock:
+                for token, watch in list(self._watched.items()):
+                    if watch.deadline <= now:
+                        del self._watched[token]
+                        watch.fired = True
+                        _cut(watch.conn)
+
+
+def _cut(conn: Connection) -> None:
+    """Shut `conn`'s socket down (both ways) without closing its descriptor, which libpq
+    owns: what waits on it wakes and finds the connection ended."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
 
 
 def _server_defaults(conn: Connection) -> None:

@@ -8,9 +8,11 @@ fresh database."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import random
+import select
 import socket
 import threading
 import time
@@ -25,6 +27,7 @@ from calls_server.domain.errors import (
     CallNotFound,
     DuplicateId,
     OrganizationNotFound,
+    OutcomeUnknown,
     PhoneNumberNotFound,
     QuotaExceeded,
     StoreUnavailable,
@@ -1110,3 +1113,188 @@ def test_a_write_whose_connection_is_dropped_after_it_was_sent_is_a_503_not_run_
 
     assert changes == ["kept"]
     assert store.get_call("org", "kept")["call_status"] == "registered"
+
+
+# -- changes whose outcome the store cannot know, and a database that hangs -------------------
+
+
+class FaultyProxy:
+    """A TCP port on 127.0.0.1 forwarding to the test's PostgreSQL server (as TcpProxy), with
+    two faults: `hang()` forwards nothing more and closes nothing (a database that stopped:
+    its kernel still takes what is sent) until `resume()`, at once or right after a client
+    sent `after` (forwarded: the server acts on it); `lose_reply(marker, to_commit)`
+    drops the connection that sent `marker` right before the server's reply to it reaches
+    the client, or, with `to_commit`, its reply to the COMMIT that follows (the change was
+    committed: only the client does not know)."""
+
+    def __init__(self, url: str) -> None:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        host, port = str(params.get("host") or "localhost"), int(params.get("port") or 5432)
+        self._target = (
+            (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}")
+            if host.startswith("/")
+            else (socket.AF_INET, (host, port))
+        )
+        self._url = url
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._running = threading.Event()
+        self._running.set()
+        self._lose: tuple[bytes, bool] | None = None
+        self._hang_after: bytes | None = None
+        self.lost = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self) -> str:
+        port = self._listener.getsockname()[1]
+        return psycopg.conninfo.make_conninfo(self._url, host="127.0.0.1", port=str(port))
+
+    def hang(self, after: bytes | None = None) -> None:
+        if after is None:
+            self._running.clear()
+        self._hang_after = after
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def lose_reply(self, marker: bytes, to_commit: bool = False) -> None:
+        self._lose = (marker, to_commit)
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            family, address = self._target
+            server = socket.socket(family, socket.SOCK_STREAM)
+            server.connect(address)
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        marked = None  # (marker, to_commit) once this connection sent the marker
+        try:
+            while True:
+                self._running.wait()
+                readable, _, _ = select.select([client, server], [], [], 0.05)
+                if not self._running.is_set():
+                    continue  # hung: what arrived stays unread
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    if source is client:
+                        if self._lose is not None and self._lose[0] in data:
+                            marked, self._lose = self._lose, None
+                        server.sendall(data)
+                        if self._hang_after is not None and self._hang_after in data:
+                            self._running.clear()
+                        continue
+                    if marked is not None and (not marked[1] or b"COMMIT\x00" in data):
+                        self.lost.set()
+                        return  # the reply is dropped with the connection
+                    client.sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in (client, server):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
+@pytest.fixture
+def faulty(database_url):
+    """A store through a FaultyProxy, and the proxy; statements bounded at 1 s (so a store
+    call at 1 + CALL_MARGIN s), readiness at 1 s."""
+    proxy = FaultyProxy(database_url)
+    opened = PostgresStore(
+        proxy.url(), pool_timeout=2.0, connect_timeout=2, statement_timeout=1.0, ready_timeout=1.0
+    )
+    yield opened, proxy
+    proxy.resume()
+    opened.close()
+
+
+def test_a_change_whose_commit_reply_is_lost_is_outcome_unknown_though_it_was_stored(
+    faulty, database_url
+):
+    store, proxy = faulty
+    proxy.lose_reply(b"INSERT INTO organizations", to_commit=True)
+
+    with pytest.raises(OutcomeUnknown) as unknown:
+        store.add_organization(keys.new_organization(0, "acme"))
+
+    assert proxy.lost.is_set()
+    assert unknown.value.status_code == 503
+    assert unknown.value.message == "Outcome unknown"
+    assert "may or may not have been stored" in unknown.value.error
+    assert "same Idempotency-Key" in unknown.value.error
+    assert store.get_organization("acme")["organization_id"] == "acme"  # it was committed
+
+
+def test_a_single_statement_write_whose_reply_is_lost_is_outcome_unknown(faulty):
+    store, proxy = faulty
+    proxy.lose_reply(b"INSERT INTO calls")  # the common add_call: one autocommit statement
+
+    with pytest.raises(OutcomeUnknown, match="may or may not have been stored"):
+        store.add_call(a_call(call_id="sent"))
+
+    assert store.get_call("org", "sent")["call_id"] == "sent"
+
+
+def test_a_change_whose_connection_is_lost_before_its_commit_is_the_plain_503(
+    store, databases, database_url
+):
+    store.add_call(a_call(call_id="kept", call_status="registered"))
+
+    def change(call):
+        terminate_store_connections(databases, database_url)  # COMMIT never sent
+        return {**call, "call_status": "ongoing"}
+
+    with pytest.raises(StoreUnavailable) as lost:
+        store.change_call("org", "kept", change)
+
+    assert type(lost.value) is StoreUnavailable  # not OutcomeUnknown: nothing was written
+    assert store.get_call("org", "kept")["call_status"] == "registered"
+
+
+def test_a_hung_database_is_a_503_within_the_store_calls_bound_and_ready_within_its_own(faulty):
+    store, proxy = faulty
+    store.add_call(a_call(call_id="kept"))
+    proxy.hang()
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="did not answer within 6 s") as read:
+        store.get_call("org", "kept")
+    read_took = time.monotonic() - started
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.check_ready()
+    ready_took = time.monotonic() - started
+
+    assert type(read.value) is StoreUnavailable  # a read: nothing to be unsure of
+    assert 5.5 < read_took < 8  # 1 s statement_timeout + CALL_MARGIN, not run again
+    assert ready_took < 4  # its own bound (1 s), then a probe (connect_timeout, 2 s)
+    proxy.resume()
+    wait_for(lambda: _ready(store), timeout=10)
+    assert store.get_call("org", "kept")["call_id"] == "kept"
+
+
+def test_a_write_whose_commit_hangs_past_the_bound_is_outcome_unknown(faulty):
+    store, proxy = faulty
+
+    store.add_call(a_call(call_id="kept", call_status="registered"))
+    proxy.hang(after=b"COMMIT")  # the server commits; its answer is never read
+
+    started = time.monotonic()
+    with pytest.raises(OutcomeUnknown, match="did not answer within 6 s"):
+        store.change_call("org", "kept", lambda call: {**call, "call_status": "ongoing"})
+
+    assert time.monotonic() - started < 8
+    proxy.resume()
+    assert store.get_call("org", "kept")["call_status"] == "ongoing"  # it was committed
+
+
+def _ready(store: PostgresStore) -> bool:
+    try:
+        store.check_ready()
+    except StoreUnavailable:
+        return False
+    return True
