@@ -14,25 +14,39 @@ The answer is kept right after the handler's own write, not in the same transact
 without waiting for an fsync of its own (the next write's covers it): a crash of the
 process between the two writes, or of the machine before that next fsync (milliseconds
 under load), lets one retry run again.
+
+An answer that says to try again is never kept, the 503 "Outcome unknown" (the database
+went away while the create was being committed) included. On PostgreSQL the create marks
+the key's claim in its own transaction (`storage.interface.UNDER_CLAIM`), so a retry knows
+whether it was stored: if not, the retry runs; if so, it is answered 409 "Request already
+done" naming the record, never a second one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
 
 from calls_server.domain import idempotency
 from calls_server.domain.envelope import failure
-from calls_server.domain.errors import ApiError, IdempotencyKeyInFlight, IdempotencyKeyReused
+from calls_server.domain.errors import (
+    ApiError,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    RequestAlreadyDone,
+    StoreUnavailable,
+)
 from calls_server.domain.idempotency import RUNNING, IdempotentAnswer
 from calls_server.handlers.scope import services
+from calls_server.storage.interface import UNDER_CLAIM
 
 # Seconds a retry waits for its twin still running before it is answered 409.
 IN_FLIGHT_WAIT = 10.0
@@ -91,11 +105,16 @@ class IdempotencyKeys:
                 self._keep(scope, key, fingerprint, status, body, headers)
                 kept = True
 
+            under = UNDER_CLAIM.set((claim, now + self.ttl_ms))
             try:
                 return await run(keep)
             finally:
+                UNDER_CLAIM.reset(under)
                 if not kept:  # not an answer to keep: the next retry runs the request
-                    await _from_store(running.store.release_idempotent, claim)
+                    # The answer is the request's, not the release's: a store failing now
+                    # (the database gone) leaves the claim to expire with its lease.
+                    with contextlib.suppress(StoreUnavailable):
+                        await _from_store(running.store.release_idempotent, claim)
         finally:
             del self._flying[slot]
             flight.done.set()
@@ -118,6 +137,17 @@ class IdempotencyKeys:
             _check_same(key, other["fingerprint"], fingerprint)
             if other["status"] != RUNNING:
                 return claim, other
+            written = cast(dict[str, Any], other).get("written")
+            ended = cast(dict[str, Any], other).get("ended")
+            if written is not None and (ended or time.monotonic() >= deadline):
+                # Its request added a record but did not keep its answer (it ended with an
+                # outcome it could not know, or its process stopped): say what is stored.
+                raise RequestAlreadyDone(
+                    f"The request first sent with Idempotency-Key '{key}' created"
+                    f" {written['kind']} '{written['id']}', but its answer was lost to a"
+                    " database fault; nothing was created again. GET the record to see it",
+                    headers=dict(REPLAYED),
+                )
             if time.monotonic() >= deadline:
                 raise IdempotencyKeyInFlight(
                     f"A request with Idempotency-Key '{key}' is still running; "
@@ -145,15 +175,27 @@ class IdempotencyKeys:
 
 # Keeps an answer: (status, body, headers).
 Keep = Callable[[int, Any, Any], None]
+# What is kept (and replayed) instead of an answer: (status, body, headers) in and out.
+KeptAs = Callable[[int, Any, dict[str, str]], tuple[int, Any, dict[str, str]]]
 
 
-def idempotent(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+def idempotent_keeping(kept_as: KeptAs) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@idempotent` that keeps `kept_as(answer)` instead of the answer: for an answer
+    shown once (a secret), which the store must never hold."""
+    return functools.partial(idempotent, kept_as=kept_as)
+
+
+def idempotent(
+    handler: Callable[..., Any], kept_as: KeptAs | None = None
+) -> Callable[..., Awaitable[Any]]:
     """`handler`, answering retries with an `Idempotency-Key` from the kept answer."""
     takes = frozenset(inspect.signature(handler).parameters)
     is_async = inspect.iscoroutinefunction(handler)
     operation = handler.__name__
 
     async def run(arguments: dict[str, Any], keep: Keep | None = None) -> Any:
+        if keep is not None and kept_as is not None:
+            keep = _keeping_as(keep, kept_as)
         if not is_async:
             # The handler and the keeping of its answer on one worker thread: the store's
             # lock is never waited for on the event loop.
@@ -186,6 +228,13 @@ def idempotent(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     answer.__module__ = handler.__module__
     answer.__doc__ = handler.__doc__
     return answer
+
+
+def _keeping_as(keep: Keep, kept_as: KeptAs) -> Keep:
+    def keep_as(status: int, body: Any, headers: Any) -> None:
+        keep(*kept_as(status, body, dict(headers)))
+
+    return keep_as
 
 
 def _run_keeping(handler: Callable[..., Any], arguments: dict[str, Any], keep: Keep | None) -> Any:

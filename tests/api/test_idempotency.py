@@ -3,9 +3,13 @@ creates nothing more; the same key with another request is 422."""
 
 from __future__ import annotations
 
+import pytest
+
 from calls_server.domain.listing import CallQuery
 from calls_server.storage import EmbeddedStore
-from tests.conftest import app_client, assert_error
+from calls_server.storage.postgres import PostgresStore
+from tests.conftest import add_tenant, app_client, assert_error
+from tests.store.test_postgres_store import FaultyProxy
 
 
 def create(client, tenant, key, body=None):
@@ -174,3 +178,54 @@ def test_kept_answers_are_read_back_when_the_store_is_reopened(data_dir, tenant,
 
 def _every_call():
     return CallQuery(page=0, limit=100, sort_by="created_at", sort_order="descending", filters={})
+
+
+# -- a create whose commit the database may or may not have made (PostgreSQL) ---------------
+
+
+@pytest.fixture
+def behind_faulty_proxy(migrated_database_url):
+    """A PostgreSQL store reached through a FaultyProxy, with a tenant; and the proxy."""
+    proxy = FaultyProxy(migrated_database_url)
+    opened = PostgresStore(proxy.url())
+    yield opened, proxy, add_tenant(opened, "acme")
+    opened.close()
+
+
+def test_a_create_whose_commit_answer_is_lost_is_503_outcome_unknown_and_its_retry_names_it(
+    behind_faulty_proxy,
+):
+    store, proxy, tenant = behind_faulty_proxy
+    proxy.lose_reply(b"INSERT INTO calls", to_commit=True)
+    with app_client(store) as client:
+        unknown = create(client, tenant, "key-1")
+        stored = store.list_calls("acme", _every_call()).calls
+        retry = create(client, tenant, "key-1")
+
+    body = assert_error(unknown, 503, "may or may not have been stored")
+    assert body["message"] == "Outcome unknown"
+    assert "same Idempotency-Key" in body["error"]
+    assert len(stored) == 1  # it was committed
+    call_id = stored[0]["call_id"]
+    assert_error(retry, 409, f"created call '{call_id}'")
+    assert retry.json()["message"] == "Request already done"
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert store.list_calls("acme", _every_call()).total == 1  # not created again
+
+
+def test_a_create_whose_connection_is_lost_before_its_commit_runs_again_on_retry(
+    behind_faulty_proxy,
+):
+    store, proxy, tenant = behind_faulty_proxy
+    proxy.lose_reply(b"INSERT INTO calls")  # mid-transaction: the database rolls it back
+    with app_client(store) as client:
+        lost = create(client, tenant, "key-1")
+        stored = store.list_calls("acme", _every_call()).total
+        retry = create(client, tenant, "key-1")
+
+    body = assert_error(lost, 503, "database")
+    assert body["message"] == "Service unavailable"  # nothing was written: plainly so
+    assert stored == 0
+    assert retry.status_code == 200
+    assert "idempotent-replayed" not in retry.headers  # it ran
+    assert store.list_calls("acme", _every_call()).total == 1
