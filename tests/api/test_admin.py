@@ -191,3 +191,36 @@ def test_admin_api_is_disabled_without_a_configured_token(store, admin_headers):
         response = client.post("/api/organizations", headers=admin_headers)
 
     assert_error(response, 403, "CALLS_ADMIN_TOKEN")
+
+
+def test_the_kept_answer_of_a_key_creation_holds_no_secret(client, admin_headers, store, acme):
+    headers = {**admin_headers, "Idempotency-Key": "key-once"}
+
+    created = client.post("/api/organizations/acme/api-keys", json={}, headers=headers)
+
+    secret = created.json()["data"]["api_secret"]
+    assert re.fullmatch(r"s3cr3t_[A-Za-z0-9]{40}", secret)
+    kept = store.find_idempotent("admin", "key-once")
+    assert kept is not None
+    assert kept["status"] == 200
+    assert kept["body"]["data"]["api_secret"] == ""
+    assert secret not in str(kept)
+
+
+def test_a_replayed_key_creation_names_the_key_but_not_its_secret(client, admin_headers, acme):
+    headers = {**admin_headers, "Idempotency-Key": "key-once"}
+    created = client.post("/api/organizations/acme/api-keys", json={}, headers=headers)
+
+    replay = client.post("/api/organizations/acme/api-keys", json={}, headers=headers)
+
+    assert replay.status_code == 200
+    assert replay.headers["idempotent-replayed"] == "true"
+    first, again = created.json()["data"], replay.json()["data"]
+    assert again["api_key_id"] == first["api_key_id"]
+    assert again["api_key"] == first["api_key"]
+    assert again["api_secret"] == ""
+    assert "shown once" in again["warning"]
+    assert "revoke" in again["warning"]
+    assert first["api_secret"] not in replay.text
+    listed = client.get("/api/organizations/acme/api-keys", headers=admin_headers)
+    assert listed.json()["data"]["count"] == 1  # nothing created again
