@@ -40,6 +40,9 @@ class Settings:
     database_url: str | None = None
     # Connections per server process to that database, at most.
     database_pool_size: int = 10
+    # Seconds a statement may run (the database's statement_timeout); a store call whose
+    # database does not answer (stopped, hung) is cut on this side 5 s later.
+    database_statement_timeout: float = 30.0
     # Server processes sharing the port (`serve --workers`): above 1 only on PostgreSQL.
     workers: int = 1
     host: str = "127.0.0.1"
@@ -247,6 +250,10 @@ class Settings:
             )
         if not 1 <= self.database_pool_size <= 1000:
             raise SettingsError(f"{PREFIX}DATABASE_POOL_SIZE must be between 1 and 1000")
+        if not 0.1 <= self.database_statement_timeout <= 3600:
+            raise SettingsError(
+                f"{PREFIX}DATABASE_STATEMENT_TIMEOUT must be between 0.1 and 3600 seconds"
+            )
         if self.idempotency_ttl < 60:
             raise SettingsError(f"{PREFIX}IDEMPOTENCY_TTL must be at least 60 seconds")
         for name in (
@@ -338,7 +345,10 @@ class Settings:
         quota = Quota(max_calls=self.quota_calls, max_bytes=self.quota_bytes)
         if self.database_url:
             return PostgresStore(
-                self.database_url, quota=quota, max_connections=self.database_pool_size
+                self.database_url,
+                quota=quota,
+                max_connections=self.database_pool_size,
+                statement_timeout=self.database_statement_timeout,
             )
         return EmbeddedStore(self.data_dir, compact_every=self.compact_every, quota=quota)
 

@@ -144,6 +144,7 @@ EVERY_SETTING = {
     "metrics_host": "0.0.0.0",
     "database_url": "postgresql://calls@db.example.com:5432/calls",
     "database_pool_size": "20",
+    "database_statement_timeout": "12.5",
     "workers": "4",
 }
 # Settings that exclude one of the above (the sandbox is the dialer): read on their own.
