@@ -20,12 +20,17 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import BadRequest
+
+# The answer to a cursor this server did not issue (or not in this shape).
+NOT_A_CURSOR = "'cursor' is not a cursor this server answered"
+# What a position's numbers fit in: the stores' 64-bit integers.
+_INT64 = range(-(2**63), 2**63)
 
 # Range filters: the request's name -> the call field it bounds.
 RANGE_FIELDS = {
@@ -121,17 +126,25 @@ class CallQuery:
             return None
         try:
             raw = base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4))
-            digest, position = orjson.loads(raw)
+            decoded = orjson.loads(raw)
         except (binascii.Error, ValueError, TypeError):
-            raise BadRequest("'cursor' is not a cursor this server answered") from None
+            raise BadRequest(NOT_A_CURSOR) from None
+        # Cursors are not signed: anything decoded is checked to have the shape of one
+        # issued before a backend sees it.
+        if not (
+            isinstance(decoded, list)
+            and len(decoded) == 2
+            and isinstance(decoded[0], str)
+            and _is_position(decoded[1])
+        ):
+            raise BadRequest(NOT_A_CURSOR)
+        digest, position = decoded
         if digest != self._digest():
             raise BadRequest(
                 "'cursor' belongs to a listing with another sort or other filters: "
                 "send them as they were when the cursor was answered"
             )
-        if not isinstance(position, list) or not all(type(v) is int for v in position):
-            raise BadRequest("'cursor' is not a cursor this server answered")
-        return position
+        return cast(list[int], position)
 
     def _digest(self) -> str:
         asked = [self.sort_by, self.sort_order, self.filters]
@@ -173,6 +186,17 @@ def normalize_filters(criteria: Mapping[str, Any]) -> dict[str, Any]:
         else:
             filters[name] = value
     return filters
+
+
+def _is_position(position: Any) -> bool:
+    """Whether `position` has the shape of a position the backends issue: [0, value,
+    created_at, seq] or [1, created_at, seq], in 64-bit integers."""
+    return (
+        isinstance(position, list)
+        and len(position) in (3, 4)
+        and all(type(v) is int and v in _INT64 for v in position)
+        and position[0] == 4 - len(position)
+    )
 
 
 def _within(value: int | None, bounds: Mapping[str, int]) -> bool:

@@ -27,7 +27,6 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from calls_server.domain.calls import Call
-from calls_server.domain.errors import BadRequest
 from calls_server.domain.listing import RANGE_FIELDS, CallQuery
 
 EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
@@ -141,9 +140,8 @@ class OrgCallIndex:
         self, query: CallQuery, docs: Mapping[str, Call], after: list[Any]
     ) -> tuple[list[int], int, list[Any] | None]:
         """The page of the calls after position `after` (a keyset page): it starts by
-        bisection, whatever the depth, and never repeats or skips a call that stayed."""
-        if len(after) != (4 if after[0] == 0 else 3) or after[0] not in (0, 1):
-            raise BadRequest("'cursor' is not a cursor this server answered")
+        bisection, whatever the depth, and never repeats or skips a call that stayed.
+        (`CallQuery.position` answered `after` in the shape `_position` gives.)"""
         group, entry = after[0], tuple(after[1:])
         wanted = query.limit + 1  # one more tells whether another page follows
         if set(query.filters) <= set(EQUALITY_FIELDS):

@@ -3,8 +3,10 @@ stable while calls are created and deleted, whatever the sort, filters and depth
 
 from __future__ import annotations
 
+import base64
 import random
 
+import orjson
 import pytest
 
 from calls_server.domain import calls
@@ -170,3 +172,58 @@ def test_a_deep_cursor_page_reads_no_more_than_the_first(store, tenant):
 
     assert [c["created_at"] for c in last.calls] == list(range(1990, 2_000))
     assert last.next_position is None
+
+
+def _forged(cursor: str, replace) -> str:
+    """`cursor` decoded, changed by `replace(digest, position)`, and encoded again: what a
+    client who read the cursor's (unsigned) encoding could send."""
+    digest, position = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    forged = replace(digest, position)
+    raw = forged.encode() if isinstance(forged, str) else orjson.dumps(forged)  # str: JSON
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+FORGED = {
+    "empty position": lambda d, p: [d, []],
+    "object position": lambda d, p: [d, {}],
+    "number position": lambda d, p: [d, 5],
+    "null position": lambda d, p: [d, None],
+    "strings in the position": lambda d, p: [d, ["0", "a", "b", "c"]],
+    "a float in the position": lambda d, p: [d, [0, 1.5, 2, 3]],
+    "booleans in the position": lambda d, p: [d, [False, True, 2, 3]],
+    "an unknown group": lambda d, p: [d, [2, 1, 2]],
+    "a short position": lambda d, p: [d, [0, 1, 2]],
+    "a long position": lambda d, p: [d, [1, 1, 2, 3]],
+    "a number past signed 64 bits": lambda d, p: [d, [0, 2**64 - 1, 2, 3]],
+    "a number past 64 bits": lambda d, p: f'["{d}", [1, -9223372036854775809, 3]]',
+    "an empty list": lambda d, p: [],
+    "an object": lambda d, p: {},
+    "a number": lambda d, p: 7,
+    "a string": lambda d, p: '"ab"',
+    "a digest alone": lambda d, p: [d],
+    "one part too many": lambda d, p: [d, p, p],
+    "a number for the digest": lambda d, p: [1, p],
+}
+
+
+@pytest.mark.parametrize("forge", FORGED.values(), ids=FORGED.keys())
+def test_a_forged_cursor_is_400_invalid_cursor(client, tenant, forge):
+    for _ in range(2):
+        create_call(client, tenant)
+    first = client.get("/api/calls", params={"limit": 1}, headers=tenant.headers).json()["data"]
+
+    forged = _forged(first["pagination"]["next_cursor"], forge)
+    response = client.get(
+        "/api/calls", params={"limit": 1, "cursor": forged}, headers=tenant.headers
+    )
+
+    assert_error(response, 400, "'cursor' is not a cursor this server answered")
+
+
+@pytest.mark.parametrize("garbage", ["a", "____", "W10", "e30", "Nw", "bnVsbA", "IiI"])
+def test_cursor_garbage_is_400_invalid_cursor(client, tenant, garbage):
+    create_call(client, tenant)
+
+    response = client.get("/api/calls", params={"cursor": garbage}, headers=tenant.headers)
+
+    assert_error(response, 400, "'cursor' is not a cursor this server answered")
