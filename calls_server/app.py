@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -17,6 +17,7 @@ from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.operations import AbstractOperation
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
+from connexion.spec import Specification
 from starlette.middleware.cors import CORSMiddleware
 
 from calls_server import errors
@@ -103,6 +104,21 @@ class Backing:
         """The metrics of the run under way (there is one while requests are answered)."""
         assert self.metrics is not None, "the app's lifespan has not started"
         return self.metrics
+
+
+@contextmanager
+def _packaged_spec_trusted() -> Iterator[None]:
+    """Connexion checks a spec against OpenAPI's own schema each time it loads one: 0.2 s of
+    every start, for the spec this package ships, which cannot change after it is built and
+    is checked where it is written (openapi-spec-validator in tests/api/test_spec.py, and
+    Connexion's loading in tests/unit/test_connexion_internals.py). The check is left out
+    while this app loads it (`Specification._validate_spec` is pinned in those tests)."""
+    checked = Specification.__dict__["_validate_spec"]
+    Specification._validate_spec = classmethod(lambda cls, spec: None)
+    try:
+        yield
+    finally:
+        Specification._validate_spec = checked
 
 
 def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> CallsApp:
@@ -261,12 +277,13 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
     ]
     app = CallsApp(__name__, lifespan=lifespan, middlewares=middlewares)
     app.backing = backing
-    app.add_api(
-        spec,
-        resolver=HandlerResolver(spec),
-        strict_validation=True,
-        validate_responses=settings.validate_responses,
-        swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=False),
-    )
+    with _packaged_spec_trusted():
+        app.add_api(
+            spec,
+            resolver=HandlerResolver(spec),
+            strict_validation=True,
+            validate_responses=settings.validate_responses,
+            swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=False),
+        )
     errors.install(app, served_paths(spec, base_path), base_path)
     return app

@@ -28,9 +28,14 @@ from calls_server.domain.errors import ApiError, DuplicateId
 from calls_server.integrations.clock import wall_clock
 from calls_server.logs import log_config
 from calls_server.settings import Settings, SettingsError
-from calls_server.storage import CorruptJournal, DataDirectoryLocked, EmbeddedStore, Store
+from calls_server.storage import (
+    CorruptJournal,
+    DatabaseNotEmpty,
+    DataDirectoryLocked,
+    EmbeddedStore,
+    Store,
+)
 from calls_server.storage.journal import salvage
-from calls_server.storage.postgres import DatabaseNotEmpty, PostgresStore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -352,6 +357,8 @@ def copy_to_postgres(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    from calls_server.storage.postgres import PostgresStore
+
     source = EmbeddedStore(settings.data_dir, compact_every=settings.compact_every)
     try:
         records = source.export()

@@ -108,11 +108,19 @@ class CompiledSchema:
                 "$ref": "#/components/x-compiled",
             }
         definition["$schema"] = DRAFT_4
-        self._check: Callable[[Any], Any] = fastjsonschema.compile(
-            definition, formats=_SAME_FORMATS, use_default=defaults
-        )
+        self._definition, self._defaults = definition, defaults
+        # Compiled at the first value checked, not at start-up: the API's 136 schemas take
+        # 0.2 s to compile, most of a server's start, and a process may use few of them.
+        self._check: Callable[[Any], Any] = self._compile_and_check
         self._validator_class = validator_class
         self._validator: Any = None
+
+    def _compile_and_check(self, value: Any) -> Any:
+        # Two threads may both compile a schema on its first use: the same code, kept once.
+        self._check = fastjsonschema.compile(
+            self._definition, formats=_SAME_FORMATS, use_default=self._defaults
+        )
+        return self._check(value)
 
     def first_error(self, value: Any) -> ValidationError | None:
         """None when `value` is valid, or the error jsonschema's `validate` raises for it."""

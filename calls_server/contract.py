@@ -13,7 +13,7 @@ import copy
 import functools
 import json
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,19 @@ def public(spec: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def published(spec: dict[str, Any]) -> tuple[bytes, bytes]:
-    """`spec` as served at openapi.json and openapi.yaml: as written, minus internals."""
+def published(spec: dict[str, Any]) -> tuple[bytes, Callable[[], bytes]]:
+    """`spec` as served at openapi.json, and a function making it as served at openapi.yaml
+    (as written, minus internals). The YAML is made when first asked for: a tenth of a
+    second of every start otherwise, for a document most servers are never asked for."""
     public_spec = public(spec)
     as_json = json.dumps(public_spec, indent=2).encode()
-    as_yaml = yaml.dump(public_spec, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-    return as_json, as_yaml.encode()
+
+    @functools.cache
+    def as_yaml() -> bytes:
+        text = yaml.dump(public_spec, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        return text.encode()
+
+    return as_json, as_yaml
 
 
 def served_at(base_path: str, path: str, item: Mapping[str, Any]) -> list[str]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.spec import Specification
@@ -69,10 +71,12 @@ class PublishedSpec:
     with the Python paths of the security functions), which generated clients cannot use.
     """
 
-    def __init__(self, app: ASGIApp, base_path: str, as_json: bytes, as_yaml: bytes) -> None:
+    def __init__(
+        self, app: ASGIApp, base_path: str, as_json: bytes, as_yaml: Callable[[], bytes]
+    ) -> None:
         self.app = app
-        self.documents = {
-            f"{base_path}/openapi.json": (as_json, b"application/json"),
+        self.documents: dict[str, tuple[Callable[[], bytes], bytes]] = {
+            f"{base_path}/openapi.json": (lambda: as_json, b"application/json"),
             f"{base_path}/openapi.yaml": (as_yaml, b"application/yaml"),
         }
 
@@ -81,7 +85,8 @@ class PublishedSpec:
         if found is None or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        body, content_type = found
+        document, content_type = found
+        body = await anyio.to_thread.run_sync(document)  # the YAML is made at the first GET
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send(

@@ -11,9 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 from calls_server.domain.casing import MODES
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import RetryPolicy
@@ -21,7 +18,6 @@ from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.storage import EmbeddedStore, Store
-from calls_server.storage.postgres import PostgresStore
 
 PREFIX = "CALLS_"
 
@@ -344,6 +340,10 @@ class Settings:
         The caller closes it."""
         quota = Quota(max_calls=self.quota_calls, max_bytes=self.quota_bytes)
         if self.database_url:
+            # psycopg is imported by the servers that use it (a tenth of a second of every
+            # start and command otherwise).
+            from calls_server.storage.postgres import PostgresStore
+
             return PostgresStore(
                 self.database_url,
                 quota=quota,
@@ -463,6 +463,9 @@ def _is_conninfo(text: str) -> bool:
     """Whether `text` is a PostgreSQL connection string libpq reads (a URL or key=value)."""
     if not text.startswith(("postgresql://", "postgres://")) and "=" not in text:
         return False
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         conninfo_to_dict(text)
     except psycopg.ProgrammingError:

@@ -320,3 +320,7 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Flush what needs flushing and release the data (the lock, connections)."""
+
+
+class DatabaseNotEmpty(Exception):
+    """A copy into a database that holds records already."""

@@ -80,7 +80,13 @@ from calls_server.domain.listing import RANGE_FIELDS, CallPage, CallQuery
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import Webhook, WebhookEvent
-from calls_server.storage.interface import UNDER_CLAIM, EventListener, EventSource, TaskChange
+from calls_server.storage.interface import (
+    UNDER_CLAIM,
+    DatabaseNotEmpty,
+    EventListener,
+    EventSource,
+    TaskChange,
+)
 from calls_server.storage.postgres_presence import CHANNEL, Presence
 
 Connection = psycopg.Connection[TupleRow]
@@ -175,10 +181,6 @@ BATCH_LOCK = 0x42415443  # "BATC"
 # The key (with the organization's hash) of the advisory lock that serializes adding an
 # organization's webhooks: their number is capped.
 WEBHOOK_LOCK = 0x57424B53  # "WBKS"
-
-
-class DatabaseNotEmpty(Exception):
-    """A copy into a database that holds records already."""
 
 
 # The store's methods that only read (the others write). One that fails because the
