@@ -183,6 +183,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
                 settings.scheduler_interval,
                 clock,
                 on_lag=metrics.scheduler_lag_seconds.observe,
+                sandbox=sandbox,  # its calls end with this process: the next one ends them
             )
             if services.dialer
             else None

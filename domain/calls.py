@@ -43,6 +43,10 @@ CLAIM_EVENT = "Scheduled call due"
 SCHEDULE_METADATA_KEYS = ("is_scheduled", "scheduled_timestamp", "execution_status")
 # The event of a call the server ended itself (`cut_off`).
 CUT_OFF_EVENT = "Call ended by the server"
+# The event of a call the sandbox dialer of a process plays from then on (`played_by`).
+PLAYED_EVENT = "Call played by the sandbox dialer"
+# The statuses of a call under way: a player may still move it on.
+UNDER_WAY = ("registered", "ongoing")
 
 # Fields a PUT copies as given (after enum values are lower-cased).
 _PLAIN_UPDATE_FIELDS = (
@@ -333,11 +337,31 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
     return result
 
 
+def played_by(call: Call, process: str, now: int) -> Call:
+    """`call`, about to be played by the sandbox dialer of `process` (recorded in an event:
+    whoever finds the call under way once that process has stopped ends it)."""
+    played = copy.deepcopy(call)
+    played["updated_at"] = now
+    _record(played, now, PLAYED_EVENT, {"played_by": process})
+    return played
+
+
+def player(call: Call) -> str | None:
+    """The process whose sandbox dialer plays `call`, while the call is under way (None:
+    ended, or not the sandbox's)."""
+    if call["call_status"] not in UNDER_WAY:
+        return None
+    for event in reversed(call["events"]):
+        if event["event"] == PLAYED_EVENT:
+            return event["data"].get("played_by")  # type: ignore[no-any-return]
+    return None
+
+
 def cut_off(call: Call, disconnection_reason: str, why: str, now: int) -> Call:
     """`call`, under way, ended now in `error` with `disconnection_reason` by the server
     itself, `why` in its event: a call whose player stopped with the process that played
     it (the sandbox's, after a kill). Raises Conflict if the call is not under way."""
-    if call["call_status"] != "ongoing":
+    if call["call_status"] not in UNDER_WAY:
         raise Conflict(
             f"Call '{call['call_id']}' is not under way (status '{call['call_status']}')",
             message="Call is not under way",
@@ -354,7 +378,7 @@ def cut_off(call: Call, disconnection_reason: str, why: str, now: int) -> Call:
     data = {
         "reason": why,
         "disconnection_reason": disconnection_reason,
-        "previous_status": "ongoing",
+        "previous_status": call["call_status"],
         "new_status": "error",
     }
     _record(ended, now, CUT_OFF_EVENT, data)

@@ -24,7 +24,11 @@ A batch call (domain/batches.py) takes both from its task's `dynamic_variables` 
 The play-out lives in the memory of the process: a call under way when its process stops
 (a `kill -9`, a restart) is played no further. Whoever follows it ends it (`cut_off`, in
 `error` with `error_unknown`, the event saying why): the batch dispatcher does so for the
-batch calls whose dialing process no longer serves the store.
+batch calls whose dialing process no longer serves the store; the scheduler for the
+others. So that it can tell, the sandbox records on every other call, durably and before
+playing it, that its process plays it (`calls.played_by`; `Store.abandoned_sandbox_calls`
+finds those whose process stopped). A batch call is followed by its task, which records
+the process that dialed it: it is not recorded again on the call.
 
 A second dial of a call the sandbox is playing plays nothing more (its call id is the
 Idempotency-Key a real dialer would honour), so a dial whose outcome a restart lost may be
@@ -54,7 +58,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from calls_server.domain import calls
-from calls_server.domain.errors import ApiError
+from calls_server.domain.errors import ApiError, CallNotFound, Conflict
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import DialOutcome
 from calls_server.storage import Store
@@ -128,23 +132,60 @@ class SandboxDialer:
         with self._wake:
             again = job["call_id"] in self._playing
         if not again:
+            if "batch_call_id" not in job["metadata"]:  # a batch call's task records it
+                self._mark(job["organization_id"], job["call_id"])
             self._after(self.plan(job)[1], "end", job["organization_id"], job["call_id"])
         return DialOutcome(True, "accepted by the sandbox dialer", 1)
 
-    def cut_off(self, organization_id: str, call_id: str) -> calls.Call:
+    def cut_off(
+        self, organization_id: str, call_id: str, played_by: str | None = None
+    ) -> calls.Call:
         """End the call under way that the sandbox of a stopped process was playing (this
         one never will): `error`, `error_unknown`, its event saying why. Conflict if the
-        call is no longer under way."""
+        call is no longer under way, or (`played_by` given) no longer played by that
+        process."""
         now = self.clock()
-        return self.store.change_call(
-            organization_id,
-            call_id,
-            lambda call: calls.cut_off(call, CUT_OFF_REASON, CUT_OFF_WHY, now),
-        )
+
+        def end(call: calls.Call) -> calls.Call:
+            if played_by is not None and calls.player(call) != played_by:
+                raise Conflict(
+                    f"Call '{call_id}' is not played by the sandbox of process {played_by}",
+                    message="Call is not under way",
+                )
+            return calls.cut_off(call, CUT_OFF_REASON, CUT_OFF_WHY, now)
+
+        return self.store.change_call(organization_id, call_id, end)
+
+    def cut_off_abandoned(self) -> int:
+        """End every call under way that the sandbox of a process no longer serving the
+        store was playing (`cut_off`); how many were ended."""
+        ended = 0
+        for organization_id, call_id, process in self.store.abandoned_sandbox_calls():
+            try:
+                self.cut_off(organization_id, call_id, played_by=process)
+                ended += 1
+            except ApiError as e:  # ended meanwhile (a PUT, or another process's cut)
+                log.debug("sandbox: not cutting off %s: %s", call_id, e.error)
+        if ended:
+            log.warning("sandbox: ended %d calls left under way by a stopped process", ended)
+        return ended
 
     def play_web_call(self, call: Mapping[str, Any]) -> None:
         """Play out a new web call: its participant joins, then it ends."""
+        self._mark(call["organization_id"], call["call_id"])
         self._after(JOIN_DELAY_MS, "join", call["organization_id"], call["call_id"])
+
+    def _mark(self, organization_id: str, call_id: str) -> None:
+        """Record on the call, before playing it, that this process's sandbox plays it (a
+        call not stored, deleted meanwhile, has nothing to record: its play-out finds
+        nothing either)."""
+        me, now = self.store.process_id, self.clock()
+        try:
+            self.store.change_call(
+                organization_id, call_id, lambda call: calls.played_by(call, me, now)
+            )
+        except CallNotFound:
+            log.info("sandbox: call %s is not stored; nothing recorded", call_id)
 
     def plan(self, call: Mapping[str, Any]) -> tuple[str, int]:
         """The outcome and duration (ms) of `call`: as its metadata says, else drawn."""

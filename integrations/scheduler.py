@@ -16,6 +16,11 @@ one that stopped before it recorded the outcome: whether the dialer received it 
 unknown, so it is not dialed again but marked `error` ("interrupted by a restart"), for a
 person or the dialer's own records to settle.
 
+With the sandbox dialer, the scheduler also ends the calls under way (not a batch's) that
+the sandbox of a stopped process was playing (`SandboxDialer.cut_off_abandoned`): at start,
+before the app serves, and at every pass (another process sharing the database may stop
+at any time).
+
 Any number of processes sharing a store may run schedulers: a claim is a conditional
 change of the call (`calls.claim_due` refuses a call claimed already) made under the
 store's lock or row lock, so of the processes that find a call due exactly one claims it.
@@ -34,6 +39,7 @@ from calls_server.domain.errors import ApiError
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.dispatch import dispatch
+from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.storage import Store
 
 log = logging.getLogger("calls_server.scheduler")
@@ -45,7 +51,8 @@ class Scheduler:
     """Runs while the app runs; `start` and `stop` come from the app's lifespan.
 
     `on_lag`, if given, is told how late each due call was claimed (seconds past its
-    `scheduled_timestamp`, which is in whole seconds), for the metrics."""
+    `scheduled_timestamp`, which is in whole seconds), for the metrics. `sandbox`: the
+    sandbox dialer, when it is the dialer (its calls end with their process)."""
 
     def __init__(
         self,
@@ -54,9 +61,11 @@ class Scheduler:
         interval: float = 0.5,
         clock: Clock = wall_clock,
         on_lag: Callable[[float], None] | None = None,
+        sandbox: SandboxDialer | None = None,
     ) -> None:
         self.store = store
         self.dialer = dialer
+        self.sandbox = sandbox
         self.interval = interval
         self.clock = clock
         self.on_lag = on_lag
@@ -70,6 +79,8 @@ class Scheduler:
         self._settle_abandoned(
             [c for c in self.store.scheduled_calls(due_by=2**62) if calls.being_dispatched(c)]
         )
+        if self.sandbox is not None:
+            self.sandbox.cut_off_abandoned()
         self._thread.start()
 
     def stop(self) -> None:
@@ -80,11 +91,14 @@ class Scheduler:
         self._workers.shutdown(wait=True)
 
     def run_once(self) -> None:
-        """Settle abandoned claims; hand every due call that is not claimed to a dispatch
-        worker, which claims it right before dialing it (so that a process claims no more
-        than it is dialing: if it dies, only those are left claimed)."""
+        """Settle abandoned claims and sandbox calls; hand every due call that is not
+        claimed to a dispatch worker, which claims it right before dialing it (so that a
+        process claims no more than it is dialing: if it dies, only those are left
+        claimed)."""
         due = self.store.scheduled_calls(due_by=self.clock() // 1000)
         self._settle_abandoned([call for call in due if calls.being_dispatched(call)])
+        if self.sandbox is not None:
+            self.sandbox.cut_off_abandoned()
         for call in due:
             key = (call["organization_id"], call["call_id"])
             with self._lock:

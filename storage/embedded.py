@@ -171,6 +171,13 @@ class EmbeddedStore:
             for _, call in found
             if call["call_status"] == "scheduled"
         )
+        # Calls under way that the sandbox of another process plays, (organization, call
+        # id) -> that process. One process serves a data directory: every other one has
+        # stopped, and only calls stored before this open can be among them.
+        self._abandoned: dict[tuple[str, str], str] = {}
+        for found in by_org.values():
+            for _, call in found:
+                self._track_player(None, call)
         self._org_ids = {doc["organization_id"]: doc.doc_id for doc in self._organizations.all()}
         self._key_ids: dict[str, int] = {}  # api_key -> doc id
         self._org_keys: dict[str, dict[str, int]] = {}  # organization -> api_key_id -> doc id
@@ -209,6 +216,7 @@ class EmbeddedStore:
                 self._sizes[doc_id] = size
                 self._org_bytes[org] = self._org_bytes.get(org, 0) + size
             self._track_schedule(None, stored)
+            self._track_player(None, stored)
             self._index_events(events)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
@@ -233,6 +241,7 @@ class EmbeddedStore:
             if self._quota.max_bytes:
                 self._sizes[doc_id], self._org_bytes[organization_id] = size, grown
             self._track_schedule(old, new)
+            self._track_player(old, new)
             self._index_events(events)
             return changed
 
@@ -250,6 +259,7 @@ class EmbeddedStore:
             if self._quota.max_bytes:
                 self._org_bytes[organization_id] -= self._sizes.pop(doc_id)
             self._track_schedule(old, None)
+            self._track_player(old, None)
             self._index_events(events)
             return _copy(old)
 
@@ -277,6 +287,19 @@ class EmbeddedStore:
                 _copy(table[str(self._call_index[org].call_ids[call_id])])
                 for _, org, call_id in self._schedule.irange(maximum=(due_by, _MAX, _MAX))
             ]
+
+    def abandoned_sandbox_calls(self) -> list[tuple[str, str, str]]:
+        with self._reading():
+            return sorted(
+                (org, call_id, process) for (org, call_id), process in self._abandoned.items()
+            )
+
+    def _track_player(self, old: Call | None, new: Call | None) -> None:
+        if old is not None:
+            self._abandoned.pop((old["organization_id"], old["call_id"]), None)
+        process = None if new is None else calls.player(new)
+        if new is not None and process not in (None, self._process_id):
+            self._abandoned[(new["organization_id"], new["call_id"])] = process
 
     def _track_schedule(self, old: Call | None, new: Call | None) -> None:
         for call, update in ((old, self._schedule.discard), (new, self._schedule.add)):

@@ -81,6 +81,13 @@ class Store(Protocol):
     def scheduled_calls(self, due_by: int) -> list[Call]:
         """Every organization's `scheduled` calls due at or before `due_by` (Unix seconds)."""
 
+    def abandoned_sandbox_calls(self) -> list[tuple[str, str, str]]:
+        """(organization, call id, process) of every organization's call under way whose
+        sandbox player (`calls.player`) is a process that no longer serves the store (not in
+        `live_processes`, read together with the calls: a process that starts meanwhile
+        counts as live), by organization, then call id. Reads only such calls, not every
+        call under way."""
+
     # -- organizations and API keys --------------------------------------------------------
     def add_organization(self, organization: Organization) -> None:
         """Store a new organization. Raises DuplicateId if its id exists."""

@@ -87,7 +87,8 @@ from calls_server.storage.interface import (
     EventSource,
     TaskChange,
 )
-from calls_server.storage.postgres_presence import CHANNEL, Presence
+from calls_server.storage.postgres_presence import _LIVE as LIVE_PROCESSES
+from calls_server.storage.postgres_presence import CHANNEL, PRESENCE, Presence
 
 Connection = psycopg.Connection[TupleRow]
 
@@ -192,6 +193,7 @@ READS = frozenset(
         "list_calls",
         "call_statuses",
         "scheduled_calls",
+        "abandoned_sandbox_calls",
         "get_organization",
         "find_api_key",
         "list_api_keys",
@@ -374,7 +376,8 @@ class PostgresStore:
                 "UPDATE calls SET doc = %s::jsonb, size = %s, call_status = %s, call_type = %s,"
                 " direction = %s, agent_id = %s, created_at = %s, updated_at = %s,"
                 " start_timestamp = %s, end_timestamp = %s, call_duration = %s,"
-                " scheduled_timestamp = %s, search_parts = %s, search_text = %s"
+                " scheduled_timestamp = %s, search_parts = %s, search_text = %s,"
+                " played_by = %s"
                 " WHERE organization_id = %s AND call_id = %s",
                 (*_call_values(new, data), organization_id, call_id),
             )
@@ -480,6 +483,21 @@ class PostgresStore:
                 (due_by,),
             ).fetchall()
         return [cast(Call, row[0]) for row in rows]
+
+    def abandoned_sandbox_calls(self) -> list[tuple[str, str, str]]:
+        """(organization, call id, process) of every call under way whose sandbox player
+        no longer serves the database; one statement, so that the players live are read
+        after the calls' snapshot (a process present when a call it plays was committed
+        is in `pg_locks` then, unless it has stopped)."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT organization_id, call_id, played_by FROM calls"
+                " WHERE played_by IS NOT NULL AND played_by <> %s"
+                f" AND played_by NOT IN (SELECT objid::text FROM ({LIVE_PROCESSES}) AS live)"
+                ' ORDER BY organization_id COLLATE "C", call_id COLLATE "C"',
+                (self.process_id, PRESENCE),
+            ).fetchall()
+        return [(org, call_id, process) for org, call_id, process in rows]
 
     def _locked_call(
         self, conn: Connection, organization_id: str, call_id: str
@@ -1405,6 +1423,8 @@ class _Scan:
 
 
 _SEARCH_COLUMNS = ("search_parts", "search_text")
+# After the search columns: the process whose sandbox plays the call (calls.player).
+_PLAYER_COLUMNS = ("played_by",)
 
 
 def _call_row(call: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -1508,7 +1528,15 @@ _COPIED: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, Any]], tuple[An
     "phone_numbers": (("organization_id", "phone_number", "doc"), _keyed_row("phone_number")),
     "webhooks": (("organization_id", "webhook_id", "doc"), _keyed_row("id")),
     "calls": (
-        ("organization_id", "call_id", "doc", "size", *_CALL_COLUMNS, *_SEARCH_COLUMNS),
+        (
+            "organization_id",
+            "call_id",
+            "doc",
+            "size",
+            *_CALL_COLUMNS,
+            *_SEARCH_COLUMNS,
+            *_PLAYER_COLUMNS,
+        ),
         _call_row,
     ),
     "webhook_events": (
@@ -1737,9 +1765,9 @@ USAGE_STRIPES = 16
 _CALL_INSERT_COLUMNS = (
     "organization_id, call_id, doc, size, call_status, call_type, direction, agent_id,"
     " created_at, updated_at, start_timestamp, end_timestamp, call_duration,"
-    " scheduled_timestamp, search_parts, search_text"
+    " scheduled_timestamp, search_parts, search_text, played_by"
 )
-_CALL_INSERT_VALUES = "%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+_CALL_INSERT_VALUES = "%s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
 _ADD_CALL = (
     f"INSERT INTO calls ({_CALL_INSERT_COLUMNS}) VALUES ({_CALL_INSERT_VALUES})"
     " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING 1"
@@ -1876,7 +1904,8 @@ def _search_parts(call: Call) -> list[str]:
 
 
 def _call_values(call: Call, data: bytes) -> tuple[Any, ...]:
-    """The values of a call's row after its keys: doc, size, columns, search text."""
+    """The values of a call's row after its keys: doc, size, columns, search text, the
+    process whose sandbox plays it."""
     parts = _search_parts(call)
     return (
         data.decode(),
@@ -1884,6 +1913,7 @@ def _call_values(call: Call, data: bytes) -> tuple[Any, ...]:
         *(call.get(column) for column in _CALL_COLUMNS),
         parts,
         "\n".join(parts),
+        calls.player(call),
     )
 
 
