@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
@@ -113,12 +114,16 @@ def _packaged_spec_trusted() -> Iterator[None]:
     is checked where it is written (openapi-spec-validator in tests/api/test_spec.py, and
     Connexion's loading in tests/unit/test_connexion_internals.py). The check is left out
     while this app loads it (`Specification._validate_spec` is pinned in those tests)."""
-    checked = Specification.__dict__["_validate_spec"]
-    Specification._validate_spec = classmethod(lambda cls, spec: None)
-    try:
-        yield
-    finally:
-        Specification._validate_spec = checked
+    with _SPEC_CHECK_SWAP:  # apps built on two threads at once: one swap at a time
+        checked = Specification.__dict__["_validate_spec"]
+        Specification._validate_spec = classmethod(lambda cls, spec: None)
+        try:
+            yield
+        finally:
+            Specification._validate_spec = checked
+
+
+_SPEC_CHECK_SWAP = threading.Lock()
 
 
 def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> CallsApp:

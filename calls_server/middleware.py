@@ -75,18 +75,22 @@ class PublishedSpec:
         self, app: ASGIApp, base_path: str, as_json: bytes, as_yaml: Callable[[], bytes]
     ) -> None:
         self.app = app
-        self.documents: dict[str, tuple[Callable[[], bytes], bytes]] = {
-            f"{base_path}/openapi.json": (lambda: as_json, b"application/json"),
-            f"{base_path}/openapi.yaml": (as_yaml, b"application/yaml"),
+        self.content_types = {
+            f"{base_path}/openapi.json": b"application/json",
+            f"{base_path}/openapi.yaml": b"application/yaml",
         }
+        self.documents = {f"{base_path}/openapi.json": as_json}
+        self.yaml_path, self.as_yaml = f"{base_path}/openapi.yaml", as_yaml
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.documents.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if found is None or scope["method"] not in ("GET", "HEAD"):
+        path: str = scope["path"] if scope["type"] == "http" else ""
+        content_type = self.content_types.get(path)
+        if content_type is None or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        document, content_type = found
-        body = await anyio.to_thread.run_sync(document)  # the YAML is made at the first GET
+        body = self.documents.get(path)
+        if body is None:  # the YAML, made at its first GET (off the event loop), then kept
+            body = self.documents[self.yaml_path] = await anyio.to_thread.run_sync(self.as_yaml)
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send(
