@@ -112,7 +112,6 @@ _CALL_COLUMNS = (
 )
 _EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
 _SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
-_NOT_A_CURSOR = "'cursor' is not a cursor this server answered"
 # How long the cause found for a pool timeout is reused: under an outage every waiting
 # request would otherwise probe the database once more.
 _DIAGNOSIS_KEPT = 1.0
@@ -413,11 +412,7 @@ class PostgresStore:
         without a value last: read as two index scans, those with a value and then those
         without. A position is `[0, value, created_at, seq]` or `[1, created_at, seq]`; a
         cursor's page is the calls after it in that order (a keyset: no offset to skip)."""
-        after = query.position()
-        if after is not None and (
-            not after or after[0] not in (0, 1) or len(after) != (4 if after[0] == 0 else 3)
-        ):
-            raise BadRequest(_NOT_A_CURSOR)
+        after = query.position()  # its shape checked there: [0, v, c, s] or [1, c, s]
         if query.sort_by not in _SORT_FIELDS:
             raise BadRequest(f"Calls cannot be sorted by '{query.sort_by}'")
         where, params = _call_filters(organization_id, query)
