@@ -22,7 +22,10 @@ Idempotency-Key (`Dialer.idempotent`: the sandbox, or an HTTP dialer the operato
 for) is handed the same call again under the same key (`batches.reclaimed`), any other
 is not (`batches.interrupted`, at most once, as the scheduler does); if the call records
 the dial, the task just goes on following it. The attempt's call id, derived from the task
-and the attempt, is the guard: a dial made again is never a second call.
+and the attempt, is the guard: a dial made again is never a second call. A claim of this
+process whose dial failed here is settled alike, but never dialed again (a dial failing
+so would be made at every pass). A task dialed before claimants were kept on dialed tasks
+has none: its process counts as stopped only when no other process serves the store.
 
 A sandbox call ends with the process that plays it: one still under way whose dialing
 process stopped is ended (`SandboxDialer.cut_off`, in `error`), and its task follows its
@@ -222,9 +225,13 @@ class BatchDispatcher:
             under_way = [t for t in under_way if t["task_id"] not in self._dialing]
         # Only the calls' statuses, in one read: most calls are still under way.
         statuses = self.store.call_statuses(org, [t["call_id"] for t in under_way if t["dialed"]])
-        changed = 0
+        changed, me = 0, self.store.process_id
         for task in under_way:
-            gone = task["claimed_by"] not in live
+            claimant = task["claimed_by"]
+            # None: dialed before claimants were kept on dialed tasks, by a process unknown;
+            # gone only when no other process serves the store (it may be an older one still
+            # playing the call, during a rolling upgrade).
+            gone = claimant not in live if claimant is not None else live == {me}
             try:
                 if task["dialed"]:
                     status = statuses.get(task["call_id"])
@@ -232,8 +239,8 @@ class BatchDispatcher:
                         # Its sandbox stopped with its process: nothing will end it.
                         status = self.sandbox.cut_off(org, task["call_id"])["call_status"]
                     changed += self._settle(org, batch_id, task, status)
-                elif gone or task["claimed_by"] == self.store.process_id:
-                    started += self._recover(org, batch_id, task)
+                elif gone or claimant == me:
+                    started += self._recover(org, batch_id, task, gone)
                     changed += 1
             except ApiError as e:  # settled meanwhile by another process
                 log.debug("batch %s task %s: %s", batch_id, task["task_id"], e.error)
@@ -250,9 +257,9 @@ class BatchDispatcher:
         self._change(org, batch_id, task, lambda b, t, now: batches.settled(b, t, call, now))
         return True
 
-    def _recover(self, org: str, batch_id: str, task: Task) -> list[Future[None]]:
-        """A claim whose process stopped (or whose dial here failed) before the dial was
-        recorded on the task; answers the dial it made again, if it did."""
+    def _recover(self, org: str, batch_id: str, task: Task, gone: bool) -> list[Future[None]]:
+        """A claim whose process stopped (`gone`), or whose dial here failed, before the
+        dial was recorded on the task; answers the dial it made again, if it did."""
         claimant = task["claimed_by"]
         try:
             call = self.store.get_call(org, task["call_id"])
@@ -261,8 +268,9 @@ class BatchDispatcher:
                 org, batch_id, task, lambda b, t, now: batches.released(b, t, claimant, now)
             )
             return []
-        if call["call_status"] == "registered" and self.dialer.idempotent:
-            # Created, the dial not recorded: the same call again, under the same key.
+        if call["call_status"] == "registered" and self.dialer.idempotent and gone:
+            # Created, the dial not recorded: the same call again, under the same key. Not
+            # after a dial of this process's failed: it could fail so at every pass, for ever.
             me = self.store.process_id
             reclaim = partial(batches.reclaimed, claimant=claimant, me=me)
             batch, task = self.store.change_batch_task(

@@ -799,3 +799,79 @@ def test_a_claim_taken_over_for_a_dial_again_is_taken_by_one_process_only(campai
     with pytest.raises(Conflict):
         take_over("second")
     assert campaign.tasks(batch)[0]["claimed_by"] == "first"
+
+
+class FailingDialer(RecordingDialer):
+    """Says it places one call per key, and raises at every dial (a fault of this process,
+    before the call leaves `registered`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idempotent = True
+
+    def dial(self, job: Mapping[str, Any]) -> DialOutcome:
+        self.jobs.append(job)
+        raise RuntimeError("the dialer's client broke")
+
+
+def test_a_dial_failing_in_this_process_is_not_made_again_at_every_pass(
+    campaign, store, tenant, clock
+):
+    dialer = FailingDialer()
+    running = BatchDispatcher(store, dialer, organization_cap=10, clock=clock)
+    batch = campaign.create(1)
+    try:
+        for _ in range(4):
+            run(running)
+    finally:
+        running.stop()
+
+    (task,) = campaign.tasks(batch)
+    assert len(dialer.jobs) == 1  # was one more at every pass, for ever
+    assert (task["status"], task["error_message"]) == ("failed", batches.INTERRUPTED)
+    assert store.get_call(tenant.organization_id, task["call_id"])["call_status"] == "error"
+    campaign.assert_counters_exact(batch)
+
+
+def dialed_before_claimants_were_kept(campaign: Campaign, batch: Batch) -> Task:
+    """The batch's first task dialed as an older version left it: no claimant on it."""
+    dialed = dialed_as(campaign, batch, "an-older-process")
+    forget = lambda b, t, _: (b, {**t, "claimed_by": None})  # noqa: E731
+    return campaign.store.change_batch_task(
+        campaign.org, batch["batch_call_id"], dialed["task_id"], forget
+    )[1]
+
+
+def test_a_sandbox_call_dialed_without_a_claimant_is_left_while_another_process_serves(
+    campaign, store, tenant, clock, monkeypatch
+):
+    monkeypatch.setattr(store, "live_processes", lambda: {store.process_id, "an-older-process"})
+    sandbox = SandboxDialer(store, "http://127.0.0.1/recordings", clock=clock)
+    running = BatchDispatcher(store, sandbox, organization_cap=10, clock=clock, sandbox=sandbox)
+    batch = campaign.create(1)
+    playing = dialed_before_claimants_were_kept(campaign, batch)
+    try:
+        run(running)
+    finally:
+        running.stop()
+
+    assert store.get_call(tenant.organization_id, playing["call_id"])["call_status"] == "ongoing"
+    assert campaign.tasks(batch)[0]["status"] == "calling"
+
+
+def test_a_sandbox_call_dialed_without_a_claimant_is_ended_when_this_process_serves_alone(
+    campaign, store, tenant, clock
+):
+    sandbox = SandboxDialer(store, "http://127.0.0.1/recordings", clock=clock)
+    running = BatchDispatcher(store, sandbox, organization_cap=10, clock=clock, sandbox=sandbox)
+    batch = campaign.create(1)
+    stranded = dialed_before_claimants_were_kept(campaign, batch)
+    try:
+        run(running)
+    finally:
+        running.stop()
+
+    call = store.get_call(tenant.organization_id, stranded["call_id"])
+    assert (call["call_status"], call["disconnection_reason"]) == ("error", "error_unknown")
+    assert campaign.tasks(batch)[0]["status"] == "failed"
+    campaign.assert_counters_exact(batch)
