@@ -34,7 +34,9 @@ RUNNING = 0
 
 def claim(scope: str, key: str, fingerprint: str, now: int, lease_ms: int) -> IdempotentAnswer:
     """The record that says a request with `key` is running, until `now + lease_ms` at most
-    (past that, its process is taken to have stopped and another may run the request)."""
+    (past that, its process is taken to have stopped and another may run the request).
+    Once the request added its record, the claim is marked `written` and kept as long as
+    an answer would be (never run again), its lease kept as `lease_until`."""
     return IdempotentAnswer(
         scope=scope,
         key=key,

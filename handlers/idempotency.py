@@ -19,7 +19,9 @@ An answer that says to try again is never kept, the 503 "Outcome unknown" (the d
 went away while the create was being committed) included. On PostgreSQL the create marks
 the key's claim in its own transaction (`storage.interface.UNDER_CLAIM`), so a retry knows
 whether it was stored: if not, the retry runs; if so, it is answered 409 "Request already
-done" naming the record, never a second one.
+done" naming the record, never a second one, once the request has ended (or its process
+stopped: the claim's lease passed); until then it may still be running (a call is stored,
+then dialed), and the retry is told so (409 after `IN_FLIGHT_WAIT`).
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ class IdempotencyKeys:
         """Claim the key among the processes sharing the store: (the claim, None) once this
         one may run the request; (the claim, the answer) if another answered it meanwhile.
         While another runs it, ask again every CLAIM_POLL seconds; 409 after
-        IN_FLIGHT_WAIT."""
+        IN_FLIGHT_WAIT. 409 "Request already done" if it added its record and ended without
+        an answer (or its lease passed: its process stopped)."""
         running = services()
         deadline = time.monotonic() + IN_FLIGHT_WAIT
         while True:
@@ -137,11 +140,14 @@ class IdempotencyKeys:
             _check_same(key, other["fingerprint"], fingerprint)
             if other["status"] != RUNNING:
                 return claim, other
-            written = cast(dict[str, Any], other).get("written")
-            ended = cast(dict[str, Any], other).get("ended")
-            if written is not None and (ended or time.monotonic() >= deadline):
+            marked = cast(dict[str, Any], other)
+            written = marked.get("written")
+            lease_until = marked.get("lease_until", 0)  # none: marked before leases were kept
+            if written is not None and (marked.get("ended") or now >= lease_until):
                 # Its request added a record but did not keep its answer (it ended with an
-                # outcome it could not know, or its process stopped): say what is stored.
+                # outcome it could not know, or its process stopped: its lease passed) and
+                # will not: say what is stored. Until then it may still be running (a call
+                # stored, then dialed): in flight, as any claim.
                 raise RequestAlreadyDone(
                     f"The request first sent with Idempotency-Key '{key}' created"
                     f" {written['kind']} '{written['id']}', but its answer was lost to a"

@@ -307,9 +307,11 @@ class Store(Protocol):
     def claim_idempotent(self, claim: IdempotentAnswer, now: int) -> IdempotentAnswer | None:
         """Record `claim` (a request with its key about to run, `idempotency.claim`) unless
         a record of its scope and key that has not expired by `now` exists: then answer that
-        record (another process's claim, or an answer kept). None: claimed. A store that one
-        process serves at a time needs no claims (the process knows what it runs) and may
-        answer None without writing."""
+        record (another process's claim, or an answer kept). None: claimed. A claim marked
+        `written` (see `UNDER_CLAIM`) expires with the answer it stands for, not with its
+        lease: it is never taken over before. A store that one process serves at a time
+        needs no claims (the process knows what it runs) and may answer None without
+        writing."""
 
     def release_idempotent(self, claim: IdempotentAnswer) -> None:
         """Remove `claim` if it is still the record of its key (its request's answer is not

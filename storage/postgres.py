@@ -999,7 +999,8 @@ class PostgresStore:
 
     def claim_idempotent(self, claim: IdempotentAnswer, now: int) -> IdempotentAnswer | None:
         """Record `claim` unless an unexpired record of its key exists (answered then):
-        several processes may get the same key at once, and exactly one runs it."""
+        several processes may get the same key at once, and exactly one runs it. A claim
+        marked `written` expires with the answer it stands for (`_mark_claim`)."""
         with self._transaction() as conn:
             taken = conn.execute(
                 "INSERT INTO idempotency_keys AS k (scope, key, expires_at, doc)"
@@ -1636,12 +1637,19 @@ def _connection_lost(error: BaseException | None) -> bool:
 def _mark_claim(conn: Connection, kind: str, record_id: str) -> None:
     """Mark the Idempotency-Key claim the request runs under, if any (`UNDER_CLAIM`), in
     the transaction that adds the record `kind` `record_id`: committed with it or not at
-    all, and kept as long as an answer would be."""
+    all, and kept as long as an answer would be (never taken over by another claim
+    meanwhile: that would add the record twice). Its lease stays the claim's, as
+    `lease_until`: until then its request may still be running (a call being dialed), and
+    a retry is told it is in flight, not that it is done."""
     under = UNDER_CLAIM.get()
     if under is None:
         return
     claim, kept_until = under
-    mark = {"written": {"kind": kind, "id": record_id}, "expires_at": kept_until}
+    mark = {
+        "written": {"kind": kind, "id": record_id},
+        "lease_until": claim["expires_at"],
+        "expires_at": kept_until,
+    }
     conn.execute(
         "UPDATE idempotency_keys SET expires_at = %s, doc = doc || %s::jsonb"
         " WHERE scope = %s AND key = %s AND doc->>'status' = %s"

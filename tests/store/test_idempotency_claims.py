@@ -22,11 +22,14 @@ import pytest
 from connexion.context import _scope
 
 from calls_server.domain import idempotency
-from calls_server.domain.errors import ApiError
+from calls_server.domain.errors import ApiError, IdempotencyKeyInFlight, RequestAlreadyDone
 from calls_server.domain.idempotency import RUNNING
-from calls_server.handlers.idempotency import IdempotencyKeys
+from calls_server.handlers import idempotency as handlers_idempotency
+from calls_server.handlers.idempotency import CLAIM_LEASE_MS, IdempotencyKeys
 from calls_server.integrations.clock import wall_clock
+from calls_server.storage.interface import UNDER_CLAIM
 from calls_server.storage.postgres import PostgresStore
+from tests.store.test_storage import a_call
 
 TWINS = 12
 ROUNDS = 40
@@ -47,10 +50,10 @@ class ReadsWait:
 
 
 @contextmanager
-def serving(store: Any) -> Iterator[IdempotencyKeys]:
+def serving(store: Any, clock: Any = wall_clock) -> Iterator[IdempotencyKeys]:
     """The services `IdempotencyKeys` reads, as a running app has them, over `store`."""
     keys = IdempotencyKeys(ttl_seconds=60)
-    services = SimpleNamespace(store=ReadsWait(store), clock=wall_clock, idempotency=keys)
+    services = SimpleNamespace(store=ReadsWait(store), clock=clock, idempotency=keys)
     token = _scope.set({"state": {"services": services}})
     try:
         yield keys
@@ -174,3 +177,88 @@ def answer(key: str, by: str, now: int) -> idempotency.IdempotentAnswer:
         created_at=now,
         expires_at=now + 60_000,
     )
+
+
+# -- a claim whose request stored its record (PostgreSQL marks it `written`) ----------------
+
+TTL_MS = 3_600_000
+
+
+def stored_under_a_claim(store: PostgresStore, now: int) -> idempotency.IdempotentAnswer:
+    """Another process's request with key-1 claimed at `now`, which stored call 'first'
+    (its claim marked `written` in the call's transaction) and has not answered yet."""
+    claim = idempotency.claim("acme", "key-1", "print", now, CLAIM_LEASE_MS)
+    assert store.claim_idempotent(claim, now) is None
+    under = UNDER_CLAIM.set((claim, now + TTL_MS))
+    try:
+        store.add_call(a_call(org="acme", call_id="first"))
+    finally:
+        UNDER_CLAIM.reset(under)
+    return claim
+
+
+def retry(store: PostgresStore, clock: Any) -> tuple[BaseException | None, float, list[int]]:
+    """key-1 sent again to a process serving `store`: what it raised, how long it took,
+    and whether it ran the request."""
+    ran: list[int] = []
+
+    async def run(keep: Any) -> Any:
+        ran.append(1)
+        return {}, 200, {}
+
+    async def send() -> None:
+        with serving(store, clock) as keys:
+            await keys.answer("acme", "key-1", "print", run)
+
+    started = time.monotonic()
+    try:
+        anyio.run(send)
+    except ApiError as error:
+        return error, time.monotonic() - started, ran
+    return None, time.monotonic() - started, ran
+
+
+def test_a_retry_while_the_first_request_runs_after_storing_its_record_is_in_flight(
+    stores, monkeypatch
+):
+    """The first request stored its call and is dialing it (up to 10 s): still running, so
+    its retry is told so, not that the request is done and its answer lost."""
+    monkeypatch.setattr(handlers_idempotency, "IN_FLIGHT_WAIT", 0.3)
+    now = wall_clock()
+    stored_under_a_claim(stores[0], now)
+
+    error, _, ran = retry(stores[1], clock=lambda: now + 1_000)
+
+    assert type(error) is IdempotencyKeyInFlight, error
+    assert "still running" in error.error
+    assert ran == []
+
+
+def test_a_retry_past_the_lease_of_a_request_that_stored_its_record_names_it_at_once(stores):
+    """The first request's process stopped after storing its call: once the claim's lease
+    passed, a retry is answered what was stored, without waiting, and runs nothing."""
+    now = wall_clock()
+    stored_under_a_claim(stores[0], now)
+
+    error, took, ran = retry(stores[1], clock=lambda: now + CLAIM_LEASE_MS)
+
+    assert type(error) is RequestAlreadyDone, error
+    assert "created call 'first'" in error.error
+    assert took < 2  # not IN_FLIGHT_WAIT (10 s)
+    assert ran == []
+
+
+def test_a_claim_whose_request_stored_its_record_is_never_taken_over(stores):
+    """Past its lease too (its process stopped), until the answer it stands for would have
+    expired: taking it over would store the record a second time."""
+    now = wall_clock()
+    written = stored_under_a_claim(stores[0], now)
+
+    for later in (now + CLAIM_LEASE_MS, now + TTL_MS - 1):
+        theirs = idempotency.claim("acme", "key-1", "print", later, CLAIM_LEASE_MS)
+        found = stores[1].claim_idempotent(theirs, later)
+        assert found is not None
+        assert found["created_at"] == written["created_at"]
+        assert found["written"] == {"kind": "call", "id": "first"}
+    after_ttl = idempotency.claim("acme", "key-1", "print", now + TTL_MS, CLAIM_LEASE_MS)
+    assert stores[1].claim_idempotent(after_ttl, now + TTL_MS) is None  # as an answer expires
