@@ -10,6 +10,14 @@ per acknowledged create. The receiver notes, for each event, the delay from the 
 (the event's `timestamp`) to its arrival. It prints the API's create rate, the delivery
 rate during the load, the lag's p50, p99 and max, and how long the backlog took to drain
 once the load stopped.
+
+    .venv/bin/python bench/webhooks.py --unpinned --connections 64 --duration 60 --only-webhooks
+
+reproduces an outside test's conditions instead: server, wrk and receiver unpinned on the
+same cores, more connections (creates at the rate the API acknowledges), a longer run. With
+`--timeline` (seconds) it also prints, per window of the load and of the drain after it,
+the deliveries per second, the lag of the events that arrived in it, and the server's
+`calls_webhook_events_queued` gauge read from its /metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -30,6 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import bench.run  # noqa: E402
 from bench.run import LOAD_CORE, start, stop, wrk  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
@@ -79,15 +89,74 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
+class Gauge:
+    """Reads the server's webhook gauges from its metrics port once a second, on a thread."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.samples: list[tuple[float, float, float]] = []  # at (ms), queued, delivered
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                text = httpx.get(self.url, timeout=5).text
+            except httpx.HTTPError:
+                continue
+            queued = re.search(r"^calls_webhook_events_queued (\S+)", text, re.M)
+            delivered = re.search(r"^calls_webhook_delivery_lag_seconds_count (\S+)", text, re.M)
+            if queued and delivered:
+                self.samples.append(
+                    (time.time() * 1000, float(queued.group(1)), float(delivered.group(1)))
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timeline(
+    arrivals: list[tuple[str, str, float, float]],
+    samples: list[tuple[float, float, float]],
+    began: float,
+    load_ended: float,
+    every: int,
+) -> None:
+    """Per window of `every` seconds from the load's start (its 1 s warm-up included)."""
+    print()
+    print("| seconds | phase | deliveries/s | lag p50 / p99 of arrivals | events queued (end) |")
+    print("|---|---|---:|---:|---:|")
+    end = max([a[2] for a in arrivals] + [load_ended])
+    start_ms = began
+    while start_ms < end:
+        stop_ms = start_ms + every * 1000
+        lags = [lag for _, _, at, lag in arrivals if start_ms <= at < stop_ms]
+        queued = [q for at, q, _ in samples if start_ms <= at < stop_ms]
+        phase = "load" if start_ms < load_ended else "drain"
+        last = f"{queued[-1]:,.0f}" if queued else "-"
+        print(
+            f"| {(start_ms - began) / 1000:.0f}-{(stop_ms - began) / 1000:.0f} | {phase} | "
+            f"{len(lags) / every:,.0f} | {percentile(lags, 0.5) / 1000:.2f} s / "
+            f"{percentile(lags, 0.99) / 1000:.2f} s | {last} |"
+        )
+        start_ms = stop_ms
+
+
 def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) -> dict[str, float]:
     """One server, `hooks` webhooks, `--duration` seconds of creates; its numbers."""
     data = work / f"data-{hooks}"
+    metrics_port = args.port + 1
     process, _ = start(
         [sys.executable, "-m", "calls_server.cli", "--data-dir", str(data), "serve",
          "--port", str(args.port), "--log-level", "warning"],
         args.port, work / f"server-{hooks}.log",
+        env={"CALLS_METRICS_PORT": str(metrics_port)},
+        cores=args.server_cores,
     )  # fmt: skip
     receiver.arrivals.clear()
+    gauge = Gauge(metrics_port)
     try:
         base = f"http://127.0.0.1:{args.port}/api"
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -114,12 +183,15 @@ def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) ->
         owed = hooks * total
         while len({(h, e) for h, e, _, _ in receiver.arrivals}) < owed:
             time.sleep(0.05)
-            if time.time() * 1000 - load_ended > 600_000:
-                raise RuntimeError("the backlog did not drain within 10 minutes")
+            if time.time() * 1000 - load_ended > args.drain_limit * 1000:
+                raise RuntimeError(f"the backlog did not drain within {args.drain_limit} s")
         drained = time.time() * 1000
     finally:
+        gauge.close()
         stop(process)
     arrivals = list(receiver.arrivals)
+    if hooks and args.timeline:
+        timeline(arrivals, gauge.samples, began, load_ended, args.timeline)
     lags = [lag for _, _, _, lag in arrivals] or [0.0]
     return {
         "creates": total,
@@ -141,15 +213,38 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--receiver-port", type=int, default=18090)
+    parser.add_argument(
+        "--unpinned", action="store_true",
+        help="server, wrk and receiver share every core, none pinned (the default pins the "
+        "server to core 0, wrk and the receiver to core 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only-webhooks", action="store_true", help="skip the run without webhooks"
+    )
+    parser.add_argument(
+        "--timeline", type=int, default=0, metavar="SECONDS",
+        help="print deliveries/s, lag and the queued gauge per window of this many seconds",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drain-limit", type=int, default=600, help="seconds to wait for the backlog to drain"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="calls-bench-webhooks-"))
+    every_core = ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
+    if args.unpinned:
+        args.server_cores = every_core
+        bench.run.LOAD_CORE = every_core  # wrk runs where it likes too
+        placement = f"server, wrk and receiver unpinned on cores {every_core}"
+    else:
+        args.server_cores = "0"
+        os.sched_setaffinity(0, {int(LOAD_CORE)})  # the receiver's thread runs in this process
+        placement = f"server on core 0, wrk and receiver on core {LOAD_CORE}"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; server on core 0, wrk and receiver on core "
-        f"{LOAD_CORE}, {args.connections} connections, {args.duration}s of creates"
+        f"{platform.python_version()}; {placement}, {args.connections} connections, "
+        f"{args.duration}s of creates"
     )
-    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the receiver's thread runs in this process
     receiver = Receiver(args.receiver_port)
     os.environ.update(
         {
@@ -158,7 +253,10 @@ def main() -> int:
             "CALLS_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
         }
     )
-    without, with_two = run(args, work, receiver, 0), run(args, work, receiver, 2)
+    without = (
+        {"creates_per_second": float("nan")} if args.only_webhooks else run(args, work, receiver, 0)
+    )
+    with_two = run(args, work, receiver, 2)
 
     print()
     print("| measure | no webhooks | 2 webhooks |")
