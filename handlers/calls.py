@@ -61,7 +61,8 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
     of its own bounded pool: a slow or hanging dialer holds at most that many threads, and
     never those that serve every other request. The wait for a thread of that pool and the
     HTTP dialer together last at most its deadline (CALLS_DIALER_DEADLINE): a call still
-    waiting for a thread then is not dialed, and fails (`call_failed`) saying so.
+    waiting for a thread then, or given one with too little of it left to make an attempt
+    (`HttpDialer.floor`), is not dialed, and fails (`call_failed`) saying so.
     """
     org = organization_id(token_info)
     running = services()
@@ -72,16 +73,17 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
         )
     else:
         ends = time.monotonic() + dialer.deadline
+        busy = f"no dialing thread came free within {dialer.deadline:g} s (all dialing)"
+
+        def place() -> PhoneCallPlaced:  # on the dialing thread, once it came free
+            # None: too little of the deadline left for an attempt; recorded, not dialed.
+            cut = dialer.within(ends - time.monotonic())
+            return place_phone_call(store, cut or Unavailable(busy), clock, org, body)
+
         waited: PhoneCallPlaced | None = None
         with anyio.move_on_after(dialer.deadline):  # only the wait for a thread is cut
-            waited = await anyio.to_thread.run_sync(
-                lambda: place_phone_call(
-                    store, dialer.within(ends - time.monotonic()), clock, org, body
-                ),
-                limiter=running.dial_limiter,
-            )
+            waited = await anyio.to_thread.run_sync(place, limiter=running.dial_limiter)
         if waited is None:  # recorded, and failed without dialing
-            busy = f"no dialing thread came free within {dialer.deadline:g} s (all dialing)"
             waited = await anyio.to_thread.run_sync(
                 place_phone_call, store, Unavailable(busy), clock, org, body
             )

@@ -5,8 +5,9 @@ The job is POSTed as JSON, signed under the configured secret (integrations/sign
 `Idempotency-Key` (the call id, the same on every attempt) and a timeout per attempt.
 A 2xx accepts the call. Another 4xx (but 408 and 429) refuses it at once; a 5xx, 408, 429,
 timeout or connection error is retried, with exponential backoff, up to the configured
-number of attempts, all within the dial's deadline: no attempt or back-off starts past
-it, and each attempt's timeouts are cut to what is left of it.
+number of attempts, all within the dial's deadline: no attempt starts with less than
+`HttpDialer.floor` of it left (nor a back-off that would leave less), and each attempt's
+timeouts are cut to what is left of it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.signing import signature_headers
 
 _RETRIED = frozenset({408, 429})
+# Seconds of the deadline an attempt needs left to be made at all: one started with less
+# would almost surely time out after the dialer had taken the job, so a call it placed
+# would be recorded as failed.
+MIN_ATTEMPT = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,13 @@ class HttpDialer:
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:
                 pause = self.backoff * 2 ** (attempt - 2)
-                if time.monotonic() + pause >= ends:  # no time left for another attempt
+                if time.monotonic() + pause + self.floor > ends:  # no time for another attempt
                     cut = f"at the dial's deadline of {self.deadline:.3g} s"
                     return DialOutcome(
                         False, f"{reason} after {attempt - 1} attempts, {cut}", attempt - 1
                     )
                 time.sleep(pause)
+            # Above 0: a back-off's sleep may overrun what the check above left by a little.
             timeout = max(0.001, min(self.timeout, ends - time.monotonic()))
             try:
                 signed = {**headers, **signature_headers(self.secret, body, self.clock() // 1000)}
@@ -109,9 +115,19 @@ class HttpDialer:
                 reason = f"failed (HTTP {status})"
         return DialOutcome(False, f"{reason} after {self.attempts} attempts", self.attempts)
 
-    def within(self, seconds: float) -> HttpDialer:
-        """This dialer, its dials given at most `seconds` (what is left of a request's)."""
-        return replace(self, deadline=max(0.001, min(self.deadline, seconds)))
+    @property
+    def floor(self) -> float:
+        """Seconds of the deadline an attempt needs left to be made: MIN_ATTEMPT, or less
+        when the attempt's timeout or half the deadline is shorter (so that a short
+        CALLS_DIALER_DEADLINE still lets a dial start)."""
+        return min(MIN_ATTEMPT, self.timeout, self.deadline / 2)
+
+    def within(self, seconds: float) -> HttpDialer | None:
+        """This dialer, its dials given at most `seconds` (what is left of a request's);
+        None when that is less than its floor: too little to make an attempt."""
+        if seconds < self.floor:
+            return None
+        return replace(self, deadline=min(self.deadline, seconds))
 
 
 def job_for(call: Mapping[str, Any]) -> dict[str, Any]:

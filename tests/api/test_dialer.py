@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 from starlette.testclient import TestClient
 
 from calls_server.app import create_app
+from calls_server.handlers import calls as calls_handlers
+from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.signing import (
     LEGACY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
@@ -156,19 +160,22 @@ def test_an_invalid_request_reaches_no_dialer(client, tenant, receiver):
 
 # -- a bound on the wait --------------------------------------------------------------------------
 HANGING = {"dialer_timeout": 5, "dialer_attempts": 3, "dialer_deadline": 1.0}
+# How long a hanging dialer hangs: far past the unbounded wait (5 + 0.5 + 5 + 1 + 5 s), so
+# that the bounds below, loose enough for a loaded machine, still tell the two apart.
+HANG = 30.0
 
 
 def test_a_hanging_dialer_is_answered_within_the_deadline_as_a_failed_call(
     store, data_dir, tenant, receiver
 ):
-    receiver.reply_to = lambda _: (202, 2.5)  # past the deadline, within the timeout
+    receiver.reply_to = lambda _: (202, HANG)
     dialer = {"dialer_url": receiver.url, "dialer_secret": SECRET, **HANGING}
     with app_client(store, data_dir=data_dir, **dialer) as client:
         started = time.monotonic()
         body = create_phone_call(client, tenant)
         waited = time.monotonic() - started
 
-    assert waited < 2.0, waited  # 1 s, and the call's writes (was 5 + 0.5 + 5 + 1 + 5 s)
+    assert waited < 4.0, waited  # 1 s, and the call's writes (was 5 + 0.5 + 5 + 1 + 5 s)
     assert body["data"]["status"] == "call_failed"
     assert "at the dial's deadline" in body["message"]
     call = store.get_call(tenant.organization_id, body["data"]["call"]["call_id"])
@@ -179,7 +186,7 @@ def test_a_hanging_dialer_is_answered_within_the_deadline_as_a_failed_call(
 def test_a_call_waiting_for_a_dialing_thread_fails_at_the_deadline_without_dialing(
     store, data_dir, tenant, receiver
 ):
-    receiver.reply_to = lambda _: (202, 2.5)
+    receiver.reply_to = lambda _: (202, HANG)
     settings = {"dialer_url": receiver.url, "dialer_secret": SECRET, **HANGING}
     with (
         app_client(store, data_dir=data_dir, dialer_concurrency=1, **settings) as client,
@@ -189,9 +196,39 @@ def test_a_call_waiting_for_a_dialing_thread_fails_at_the_deadline_without_diali
         answers = list(pool.map(lambda _: create_phone_call(client, tenant), range(2)))
         waited = time.monotonic() - started
 
-    assert waited < 2.5, waited  # each within 1 s (was one after the other: 2 x 16.5 s)
+    assert waited < 4.0, waited  # each within 1 s (was one after the other: 2 x 16.5 s)
     assert sorted(a["data"]["status"] for a in answers) == ["call_failed", "call_failed"]
     assert len(receiver.received) == 1  # the second was never handed to the dialer
     (unsent,) = [a for a in answers if "no dialing thread came free within 1 s" in a["message"]]
     call = store.get_call(tenant.organization_id, unsent["data"]["call"]["call_id"])
     assert call["call_status"] == "error"
+
+
+def test_a_call_whose_dialing_thread_comes_free_with_too_little_time_left_is_not_dialed(
+    store, tmp_path, tenant, receiver, monkeypatch
+):
+    # The request comes at 0 s; its dialing thread starts at 0.9 s of its 1 s deadline.
+    readings = itertools.chain([0.0], itertools.repeat(0.9))
+    monkeypatch.setattr(calls_handlers, "time", SimpleNamespace(monotonic=lambda: next(readings)))
+    settings = {"dialer_url": receiver.url, "dialer_secret": SECRET, **HANGING}
+    with app_client(store, data_dir=tmp_path, **settings) as client:
+        body = create_phone_call(client, tenant)
+
+    assert receiver.received == []  # was sent with 0.1 s to answer, the call recorded failed
+    assert body["data"]["status"] == "call_failed"
+    assert "no dialing thread came free within 1 s (all dialing)" in body["message"]
+    call = store.get_call(tenant.organization_id, body["data"]["call"]["call_id"])
+    assert (call["call_status"], call["disconnection_reason"]) == ("error", "dial_failed")
+
+
+def test_no_attempt_is_made_with_too_little_of_the_deadline_left(receiver):
+    receiver.reply_to = lambda _: (202, HANG)
+    dialer = HttpDialer(receiver.url, SECRET, timeout=0.6, attempts=3, deadline=1.2)
+    job = {"call_id": "call_1", "to_number": "+12137774445"}
+
+    outcome = dialer.dial(job)
+
+    # After 0.6 s and a back-off of 0.5 s, 0.1 s would be left: less than the floor of 0.5 s.
+    assert len(receiver.received) == 1  # was a second attempt, given 0.1 s
+    assert (outcome.accepted, outcome.attempts) == (False, 1)
+    assert "after 1 attempts, at the dial's deadline of 1.2 s" in outcome.reason
