@@ -69,7 +69,13 @@ def test_health_is_answered_while_the_dialer_hangs(tmp_path, receiver):
     }
     with running_server(tmp_path / "data", **env) as server:
         headers = server.new_key_headers()
-        body = {"from_number": "+14155550100", "to_number": "+14155550101"}
+        # An agent named: without one (the number has no outbound agent) each request was a
+        # 400, and the dialer was never reached.
+        body = {
+            "from_number": "+14155550100",
+            "to_number": "+14155550101",
+            "override_agent_id": "a",
+        }
         with httpx.Client(base_url=server.base_url, timeout=30) as http:
             hanging = [
                 http.build_request(
@@ -80,7 +86,7 @@ def test_health_is_answered_while_the_dialer_hangs(tmp_path, receiver):
             threads = [threading.Thread(target=http.send, args=(r,)) for r in hanging]
             for thread in threads:
                 thread.start()
-            time.sleep(1)
+            wait_for(lambda: len(receiver.received) >= 2)  # both dialing threads hang
             started = time.monotonic()
             health = http.get("/api/health")
             waited = time.monotonic() - started
