@@ -160,10 +160,16 @@ def test_a_url_that_does_not_parse_is_refused_not_a_crash(url):
 def test_concurrent_creates_never_pass_the_webhook_cap(store, tenant, monkeypatch):
     cap, tries = 3, 12
     start = threading.Barrier(tries)
-    # Reads that take a while (a loaded server) widen any window between counting the
-    # organization's webhooks and inserting one: the cap must hold whatever the timing.
-    read = store.webhooks
-    monkeypatch.setattr(store, "webhooks", lambda org: (read(org), time.sleep(0.05))[0])
+    # A check that takes a while (a loaded server) widens the window between counting the
+    # organization's webhooks and inserting one (the handler passes it to the store's insert,
+    # which calls it with the count): the cap must hold whatever the timing.
+    check = webhooks.within_limit
+
+    def slow_check(existing: int, limit: int) -> None:
+        time.sleep(0.05)
+        check(existing, limit)
+
+    monkeypatch.setattr(webhooks, "within_limit", slow_check)
 
     def create(n: int) -> int:
         start.wait()
