@@ -1723,6 +1723,10 @@ class _Watchdog:
         finally:
             with self._lock:
                 self._watched.pop(token, None)
+            if watch.fired:  # decided under the lock above: no cut after this
+                # Cut, perhaps just as the call succeeded: its socket is shut down, so the
+                # connection is closed for the pool to drop, not given to the next call.
+                conn.close()
 
     def close(self) -> None:
         """Stop the watchdog's thread."""

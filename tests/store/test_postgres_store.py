@@ -1086,11 +1086,15 @@ def test_a_write_on_a_connection_the_database_dropped_runs_again_only_if_nothing
     unheard.add_organization(keys.new_organization(0, "acme"))
     assert unheard.get_organization("acme")["organization_id"] == "acme"
 
-    # A write of one statement finds it out only once the statement was sent: a 503, and
-    # the write is not run again (here the database had not received it).
+    # A write of one statement (its own transaction) finds it out only once the statement
+    # was sent, and nothing tells whether the database ran it before ending the connection
+    # (the error is the same either way; a backend ended while waiting for a synchronous
+    # standby has committed). So it is OutcomeUnknown, and the write is not run again; here
+    # the database had not received it, and the client's retry adds it.
     assert terminate_store_connections(databases, database_url) >= 1
-    with pytest.raises(StoreUnavailable, match="terminating connection"):
+    with pytest.raises(StoreUnavailable, match="terminating connection") as lost:
         unheard.add_call(a_call(call_id="once"))
+    assert type(lost.value) is OutcomeUnknown
     with pytest.raises(CallNotFound):
         unheard.get_call("org", "once")
     unheard.add_call(a_call(call_id="once"))  # the client's retry
@@ -1108,9 +1112,10 @@ def test_a_write_whose_connection_is_dropped_after_it_was_sent_is_a_503_not_run_
         terminate_store_connections(databases, database_url)  # mid-transaction
         return {**call, "call_status": "ongoing"}
 
-    with pytest.raises(StoreUnavailable, match="terminating connection"):
+    with pytest.raises(StoreUnavailable, match="terminating connection") as lost:
         store.change_call("org", "kept", change)
 
+    assert type(lost.value) is StoreUnavailable  # its COMMIT never sent: nothing written
     assert changes == ["kept"]
     assert store.get_call("org", "kept")["call_status"] == "registered"
 
@@ -1290,6 +1295,25 @@ def test_a_write_whose_commit_hangs_past_the_bound_is_outcome_unknown(faulty):
     assert time.monotonic() - started < 8
     proxy.resume()
     assert store.get_call("org", "kept")["call_status"] == "ongoing"  # it was committed
+
+
+def test_a_connection_cut_just_as_its_call_was_answered_is_closed_for_the_pool_to_drop(
+    database_url,
+):
+    """The watchdog may cut a call's connection right after its statement was answered: no
+    error then, but its socket is shut down. It is closed, so the pool drops it rather than
+    handing it to the next call (which the hand-out check would have to catch)."""
+    watchdog = postgres._Watchdog()
+    conn = psycopg.connect(database_url, autocommit=True)
+    try:
+        with watchdog.watch(conn, 60.0) as watch:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            watch.deadline = 0.0  # its bound reached only now, the statement answered
+            wait_for(lambda: watch.fired, timeout=5)
+        assert conn.closed
+    finally:
+        conn.close()
+        watchdog.close()
 
 
 def _ready(store: PostgresStore) -> bool:
