@@ -22,7 +22,7 @@ from connexion.spec import Specification
 from starlette.middleware.cors import CORSMiddleware
 
 from calls_server import errors
-from calls_server.contract import published, served_paths, spec_for
+from calls_server.contract import cors_headers, published, served_paths, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
 from calls_server.handlers.idempotency import IdempotencyKeys
@@ -43,15 +43,6 @@ from calls_server.middleware import (
 from calls_server.request_path import CompiledApi
 from calls_server.settings import Settings
 from calls_server.storage import Store
-
-# What a browser on an allowed origin may send: both credentials, bodies, and the request id.
-CORS_REQUEST_HEADERS = [
-    "X-API-KEY",
-    "X-API-SECRET",
-    "Authorization",
-    "Content-Type",
-    "X-Request-ID",
-]
 
 
 class HandlerResolver(Resolver):  # type: ignore[misc]
@@ -246,13 +237,14 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
     cors = []
     if settings.cors_origins:
         origins = [origin.strip() for origin in settings.cors_origins.split(",")]
+        sent_by_browsers, read_by_browsers = cors_headers(spec)
         cors = [
             partial(
                 CORSMiddleware,
                 allow_origins=origins,
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=CORS_REQUEST_HEADERS,
-                expose_headers=["X-Request-ID"],
+                allow_headers=sent_by_browsers,
+                expose_headers=read_by_browsers,
                 max_age=600,
             )
         ]

@@ -102,3 +102,37 @@ def served_paths(spec: Mapping[str, Any], base_path: str) -> dict[str, Mapping[s
         for path, item in spec["paths"].items()
         for served in served_at(base_path, path, item)
     }
+
+
+def cors_headers(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(what a browser on an allowed origin may send, what its scripts may read): the
+    credentials' headers, every header parameter and `Content-Type`, and every response
+    header the spec declares; both with `X-Request-ID`, which every request and answer may
+    carry. Derived from the spec, so a header an operation gains reaches browsers too."""
+    sent = {"Authorization", "Content-Type", "X-Request-ID"}
+    read = {"X-Request-ID"}
+    components = spec["components"]
+    for scheme in components["securitySchemes"].values():
+        if scheme.get("in") == "header":
+            sent.add(scheme["name"])
+    for item in spec["paths"].values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            for parameter in operation.get("parameters", []):
+                parameter = _target(spec, parameter)
+                if parameter.get("in") == "header":
+                    sent.add(parameter["name"])
+            for response in operation["responses"].values():
+                read.update(_target(spec, response).get("headers", {}))
+    return sorted(sent), sorted(read)
+
+
+def _target(spec: Mapping[str, Any], node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`node`, or what its `$ref` points at."""
+    while "$ref" in node:
+        found: Any = spec
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            found = found[part]
+        node = found
+    return node

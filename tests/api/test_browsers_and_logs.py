@@ -71,6 +71,44 @@ def test_an_allowed_origin_gets_its_preflight_answered_with_the_credential_heade
     assert "x-request-id" in created.headers["access-control-expose-headers"].lower()
 
 
+def test_a_browser_may_send_the_headers_the_apis_features_use(store):
+    wanted = {"idempotency-key", "if-match", "x-request-id", "authorization"}
+    with app_client(store, cors_origins=ORIGIN) as client:
+        preflight = client.options(
+            "/api/calls/call_1",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "PUT",
+                "Access-Control-Request-Headers": ", ".join(sorted(wanted)),
+            },
+        )
+
+    assert preflight.status_code == 200
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert wanted <= set(allowed.replace(" ", "").split(","))
+
+
+def test_a_browser_may_read_the_headers_the_apis_features_answer(store, tenant):
+    with app_client(store, cors_origins=ORIGIN, rate_limit_per_key=100) as client:
+        created = client.post(
+            "/api/calls/create",
+            json=SEED_REQUEST,
+            headers={**tenant.headers, "Origin": ORIGIN, "Idempotency-Key": "k-1"},
+        )
+
+    exposed = set(created.headers["access-control-expose-headers"].lower().split(", "))
+    assert {
+        "etag",
+        "idempotent-replayed",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "retry-after",
+        "x-request-id",
+    } <= exposed
+    assert created.headers["etag"]  # and the answer carries them
+
+
 def test_another_origin_is_not_allowed(store):
     with app_client(store, cors_origins=ORIGIN) as client:
         preflight = client.options(
