@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import logging
 import logging.config
@@ -393,11 +394,23 @@ def _print(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
+class _PrintVersion(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked for (the
+    lookup reads the installed packages' metadata: a cost every command would pay)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"{parser.prog} {importlib.metadata.version('calls-server')}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calls-server",
         description="Self-hosted Calls API server. Settings also come from CALLS_* "
         "environment variables; flags win.",
+    )
+    parser.add_argument(
+        "--version", action=_PrintVersion, nargs=0, help="print the version and exit"
     )
     parser.add_argument(
         "--data-dir", type=Path, help="data directory (CALLS_DATA_DIR, default ./calls-data)"
