@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -173,24 +171,6 @@ def test_over_http_no_descriptor_at_rotation_is_no_500_and_ready_says_so(tmp_pat
 
 
 # -- a full disk -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs mounted for the test (root only)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a disk-full test needs root to mount a small tmpfs")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_not_ready_while_a_full_disk_refuses_writes_and_ready_once_it_has_room(small_disk):
