@@ -10,6 +10,8 @@ first function checks the pair (and the rate limits) and the second only accepts
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from connexion.lifecycle import ConnexionRequest
@@ -26,12 +28,8 @@ def check_api_key_pair(
 ) -> dict[str, Any]:
     """Who is calling (key and organization) when the key/secret pair is valid and active."""
     assert request is not None  # Connexion passes it: the signature asks for it
-    try:
+    with _noting_refusal(request):
         return _check_api_key_pair(api_key, request)
-    except RateLimited as refused:
-        # Which limit refused, for the metrics (calls_server/metrics.py counts the 429s).
-        request.scope[RATE_LIMIT_REFUSED] = refused.limit
-        raise
 
 
 def _check_api_key_pair(api_key: str, request: ConnexionRequest) -> dict[str, Any]:
@@ -71,11 +69,8 @@ def check_admin_token(
     """Admin access when `token` is the configured admin token. Wrong tokens count as
     failed authentications, as wrong key pairs do: the same limit stops guessing either."""
     assert request is not None
-    try:
+    with _noting_refusal(request):
         return _check_admin_token(token, request)
-    except RateLimited as refused:
-        request.scope[RATE_LIMIT_REFUSED] = refused.limit
-        raise
 
 
 def _check_admin_token(token: str, request: ConnexionRequest) -> dict[str, Any]:
@@ -98,3 +93,14 @@ def _client_address(request: ConnexionRequest) -> str:
     """The client's address (behind a trusted proxy, the one it forwarded)."""
     client = request.scope.get("client")
     return str(client[0]) if client else "unknown"
+
+
+@contextmanager
+def _noting_refusal(request: ConnexionRequest) -> Iterator[None]:
+    """Note which limit refused a request, for the metrics (calls_server/metrics.py counts
+    the 429s by limit)."""
+    try:
+        yield
+    except RateLimited as refused:
+        request.scope[RATE_LIMIT_REFUSED] = refused.limit
+        raise

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 
 import pytest
 
-from calls_server.domain import calls
 from calls_server.domain.errors import StoreUnavailable
 from calls_server.domain.listing import CallQuery
 from calls_server.storage import CorruptJournal, EmbeddedStore
@@ -31,17 +30,7 @@ from calls_server.storage.journal import (
     segment_name,
 )
 from tests.conftest import SEED_REQUEST, add_tenant, app_client, assert_error, create_call
-
-
-def a_call(n: int, pad: int = 0) -> calls.Call:
-    return calls.new_call(
-        organization_id="org",
-        agent_id="agent",
-        now=1_700_000_000_000 + n,
-        call_type="web_call",
-        call_id=f"c{n}",
-        metadata={"n": n, "pad": "x" * pad},
-    )
+from tests.store.test_store_integrity import a_call
 
 
 def stored_ids(directory, organization_id: str = "org") -> set[str]:

@@ -16,7 +16,6 @@ import os
 import resource
 import selectors
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -38,6 +37,7 @@ from tests.conftest import (
     RunningServer,
     free_port,
     running_server,
+    stop,
     wait_for,
 )
 
@@ -468,13 +468,7 @@ def _tls_server(data_dir: Path, certfile: Path, keyfile: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield base_url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def test_the_server_answers_https_on_loopback_with_tls_settings(data_dir, tmp_path):
