@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -79,6 +79,9 @@ class HttpDialer:
     # The operator's word that the dialer places one call per Idempotency-Key
     # (CALLS_DIALER_IDEMPOTENT).
     idempotent: bool = False
+    # Called with each HTTP client made for an attempt, before it is used (tracing
+    # instruments it: calls_server/tracing.py); None: nothing to do.
+    on_client: Callable[[httpx.Client], None] | None = None
 
     def dial(self, job: Mapping[str, Any]) -> DialOutcome:
         body = json.dumps(job, separators=(",", ":"), sort_keys=True).encode()
@@ -100,7 +103,10 @@ class HttpDialer:
             timeout = max(0.001, min(self.timeout, ends - time.monotonic()))
             try:
                 signed = {**headers, **signature_headers(self.secret, body, self.clock() // 1000)}
-                response = httpx.post(self.url, content=body, headers=signed, timeout=timeout)
+                with httpx.Client(timeout=timeout) as client:  # what httpx.post makes
+                    if self.on_client is not None:
+                        self.on_client(client)
+                    response = client.post(self.url, content=body, headers=signed)
             except httpx.TimeoutException:
                 reason = f"no answer within {timeout:.3g} s"
             except httpx.TransportError as e:

@@ -64,7 +64,9 @@ class WebhookDeliverer:
     """Records the events call changes owe, and delivers them from the store.
 
     `on_delivered`, if given, is told each delivery's lag (seconds from the event's
-    creation, or its redelivery request, to its delivery being recorded), for the metrics."""
+    creation, or its redelivery request, to its delivery being recorded), for the metrics.
+    `on_client`, if given, is called with each endpoint's HTTP client when it is made,
+    before its first request (tracing instruments it: calls_server/tracing.py)."""
 
     def __init__(
         self,
@@ -77,9 +79,11 @@ class WebhookDeliverer:
         retention: float = 7 * 86400.0,
         clock: Clock = wall_clock,
         on_delivered: Callable[[float], None] | None = None,
+        on_client: Callable[[httpx.Client], None] | None = None,
     ) -> None:
         self.store = store
         self.on_delivered = on_delivered
+        self.on_client = on_client
         self.egress = egress
         self.policy = policy or RetryPolicy()
         self.per_endpoint = per_endpoint
@@ -374,4 +378,6 @@ class WebhookDeliverer:
                 client = self._clients[webhook_id] = httpx.Client(
                     timeout=self.timeout, follow_redirects=False, limits=limits
                 )
+                if self.on_client is not None:
+                    self.on_client(client)
             return client
