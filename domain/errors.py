@@ -16,8 +16,7 @@ Hierarchy::
     ├── Conflict              409 the request conflicts with the stored state
     │   ├── DuplicateId           a custom id that exists already
     │   ├── IllegalTransition     a status change the lifecycle does not allow
-    │   ├── IdempotencyKeyInFlight  the first request with this key has not finished yet
-    │   └── RequestAlreadyDone    a retry whose first request stored its record, answer lost
+    │   └── IdempotencyKeyInFlight  the first request with this key has not finished yet
     ├── PreconditionFailed    412 If-Match names another version than the stored one
     ├── PayloadTooLarge       413 the body is larger than the configured limit
     ├── IdempotencyKeyReused  422 an Idempotency-Key sent again with another request
@@ -151,13 +150,6 @@ class IllegalTransition(Conflict):
 
 class IdempotencyKeyInFlight(Conflict):
     message = "Request in progress"
-
-
-class RequestAlreadyDone(Conflict):
-    """A retry with an Idempotency-Key whose first request added its record but did not
-    keep its answer (it ended with an unknown outcome): the record is named instead."""
-
-    message = "Request already done"
 
 
 class PreconditionFailed(ApiError):

@@ -52,7 +52,13 @@ def _list(
     return success("Agents retrieved successfully", data), 200
 
 
-@idempotent
+def _recover_agent(agent_id: str, token_info: dict[str, Any], **_: Any) -> Response:
+    """createAgent's answer for an agent stored by a request whose answer was lost."""
+    agent = services().store.get_agent(organization_id(token_info), agent_id)
+    return success("Agent created successfully", agents.view(agent)), 200
+
+
+@idempotent(_recover_agent)
 def create_agent(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/agents/create"""
     agent = agents.new_agent(organization_id(token_info), body, services().clock())

@@ -34,7 +34,13 @@ def _shown_task(task: Task) -> Task:
     return {**kept, "status": services().casing.listed(task["status"])}
 
 
-@idempotent
+def _recover_batch_call(batch_call_id: str, token_info: dict[str, Any], **_: Any) -> Response:
+    """createBatchCall's answer for a batch stored by a request whose answer was lost."""
+    batch = services().store.get_batch(organization_id(token_info), batch_call_id)
+    return success("Batch call created successfully", _shown(batch)), 200
+
+
+@idempotent(_recover_batch_call)
 def create_batch_call(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /batch-call"""
     org = organization_id(token_info)

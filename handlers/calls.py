@@ -24,7 +24,11 @@ from calls_server.domain.listing import CallQuery
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
 from calls_server.integrations.dialer import HttpDialer, Unavailable
-from calls_server.integrations.dispatch import PhoneCallPlaced, place_phone_call
+from calls_server.integrations.dispatch import (
+    PhoneCallPlaced,
+    place_phone_call,
+    recover_phone_call,
+)
 
 Response = tuple[Envelope, int]
 Versioned = tuple[Envelope, int, dict[str, str]]  # with the call's ETag
@@ -35,7 +39,18 @@ NO_MEDIA_SERVER = (
 )
 
 
-@idempotent
+def _call_created(org: str, call: calls.Call) -> Versioned:
+    data = {"organization_id": org, "call": services().casing.call(call)}
+    return success("Call created successfully", data), 200, {"ETag": versions.etag(call)}
+
+
+def _recover_call(call_id: str, token_info: dict[str, Any], **_: Any) -> Versioned:
+    """createCall's answer for its call, stored by a request whose answer was lost."""
+    org = organization_id(token_info)
+    return _call_created(org, services().store.get_call(org, call_id))
+
+
+@idempotent(_recover_call)
 def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create"""
     org = organization_id(token_info)
@@ -49,11 +64,18 @@ def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
         metadata=body.get("metadata"),
     )
     services().store.add_call(call)
-    data = {"organization_id": org, "call": services().casing.call(call)}
-    return success("Call created successfully", data), 200, {"ETag": versions.etag(call)}
+    return _call_created(org, call)
 
 
-@idempotent
+def _recover_phone_call(call_id: str, token_info: dict[str, Any], **_: Any) -> Versioned:
+    """createPhoneCall's answer for its call, stored by a request whose answer was lost:
+    dialed now if it never was (see `integrations.dispatch.recover_phone_call`)."""
+    org, running = organization_id(token_info), services()
+    placed = recover_phone_call(running.store, running.dialer, running.clock, org, call_id)
+    return _phone_call_placed(org, placed)
+
+
+@idempotent(_recover_phone_call)
 async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create-phone-call
 
@@ -88,7 +110,11 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
                 place_phone_call, store, Unavailable(busy), clock, org, body
             )
         placed = waited
-    call, casing = placed.call, running.casing
+    return _phone_call_placed(org, placed)
+
+
+def _phone_call_placed(org: str, placed: PhoneCallPlaced) -> Versioned:
+    call, casing = placed.call, services().casing
     data = {
         "organization_id": org,
         "call_type": casing.value("phone_call"),
@@ -104,7 +130,17 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
     return success(placed.message, data), 200, {"ETag": versions.etag(call)}
 
 
-@idempotent
+def _recover_web_call(call_id: str, token_info: dict[str, Any], **_: Any) -> Versioned:
+    """createWebCall's answer for its call, stored by a request whose answer was lost: a
+    new access token to the same room; played by the sandbox if it never was."""
+    org, running = organization_id(token_info), services()
+    call = running.store.get_call(org, call_id)
+    if running.sandbox and call["call_status"] == "registered" and calls.player(call) is None:
+        running.sandbox.play_web_call(call)
+    return _web_call_created(org, call)
+
+
+@idempotent(_recover_web_call)
 def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create-web-call"""
     org = organization_id(token_info)
@@ -115,13 +151,19 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Version
         metadata=body.get("metadata"),
         is_widget_call=body.get("is_widget_call"),
     )
-    rooms = services().rooms
-    token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None
     services().store.add_call(call)
     sandbox = services().sandbox
     if sandbox:  # someone joins, talks, and hangs up, by themselves
         sandbox.play_web_call(call)
-    room, casing = call["call_id"], services().casing
+    return _web_call_created(org, call)
+
+
+def _web_call_created(org: str, call: calls.Call) -> Versioned:
+    """createWebCall's answer for `call`, with an access token to its room (if a LiveKit
+    server is configured)."""
+    rooms, casing = services().rooms, services().casing
+    token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None
+    room = call["call_id"]
     data = {
         "organization_id": org,
         "call_type": casing.value("web_call"),

@@ -18,9 +18,10 @@ under load), lets one retry run again.
 An answer that says to try again is never kept, the 503 "Outcome unknown" (the database
 went away while the create was being committed) included. On PostgreSQL the create marks
 the key's claim in its own transaction (`storage.interface.UNDER_CLAIM`), so a retry knows
-whether it was stored: if not, the retry runs; if so, it is answered 409 "Request already
-done" naming the record, never a second one, once the request has ended (or its process
-stopped: the claim's lease passed); until then it may still be running (a call is stored,
+whether it was stored: if not, the retry runs; if so, once the first request has ended (or
+its process stopped: the claim's lease passed), the retry answers what the first would
+have, made again from the stored record by the operation's `recover` function (and kept),
+never creating a second one; until then the first may still be running (a call is stored,
 then dialed), and the retry is told so (409 after `IN_FLIGHT_WAIT`).
 """
 
@@ -43,7 +44,6 @@ from calls_server.domain.errors import (
     ApiError,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
-    RequestAlreadyDone,
     StoreUnavailable,
 )
 from calls_server.domain.idempotency import RUNNING, IdempotentAnswer
@@ -73,10 +73,17 @@ class IdempotencyKeys:
         self._flying: dict[tuple[str, str], _Flight] = {}  # touched on the event loop only
 
     async def answer(
-        self, scope: str, key: str, fingerprint: str, run: Callable[[Keep], Awaitable[Any]]
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        run: Callable[[Keep], Awaitable[Any]],
+        recover: Callable[[str, Keep], Awaitable[Any]],
     ) -> Any:
         """The answer to the request `fingerprint` sent with `key`: kept, or made by `run`
-        (which keeps it with the function it is given)."""
+        (which keeps it with the function it is given), or, when an earlier request with
+        the key stored its record and lost its answer, made by `recover` from that record's
+        id (and kept the same way)."""
         slot = (scope, key)
         while (flight := self._flying.get(slot)) is not None:
             _check_same(key, flight.fingerprint, fingerprint)
@@ -97,9 +104,12 @@ class IdempotencyKeys:
             if found is not None and found["expires_at"] > now and found["status"] != RUNNING:
                 _check_same(key, found["fingerprint"], fingerprint)
                 return _replay(found)
-            claim, answered = await self._claim(scope, key, fingerprint)
+            claim, answered, written = await self._claim(scope, key, fingerprint)
             if answered is not None:
                 return _replay(answered)
+            if written is not None:
+                keep_it = functools.partial(self._keep, scope, key, fingerprint)
+                return _replayed(await recover(written["id"], keep_it))
             kept = False
 
             def keep(status: int, body: Any, headers: Any) -> None:
@@ -123,12 +133,12 @@ class IdempotencyKeys:
 
     async def _claim(
         self, scope: str, key: str, fingerprint: str
-    ) -> tuple[IdempotentAnswer, IdempotentAnswer | None]:
-        """Claim the key among the processes sharing the store: (the claim, None) once this
-        one may run the request; (the claim, the answer) if another answered it meanwhile.
-        While another runs it, ask again every CLAIM_POLL seconds; 409 after
-        IN_FLIGHT_WAIT. 409 "Request already done" if it added its record and ended without
-        an answer (or its lease passed: its process stopped)."""
+    ) -> tuple[IdempotentAnswer, IdempotentAnswer | None, dict[str, str] | None]:
+        """Claim the key among the processes sharing the store: (the claim, None, None) once
+        this one may run the request; (the claim, the answer, None) if another answered it
+        meanwhile; (the claim, None, what it wrote: kind and id) if another added its record
+        and ended without an answer (or its lease passed: its process stopped). While
+        another runs it, ask again every CLAIM_POLL seconds; 409 after IN_FLIGHT_WAIT."""
         running = services()
         deadline = time.monotonic() + IN_FLIGHT_WAIT
         while True:
@@ -136,24 +146,19 @@ class IdempotencyKeys:
             claim = idempotency.claim(scope, key, fingerprint, now, CLAIM_LEASE_MS)
             other = await _from_store(running.store.claim_idempotent, claim, now)
             if other is None:
-                return claim, None
+                return claim, None, None
             _check_same(key, other["fingerprint"], fingerprint)
             if other["status"] != RUNNING:
-                return claim, other
+                return claim, other, None
             marked = cast(dict[str, Any], other)
             written = marked.get("written")
             lease_until = marked.get("lease_until", 0)  # none: marked before leases were kept
             if written is not None and (marked.get("ended") or now >= lease_until):
                 # Its request added a record but did not keep its answer (it ended with an
                 # outcome it could not know, or its process stopped: its lease passed) and
-                # will not: say what is stored. Until then it may still be running (a call
-                # stored, then dialed): in flight, as any claim.
-                raise RequestAlreadyDone(
-                    f"The request first sent with Idempotency-Key '{key}' created"
-                    f" {written['kind']} '{written['id']}', but its answer was lost to a"
-                    " database fault; nothing was created again. GET the record to see it",
-                    headers=dict(REPLAYED),
-                )
+                # will not: answer from what is stored. Until then it may still be running
+                # (a call stored, then dialed): in flight, as any claim.
+                return claim, None, cast(dict[str, str], written)
             if time.monotonic() >= deadline:
                 raise IdempotencyKeyInFlight(
                     f"A request with Idempotency-Key '{key}' is still running; "
@@ -183,57 +188,81 @@ class IdempotencyKeys:
 Keep = Callable[[int, Any, Any], None]
 # What is kept (and replayed) instead of an answer: (status, body, headers) in and out.
 KeptAs = Callable[[int, Any, dict[str, str]], tuple[int, Any, dict[str, str]]]
-
-
-def idempotent_keeping(kept_as: KeptAs) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`@idempotent` that keeps `kept_as(answer)` instead of the answer: for an answer
-    shown once (a secret), which the store must never hold."""
-    return functools.partial(idempotent, kept_as=kept_as)
+# The answer to a create whose record (this id) was stored but whose answer was lost,
+# made from the stored record; called with the id and the handler's own arguments.
+Recover = Callable[..., Any]
 
 
 def idempotent(
-    handler: Callable[..., Any], kept_as: KeptAs | None = None
-) -> Callable[..., Awaitable[Any]]:
-    """`handler`, answering retries with an `Idempotency-Key` from the kept answer."""
-    takes = frozenset(inspect.signature(handler).parameters)
-    is_async = inspect.iscoroutinefunction(handler)
-    operation = handler.__name__
+    recover: Recover, kept_as: KeptAs | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Awaitable[Any]]]:
+    """A create handler, answering retries with an `Idempotency-Key` from the kept answer.
 
-    async def run(arguments: dict[str, Any], keep: Keep | None = None) -> Any:
-        if keep is not None and kept_as is not None:
-            keep = _keeping_as(keep, kept_as)
-        if not is_async:
-            # The handler and the keeping of its answer on one worker thread: the store's
-            # lock is never waited for on the event loop.
-            call = functools.partial(_run_keeping, handler, arguments, keep)
-            return await anyio.to_thread.run_sync(call)
-        try:
-            result = await handler(**arguments)
-        except ApiError as error:
+    `recover(record_id, **arguments)` answers a retry whose first request stored its
+    record (`record_id`) but lost its answer: what the handler would have answered,
+    from the record as stored (finishing what the first left undone, if anything). It runs
+    on a worker thread. `kept_as` changes what is kept (and replayed) of an answer shown
+    once (a secret, which the store must never hold); a recovered answer goes through it
+    too, as the secret is gone.
+    """
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        takes = frozenset(inspect.signature(handler).parameters)
+        is_async = inspect.iscoroutinefunction(handler)
+        operation = handler.__name__
+
+        def keeping(keep: Keep) -> Keep:
+            return keep if kept_as is None else _keeping_as(keep, kept_as)
+
+        async def run(arguments: dict[str, Any], keep: Keep | None = None) -> Any:
+            keep = None if keep is None else keeping(keep)
+            if not is_async:
+                # The handler and the keeping of its answer on one worker thread: the
+                # store's lock is never waited for on the event loop.
+                call = functools.partial(_run_keeping, handler, arguments, keep)
+                return await anyio.to_thread.run_sync(call)
+            try:
+                result = await handler(**arguments)
+            except ApiError as error:
+                if keep is not None:
+                    await anyio.to_thread.run_sync(_keep_error, keep, error)
+                raise
             if keep is not None:
-                await anyio.to_thread.run_sync(_keep_error, keep, error)
-            raise
-        if keep is not None:
-            await anyio.to_thread.run_sync(_keep_result, keep, result)
-        return result
+                await anyio.to_thread.run_sync(_keep_result, keep, result)
+            return result
 
-    async def answer(idempotency_key: str | None = None, **kwargs: Any) -> Any:
-        arguments = {name: value for name, value in kwargs.items() if name in takes}
-        if idempotency_key is None:
-            return await run(arguments)
-        token_info = kwargs.get("token_info") or {}
-        scope = token_info["apiKey"]["organization_id"] if "apiKey" in token_info else "admin"
-        asked = {name: v for name, v in arguments.items() if name != "token_info"}
-        fingerprint = idempotency.fingerprint(operation, asked)
-        keys: IdempotencyKeys = services().idempotency
-        return await keys.answer(
-            scope, idempotency_key, fingerprint, functools.partial(run, arguments)
-        )
+        async def recovered(arguments: dict[str, Any], record_id: str, keep: Keep) -> Any:
+            def answer_and_keep() -> Any:
+                result = recover(record_id, **arguments)
+                _keep_result(keeping(keep), result)
+                return result if kept_as is None else _as_kept(result, kept_as)
 
-    answer.__name__ = answer.__qualname__ = operation
-    answer.__module__ = handler.__module__
-    answer.__doc__ = handler.__doc__
-    return answer
+            return await anyio.to_thread.run_sync(answer_and_keep)
+
+        async def answer(idempotency_key: str | None = None, **kwargs: Any) -> Any:
+            arguments = {name: value for name, value in kwargs.items() if name in takes}
+            if idempotency_key is None:
+                return await run(arguments)
+            token_info = kwargs.get("token_info") or {}
+            org = token_info["apiKey"]["organization_id"] if "apiKey" in token_info else None
+            scope = org or "admin"
+            asked = {name: v for name, v in arguments.items() if name != "token_info"}
+            fingerprint = idempotency.fingerprint(operation, asked)
+            keys: IdempotencyKeys = services().idempotency
+            return await keys.answer(
+                scope,
+                idempotency_key,
+                fingerprint,
+                functools.partial(run, arguments),
+                functools.partial(recovered, arguments),
+            )
+
+        answer.__name__ = answer.__qualname__ = operation
+        answer.__module__ = handler.__module__
+        answer.__doc__ = handler.__doc__
+        return answer
+
+    return decorate
 
 
 def _keeping_as(keep: Keep, kept_as: KeptAs) -> Keep:
@@ -281,6 +310,19 @@ def _check_same(key: str, kept: str, sent: str) -> None:
             f"Idempotency-Key '{key}' was first used with another request; "
             "send a new key for a new request"
         )
+
+
+def _as_kept(result: Any, kept_as: KeptAs) -> Any:
+    """`result` (a handler's answer) as `kept_as` would keep it."""
+    body, status, headers = _unpack(result)
+    kept_status, kept_body, kept_headers = kept_as(status, body, headers)
+    return kept_body, kept_status, kept_headers
+
+
+def _replayed(result: Any) -> Any:
+    """`result` (a handler's answer) marked as a replay."""
+    body, status, headers = _unpack(result)
+    return body, status, {**headers, **REPLAYED}
 
 
 def _replay(found: IdempotentAnswer) -> Any:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from calls_server.domain import phone_numbers
+from calls_server.domain import iso8601, phone_numbers
 from calls_server.domain.envelope import Envelope, success
 from calls_server.domain.listing import pagination
+from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
 
@@ -62,7 +63,13 @@ def _list(token_info: dict[str, Any], paging: dict[str, Any], filters: dict[str,
     return success("Phone numbers retrieved successfully", data), 200
 
 
-@idempotent
+def _recover_phone_number(phone_number: str, token_info: dict[str, Any], **_: Any) -> Response:
+    """createPhoneNumber's answer for a number stored by a request whose answer was lost."""
+    number = services().store.get_phone_number(organization_id(token_info), phone_number)
+    return success("Phone number created successfully", number), 200
+
+
+@idempotent(_recover_phone_number)
 def create_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/phone-numbers/create"""
     org = organization_id(token_info)
@@ -71,7 +78,14 @@ def create_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Res
     return success("Phone number created successfully", number), 200
 
 
-@idempotent
+def _recover_import(phone_number: str, token_info: dict[str, Any], **_: Any) -> Response:
+    """importPhoneNumber's answer for a number stored by a request whose answer was lost."""
+    org = organization_id(token_info)
+    number = services().store.get_phone_number(org, phone_number)
+    return _imported(org, number, iso8601.parse_utc(number["created_at"]))
+
+
+@idempotent(_recover_import)
 def import_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/phone-numbers/import: recorded as CUSTOM; the carrier credentials are used
     for nothing and never stored."""
@@ -79,6 +93,10 @@ def import_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Res
     fields = {k: v for k, v in body.items() if k not in ("account_sid", "auth_token")}
     number = phone_numbers.new_phone_number(org, fields, now, _is_agent(org), "custom")
     services().store.add_phone_number(number)
+    return _imported(org, number, now)
+
+
+def _imported(org: str, number: PhoneNumber, now: int) -> Response:
     data = {
         "phone_number": number,
         "validation_result": {

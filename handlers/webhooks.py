@@ -15,7 +15,18 @@ Response = tuple[Envelope, int]
 Versioned = tuple[Envelope, int, dict[str, str]]  # with the webhook's ETag
 
 
-@idempotent
+def _webhook_created(hook: webhooks.Webhook) -> Versioned:
+    shown = {**webhooks.public_view(hook), "secret": hook["secret"]}
+    return success("Post-call webhook created successfully", shown), 200, _etag(hook)
+
+
+def _recover_webhook(webhook_id: str, token_info: dict[str, Any], **_: Any) -> Versioned:
+    """createPostCallWebhook's answer for a webhook stored by a request whose answer was
+    lost (its secret included: it is stored, for signing)."""
+    return _webhook_created(services().store.get_webhook(organization_id(token_info), webhook_id))
+
+
+@idempotent(_recover_webhook)
 def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/post-call-webhooks/create: the secret is shown in this response only."""
     running = services()
@@ -24,8 +35,7 @@ def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -
     hook = webhooks.new_webhook(org, body, running.clock())
     # Counted in the store's insert, atomically: concurrent creates cannot both pass the cap.
     running.store.add_webhook(hook, partial(webhooks.within_limit, limit=running.webhook_limit))
-    shown = {**webhooks.public_view(hook), "secret": hook["secret"]}
-    return success("Post-call webhook created successfully", shown), 200, _etag(hook)
+    return _webhook_created(hook)
 
 
 @reads

@@ -7,13 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from calls_server.domain import calls, phone_numbers
-from calls_server.domain.errors import PhoneNumberNotFound
+from calls_server.domain.errors import Conflict, PhoneNumberNotFound
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer, DialOutcome, job_for
 from calls_server.storage import Store
 
 NOT_DIALED = "Phone call created, but not dialed: no outbound dialer is configured on this server"
+# Why a call whose dial may have been made, but was not recorded, is not dialed again.
+DIAL_UNKNOWN = (
+    "interrupted: the request that created this call lost its answer before the dial's"
+    " outcome was recorded; not dialed again, as the dialer does not honour Idempotency-Key"
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,44 @@ def place_phone_call(
         return PhoneCallPlaced(call, "call_initiated", message)
     message = f"Phone call created, but not dialed: {outcome.reason}"
     return PhoneCallPlaced(call, "call_failed", message)
+
+
+def recover_phone_call(
+    store: Store, dialer: Dialer | None, clock: Clock, organization_id: str, call_id: str
+) -> PhoneCallPlaced:
+    """What became of the phone call `call_id`, stored by a create whose answer was lost
+    (an unknown commit outcome): as `place_phone_call` would have answered. A call never
+    dialed (or whose dial was not recorded) is dialed now when the dialer honours the
+    job's Idempotency-Key (a dial already made is then not made twice); otherwise it is
+    recorded as failed, not dialed again."""
+    call = store.get_call(organization_id, call_id)
+    if call["call_status"] == "registered" and dialer is not None:
+        try:
+            if dialer.idempotent:
+                call, _ = dispatch(store, dialer, clock, organization_id, call_id)
+            else:
+                call = store.change_call(
+                    organization_id,
+                    call_id,
+                    lambda call: calls.dispatched(call, False, DIAL_UNKNOWN, 0, clock()),
+                )
+        except Conflict:  # another retry recovered it meanwhile: answer what it left
+            call = store.get_call(organization_id, call_id)
+    return placed_as_stored(call, dialer)
+
+
+def placed_as_stored(call: calls.Call, dialer: Dialer | None) -> PhoneCallPlaced:
+    """`call` as `place_phone_call` answers it, from its stored status."""
+    status = call["call_status"]
+    if status == "scheduled":
+        return PhoneCallPlaced(call, "call_scheduled", "Phone call scheduled successfully")
+    if status == "registered" and dialer is None:
+        return PhoneCallPlaced(call, "dialer_not_configured", NOT_DIALED)
+    if status == "error" and call.get("disconnection_reason") == "dial_failed":
+        failed = [e for e in call["events"] if e["event"] == "Dialing failed"]
+        reason = failed[-1]["data"]["result"] if failed else "dialing failed"
+        return PhoneCallPlaced(call, "call_failed", f"Phone call created, but not dialed: {reason}")
+    return PhoneCallPlaced(call, "call_initiated", "Phone call created and initiated successfully")
 
 
 def bound_agent(store: Store, organization_id: str, from_number: str) -> str:

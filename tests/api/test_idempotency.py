@@ -8,7 +8,7 @@ import pytest
 from calls_server.domain.listing import CallQuery
 from calls_server.storage import EmbeddedStore
 from calls_server.storage.postgres import PostgresStore
-from tests.conftest import add_tenant, app_client, assert_error
+from tests.conftest import ADMIN_TOKEN, add_tenant, app_client, assert_error
 from tests.store.test_postgres_store import FaultyProxy
 
 
@@ -192,24 +192,36 @@ def behind_faulty_proxy(migrated_database_url):
     opened.close()
 
 
-def test_a_create_whose_commit_answer_is_lost_is_503_outcome_unknown_and_its_retry_names_it(
+def test_a_create_whose_commit_answer_is_lost_is_503_outcome_unknown(behind_faulty_proxy):
+    store, proxy, tenant = behind_faulty_proxy
+    proxy.lose_reply(b"INSERT INTO calls", to_commit=True)
+    with app_client(store) as client:
+        unknown = create(client, tenant, "key-1")
+
+    body = assert_error(unknown, 503, "may or may not have been stored")
+    assert body["message"] == "Outcome unknown"
+    assert "same Idempotency-Key" in body["error"]
+    assert store.list_calls("acme", _every_call()).total == 1  # it was committed
+
+
+def test_the_retry_of_a_create_whose_answer_was_lost_answers_the_stored_call(
     behind_faulty_proxy,
 ):
     store, proxy, tenant = behind_faulty_proxy
     proxy.lose_reply(b"INSERT INTO calls", to_commit=True)
     with app_client(store) as client:
-        unknown = create(client, tenant, "key-1")
-        stored = store.list_calls("acme", _every_call()).calls
+        create(client, tenant, "key-1")
+        stored = store.list_calls("acme", _every_call()).calls[0]
         retry = create(client, tenant, "key-1")
+        again = create(client, tenant, "key-1")
+        read = client.get(f"/api/calls/{stored['call_id']}", headers=tenant.headers)
 
-    body = assert_error(unknown, 503, "may or may not have been stored")
-    assert body["message"] == "Outcome unknown"
-    assert "same Idempotency-Key" in body["error"]
-    assert len(stored) == 1  # it was committed
-    call_id = stored[0]["call_id"]
-    assert_error(retry, 409, f"created call '{call_id}'")
-    assert retry.json()["message"] == "Request already done"
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["message"] == "Call created successfully"
+    assert retry.json()["data"]["call"]["call_id"] == stored["call_id"]
     assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["etag"] == read.headers["etag"]
+    assert again.json() == retry.json()  # kept: answered the same from then on
     assert store.list_calls("acme", _every_call()).total == 1  # not created again
 
 
@@ -229,3 +241,143 @@ def test_a_create_whose_connection_is_lost_before_its_commit_runs_again_on_retry
     assert retry.status_code == 200
     assert "idempotent-replayed" not in retry.headers  # it ran
     assert store.list_calls("acme", _every_call()).total == 1
+
+
+# Each create: its body (a batch or web call's is given an agent), the statement that adds its record,
+# where its answer names the record, and how many of its kind the store then holds.
+RECOVERED = {
+    "agent": (
+        "/api/agents/create",
+        {"agent_name": "Ada"},
+        b'INSERT INTO "agents"',
+        "agent_id",
+        lambda s: len(s.agents("acme")) - 1,
+    ),
+    "phone number": (
+        "/api/phone-numbers/create",
+        {"phone_number": "+14155550100"},
+        b'INSERT INTO "phone_numbers"',
+        "phone_number",
+        lambda s: len(s.phone_numbers("acme")),
+    ),
+    "imported phone number": (
+        "/api/phone-numbers/import",
+        {"phone_number": "+14155550100"},
+        b'INSERT INTO "phone_numbers"',
+        "phone_number",
+        lambda s: len(s.phone_numbers("acme")),
+    ),
+    "webhook": (
+        "/api/post-call-webhooks/create",
+        {"name": "CRM", "url": "https://crm.example.com/hook"},
+        b'INSERT INTO "webhooks"',
+        "id",
+        lambda s: len(s.webhooks("acme")),
+    ),
+    "batch call": (
+        "/batch-call",
+        {"from_number": "+14155550100", "tasks": [{"to_number": "+14155550101"}]},
+        b"INSERT INTO batches",
+        "batch_call_id",
+        lambda s: len(s.batches("acme")),
+    ),
+    "web call": (
+        "/api/calls/create-web-call",
+        {},
+        b"INSERT INTO calls",
+        "call",
+        lambda s: s.list_calls("acme", _every_call()).total,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", RECOVERED)
+def test_every_create_whose_answer_was_lost_is_answered_from_its_record_on_retry(
+    behind_faulty_proxy, kind
+):
+    store, proxy, tenant = behind_faulty_proxy
+    path, body, statement, named, stored = RECOVERED[kind]
+    headers = {**tenant.headers, "Idempotency-Key": "key-1"}
+    with app_client(store) as client:
+        agent = client.post("/api/agents/create", json={"agent_name": "A"}, headers=tenant.headers)
+        if kind in ("batch call", "web call"):
+            body = {**body, "agent_id": agent.json()["data"]["agent_id"]}
+        proxy.lose_reply(statement, to_commit=True)
+        unknown = client.post(path, json=body, headers=headers)
+        retry = client.post(path, json=body, headers=headers)
+        again = client.post(path, json=body, headers=headers)
+
+    assert unknown.status_code == 503
+    assert unknown.json()["message"] == "Outcome unknown"
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    data = retry.json()["data"]
+    shown = data.get("phone_number", data) if kind == "imported phone number" else data
+    assert shown[named]  # the record the first request stored
+    assert again.json() == retry.json()
+    assert stored(store) == 1  # not created again
+
+
+def test_a_phone_call_whose_answer_was_lost_before_its_dial_is_dialed_by_the_retry(
+    behind_faulty_proxy,
+):
+    """The sandbox dialer honours the job's Idempotency-Key: the retry dials the call the
+    first request stored and never dialed."""
+    store, proxy, tenant = behind_faulty_proxy
+    body = {"from_number": "+14155550100", "to_number": "+14155550101", "override_agent_id": "a"}
+    headers = {**tenant.headers, "Idempotency-Key": "key-1"}
+    proxy.lose_reply(b"INSERT INTO calls", to_commit=True)
+    with app_client(store, sandbox=True) as client:
+        unknown = client.post("/api/calls/create-phone-call", json=body, headers=headers)
+        before = store.list_calls("acme", _every_call()).calls[0]["call_status"]
+        retry = client.post("/api/calls/create-phone-call", json=body, headers=headers)
+
+    assert unknown.json()["message"] == "Outcome unknown"
+    assert before == "registered"  # stored, never dialed
+    assert retry.status_code == 200, retry.text
+    data = retry.json()["data"]
+    assert data["status"] == "call_initiated"
+    assert data["call"]["call_status"] == "ongoing"
+    assert store.list_calls("acme", _every_call()).total == 1
+
+
+def test_a_phone_call_whose_answer_was_lost_is_not_dialed_again_by_a_plain_dialer(
+    behind_faulty_proxy, receiver
+):
+    """A dialer that does not vouch for its Idempotency-Key may have taken the call: the
+    retry records it as failed, saying why, rather than dial it a second time."""
+    store, proxy, tenant = behind_faulty_proxy
+    body = {"from_number": "+14155550100", "to_number": "+14155550101", "override_agent_id": "a"}
+    headers = {**tenant.headers, "Idempotency-Key": "key-1"}
+    proxy.lose_reply(b"INSERT INTO calls", to_commit=True)
+    dialer = {"dialer_url": receiver.url, "dialer_secret": "dialer-secret-0123456789"}
+    with app_client(store, **dialer) as client:
+        client.post("/api/calls/create-phone-call", json=body, headers=headers)
+        retry = client.post("/api/calls/create-phone-call", json=body, headers=headers)
+
+    assert retry.status_code == 200, retry.text
+    data = retry.json()["data"]
+    assert data["status"] == "call_failed"
+    assert "not dialed again" in retry.json()["message"]
+    assert data["call"]["call_status"] == "error"
+    assert receiver.received == []  # never dialed
+
+
+def test_a_key_whose_creation_answer_was_lost_is_answered_without_its_secret(
+    behind_faulty_proxy, admin_headers
+):
+    store, proxy, _ = behind_faulty_proxy
+    headers = {**admin_headers, "Idempotency-Key": "key-1"}
+    path = "/api/organizations/acme/api-keys"
+    proxy.lose_reply(b"INSERT INTO api_keys", to_commit=True)
+    with app_client(store, admin_token=ADMIN_TOKEN) as client:
+        unknown = client.post(path, json={"name": "ci"}, headers=headers)
+        retry = client.post(path, json={"name": "ci"}, headers=headers)
+
+    assert unknown.json()["message"] == "Outcome unknown"
+    assert retry.status_code == 200, retry.text
+    data = retry.json()["data"]
+    assert data["api_secret"] == ""
+    assert "not kept" in data["warning"]
+    stored = [key["api_key_id"] for key in store.list_api_keys("acme")]
+    assert data["api_key_id"] in stored and len(stored) == 2  # the tenant's, and this one
