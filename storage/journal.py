@@ -8,6 +8,9 @@ The data directory (0700, its files 0600, whatever the umask) holds:
 - `journal-<first seq>.jsonl` segments: one line per committed write,
   `<8 hex CRC-32 of the JSON> {"seq": n, "changes": [...]}`, on disk before the write is
   acknowledged;
+- `journal.head`: the newest segment and the last record known durable (one checksummed
+  line, replaced atomically): written when a segment begins and, while records are
+  written, by a thread at most once a second (`HEAD_EVERY`), off every writer's path;
 - `lock`: held with `flock` while the directory is open, so a second process is refused
   instead of corrupting the data. The kernel drops the lock when the process dies.
 
@@ -48,7 +51,11 @@ never ready. A healthy journal answers without touching the disk.
 
 A snapshot written by compaction names, in its trailer, the segment that continues the
 journal after it (created and fsync'd before the snapshot was written): if that segment is
-missing on open, the newest records were deleted, and the directory is refused.
+missing on open, the newest records were deleted, and the directory is refused. The head
+covers what no snapshot names yet: a newest segment deleted while older ones remain, or
+cut (at a record boundary, which leaves no torn line) below a record it says was durable,
+is refused too. Only the records acknowledged in the last `HEAD_EVERY` before a crash are
+beyond its reach, as for any cut that a crash could also have made.
 
 TinyDB's `Storage.write(data)` only ever sees the whole database, so the journal records
 are produced a layer up, by the table (`storage.tinydb_table.JournaledTable`), and handed
@@ -77,6 +84,7 @@ Tables = dict[str, dict[str, Any]]
 Change = tuple[str, str, dict[str, Any] | None]
 
 SNAPSHOT = "snapshot.json"
+HEAD = "journal.head"
 LOCK = "lock"
 SEGMENT_GLOB = "journal-*.jsonl"
 DIRECTORY_MODE = 0o700
@@ -84,6 +92,8 @@ FILE_MODE = 0o600
 # Seconds between attempts to open the next segment after one failed (each costs an fsync
 # under the caller's lock).
 ROTATION_RETRY = 1.0
+# Seconds between updates of the head's last durable record (each costs two fsyncs).
+HEAD_EVERY = 1.0
 # Bytes the readiness probe writes once the data directory has refused something.
 PROBE_BYTES = 64 * 1024
 # Documents per orjson.dumps call in a snapshot: the encoder holds the GIL for a whole
@@ -162,6 +172,47 @@ def _snapshot_pieces(seq: int, tables: Tables) -> Iterator[bytes]:
     yield b"}}"
 
 
+@dataclass(frozen=True)
+class Head:
+    """What `journal.head` says: the newest segment, and the last record known durable."""
+
+    segment: str
+    durable: int
+
+
+def write_head(directory: Path, head: Head) -> None:
+    """Atomically replace `journal.head` in `directory` by `head`."""
+    payload = orjson.dumps({"segment": head.segment, "durable": head.durable})
+    temporary = directory / f".{HEAD}.tmp"
+    try:
+        with _create(temporary) as f:
+            f.write(b"%08x %s\n" % (zlib.crc32(payload), payload))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, directory / HEAD)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()  # only still there if something failed
+    _fsync_directory(directory)
+
+
+def read_head(directory: Path) -> Head | None:
+    """What `journal.head` in `directory` says (None: there is none); ValueError if it is
+    damaged."""
+    try:
+        line = (directory / HEAD).read_bytes()
+    except FileNotFoundError:
+        return None
+    crc, _, payload = line.rstrip(b"\n").partition(b" ")
+    if not payload or f"{zlib.crc32(payload):08x}".encode() != crc:
+        raise ValueError("its checksum does not match")
+    try:
+        fields = orjson.loads(payload)
+        return Head(str(fields["segment"]), int(fields["durable"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"it is not a head record ({e})") from e
+
+
 @dataclass
 class Replay:
     """What a data directory holds: its tables as of record `seq`, and what was wrong."""
@@ -195,9 +246,8 @@ def replay(directory: Path, salvage: bool = False) -> Replay:
         except ValueError as e:
             problem(f"{snapshot}: {e}")
         else:
-            # Lines of the newest segment cut off, or the whole segment gone when older
-            # ones remain, leave no trace (a crash can leave the same files). This one can:
-            # the segment the snapshot was written after is gone.
+            # The segment the snapshot was written after is gone (a newest segment cut or
+            # deleted is found by the head: `_check_head`).
             if next_segment is not None and not (directory / next_segment).exists():
                 problem(
                     f"{directory / next_segment}: missing, yet {SNAPSHOT} (record "
@@ -243,7 +293,35 @@ def replay(directory: Path, salvage: bool = False) -> Replay:
             state.seq = seq
             state.records += 1
             offset = end + 1
+    _check_head(directory, state, segments, problem)
     return state
+
+
+def _check_head(
+    directory: Path, state: Replay, segments: list[Path], problem: Callable[[str], None]
+) -> None:
+    """Report what `journal.head` says was written and is gone: the newest segment (none
+    newer remains), or records made durable past the last one replayed."""
+    try:
+        head = read_head(directory)
+    except ValueError as e:
+        problem(f"{directory / HEAD}: {e}")
+        return
+    if head is None:
+        return
+    newest = _first_seq(Path(head.segment))
+    if not (directory / head.segment).exists() and all(_first_seq(p) < newest for p in segments):
+        problem(
+            f"{directory / head.segment}: missing, yet {HEAD} says it is the newest segment:"
+            f" records from {newest} on are lost"
+        )
+    elif state.seq < head.durable:
+        last = segments[-1] if segments else directory / head.segment
+        problem(
+            f"{last}: ends at record {state.seq}, yet {HEAD} says record {head.durable} was"
+            f" written durably: records {state.seq + 1} to {head.durable} are lost (the"
+            " segment was cut)"
+        )
 
 
 def salvage(source: Path, target: Path) -> dict[str, Any]:
@@ -287,6 +365,9 @@ class JournalStorage(Storage):
         self._trouble: OSError | None = None
         self._rotation_retry_at = 0.0  # time.monotonic() before which no rotation is tried
         self._transaction: _Transaction | None = None
+        self._head: Head | None = None  # what journal.head says, as last written
+        self._head_lock = threading.Lock()
+        self._head_stop = threading.Event()
         try:
             _remove_temporaries(self.directory)
             state = replay(self.directory)
@@ -296,9 +377,14 @@ class JournalStorage(Storage):
             self._written = self._durable = self._seq
             self._segment_first = self._seq + 1
             self._segment = self._open_segment(self._segment_first)
+            self._update_head()
         except BaseException:
             self._lock_file.close()
             raise
+        self._head_keeper = threading.Thread(
+            target=self._keep_head, name="journal-head", daemon=True
+        )
+        self._head_keeper.start()
 
     # -- tinydb.storages.Storage -------------------------------------------------------
     def read(self) -> Tables:
@@ -315,6 +401,8 @@ class JournalStorage(Storage):
         """Finish any compaction, write a final snapshot and release the directory."""
         if self._lock_file.closed:
             return
+        self._head_stop.set()
+        self._head_keeper.join()  # no head written by this process once it let go
         try:
             self.wait_for_compaction()
             # Without a new segment no snapshot: the journal already holds everything.
@@ -469,8 +557,32 @@ class JournalStorage(Storage):
         self._records += 1
         self._written = self._seq
 
+    def _keep_head(self) -> None:
+        """Bring `journal.head` up to the last durable record every HEAD_EVERY seconds,
+        until the journal is closed. A failed write is retried the next time round."""
+        failing = False
+        while not self._head_stop.wait(HEAD_EVERY):
+            try:
+                self._update_head()
+            except OSError as e:
+                if not failing:
+                    log.warning("cannot update %s (retrying every %g s): %s", HEAD, HEAD_EVERY, e)
+                failing = True
+            else:
+                failing = False
+
+    def _update_head(self) -> None:
+        """Write `journal.head` if the newest segment or the last durable record changed."""
+        with self._head_lock:
+            with self._sync:
+                head = Head(segment_name(self._segment_first), self._durable)
+            if head != self._head:
+                write_head(self.directory, head)
+                self._head = head
+
     def _rotate(self) -> bool:
-        """Continue the journal in a new segment; False if it could not (nothing changed).
+        """Continue the journal in a new segment and say so in `journal.head`; False if
+        it could not (nothing changed).
 
         Called after a record was appended (whose writer has been told nothing yet), so the
         order matters: the current segment is made durable, then the next one is opened,
@@ -478,8 +590,19 @@ class JournalStorage(Storage):
         file descriptor, inode or room) is not a failure of the records written: they stay
         in the current segment, which appends go on using, and the rotation is retried
         `ROTATION_RETRY` seconds later; `check_ready` says not ready meanwhile. Only an
-        fsync that fails fails the journal (`failed`), as in `wait_durable`.
+        fsync that fails fails the journal (`failed`), as in `wait_durable`. A head that
+        cannot be written is left naming the previous segment: the check on open finds
+        the newer one, and compaction, which deletes the previous one, still runs.
         """
+        if not self._next_segment():
+            return False
+        try:
+            self._update_head()
+        except OSError as e:
+            log.warning("cannot update %s after a new segment began: %s", HEAD, e)
+        return True
+
+    def _next_segment(self) -> bool:
         with self._sync:
             while self._syncing:
                 self._sync.wait()
@@ -560,6 +683,8 @@ class JournalStorage(Storage):
 
     def abandon(self) -> None:
         """Let go of the directory without a final snapshot, as a killed process would."""
+        self._head_stop.set()
+        self._head_keeper.join()  # no head written by this process once it let go
         self.wait_for_compaction()
         os.close(self._segment)
         self._lock_file.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 import uuid
 import zlib
 
@@ -15,7 +16,14 @@ import pytest
 from calls_server.domain import calls
 from calls_server.domain.errors import StoreUnavailable
 from calls_server.storage import CorruptJournal, EmbeddedStore
-from calls_server.storage.journal import SEGMENT_GLOB, SNAPSHOT, encode_record, salvage
+from calls_server.storage.journal import (
+    HEAD,
+    SEGMENT_GLOB,
+    SNAPSHOT,
+    encode_record,
+    read_head,
+    salvage,
+)
 
 
 def a_call(n: int, pad: int = 0) -> calls.Call:
@@ -35,6 +43,21 @@ def fill(directory, count: int = 30, compact_every: int = 10) -> None:
     try:
         for n in range(count):
             store.add_call(a_call(n))
+    finally:
+        store.abandon()
+
+
+def fill_until_the_head_says_durable(directory, count: int) -> None:
+    """Records 1..count in one segment, left as a killed process leaves them once
+    `journal.head` (updated every second) says the last one is durable."""
+    store = EmbeddedStore(directory, compact_every=1000)
+    try:
+        for n in range(count):
+            store.add_call(a_call(n))
+        deadline = time.monotonic() + 10
+        while (head := read_head(directory)) is None or head.durable < count:
+            assert time.monotonic() < deadline, f"{HEAD} never reached record {count}"
+            time.sleep(0.05)
     finally:
         store.abandon()
 
@@ -120,6 +143,56 @@ def test_the_first_half_of_a_segment_deleted_is_refused(tmp_path):
 
     with pytest.raises(CorruptJournal, match="begins with record 5, not 1"):
         EmbeddedStore(tmp_path)
+
+
+def test_a_newest_segment_deleted_while_older_ones_remain_is_refused(tmp_path):
+    fill(tmp_path, count=4, compact_every=1000)  # journal-1: records 1..4
+    reopened = EmbeddedStore(tmp_path, compact_every=1000)  # journal-5: records 5..7
+    for n in range(10, 13):
+        reopened.add_call(a_call(n))
+    reopened.abandon()
+    older, newest = segments(tmp_path)
+    newest.unlink()
+
+    with pytest.raises(CorruptJournal, match=f"{newest}: missing, yet {HEAD} says it is the"):
+        EmbeddedStore(tmp_path)
+    assert older.exists()
+
+
+def test_a_newest_segment_cut_at_a_record_boundary_is_refused(tmp_path):
+    fill_until_the_head_says_durable(tmp_path, count=8)
+    segment = segments(tmp_path)[0]
+    lines = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(b"".join(lines[:5]))  # whole lines: no torn tail to tell
+
+    with pytest.raises(CorruptJournal, match="records 6 to 8 are lost"):
+        EmbeddedStore(tmp_path)
+
+
+def test_recover_reports_a_cut_newest_segment_and_salvages_the_rest(tmp_path):
+    fill_until_the_head_says_durable(tmp_path / "data", count=8)
+    segment = segments(tmp_path / "data")[0]
+    lines = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(b"".join(lines[:5]))
+
+    report = salvage(tmp_path / "data", tmp_path / "saved")
+
+    assert report["last_record"] == 5
+    assert any("records 6 to 8 are lost" in problem for problem in report["problems"])
+    saved = EmbeddedStore(tmp_path / "saved")
+    assert saved.list_calls("org", calls_query()).total == 5
+    saved.close()
+
+
+def test_a_clean_close_and_reopen_is_not_taken_for_a_cut(tmp_path):
+    fill_until_the_head_says_durable(tmp_path, count=3)
+    store = EmbeddedStore(tmp_path)
+    store.add_call(a_call(3))
+    store.close()
+
+    reopened = EmbeddedStore(tmp_path)
+    assert reopened.list_calls("org", calls_query()).total == 4
+    reopened.close()
 
 
 def test_a_record_without_changes_is_a_clear_refusal_not_a_traceback(tmp_path):
