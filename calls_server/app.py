@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,7 @@ from connexion.resolver import Resolver
 from connexion.spec import Specification
 from starlette.middleware.cors import CORSMiddleware
 
-from calls_server import errors
+from calls_server import errors, tracing
 from calls_server.contract import cors_headers, published, served_paths, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
@@ -130,6 +131,9 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
 
     Prometheus metrics are served at /metrics to the admin, or on a listener of their own
     while the app runs (`metrics_port`); see calls_server/metrics.py.
+
+    OpenTelemetry traces requests, store calls and outbound HTTP when the OTEL_* variables
+    ask for it, and is not even loaded otherwise; see calls_server/tracing.py.
     """
     spec = spec_for(settings)
     base_path = spec["servers"][0]["url"]
@@ -137,6 +141,8 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
     # replaced by the handler's name (`calls_server.handlers.calls.create_call`) by then.
     operation_ids = {handler_name(o, tag): o for o, tag in HandlerResolver(spec).tags.items()}
     backing = Backing(store, clock)
+    traced = tracing.from_environment(os.environ)  # None: tracing is off
+    on_client = traced.instrument if traced else None
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
@@ -155,9 +161,10 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
             else None
         )
         services = Services(
-            store=store,
+            store=traced.store(store) if traced else store,  # spans of handlers' store calls
             clock=clock,
-            dialer=replace(dialer, clock=clock) if dialer else sandbox,  # signs on app time
+            # Signs on app time; its HTTP clients are traced when tracing is on.
+            dialer=replace(dialer, clock=clock, on_client=on_client) if dialer else sandbox,
             rooms=settings.livekit_rooms(),
             egress=settings.egress(),
             webhook_limit=settings.webhooks_per_organization,
@@ -207,6 +214,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
                 retention=settings.webhook_event_retention,
                 clock=clock,
                 on_delivered=metrics.webhook_lag_seconds.observe,
+                on_client=on_client,
             )
             if settings.webhook_delivery
             else None
@@ -249,6 +257,8 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
             )
         ]
     middlewares = [
+        # Outermost when tracing is on: each request's span covers all it costs, errors too.
+        *([partial(traced.middleware, operation_ids=operation_ids)] if traced else []),
         ServerErrorMiddleware,
         # Counts and times every answer, errors included; it changes none, so the headers
         # below still go on everything.
