@@ -73,7 +73,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from calls_server.app import create_app
     from calls_server.http_protocol import HttpLimits, LimitedHttpToolsProtocol
 
-    logging.config.dictConfig(log_config(settings.log_level, settings.log_json))
+    logging.config.dictConfig(
+        log_config(settings.log_level, settings.log_json, settings.log_access)
+    )
     fresh = settings.database_url is None and (
         not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
     )
@@ -193,7 +195,10 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "log_config": log_config(settings.log_level, settings.log_json),
+        # The access log is calls_server.middleware.RequestId's, with the request's fields:
+        # uvicorn's own (no fields) would write a second line per request.
+        "access_log": False,
+        "log_config": log_config(settings.log_level, settings.log_json, settings.log_access),
         "timeout_graceful_shutdown": 30,
         "server_header": False,
         "date_header": True,

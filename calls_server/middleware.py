@@ -1,12 +1,16 @@
-"""ASGI middleware in front of the request path: request ids, the published spec, the
-body-size limit, and Swagger UI."""
+"""ASGI middleware in front of the request path: request ids and the access log, the
+published spec, the body-size limit, and Swagger UI."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 from collections.abc import Callable
+from logging import INFO
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
@@ -17,7 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from calls_server.domain.errors import PayloadTooLarge
 from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
 from calls_server.errors import REQUEST_ID
-from calls_server.logs import current_request_id
+from calls_server.logs import (
+    ACCESS_LOGGER,
+    ORGANIZATION_ID,
+    AccessLine,
+    current_request_id,
+    logged_target,
+)
 
 
 class BodySizeLimit:
@@ -122,10 +132,19 @@ class SwaggerUI(SwaggerUIMiddleware):  # type: ignore[misc]
 _ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
+_access_log = logging.getLogger(ACCESS_LOGGER)
+
+
 class RequestId:
     """ASGI middleware giving every request an id: the client's `X-Request-ID` when it sends
     a usable one, a new one otherwise. It is returned on every response (errors included)
-    and written in every log line made while the request is handled."""
+    and written in every log line made while the request is handled.
+
+    It also writes the access log: one line per request once it is answered, with the
+    method, the path (credential-like query values redacted), the status, the duration,
+    the organization that authenticated, if any, and the client's address (see
+    `calls_server.logs.AccessLine`). Here, because this middleware already sees every
+    answer start (its status) under the request's id; uvicorn's own access log is off."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -134,22 +153,52 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         raw_id = sent if _ACCEPTED_ID.fullmatch(sent) else os.urandom(16).hex().encode()
         request_id = raw_id.decode("latin-1")
         token = current_request_id.set(request_id)
         scope[REQUEST_ID] = request_id
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
                 message["headers"] = [*headers, (b"x-request-id", raw_id)]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Not answered: the server-error middleware outside answers 500.
+            status = status or 500
+            raise
         finally:
+            if _access_log.isEnabledFor(INFO):
+                # The record made directly: `info()` would also look up the calling source
+                # line (walking the stack), which an access line never shows.
+                line = _access_line(scope, status, started)
+                _access_log.handle(
+                    _access_log.makeRecord(ACCESS_LOGGER, INFO, "", 0, line, (), None)
+                )
             current_request_id.reset(token)
+
+
+def _access_line(scope: Scope, status: int | None, started: float) -> AccessLine:
+    client = scope.get("client")
+    host = client and (f"[{client[0]}]" if ":" in client[0] else client[0])
+    return AccessLine(
+        method=scope["method"],
+        path=logged_target(
+            scope.get("raw_path") or quote(scope["path"]).encode(), scope["query_string"]
+        ),
+        status=status,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        organization_id=scope.get(ORGANIZATION_ID),
+        client=f"{host}:{client[1]}" if client else None,
+    )
 
 
 class ResponseHeaders:

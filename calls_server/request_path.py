@@ -71,6 +71,7 @@ from calls_server.compiled_schema import (
     openapi_schema,
 )
 from calls_server.contract import served_at
+from calls_server.logs import ORGANIZATION_ID
 from calls_server.metrics import OPERATION
 from calls_server.validation_errors import describe, parameter_error
 
@@ -558,6 +559,19 @@ async def _read_all(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def _organization_id(token_info: Any) -> str | None:
+    """The organization a token info names (the key pair's scheme's, when several schemes
+    were required together), if any: the admin token names none."""
+    if "organization_id" in token_info:
+        found: str = token_info["organization_id"]
+        return found
+    for info in token_info.values():
+        if isinstance(info, dict) and "organization_id" in info:
+            found = info["organization_id"]
+            return found
+    return None
+
+
 # -- operations ----------------------------------------------------------------------------
 
 
@@ -635,7 +649,7 @@ class CompiledOperation:
                 token_info = await anyio.to_thread.run_sync(call)
             else:
                 token_info = self.security.verify(request, headers)
-            context = self._context(token_info)
+            context = self._context(token_info, scope)
         kwargs = self._parameters(scope, path_values, headers)
         if self.body is not None:
             kwargs[self.body.argument] = await self.body.read(headers, receive)
@@ -664,14 +678,17 @@ class CompiledOperation:
     ) -> Any:
         """Verify who is calling and run the handler (on a worker thread)."""
         context = (
-            {} if self.security is None else self._context(self.security.verify(request, headers))
+            {}
+            if self.security is None
+            else self._context(self.security.verify(request, headers), scope)
         )
         kwargs = self._parameters(scope, path_values, headers)
         self._enter(context, kwargs, scope, receive)
         return self.handler(**kwargs)
 
     @staticmethod
-    def _context(token_info: Any) -> dict[str, Any]:
+    def _context(token_info: Any, scope: Scope) -> dict[str, Any]:
+        scope[ORGANIZATION_ID] = _organization_id(token_info)  # for the access line
         return {"user": token_info.get("sub", token_info.get("uid")), "token_info": token_info}
 
     def _enter(

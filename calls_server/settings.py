@@ -52,6 +52,9 @@ class Settings:
     log_level: str = "info"
     # Log lines as JSON objects (one per line) instead of text.
     log_json: bool = False
+    # The access log: one line per request (method, path, status, duration, request id,
+    # organization, client address), at INFO.
+    log_access: bool = True
     # Browser origins allowed to call the API (CORS), comma-separated; empty: none.
     cors_origins: str = ""
     # Journal records between two snapshots of the embedded store.
