@@ -123,17 +123,31 @@ class EmbeddedStore:
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
         self._webhooks = _OrgRecords(
-            self._table("webhooks"), "id", lambda _, key: WebhookNotFound(key)
+            self._table("webhooks"),
+            "id",
+            lambda _, key: WebhookNotFound(key),
+            lambda key: DuplicateId(f"A webhook with ID '{key}' already exists"),
         )
         self._events = self._table("webhook_events")
         self._agents = _OrgRecords(
-            self._table("agents"), "agent_id", lambda org, key: AgentNotFound(key, org)
+            self._table("agents"),
+            "agent_id",
+            lambda org, key: AgentNotFound(key, org),
+            lambda key: DuplicateId(f"An agent with ID '{key}' already exists"),
         )
         self._numbers = _OrgRecords(
-            self._table("phone_numbers"), "phone_number", lambda _, key: PhoneNumberNotFound(key)
+            self._table("phone_numbers"),
+            "phone_number",
+            lambda _, key: PhoneNumberNotFound(key),
+            lambda key: DuplicateId(
+                f"Phone number '{key}' already exists", message="Phone number already exists"
+            ),
         )
         self._batches = _OrgRecords(
-            self._table("batches"), "batch_call_id", lambda _, key: BatchNotFound(key)
+            self._table("batches"),
+            "batch_call_id",
+            lambda _, key: BatchNotFound(key),
+            lambda key: DuplicateId(f"A batch call with ID '{key}' already exists"),
         )
         self._tasks = self._table("batch_tasks")
         # batch -> task id -> doc id, in the batch's order; and batch -> its pending tasks
@@ -333,6 +347,9 @@ class EmbeddedStore:
     def add_api_key(self, key: ApiKey) -> None:
         with self._writing():
             self._org_doc_id(key["organization_id"])
+            mine = self._org_keys.get(key["organization_id"], {})
+            if key["api_key"] in self._key_ids or key["api_key_id"] in mine:
+                raise DuplicateId(f"An API key with ID '{key['api_key_id']}' already exists")
             doc_id = self._keys.insert(_copy(key))
             self._key_ids[key["api_key"]] = doc_id
             self._org_keys.setdefault(key["organization_id"], {})[key["api_key_id"]] = doc_id
@@ -394,11 +411,6 @@ class EmbeddedStore:
     def add_phone_number(self, number: PhoneNumber) -> None:
         with self._writing():
             self._org_doc_id(number["organization_id"])
-            if self._numbers.exists(number["organization_id"], number["phone_number"]):
-                raise DuplicateId(
-                    f"Phone number '{number['phone_number']}' already exists",
-                    message="Phone number already exists",
-                )
             self._numbers.add(number)
 
     def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
@@ -895,14 +907,22 @@ class _OrgRecords:
     their own (`key`), with its index. The store's lock is held by the caller."""
 
     def __init__(
-        self, table: JournaledTable, key: str, not_found: Callable[[str, str], Exception]
+        self,
+        table: JournaledTable,
+        key: str,
+        not_found: Callable[[str, str], Exception],
+        duplicate: Callable[[str], Exception],
     ) -> None:
-        self.table, self.key, self.not_found = table, key, not_found
+        self.table, self.key = table, key
+        self.not_found, self.duplicate = not_found, duplicate
         self.index: dict[str, dict[str, int]] = {}  # organization -> record id -> doc id
         for doc in table.all():
             self.index.setdefault(doc["organization_id"], {})[doc[key]] = doc.doc_id
 
     def add(self, record: Mapping[str, Any]) -> None:
+        """Insert `record`; `duplicate(key)` if its organization has one with its key."""
+        if self.exists(record["organization_id"], record[self.key]):
+            raise self.duplicate(record[self.key])
         doc_id = self.table.insert(_copy(record))
         self.index.setdefault(record["organization_id"], {})[record[self.key]] = doc_id
 

@@ -96,7 +96,8 @@ class Store(Protocol):
         """The organization. Raises OrganizationNotFound."""
 
     def add_api_key(self, key: ApiKey) -> None:
-        """Store a new key of an existing organization. Raises OrganizationNotFound."""
+        """Store a new key of an existing organization. Raises OrganizationNotFound;
+        DuplicateId if its `api_key` or `api_key_id` is taken (nothing stored)."""
 
     def find_api_key(self, api_key: str) -> ApiKey | None:
         """The key record whose public part is `api_key`, active or not, if any."""
@@ -111,7 +112,8 @@ class Store(Protocol):
 
     # -- agents ------------------------------------------------------------------------------
     def add_agent(self, agent: Agent) -> None:
-        """Store a new agent of an existing organization. Raises OrganizationNotFound."""
+        """Store a new agent of an existing organization. Raises OrganizationNotFound;
+        DuplicateId if the organization has an agent with its id (nothing stored)."""
 
     def agents(self, organization_id: str) -> list[Agent]:
         """The organization's agents, oldest first."""
@@ -151,10 +153,11 @@ class Store(Protocol):
 
     # -- webhooks ----------------------------------------------------------------------------
     def add_webhook(self, webhook: Webhook, check: Callable[[int], None] | None = None) -> None:
-        """Store a new webhook of an existing organization. Raises OrganizationNotFound.
-        `check`, if given, is called with how many webhooks the organization has, atomically
-        with the insert (no other webhook of the organization is added in between): if it
-        raises, nothing is stored."""
+        """Store a new webhook of an existing organization. Raises OrganizationNotFound;
+        DuplicateId if the organization has a webhook with its id (nothing stored).
+        `check`, if given, is called with how many webhooks the organization has,
+        atomically with the insert (no other webhook of the organization is added in
+        between): if it raises, nothing is stored."""
 
     def webhooks(self, organization_id: str) -> list[Webhook]:
         """The organization's webhooks, oldest first."""
@@ -179,7 +182,8 @@ class Store(Protocol):
 
     # -- batch calls ---------------------------------------------------------------------------
     def add_batch(self, batch: Batch, tasks: list[Task]) -> None:
-        """Store a new batch and its tasks, together. Raises OrganizationNotFound."""
+        """Store a new batch and its tasks, together. Raises OrganizationNotFound;
+        DuplicateId if the organization has a batch with its id (nothing stored)."""
 
     def get_batch(self, organization_id: str, batch_id: str) -> Batch:
         """The batch. Raises BatchNotFound, also for another organization's."""

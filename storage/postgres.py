@@ -711,11 +711,13 @@ class PostgresStore:
         """Store a new batch and its tasks, together (the tasks in one COPY)."""
         with self._transaction() as conn:
             _require_organization(conn, batch["organization_id"])
-            conn.execute(
+            inserted = conn.execute(
                 "INSERT INTO batches (organization_id, batch_call_id, active, in_progress, doc)"
-                " VALUES (%s, %s, %s, %s, %s::jsonb)",
+                " VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING RETURNING 1",
                 (batch["organization_id"], batch["batch_call_id"], *_batch_values(batch)),
-            )
+            ).fetchone()
+            if inserted is None:
+                raise _BATCHES.duplicate(batch["batch_call_id"])
             _insert_tasks(conn, tasks)
             _mark_claim(conn, "batch call", batch["batch_call_id"])
 

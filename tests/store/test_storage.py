@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from calls_server.domain import calls, keys
+from calls_server.domain import agents, batches, calls, keys, phone_numbers, webhooks
 from calls_server.domain.errors import (
     ApiKeyNotFound,
     CallNotFound,
@@ -110,6 +110,63 @@ def test_organizations_and_keys_round_trip(store):
     assert store.find_api_key(record["api_key"]) == record
     assert store.list_api_keys("acme") == [record]
     assert store.find_api_key("sk_unknown") is None
+
+
+def _agent(store):
+    return agents.new_agent("acme", {"agent_name": "Ada"}, 1)
+
+
+def _number(store):
+    return phone_numbers.new_phone_number("acme", {"phone_number": "+14155550100"}, 1, bool)
+
+
+def _webhook(store):
+    return webhooks.new_webhook(
+        "acme", {"name": "CRM", "url": "https://crm.example.com/h", "is_active": True}, 1
+    )
+
+
+def _batch(store):
+    body = {
+        "from_number": "+14155550100",
+        "agent_id": "a",
+        "tasks": [{"to_number": "+14155550101"}],
+    }
+    return batches.new_batch("acme", body, 1, ["a"])
+
+
+# Each kind of record an organization holds: (make one, add it, list the organization's).
+RECORDS = {
+    "agent": (_agent, lambda s, r: s.add_agent(r), lambda s: s.agents("acme")),
+    "phone number": (
+        _number,
+        lambda s, r: s.add_phone_number(r),
+        lambda s: s.phone_numbers("acme"),
+    ),
+    "webhook": (_webhook, lambda s, r: s.add_webhook(r), lambda s: s.webhooks("acme")),
+    "batch call": (_batch, lambda s, r: s.add_batch(*r), lambda s: s.batches("acme")),
+    "API key": (
+        lambda s: keys.new_api_key("acme", 1)[0],
+        lambda s, r: s.add_api_key(r),
+        lambda s: s.list_api_keys("acme"),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", RECORDS)
+def test_a_record_added_twice_with_its_id_raises_duplicate_id_and_stores_nothing(store, kind):
+    """Both backends alike: no second record, no orphan left behind in the tables."""
+    make, add, listed = RECORDS[kind]
+    store.add_organization(keys.new_organization(1, "acme"))
+    record = make(store)
+    add(store, record)
+
+    with pytest.raises(DuplicateId, match="already exists"):
+        add(store, record)
+    assert len(listed(store)) == 1
+    if isinstance(store, EmbeddedStore):  # what `export` carries (copy-to-postgres)
+        counts = {table: len(rows) for table, rows in store.export().items()}
+        assert max(counts.values()) <= 1 or kind == "batch call", counts
 
 
 def test_keys_need_an_existing_organization(store):
