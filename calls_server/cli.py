@@ -302,7 +302,12 @@ def mcp(args: argparse.Namespace, settings: Settings) -> int:
     """Serve a Calls server's operations to MCP clients (agents) as tools."""
     import dataclasses
 
-    flags = {"mcp_url": args.url, "mcp_host": args.mcp_host, "mcp_port": args.mcp_port}
+    flags = {
+        "mcp_url": args.url,
+        "mcp_host": args.mcp_host,
+        "mcp_port": args.mcp_port,
+        "mcp_read_only": args.read_only,
+    }
     settings = dataclasses.replace(settings, **{k: v for k, v in flags.items() if v is not None})
     if not (settings.mcp_api_key and settings.mcp_api_secret):
         print(
@@ -322,7 +327,12 @@ def mcp(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    server = build_server(settings.mcp_url, settings.mcp_api_key, settings.mcp_api_secret)
+    server = build_server(
+        settings.mcp_url,
+        settings.mcp_api_key,
+        settings.mcp_api_secret,
+        read_only=settings.mcp_read_only,
+    )
     if args.transport == "stdio":
         server.run(transport="stdio", show_banner=False)
     else:
@@ -462,12 +472,14 @@ def _parser() -> argparse.ArgumentParser:
     agents = commands.add_parser(
         "mcp",
         help="serve the Calls operations to MCP clients (agents) as tools",
-        description="An MCP server whose tools are the Calls, schedule and webhook operations "
-        "of openapi.yaml, calling a running Calls server with one organization's key pair "
-        "(CALLS_MCP_API_KEY, CALLS_MCP_API_SECRET). Needs the `mcp` extra. Over HTTP its "
-        "clients must send `Authorization: Bearer $CALLS_MCP_TOKEN`, and only the Host names "
-        "in CALLS_MCP_ALLOWED_HOSTS (default: loopback) and browser origins in "
-        "CALLS_MCP_ALLOWED_ORIGINS (default: none) are answered.",
+        description="An MCP server whose tools are the operations of openapi.yaml an "
+        "organization may call (calls, schedules, agents, phone numbers, webhooks, batch "
+        "calls; with --read-only only those that read), calling a running Calls server with "
+        "one organization's key pair (CALLS_MCP_API_KEY, CALLS_MCP_API_SECRET). Needs the "
+        "`mcp` extra. Over HTTP its clients must send `Authorization: Bearer "
+        "$CALLS_MCP_TOKEN`, and only the Host names in CALLS_MCP_ALLOWED_HOSTS (default: "
+        "loopback) and browser origins in CALLS_MCP_ALLOWED_ORIGINS (default: none) are "
+        "answered.",
     )
     agents.add_argument(
         "--url",
@@ -484,6 +496,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="mcp_port",
         type=int,
         help="with --transport http: port (CALLS_MCP_PORT, default 8090)",
+    )
+    agents.add_argument(
+        "--read-only",
+        action="store_const",
+        const=True,
+        help="only the operations that read (GET) are tools (CALLS_MCP_READ_ONLY)",
     )
     agents.set_defaults(command=mcp)
 

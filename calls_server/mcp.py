@@ -1,12 +1,14 @@
 """An MCP server exposing the Calls API to agents, as tools derived from openapi.yaml.
 
 Voice-agent platforms hand their API keys to MCP servers. `calls-server mcp` is one: it
-reads this server's contract and turns each Calls, schedule and webhook operation into an
-MCP tool of the same name (its operationId, e.g. `createCall`), with the operation's
-description and its parameters and body as the tool's input schema (FastMCP's OpenAPI
-support does the mapping). Calling a tool makes the HTTP request to a running Calls server
-with the organization's key pair; the envelope the server answers is the tool's result,
-and an error status is a tool error carrying the envelope's `error`.
+reads this server's contract and turns each operation an organization's key pair may call
+(calls, schedules, agents, phone numbers, webhooks, batch calls) into an MCP tool of the
+same name (its operationId, e.g. `createCall`), with the operation's description and its
+parameters and body as the tool's input schema (FastMCP's OpenAPI support does the
+mapping). Read-only, only the GET operations are tools: an agent can look, not change.
+Calling a tool makes the HTTP request to a running Calls server with the organization's key
+pair; the envelope the server answers is the tool's result, and an error status is a tool
+error carrying the envelope's `error`.
 
 Over stdio the client is the process that launched it. Over HTTP anyone who can reach the
 port could use the organization's key pair, and a web page the operator opens can reach a
@@ -21,11 +23,12 @@ import hashlib
 import hmac
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 from fastmcp import FastMCP
 from fastmcp.server.providers.openapi.routing import MCPType, RouteMap
+from fastmcp.utilities.openapi import HttpMethod
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
@@ -36,21 +39,31 @@ from calls_server.contract import load_spec, public
 from calls_server.domain.envelope import failure
 from calls_server.settings import Settings, normalize_origin, split_host
 
-# The operations agents get, by tag; everything else (admin, health) stays out.
-TOOL_TAGS = ("calls", "schedule", "webhooks")
+# The operations agents get, by tag: every one an organization's key pair may call. The
+# admin API (another credential), health and the sandbox's recordings (no credential, a
+# WAV file for players) stay out.
+TOOL_TAGS = ("calls", "schedule", "agents", "phone_numbers", "webhooks", "batch_calls")
+# The methods of the operations that only read, the tools of a read-only server. (The
+# searches sent by POST read too, but each has a GET listing that does the same.)
+READ_METHODS: tuple[HttpMethod, ...] = ("GET",)
 
 
 def build_server(
-    base_url: str, api_key: str, api_secret: str, timeout: float = 30.0
+    base_url: str,
+    api_key: str,
+    api_secret: str,
+    timeout: float = 30.0,
+    read_only: bool = False,
 ) -> FastMCP[Any]:
     """An MCP server whose tools call the Calls API at `base_url` (ending in `/api`) with the
-    key pair of one organization."""
+    key pair of one organization; `read_only`, only the operations that read are tools."""
     client = httpx2.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers={"X-API-KEY": api_key, "X-API-SECRET": api_secret},
         timeout=timeout,
     )
-    route_maps = [RouteMap(tags={tag}, mcp_type=MCPType.TOOL) for tag in TOOL_TAGS]
+    methods: list[HttpMethod] | Literal["*"] = list(READ_METHODS) if read_only else "*"
+    route_maps = [RouteMap(methods=methods, tags={tag}, mcp_type=MCPType.TOOL) for tag in TOOL_TAGS]
     route_maps.append(RouteMap(mcp_type=MCPType.EXCLUDE))
 
     @asynccontextmanager
@@ -63,7 +76,7 @@ def build_server(
     return FastMCP.from_openapi(
         openapi_spec=public(load_spec()),
         client=client,
-        name="Calls API",
+        name="Calls API (read-only)" if read_only else "Calls API",
         route_maps=route_maps,
         lifespan=lifespan,
     )

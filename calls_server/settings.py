@@ -158,6 +158,8 @@ class Settings:
     mcp_url: str = "http://127.0.0.1:8080/api"
     mcp_api_key: str | None = None
     mcp_api_secret: str | None = None
+    # `calls-server mcp`: only the operations that read (GET) are tools.
+    mcp_read_only: bool = False
     # `calls-server mcp --transport http`: the address and port it listens on; the bearer
     # token its clients must send (16+ characters; without one it does not start over HTTP);
     # the Host names it answers to, comma-separated, each `name` (any port) or `name:port`

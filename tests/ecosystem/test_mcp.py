@@ -52,24 +52,133 @@ def result_data(result: Any) -> Any:
     return content.get("result", content)  # FastMCP wraps responses it cannot type as objects
 
 
-def test_the_tools_are_the_calls_schedule_and_webhook_operations(server, key):
-    mcp = build_server(f"{server.base_url}/api", key["X-API-KEY"], key["X-API-SECRET"])
+def operations(tags: tuple[str, ...], methods: tuple[str, ...] | None = None) -> set[str]:
+    """The operationIds of the spec's operations of `tags` (and `methods`, if given)."""
+    return {
+        operation["operationId"]
+        for item in load_spec()["paths"].values()
+        for method, operation in item.items()
+        if isinstance(operation, dict)
+        and operation["tags"][0] in tags
+        and (methods is None or method.upper() in methods)
+    }
 
+
+def tool_names(mcp: Any) -> set[str]:
     async def names() -> set[str]:
         async with Client(mcp) as client:
             return {tool.name for tool in await client.list_tools()}
 
-    tools = run(names())
+    found: set[str] = run(names())
+    return found
 
-    spec = load_spec()
-    expected = {
-        operation["operationId"]
-        for item in spec["paths"].values()
-        for operation in item.values()
-        if isinstance(operation, dict) and operation["tags"][0] in TOOL_TAGS
+
+def test_the_tools_are_every_operation_an_organization_may_call(server, key):
+    mcp = build_server(f"{server.base_url}/api", key["X-API-KEY"], key["X-API-SECRET"])
+
+    tools = tool_names(mcp)
+
+    all_tags = {
+        o["tags"][0] for i in load_spec()["paths"].values() for o in i.values() if "tags" in o
     }
-    assert tools == expected
+    assert all_tags - set(TOOL_TAGS) == {"admin", "health", "sandbox"}  # a new tag: decide
+    assert tools == operations(TOOL_TAGS)
+    assert {"createCall", "createAgent", "createPhoneNumber", "createBatchCall"} <= tools
     assert tool_for("post", "/organizations") not in tools  # admin stays out
+    assert tool_for("get", "/health") not in tools
+
+
+def test_read_only_the_tools_are_the_operations_that_read(server, key):
+    mcp = build_server(
+        f"{server.base_url}/api", key["X-API-KEY"], key["X-API-SECRET"], read_only=True
+    )
+
+    tools = tool_names(mcp)
+
+    assert tools == operations(TOOL_TAGS, methods=("GET",))
+    assert {"listCalls", "getCall", "listAgents", "getBatchCall", "listPhoneNumbers"} <= tools
+    for writing in (
+        "createCall",
+        "updateCall",
+        "deleteAgent",
+        "createBatchCall",
+        "cancelBatchCall",
+    ):
+        assert writing not in tools
+
+
+def test_read_only_a_writing_tool_cannot_be_called_and_changes_nothing(server, key):
+    mcp = build_server(
+        f"{server.base_url}/api", key["X-API-KEY"], key["X-API-SECRET"], read_only=True
+    )
+
+    async def attempt() -> None:
+        async with Client(mcp) as client:
+            await client.call_tool(tool_for("post", "/agents/create"), {"agent_name": "Sneaky"})
+
+    with pytest.raises(ToolError, match="Unknown tool"):
+        run(attempt())
+    listed = httpx.get(f"{server.base_url}/api/agents", headers=key).json()
+    assert "Sneaky" not in json.dumps(listed)
+
+
+def test_an_agent_creates_and_reads_agents_through_the_tools(server, key):
+    mcp = build_server(f"{server.base_url}/api", key["X-API-KEY"], key["X-API-SECRET"])
+
+    async def session() -> tuple[Any, Any, Any]:
+        async with Client(mcp) as client:
+            created = await client.call_tool(
+                tool_for("post", "/agents/create"), {"agent_name": "Front desk"}
+            )
+            agent_id = result_data(created)["data"]["agent_id"]
+            got = await client.call_tool(
+                tool_for("get", "/agents/{agent_id}"), {"agent_id": agent_id}
+            )
+            listed = await client.call_tool(tool_for("get", "/agents"), {})
+            return result_data(created), result_data(got), result_data(listed)
+
+    created, got, listed = run(session())
+
+    agent_id = created["data"]["agent_id"]
+    over_http = httpx.get(f"{server.base_url}/api/agents/{agent_id}", headers=key).json()
+    assert over_http["data"]["agent_name"] == "Front desk"
+    assert got["data"]["agent_id"] == agent_id
+    assert agent_id in json.dumps(listed)
+
+
+def test_an_agent_drafts_a_batch_call_and_reads_its_tasks_through_the_tools(server, key):
+    mcp = build_server(f"{server.base_url}/api", key["X-API-KEY"], key["X-API-SECRET"])
+    draft = {
+        "name": "Follow-up",
+        "from_number": "+14155550100",
+        "status": "draft",
+        "tasks": [{"to_number": f"+1415555020{n}"} for n in range(3)],
+    }
+
+    async def session() -> tuple[Any, Any]:
+        async with Client(mcp) as client:
+            agent = await client.call_tool(
+                tool_for("post", "/agents/create"), {"agent_name": "Campaigns"}
+            )
+            agent_id = result_data(agent)["data"]["agent_id"]
+            created = await client.call_tool(
+                tool_for("post", "/batch-call"), {**draft, "agent_id": agent_id}
+            )
+            batch_id = result_data(created)["data"]["batch_call_id"]
+            tasks = await client.call_tool(
+                tool_for("get", "/batch-call/{batch_call_id}/tasks"), {"batch_call_id": batch_id}
+            )
+            return result_data(created), result_data(tasks)
+
+    created, tasks = run(session())
+
+    batch_id = created["data"]["batch_call_id"]
+    over_http = httpx.get(f"{server.base_url}/batch-call/{batch_id}", headers=key).json()
+    assert over_http["data"]["name"] == "Follow-up"
+    assert over_http["data"]["status"] == "draft"
+    assert sorted(t["to_number"] for t in tasks["data"]["tasks"]) == [
+        f"+1415555020{n}" for n in range(3)
+    ]
 
 
 def test_an_agent_creates_reads_and_lists_calls_through_the_tools(server, key):
@@ -121,6 +230,27 @@ def test_agents_launch_it_over_stdio(server, key):
     created = run(session())
 
     assert created["data"]["call"]["agent_id"] == "agent-123"
+
+
+def test_launched_with_read_only_it_lists_only_the_reading_tools(server, key):
+    transport = StdioTransport(
+        command=sys.executable,
+        args=["-m", "calls_server.cli", "mcp", "--read-only", "--url", f"{server.base_url}/api"],
+        env={
+            **os.environ,
+            "CALLS_MCP_API_KEY": key["X-API-KEY"],
+            "CALLS_MCP_API_SECRET": key["X-API-SECRET"],
+        },
+    )
+
+    tools = tool_names(transport)
+
+    assert tools == operations(TOOL_TAGS, methods=("GET",))
+
+
+def test_read_only_is_also_a_setting():
+    assert Settings.load({}).mcp_read_only is False
+    assert Settings.load({"CALLS_MCP_READ_ONLY": "true"}).mcp_read_only is True
 
 
 def test_the_command_refuses_to_start_without_a_key_pair(tmp_path):
