@@ -19,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -350,7 +351,8 @@ and give the client `Authorization: Bearer $CALLS_MCP_TOKEN`. (stdio needs no to
 def recover(args: argparse.Namespace, settings: Settings) -> int:
     """Salvage everything readable of a damaged data directory into a new one."""
     try:
-        report = salvage(settings.data_dir, args.to)
+        with _working(f"Recovering {settings.data_dir.name}", after=0.0):
+            report = salvage(settings.data_dir, args.to)
     except FileExistsError as e:
         print(f"calls-server: {e}", file=sys.stderr)
         return 2
@@ -375,12 +377,14 @@ def copy_to_postgres(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     from calls_server.storage.postgres import PostgresStore
 
-    source = EmbeddedStore(settings.data_dir, compact_every=settings.compact_every)
+    with _working(f"Reading {settings.data_dir.name}", after=0.0):
+        source = EmbeddedStore(settings.data_dir, compact_every=settings.compact_every)
     try:
         records = source.export()
         target = PostgresStore(url)
         try:
-            target.copy_from(records, replace=args.replace)
+            with _records_bar(records, "Copying") as counted:
+                target.copy_from(counted, replace=args.replace)
             copied = target.record_counts()
         finally:
             target.close()
@@ -402,7 +406,109 @@ def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, 
 
 
 def _open(settings: Settings) -> Store:
-    return settings.open_store()
+    if settings.database_url:
+        return settings.open_store()
+    # Opening the embedded store reads its whole journal: seconds, for millions of calls.
+    with _working(f"Reading {settings.data_dir.name}"):
+        return settings.open_store()
+
+
+# -- progress, on a terminal only ------------------------------------------------------------
+
+# Seconds a step runs before `_working` shows it: quick ones show nothing.
+SHOW_AFTER = 0.5
+
+
+def _on_terminal() -> bool:
+    """Whether progress is shown: only to a person at a terminal. Pipes, files and tests
+    see the command's output as it always was."""
+    return sys.stderr.isatty()
+
+
+def _tqdm(**options: Any) -> Any:
+    """A tqdm progress bar on stderr. tqdm is imported only when one is shown (it takes a
+    twentieth of a second); it ships no type hints."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(file=sys.stderr, **options)
+
+
+@contextmanager
+def _working(description: str, after: float = SHOW_AFTER) -> Iterator[None]:
+    """While the block runs, a line on the terminal saying what is being done and for how
+    long (shown once it has run `after` seconds, removed when it ends): for steps that report
+    no progress of their own, such as reading a data directory. Nothing off a terminal."""
+    if not _on_terminal():
+        yield
+        return
+    done = threading.Event()
+
+    def show() -> None:
+        if done.wait(after):
+            return
+        with _tqdm(desc=description, bar_format="{desc}... {elapsed}", leave=False) as line:
+            while not done.wait(0.5):  # the work holds the main thread: tick from here
+                line.refresh()
+
+    ticking = threading.Thread(target=show, daemon=True)
+    ticking.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticking.join()
+
+
+@contextmanager
+def _records_bar(
+    records: Mapping[str, Sequence[Mapping[str, Any]]], description: str
+) -> Iterator[Mapping[str, Sequence[Mapping[str, Any]]]]:
+    """`records` (by kind), counted on a progress bar as they are read, each kind named
+    while it is; on a terminal only (else `records` themselves)."""
+    if not _on_terminal():
+        yield records
+        return
+    total = sum(len(kind) for kind in records.values())
+    with _tqdm(total=total, desc=description, unit=" records") as bar:
+        yield _CountedRecords(records, bar, description)
+        bar.set_description(description, refresh=False)  # done: no kind in particular
+
+
+class _CountedRecords(Mapping[str, Sequence[Mapping[str, Any]]]):
+    """Records by kind, whose reading moves a progress bar on."""
+
+    def __init__(
+        self, records: Mapping[str, Sequence[Mapping[str, Any]]], bar: Any, verb: str
+    ) -> None:
+        self.records, self.bar, self.verb = records, bar, verb
+
+    def __getitem__(self, kind: str) -> Sequence[Mapping[str, Any]]:
+        return _Counted(self.records[kind], self.bar, f"{self.verb} {kind}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class _Counted(Sequence[Mapping[str, Any]]):
+    """The records of one kind: iterating them names the kind on the bar and counts each."""
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], bar: Any, label: str) -> None:
+        self.records, self.bar, self.label = records, bar, label
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.records[index]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        self.bar.set_description(self.label)
+        for record in self.records:
+            yield record
+            self.bar.update()
 
 
 def _print(value: Any) -> None:
