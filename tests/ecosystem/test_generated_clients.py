@@ -10,6 +10,7 @@ compile code using them with `tsc --strict` (where Node is present).
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.generators
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 OPENAPI_TYPESCRIPT = "openapi-typescript@7.13.0"
-TYPESCRIPT = "typescript@5.9"
+TYPESCRIPT = "typescript@5.9.3"
 SEED = SEED_REQUEST
 
 
@@ -138,7 +139,7 @@ def run_main_flows(client_package: Any, models: Any, client: Any) -> None:
 
     page = call("get", "/calls").data  # holds a web call, whose direction is null
     assert {c.call_id for c in page.calls} >= {call_id, web.call.call_id}
-    searched = call("post", "/calls", body=models.ListCallsRequest.from_dict({"limit": 2})).data
+    searched = call("post", "/calls", body=models.SearchCallsRequest.from_dict({"limit": 2})).data
     assert searched.pagination.total_count == 3
 
     updated = call(
@@ -163,13 +164,13 @@ def run_main_flows(client_package: Any, models: Any, client: Any) -> None:
     assert deleted.call_id == call_id
 
 
-@pytest.mark.skipif(shutil.which("npx") is None, reason="Node.js (npx) is not installed")
-@pytest.mark.parametrize("source", ["spec file", "served spec"])
-def test_typescript_types_generate_and_compile_strictly(source, server, tmp_path):
-    npx = ["npx", "--yes"]
-    spec = str(SPEC_PATH) if source == "spec file" else f"{server.base_url}/api/openapi.json"
+needs_npx = pytest.mark.skipif(shutil.which("npx") is None, reason="Node.js (npx) is not installed")
+
+
+def generate_typescript(spec: str, out: Path) -> None:
+    """Run openapi-typescript with its default settings; fail on any warning or error."""
     generated = subprocess.run(
-        [*npx, OPENAPI_TYPESCRIPT, spec, "-o", str(tmp_path / "api.d.ts")],
+        ["npx", "--yes", OPENAPI_TYPESCRIPT, spec, "-o", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -182,6 +183,30 @@ def test_typescript_types_generate_and_compile_strictly(source, server, tmp_path
     assert generated.returncode == 0, output
     assert "warn" not in output.lower(), output
     assert "error" not in output.lower(), output
+
+
+def compile_strictly(source: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["npx", "--yes", "-p", TYPESCRIPT, "tsc", "--strict", "--noEmit", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def typescript_types(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of `api.d.ts`, openapi-typescript's types of the spec file."""
+    folder = tmp_path_factory.mktemp("openapi-typescript")
+    generate_typescript(str(SPEC_PATH), folder / "api.d.ts")
+    return folder
+
+
+@needs_npx
+@pytest.mark.parametrize("source", ["spec file", "served spec"])
+def test_typescript_types_generate_and_compile_strictly(source, server, tmp_path):
+    spec = str(SPEC_PATH) if source == "spec file" else f"{server.base_url}/api/openapi.json"
+    generate_typescript(spec, tmp_path / "api.d.ts")
 
     (tmp_path / "use.ts").write_text(
         """
@@ -199,10 +224,61 @@ const failed: Schemas["ErrorEnvelope"] = {
 export { direction, listed, failed };
 """
     )
-    compiled = subprocess.run(
-        [*npx, "-p", TYPESCRIPT, "tsc", "--strict", "--noEmit", str(tmp_path / "use.ts")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    compiled = compile_strictly(tmp_path / "use.ts")
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+
+
+@needs_npx
+def test_typescript_requests_typed_as_the_readme_sends_them_compile(typescript_types):
+    """Request fields with a default are optional: the README's bodies type as they are."""
+    source = typescript_types / "readme.ts"
+    source.write_text(
+        """
+import type { components } from "./api";
+type Schemas = components["schemas"];
+const call: Schemas["CreateCallRequest"] = {
+  agent_id: "agent-123", call_type: "PHONE_CALL", direction: "OUTBOUND",
+  metadata: { customer_id: "cust-001", priority: "high", campaign: "summer-2024" },
+};
+const bare: Schemas["CreateCallRequest"] = { agent_id: "agent-123" };
+const web: Schemas["CreateWebCallRequest"] = { agent_id: "agent-123" };
+const update: Schemas["UpdateCallRequest"] = { call_status: "ONGOING", metadata: { attempt: 2 } };
+const lower: Schemas["UpdateCallRequest"] = { call_status: "ended", direction: "inbound" };
+const hook: Schemas["CreateWebhookRequest"] = { name: "CRM", url: "https://crm.example/hook" };
+const batch: Schemas["CreateBatchCallRequest"] = {
+  from_number: "+14157774444", tasks: [{ to_number: "+12137774445" }],
+  retry_config: { enabled: true },
+  retry_rules: [{ condition: "NO_ANSWER", retry_timing: { type: "AT", time: "13:00" } }],
+};
+export { call, bare, web, update, lower, hook, batch };
+"""
+    )
+    compiled = compile_strictly(source)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+
+
+@needs_npx
+@pytest.mark.parametrize(
+    ("schema", "field", "misspelled"),
+    [
+        ("CreateCallRequest", "call_type", "PHONE_CAL"),
+        ("UpdateCallRequest", "call_status", "ONGOIN"),
+        ("UpdateCallRequest", "direction", "Inbound"),
+    ],
+)
+def test_typescript_refuses_a_misspelled_enum_value_in_a_request(
+    typescript_types, schema, field, misspelled
+):
+    source = typescript_types / f"misspelled_{field}.ts"
+    body = {"agent_id": "agent-123"} if schema == "CreateCallRequest" else {}
+    body[field] = misspelled
+    source.write_text(
+        f"""
+import type {{ components }} from "./api";
+const body: components["schemas"]["{schema}"] = {json.dumps(body)};
+export {{ body }};
+"""
+    )
+    compiled = compile_strictly(source)
+    assert compiled.returncode != 0
+    assert f"Type '\"{misspelled}\"' is not assignable" in compiled.stdout, compiled.stdout
