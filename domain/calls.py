@@ -48,6 +48,9 @@ PLAYED_EVENT = "Call played by the sandbox dialer"
 # The statuses of a call under way: a player may still move it on.
 UNDER_WAY = ("registered", "ongoing")
 
+# Enum values a PUT may set, stored in lower case like `call_status` (input in either case;
+# responses case them as domain/casing.py says).
+_ENUM_UPDATE_FIELDS = ("direction", "disconnection_reason")
 # Fields a PUT copies as given (after enum values are lower-cased).
 _PLAIN_UPDATE_FIELDS = (
     "direction",
@@ -233,7 +236,8 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
     for field in _PLAIN_UPDATE_FIELDS:
         if field in changes:
             value = changes[field]
-            updated[field] = enum_value(value) if field == "direction" else copy.deepcopy(value)
+            enum = field in _ENUM_UPDATE_FIELDS and isinstance(value, str)
+            updated[field] = enum_value(value) if enum else copy.deepcopy(value)
 
     for key, value in _client_metadata(changes.get("metadata")).items():
         if value is None:
@@ -337,12 +341,13 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
     return result
 
 
-def played_by(call: Call, process: str, now: int) -> Call:
-    """`call`, about to be played by the sandbox dialer of `process` (recorded in an event:
-    whoever finds the call under way once that process has stopped ends it)."""
+def played_by(call: Call, process: str, now: int, data: Mapping[str, Any] | None = None) -> Call:
+    """`call`, about to be played by the sandbox dialer of `process` (recorded in an event,
+    with `data`, the sandbox's draw: whoever finds the call under way once that process has
+    stopped ends it)."""
     played = copy.deepcopy(call)
     played["updated_at"] = now
-    _record(played, now, PLAYED_EVENT, {"played_by": process})
+    _record(played, now, PLAYED_EVENT, {"played_by": process, **(data or {})})
     return played
 
 

@@ -1,4 +1,5 @@
-"""How a response cases enum values (`call_status`, `call_type`, `direction`).
+"""How a response cases enum values (`call_status`, `call_type`, `direction`,
+`disconnection_reason`).
 
 Calls are stored in lower case. Upstream answers in UPPER case where it shows a call as
 listed (get one call, both list forms, the `call` inside the phone and web creates) and in
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from calls_server.domain.calls import Call
 
 MODES = ("upstream", "lower", "upper")
-CASED_FIELDS = ("call_status", "call_type", "direction")
+# `disconnection_reason` too: upstream lists calls with `USER_HANGUP`; the server, its
+# dialers and the sandbox store `user_hangup`, as a PUT's input in either case is stored.
+CASED_FIELDS = ("call_status", "call_type", "direction", "disconnection_reason")
 
 
 @dataclass(frozen=True)

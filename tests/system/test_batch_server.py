@@ -312,7 +312,7 @@ def test_a_sandbox_campaign_killed_mid_batch_completes_after_a_restart(tmp_path)
         dialed = [e for e in call["events"] if e["event"] == "Call dispatched to dialer"]
         assert len(dialed) == 1, call["call_id"]
         assert call["call_status"].lower() in ("ended", "error")
-    cut_off = [c for c in made if c["disconnection_reason"] == "error_unknown"]
+    cut_off = [c for c in made if c["disconnection_reason"] == "ERROR_UNKNOWN"]  # listed: UPPER
     assert cut_off  # calls under way at the kill: ended with a reason, their tasks failed
     assert {t["outcome"] for t in tasks} == {"completed", "failed"}
     assert not [t for t in tasks if t["error_message"] == batches.INTERRUPTED]

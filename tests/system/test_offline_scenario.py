@@ -43,7 +43,8 @@ def test_the_readmes_offline_scenario_plays_out_calls_and_delivers_post_call_eve
     assert done.returncode == 0, done.stderr
     phone, web, *events = [json.loads(line) for line in done.stdout.splitlines()]
     assert phone["agent_id"].startswith("agent_")  # the number's outbound agent
-    assert (phone["call_status"], phone["disconnection_reason"]) == ("ENDED", "voicemail_reached")
-    assert (web["call_status"], web["disconnection_reason"]) == ("ENDED", "user_hangup")
+    # Read back by GET: enum values in UPPER case, the disconnection reason's too.
+    assert (phone["call_status"], phone["disconnection_reason"]) == ("ENDED", "VOICEMAIL_REACHED")
+    assert (web["call_status"], web["disconnection_reason"]) == ("ENDED", "USER_HANGUP")
     assert web["duration_ms"] > 0
     assert sorted(event["event"] for event in events) == ["call_ended", "call_ended"]

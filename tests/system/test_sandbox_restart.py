@@ -64,7 +64,7 @@ def kill(server: RunningServer) -> None:
 
 def assert_cut_off(found: dict[str, Any]) -> None:
     assert found["call_status"].lower() == "error"
-    assert found["disconnection_reason"] == "error_unknown"
+    assert found["disconnection_reason"] == "ERROR_UNKNOWN"  # GET: in upstream's casing
     assert found["events"][-1]["event"] == CUT_OFF_EVENT
     assert "stopped with its process" in found["events"][-1]["data"]["reason"]
 
