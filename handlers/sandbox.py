@@ -13,7 +13,8 @@ from calls_server.integrations.sandbox import recording, recording_token
 def get_sandbox_recording(
     call_id: str, organization_id: str | None = None, token: str | None = None
 ) -> tuple[bytes, int, dict[str, str]]:
-    """GET /api/sandbox/recordings/{call_id}: a generated WAV standing in for the recording.
+    """GET /api/sandbox/recordings/{call_id}: a generated WAV standing in for the recording,
+    as long as the call.
 
     Served only for a call of `organization_id` whose `recording_url` carries `token`
     (compared in constant time): anything else is the same 404, so ids cannot be probed.
@@ -33,4 +34,6 @@ def get_sandbox_recording(
         "Content-Type": "application/octet-stream",
         "Content-Disposition": f'inline; filename="{call_id}.wav"',
     }
-    return recording(call_id), 200, headers
+    assert call is not None  # it holds the token
+    # As long as the call: made at the first fetch (milliseconds), then kept a while.
+    return recording(call_id, call["call_duration"] or 0), 200, headers

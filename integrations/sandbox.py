@@ -4,22 +4,30 @@ It accepts every phone call it is handed, as a real dialer would (the call goes
 `ongoing`), and plays web calls too (a participant joins after a second). After the call's
 duration it ends the call through the normal update path (`domain.calls.update`), so the
 events, webhooks and lifecycle are exactly those a real dialer's updates produce. The end
-carries what a real call leaves behind: timestamps and duration, a transcript with word
-timings, an analysis, a cost, a `recording_url` this server serves (a generated tone) and
-a disconnection reason.
+carries what a real call leaves behind, shaped as upstream's call object: timestamps and
+duration, a transcript whose entries (`assistant` and `user`) carry a `timestamp` and word
+timings in milliseconds, `latency`, an analysis, a cost, a `recording_url` this server
+serves (a WAV as long as the call) and a disconnection reason. A call never answered (no
+answer, busy, failed) has no start and no duration, no transcript, recording or latency.
 
-What happens is scripted per call through its metadata, or drawn from a seeded random
-generator keyed by the call id (so the same seed gives the same calls the same outcomes):
+What happens is scripted per call through its metadata, or drawn from a generator seeded
+with CALLS_SANDBOX_SEED and the call's place in the order of creation (see `draw_key`), so
+that the same seed and the same requests in the same order play the same calls the same
+way:
 
 - `sandbox_outcome`: `completed` (ended, `user_hangup`), `voicemail` (ended,
   `voicemail_reached`), `no_answer` (ended, `dial_no_answer`, nothing said), `busy`
   (ended, `dial_busy`), `failed` (error, `dial_failed`); a comma-separated list scripts a
-  batch task's attempts in turn;
+  batch task's attempts in turn. A web call has no voicemail and no busy line: it is
+  `completed`, `no_answer` (nobody joins) or `failed`; the other two are ignored on it,
+  as unknown values are;
 - `sandbox_duration_ms`: how long the call lasts once answered (or rings, unanswered).
 
 A batch call (domain/batches.py) takes both from its task's `dynamic_variables` too.
 
 `time_scale` shortens every wait (0.001: a two-minute call ends after 0.12 s), for tests.
+What is recorded is what was played: such a call lasts 120 ms (`call_duration`), its words
+are spread over those 120 ms, its cost is that of 120 ms and its recording that long.
 
 The play-out lives in the memory of the process: a call under way when its process stops
 (a `kill -9`, a restart) is played no further. Whoever follows it ends it (`cut_off`, in
@@ -27,8 +35,8 @@ The play-out lives in the memory of the process: a call under way when its proce
 batch calls whose dialing process no longer serves the store; the scheduler for the
 others. So that it can tell, the sandbox records on every other call, durably and before
 playing it, that its process plays it (`calls.played_by`; `Store.abandoned_sandbox_calls`
-finds those whose process stopped). A batch call is followed by its task, which records
-the process that dialed it: it is not recorded again on the call.
+finds those whose process stopped), with the call's draw. A batch call is followed by its
+task, which records the process that dialed it: it is not recorded again on the call.
 
 A second dial of a call the sandbox is playing plays nothing more (its call id is the
 Idempotency-Key a real dialer would honour), so a dial whose outcome a restart lost may be
@@ -37,11 +45,16 @@ made again.
 An answered call's `recording_url` carries its organization and a random token of its
 own (`?organization_id=...&token=...`): the recording is served only for a call that
 exists and holds that URL.
+
+The sandbox also stands in for the carrier of imported numbers (`validate_import`): an
+import is validated as upstream answers a successful validation, but for the numbers that
+script a failed one (`FAILED_VALIDATIONS`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import io
 import itertools
@@ -49,16 +62,18 @@ import logging
 import math
 import random
 import secrets
-import struct
 import threading
 import time
 import wave
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from calls_server.domain import calls
 from calls_server.domain.errors import ApiError, CallNotFound, Conflict
+from calls_server.domain.listing import CallQuery
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import DialOutcome
 from calls_server.storage import Store
@@ -68,6 +83,10 @@ log = logging.getLogger("calls_server.sandbox")
 OUTCOMES = ("completed", "voicemail", "no_answer", "busy", "failed")
 # How often each outcome is drawn when the call's metadata names none.
 WEIGHTS = (70, 10, 10, 5, 5)
+# A web call's: its participant joins, or never does, or the connection fails.
+WEB_OUTCOMES = ("completed", "no_answer", "failed")
+WEB_WEIGHTS = (70, 10, 5)
+ANSWERED = ("completed", "voicemail")
 REASONS = {
     "completed": "user_hangup",
     "voicemail": "voicemail_reached",
@@ -75,19 +94,42 @@ REASONS = {
     "busy": "dial_busy",
     "failed": "dial_failed",
 }
-JOIN_DELAY_MS = 1000  # a web call's participant joins after this long
+JOIN_DELAY_MS = 1000  # a web call's participant joins after this long (scaled)
+COST_PER_MINUTE = 0.07  # combined_cost of a minute answered
 SCRIPT = (
-    ("agent", "Hello, this is your assistant calling. How can I help you today?"),
+    ("assistant", "Hello, this is your assistant calling. How can I help you today?"),
     ("user", "Hi, I would like to check on my order please."),
-    ("agent", "Of course. I can see it shipped this morning and arrives tomorrow."),
+    ("assistant", "Of course. I can see it shipped this morning and arrives tomorrow."),
     ("user", "Great, thank you so much."),
-    ("agent", "You are welcome. Have a good day!"),
+    ("assistant", "You are welcome. Have a good day!"),
 )
-VOICEMAIL = (("agent", "Hello, this is your assistant. Please call us back at your convenience."),)
+VOICEMAIL = (
+    ("assistant", "Hello, this is your assistant. Please call us back at your convenience."),
+)
 # How a call the sandbox of a stopped process was playing ends: upstream's reason for an
 # error it does not name, the event saying what happened.
 CUT_OFF_REASON = "error_unknown"
 CUT_OFF_WHY = "the sandbox dialer playing the call stopped with its process (restart or kill)"
+# Numbers whose import the sandbox's carrier refuses, and why (Twilio's own test numbers
+# for an invalid number and for one the account does not own).
+FAILED_VALIDATIONS = {
+    "+15005550001": "the carrier reports it as an invalid phone number",
+    "+15005550007": "it is not a number of the carrier account given (account_sid)",
+}
+VALIDATED = "Phone number validated successfully"
+# How many pages of an organization's newest calls are searched for the last draw made,
+# when a process plays its first call of that organization.
+RESUME_PAGES = 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call plays out."""
+
+    outcome: str  # one of OUTCOMES
+    duration_ms: int  # drawn or scripted: how long it talks once answered, or rings
+    played_ms: int  # that, scaled by the time scale: how long it lasts here (recorded)
+    key: str  # what its draw is keyed on (`draw_key`)
 
 
 class SandboxDialer:
@@ -114,6 +156,10 @@ class SandboxDialer:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sandbox-dialer", daemon=True)
+        self._draws: dict[str, int] = {}  # organization -> its next call's draw
+        self._places: OrderedDict[str, tuple[int, dict[str, int]]] = OrderedDict()
+        self._keys = threading.Lock()
+        self._waits: dict[str, int] = {}  # call id -> ends put off (dial not recorded yet)
 
     def start(self) -> None:
         self._thread.start()
@@ -132,9 +178,14 @@ class SandboxDialer:
         with self._wake:
             again = job["call_id"] in self._playing
         if not again:
-            if "batch_call_id" not in job["metadata"]:  # a batch call's task records it
-                self._mark(job["organization_id"], job["call_id"])
-            self._after(self.plan(job)[1], "end", job["organization_id"], job["call_id"])
+            org, call_id = job["organization_id"], job["call_id"]
+            if "batch_call_id" in job["metadata"]:  # a batch call's task records it
+                key = self.draw_key(job)
+            else:
+                draw = self._next_draw(org)
+                self._mark(org, call_id, draw)
+                key = f"call:{draw}"
+            self._after(self.plan(job, key).played_ms, "end", org, call_id)
         return DialOutcome(True, "accepted by the sandbox dialer", 1)
 
     def cut_off(
@@ -171,59 +222,109 @@ class SandboxDialer:
         return ended
 
     def play_web_call(self, call: Mapping[str, Any]) -> None:
-        """Play out a new web call: its participant joins, then it ends."""
-        self._mark(call["organization_id"], call["call_id"])
-        self._after(JOIN_DELAY_MS, "join", call["organization_id"], call["call_id"])
+        """Play out a new web call: its participant joins, then it ends; or nobody joins
+        (or the connection fails) and it ends unanswered."""
+        org, call_id = call["organization_id"], call["call_id"]
+        draw = self._next_draw(org)
+        self._mark(org, call_id, draw)
+        plan = self.plan(call, f"call:{draw}")
+        if plan.outcome in ANSWERED:
+            self._after(round(JOIN_DELAY_MS * self.time_scale), "join", org, call_id)
+        else:
+            self._after(plan.played_ms, "end", org, call_id)
 
-    def _mark(self, organization_id: str, call_id: str) -> None:
-        """Record on the call, before playing it, that this process's sandbox plays it (a
-        call not stored, deleted meanwhile, has nothing to record: its play-out finds
-        nothing either)."""
+    def _mark(self, organization_id: str, call_id: str, draw: int) -> None:
+        """Record on the call, before playing it, that this process's sandbox plays it, and
+        its draw (a call not stored, deleted meanwhile, has nothing to record: its play-out
+        finds nothing either)."""
         me, now = self.store.process_id, self.clock()
         try:
             self.store.change_call(
-                organization_id, call_id, lambda call: calls.played_by(call, me, now)
+                organization_id,
+                call_id,
+                lambda call: calls.played_by(call, me, now, {"sandbox_draw": draw}),
             )
         except CallNotFound:
             log.info("sandbox: call %s is not stored; nothing recorded", call_id)
 
-    def plan(self, call: Mapping[str, Any]) -> tuple[str, int]:
-        """The outcome and duration (ms) of `call`: as its metadata says, else drawn."""
+    # -- what a call does ------------------------------------------------------------------
+    def draw_key(self, call: Mapping[str, Any]) -> str:
+        """What the draw of `call` is keyed on, the same under the same requests in the same
+        order: a batch call's batch (its place among the organization's batches), task (its
+        place in the batch) and attempt; any other call's draw, the number of calls of its
+        organization this sandbox played before it (recorded on the call when its play
+        began, and carried on from the newest calls after a restart). A call that has
+        neither (deleted batch, played by an older version) is keyed on its id."""
+        metadata = call.get("metadata") or {}
+        batch_id = metadata.get("batch_call_id")
+        if isinstance(batch_id, str):
+            place = self._task_place(call["organization_id"], batch_id, metadata.get("task_id"))
+            if place is not None:
+                return f"batch:{place[0]}:{place[1]}:{metadata.get('attempt')}"
+        draw = recorded_draw(call)
+        return f"call:{draw}" if draw is not None else f"id:{call['call_id']}"
+
+    def plan(self, call: Mapping[str, Any], key: str | None = None) -> Plan:
+        """How `call` plays out: as its metadata says, else drawn (keyed on `key`, by
+        default `draw_key(call)`)."""
+        key = key if key is not None else self.draw_key(call)
         metadata = _script(call.get("metadata") or {})
-        rng = random.Random(f"{self.seed}:{call['call_id']}")
-        outcome = rng.choices(OUTCOMES, WEIGHTS)[0]
-        duration = rng.randint(20_000, 180_000)
+        web = call.get("call_type") == "web_call"
+        outcomes, weights = (WEB_OUTCOMES, WEB_WEIGHTS) if web else (OUTCOMES, WEIGHTS)
+        rng = random.Random(f"{self.seed}:{key}")
+        outcome = rng.choices(outcomes, weights)[0]
+        talk, ring = rng.randint(20_000, 180_000), rng.randint(5_000, 25_000)
         scripted = _scripted_outcome(metadata)
-        if scripted in OUTCOMES:
+        if scripted is not None and scripted in outcomes:
             outcome = scripted
-        if isinstance(metadata.get("sandbox_duration_ms"), int):
-            duration = max(0, metadata["sandbox_duration_ms"])
-        if outcome in ("no_answer", "busy", "failed") and "sandbox_duration_ms" not in metadata:
-            duration = rng.randint(5_000, 25_000)  # ringing, not talking
-        return outcome, duration
+        duration = talk if outcome in ANSWERED else ring  # ringing, not talking
+        given = metadata.get("sandbox_duration_ms")
+        if isinstance(given, int) and not isinstance(given, bool):
+            duration = max(0, given)
+        return Plan(outcome, duration, round(duration * self.time_scale), key)
 
     def ending(self, call: Mapping[str, Any], now: int) -> dict[str, Any]:
         """The update a real dialer would send when `call` ends now (a PUT body)."""
-        outcome, duration = self.plan(call)
-        start = call.get("start_timestamp") or now - duration
-        lines = SCRIPT if outcome == "completed" else VOICEMAIL if outcome == "voicemail" else ()
-        transcript_object = _transcript(lines, duration)
-        answered = outcome in ("completed", "voicemail")
-        return {
+        plan = self.plan(call)
+        outcome = plan.outcome
+        analysis = {
+            "call_successful": outcome == "completed",
+            "call_summary": _SUMMARIES[outcome],
+            "user_sentiment": "Positive" if outcome == "completed" else "Unknown",
+            "in_voicemail": outcome == "voicemail",
+        }
+        ended = {
             "call_status": "error" if outcome == "failed" else "ended",
-            "start_timestamp": start,
-            "end_timestamp": max(start, now),
             "disconnection_reason": REASONS[outcome],
-            "transcript": "\n".join(f"{role.title()}: {text}" for role, text in lines) or None,
-            "transcript_object": transcript_object,
-            "recording_url": self._recording_url(call) if answered else None,
-            "call_analysis": {
-                "call_successful": outcome == "completed",
-                "call_summary": _SUMMARIES[outcome],
-                "user_sentiment": "Positive" if outcome == "completed" else "Unknown",
-                "in_voicemail": outcome == "voicemail",
-            },
-            "call_cost": {"combined_cost": round(duration / 60_000 * 0.07, 4) if answered else 0},
+            "call_analysis": analysis,
+        }
+        if outcome not in ANSWERED:  # never answered: no start, no duration, nothing said
+            return {
+                **ended,
+                "start_timestamp": None,
+                "end_timestamp": now,
+                "transcript": None,
+                "transcript_object": [],
+                "latency": None,
+                "recording_url": None,
+                "call_cost": {"combined_cost": 0},
+            }
+        played = plan.played_ms
+        # Answered at the dial (a web call: at the join), or later: it lasted `played`.
+        end = max(now, (call.get("start_timestamp") or call["created_at"]) + played)
+        start = end - played
+        lines = SCRIPT if outcome == "completed" else VOICEMAIL
+        talk = random.Random(f"{self.seed}:{plan.key}:talk")
+        entries, latency = _conversation(lines, played, start, talk)
+        return {
+            **ended,
+            "start_timestamp": start,
+            "end_timestamp": end,
+            "transcript": "\n".join(f"{role.title()}: {text}" for role, text in lines),
+            "transcript_object": entries,
+            "latency": latency,
+            "recording_url": self._recording_url(call),
+            "call_cost": {"combined_cost": round(played / 60_000 * COST_PER_MINUTE, 6)},
         }
 
     def _recording_url(self, call: Mapping[str, Any]) -> str:
@@ -231,9 +332,55 @@ class SandboxDialer:
         query = urlencode({"organization_id": call["organization_id"], "token": _token()})
         return f"{self.recordings_url}/{call['call_id']}?{query}"
 
+    def _next_draw(self, organization_id: str) -> int:
+        """The draw of the organization's next call (not a batch call) this sandbox plays:
+        0, 1, 2... from a fresh store; after a restart, on from the last one recorded."""
+        with self._keys:
+            if organization_id not in self._draws:
+                self._draws[organization_id] = self._resumed(organization_id)
+            draw = self._draws[organization_id]
+            self._draws[organization_id] = draw + 1
+        return draw
+
+    def _resumed(self, organization_id: str) -> int:
+        """The draw after the highest recorded on the organization's newest calls (0 if
+        none has one): the first page of them holding any, of RESUME_PAGES at most."""
+        for page in range(RESUME_PAGES):
+            query = CallQuery(page, 100, "created_at", "descending", {})
+            found = self.store.list_calls(organization_id, query)[0]
+            draws = [d for d in map(recorded_draw, found) if d is not None]
+            if draws:
+                return max(draws) + 1
+            if len(found) < 100:
+                break
+        return 0
+
+    def _task_place(
+        self, organization_id: str, batch_id: str, task_id: Any
+    ) -> tuple[int, int] | None:
+        """The batch's place among the organization's batches (oldest first) and the task's
+        in the batch; None if either is not found."""
+        with self._keys:
+            known = self._places.get(batch_id)
+            if known is None:
+                try:
+                    ordinal = [
+                        b["batch_call_id"] for b in self.store.batches(organization_id)
+                    ].index(batch_id)
+                    tasks = self.store.batch_tasks(organization_id, batch_id)[0]
+                except (ApiError, ValueError):
+                    return None
+                known = ordinal, {t["task_id"]: t["index"] for t in tasks}
+                self._places[batch_id] = known
+                while len(self._places) > 256:
+                    self._places.popitem(last=False)
+        index = known[1].get(task_id)
+        return None if index is None else (known[0], index)
+
     # -- the play-out ----------------------------------------------------------------------
     def _after(self, delay_ms: int, step: str, organization_id: str, call_id: str) -> None:
-        when = time.monotonic() + delay_ms / 1000 * self.time_scale
+        """Take `step` of the call `delay_ms` from now (wall time: already scaled)."""
+        when = time.monotonic() + delay_ms / 1000
         with self._wake:
             heapq.heappush(self._due, (when, next(self._tie), step, organization_id, call_id))
             self._playing.add(call_id)
@@ -258,11 +405,19 @@ class SandboxDialer:
         try:
             if step == "join":  # a web call's participant joined: it is ongoing
                 call = self._change(organization_id, call_id, {"call_status": "ongoing"})
-                self._after(self.plan(call)[1], "end", organization_id, call_id)
+                self._after(self.plan(call).played_ms, "end", organization_id, call_id)
+                return
+            stored = self.store.get_call(organization_id, call_id)
+            status, web = stored["call_status"], stored["call_type"] == "web_call"
+            if status == "ongoing" or (status == "registered" and web):  # web: never joined
+                self._waits.pop(call_id, None)
+                self._change(organization_id, call_id, self.ending(stored, self.clock()))
+            elif status == "registered" and self._waits.get(call_id, 0) < 100:
+                # A phone call ending before its dial is recorded (a very short one): soon.
+                self._waits[call_id] = self._waits.get(call_id, 0) + 1
+                self._after(10, "end", organization_id, call_id)
             else:
-                stored = self.store.get_call(organization_id, call_id)
-                if stored["call_status"] == "ongoing":
-                    self._change(organization_id, call_id, self.ending(stored, self.clock()))
+                self._waits.pop(call_id, None)
         except ApiError as e:  # deleted, or moved on by someone else meanwhile
             log.info("sandbox: call %s not played further: %s", call_id, e.error)
         except Exception:
@@ -273,6 +428,15 @@ class SandboxDialer:
         return self.store.change_call(
             organization_id, call_id, lambda call: calls.update(call, changes, now)
         )
+
+
+def recorded_draw(call: Mapping[str, Any]) -> int | None:
+    """The draw the sandbox recorded on `call` when its play began (None: none)."""
+    for event in reversed(call.get("events") or []):
+        if event["event"] == calls.PLAYED_EVENT:
+            draw = event["data"].get("sandbox_draw")
+            return draw if isinstance(draw, int) else None
+    return None
 
 
 def _script(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -303,19 +467,51 @@ _SUMMARIES = {
 }
 
 
-def _transcript(lines: tuple[tuple[str, str], ...], duration: int) -> list[dict[str, Any]]:
-    """Transcript entries whose words are spread evenly over the call (seconds)."""
-    words = sum(len(text.split()) for _, text in lines) or 1
-    step = duration / 1000 / (words + len(lines))
-    at, entries = 0.0, []
-    for role, text in lines:
-        timed = []
-        for word in text.split():
-            timed.append({"word": word, "start": round(at, 3), "end": round(at + step * 0.8, 3)})
-            at += step
-        at += step  # a pause between turns
-        entries.append({"role": role, "content": text, "words": timed})
-    return entries
+def _conversation(
+    lines: tuple[tuple[str, str], ...], played: int, start: int, rng: random.Random
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Transcript entries whose words fill the `played` ms of a call that began at `start`
+    (Unix ms), and the latency of the assistant's replies.
+
+    Each entry has its `role`, `content`, `timestamp` (Unix ms, when it began) and `words`
+    (`start` and `end` in ms from the call's start). A pause of drawn length comes before
+    each turn; all of it fits in the call: no word ends after `played`. The latency (`e2e`,
+    upstream's shape) is what each reply waited for: from the end of the user's last word
+    to the start of the assistant's first (None: no reply to anyone)."""
+    spoken = [text.split() for _, text in lines]
+    pauses = [rng.uniform(0.6, 2.4) for _ in lines]  # in words' lengths
+    unit = played / (sum(map(len, spoken)) + sum(pauses))
+    at, entries, waits = 0.0, [], []
+    heard: int | None = None  # when the user's last word ended
+    for (role, text), words, pause in zip(lines, spoken, pauses, strict=True):
+        at += pause * unit
+        timed: list[dict[str, Any]] = []
+        for word in words:
+            begin, finish = min(round(at), played), min(round(at + 0.85 * unit), played)
+            timed.append({"word": word, "start": begin, "end": finish})
+            at += unit
+        if role == "assistant" and heard is not None:
+            waits.append(int(timed[0]["start"]) - heard)
+            heard = None
+        if role == "user":
+            heard = int(timed[-1]["end"])
+        entry = {"role": role, "content": text, "timestamp": start + timed[0]["start"]}
+        entries.append({**entry, "words": timed})
+    return entries, _latency(waits)
+
+
+def _latency(values: list[int]) -> dict[str, Any] | None:
+    """Upstream's latency object for `values` (ms): `e2e: {min, max, num, p50, ...}`."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def percentile(p: int) -> int:  # nearest rank
+        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+    e2e = {"min": ordered[0], "max": ordered[-1], "num": len(values)}
+    e2e.update({f"p{p}": percentile(p) for p in (50, 90, 95, 99)})
+    return {"e2e": {**e2e, "values": list(values)}}
 
 
 def _token() -> str:
@@ -328,20 +524,70 @@ def recording_token(recording_url: str | None) -> str | None:
     return tokens[0] if tokens else None
 
 
-@functools.lru_cache(maxsize=32)  # players fetch a recording again and again, ranges and all
-def recording(call_id: str, seconds: float = 2.0, rate: int = 8000) -> bytes:
-    """A short WAV (8 kHz mono PCM) standing in for the call's recording: a tone whose pitch
-    follows the call id. Takes milliseconds of pure Python: callers run it off the event
-    loop."""
-    pitch = 300 + sum(call_id.encode()) % 400
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * pitch * n / rate)))
-        for n in range(int(seconds * rate))
-    )
+# -- phone numbers: the carrier of an import ---------------------------------------------------
+def validate_import(phone_number: str) -> str | None:
+    """Why the sandbox's carrier refuses to validate `phone_number` for an import (None: it
+    validates it, voice and SMS capable)."""
+    why = FAILED_VALIDATIONS.get(phone_number)
+    return f"Phone number {phone_number} could not be validated: {why}" if why else None
+
+
+def sip_trunks(organization_id: str, phone_number: str) -> dict[str, str]:
+    """The SIP trunks and dispatch rule an import creates upstream, as the sandbox names
+    them: the same for the same number of the same organization."""
+    digest = hashlib.sha256(f"{organization_id}:{phone_number}".encode()).hexdigest()
+    return {
+        "inbound_trunk_id": f"trunk_inbound_{digest[:12]}",
+        "outbound_trunk_id": f"trunk_outbound_{digest[12:24]}",
+        "dispatch_rule_id": f"dispatch_{digest[24:36]}",
+    }
+
+
+# -- recordings ---------------------------------------------------------------------------------
+RECORDING_RATE = 8000  # samples a second, 8-bit mono PCM: 8 kB a second of call
+RECORDINGS_KEPT_BYTES = 32 * 1024 * 1024  # the recordings kept for the next fetch, at most
+_recordings: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+_recordings_bytes = 0
+_recordings_lock = threading.Lock()
+
+
+def recording(call_id: str, duration_ms: int) -> bytes:
+    """A WAV (8 kHz mono, 8-bit PCM) standing in for the call's recording, as long as the
+    call: a short tone each second, its pitch following the call id, silence between.
+    Made by repeating one second (milliseconds even for an hour-long call, 28.8 MB), on the
+    caller's thread: callers run it off the event loop. The latest are kept, up to
+    RECORDINGS_KEPT_BYTES (players fetch a recording again and again, ranges and all)."""
+    global _recordings_bytes
+    key = (call_id, max(0, duration_ms))
+    with _recordings_lock:
+        kept = _recordings.get(key)
+        if kept is not None:
+            _recordings.move_to_end(key)
+            return kept
+    frames = round(key[1] * RECORDING_RATE / 1000)
+    whole, rest = divmod(frames, RECORDING_RATE)
+    second = _second(300 + sum(call_id.encode()) % 400)
     out = io.BytesIO()
     with wave.open(out, "wb") as wav:
         wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(frames)
-    return out.getvalue()
+        wav.setsampwidth(1)
+        wav.setframerate(RECORDING_RATE)
+        wav.writeframes(second * whole + second[:rest])
+    made = out.getvalue()
+    with _recordings_lock:
+        if key not in _recordings:
+            _recordings[key] = made
+            _recordings_bytes += len(made)
+        while _recordings_bytes > RECORDINGS_KEPT_BYTES and len(_recordings) > 1:
+            _recordings_bytes -= len(_recordings.popitem(last=False)[1])
+        return _recordings.get(key, made)
+
+
+@functools.lru_cache(maxsize=64)
+def _second(pitch: int) -> bytes:
+    """One second of recording: a quarter second of a `pitch` Hz tone, then silence."""
+    tone = RECORDING_RATE // 4
+    beep = bytes(
+        128 + round(90 * math.sin(2 * math.pi * pitch * n / RECORDING_RATE)) for n in range(tone)
+    )
+    return beep + bytes([128]) * (RECORDING_RATE - tone)

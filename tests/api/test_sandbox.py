@@ -51,9 +51,9 @@ def test_a_phone_call_is_accepted_like_upstream_then_ends_with_what_a_call_leave
     assert call["call_status"] == "ended"
     assert call["disconnection_reason"] == "user_hangup"
     assert call["call_duration"] == call["end_timestamp"] - call["start_timestamp"] > 0
-    assert call["transcript"].startswith("Agent: ")
+    assert call["transcript"].startswith("Assistant: ")
     first = call["transcript_object"][0]
-    assert first["role"] == "agent"
+    assert first["role"] == "assistant"
     assert first["words"][0]["word"] == "Hello,"
     assert first["words"][0]["end"] > first["words"][0]["start"] >= 0
     assert call["call_analysis"]["call_successful"] is True
@@ -119,10 +119,11 @@ def test_the_same_seed_plays_the_same_calls_the_same_way(store):
     first = SandboxDialer(store, "http://x", seed=42)
     again = SandboxDialer(store, "http://x", seed=42)
     other = SandboxDialer(store, "http://x", seed=43)
-    calls = [{"call_id": f"call_{n}", "metadata": {}} for n in range(50)]
+    call = {"call_id": "call_1", "metadata": {}}
+    keys = [f"call:{n}" for n in range(50)]
 
-    assert [first.plan(c) for c in calls] == [again.plan(c) for c in calls]
-    assert [first.plan(c) for c in calls] != [other.plan(c) for c in calls]
+    assert [first.plan(call, k) for k in keys] == [again.plan(call, k) for k in keys]
+    assert [first.plan(call, k) for k in keys] != [other.plan(call, k) for k in keys]
 
 
 def test_the_recording_is_404_with_the_sandbox_off(store, data_dir):
@@ -172,7 +173,7 @@ def test_a_recording_url_names_the_calls_organization_and_a_token_of_its_own(cli
 def test_a_recording_is_made_on_a_worker_thread_and_kept_for_the_next_fetch():
     # A plain function: the app runs it on a worker thread, never on the event loop.
     assert not inspect.iscoroutinefunction(sandbox_handlers.get_sandbox_recording)
-    assert recording("call_x") is recording("call_x")
+    assert recording("call_x", 1500) is recording("call_x", 1500)
 
 
 # -- a dial made again ----------------------------------------------------------------------------

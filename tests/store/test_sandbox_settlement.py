@@ -146,7 +146,7 @@ def test_the_postgres_lookup_reads_the_partial_index_of_calls_played(migrated_da
 
 
 # -- what the sandbox records, and ends ------------------------------------------------------------
-def test_the_sandbox_records_its_process_on_a_phone_call_before_playing_it(store):
+def test_the_sandbox_records_its_process_and_draw_on_a_phone_call_before_playing_it(store):
     store.add_call(phone_call("c1", sandbox_duration_ms=600_000))
     dialer = sandbox(store)
 
@@ -154,7 +154,7 @@ def test_the_sandbox_records_its_process_on_a_phone_call_before_playing_it(store
 
     stored = store.get_call(ORG, "c1")
     assert stored["events"][-1]["event"] == calls.PLAYED_EVENT
-    assert stored["events"][-1]["data"] == {"played_by": store.process_id}
+    assert stored["events"][-1]["data"] == {"played_by": store.process_id, "sandbox_draw": 0}
 
 
 def test_the_sandbox_records_its_process_on_a_web_call_before_playing_it(store):
