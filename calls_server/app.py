@@ -30,6 +30,7 @@ from calls_server.handlers.idempotency import IdempotencyKeys
 from calls_server.handlers.scope import Services
 from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.clock import Clock, wall_clock
+from calls_server.integrations.livekit import sandbox_rooms
 from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.integrations.scheduler import Scheduler
 from calls_server.integrations.webhooks import WebhookDeliverer
@@ -160,12 +161,18 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
             if settings.sandbox
             else None
         )
+        # The sandbox stands in for LiveKit when none is configured (a key pair of its own).
+        rooms = settings.livekit_rooms() or (
+            sandbox_rooms(settings.livekit_token_ttl, settings.livekit_identity)
+            if sandbox
+            else None
+        )
         services = Services(
             store=traced.store(store) if traced else store,  # spans of handlers' store calls
             clock=clock,
             # Signs on app time; its HTTP clients are traced when tracing is on.
             dialer=replace(dialer, clock=clock, on_client=on_client) if dialer else sandbox,
-            rooms=settings.livekit_rooms(),
+            rooms=rooms,
             egress=settings.egress(),
             webhook_limit=settings.webhooks_per_organization,
             dial_limiter=anyio.CapacityLimiter(settings.dialer_concurrency),

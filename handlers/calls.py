@@ -160,10 +160,16 @@ def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Version
 
 def _web_call_created(org: str, call: calls.Call) -> Versioned:
     """createWebCall's answer for `call`, with an access token to its room (if a LiveKit
-    server is configured)."""
+    server is configured, or the sandbox stands in for one).
+
+    With a room, `web_call_info.call_status` is `ongoing`, as upstream's page shows beside
+    the call still `registered`: the web session is open, waiting for its participant
+    (the call goes `ongoing` when they join). Without one, there is no session: it shows the
+    call's own status."""
     rooms, casing = services().rooms, services().casing
     token = rooms.join_token(call["call_id"], call["agent_id"]) if rooms else None
     room = call["call_id"]
+    session = "ongoing" if token and call["call_status"] == "registered" else call["call_status"]
     data = {
         "organization_id": org,
         "call_type": casing.value("web_call"),
@@ -171,7 +177,7 @@ def _web_call_created(org: str, call: calls.Call) -> Versioned:
         "web_call_info": {
             "room_name": room,
             "access_token": token,
-            "call_status": casing.value(call["call_status"]),
+            "call_status": casing.value(session),
             "agent_id": call["agent_id"],
         },
         "livekit_connection": {

@@ -2,12 +2,22 @@
 
 Tokens are LiveKit JWTs signed with the configured API secret, made by LiveKit's own
 server SDK (`livekit-api`), not by hand.
+
+The sandbox (CALLS_SANDBOX) stands in for LiveKit when none is configured: web calls get
+tokens signed with its key pair (`sandbox_rooms`), public like a test key, so that clients
+take the branch they take upstream (and may check the token); a LiveKit server started with
+that pair (`livekit-server --dev --keys "sandbox: <SANDBOX_API_SECRET>"`, which listens on
+SANDBOX_SERVER_URL) even lets a browser join the room.
 """
 
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+
+SANDBOX_SERVER_URL = "ws://localhost:7880"  # where `livekit-server --dev` listens
+SANDBOX_API_KEY = "sandbox"
+SANDBOX_API_SECRET = "sandbox-livekit-secret-for-offline-testing"  # public: not a secret
 
 
 @dataclass(frozen=True)
@@ -36,3 +46,10 @@ class LiveKitRooms:
             .with_attributes({"call_id": call_id, "agent_id": agent_id})
             .to_jwt()
         )
+
+
+def sandbox_rooms(ttl_seconds: int, identity_template: str) -> LiveKitRooms:
+    """The rooms the sandbox stands in for: tokens signed with the sandbox's key pair."""
+    return LiveKitRooms(
+        SANDBOX_SERVER_URL, SANDBOX_API_KEY, SANDBOX_API_SECRET, ttl_seconds, identity_template
+    )
