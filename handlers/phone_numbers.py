@@ -7,13 +7,17 @@ from typing import Any
 
 from calls_server.domain import iso8601, phone_numbers
 from calls_server.domain.envelope import Envelope, success
+from calls_server.domain.errors import BadRequest
 from calls_server.domain.listing import pagination
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
+from calls_server.integrations import sandbox
 
 Response = tuple[Envelope, int]
 
+NOT_VALIDATED = "Phone number imported without carrier validation"
+VALIDATED_AND_IMPORTED = "Phone number validated and imported successfully"
 NO_CARRIER = (
     "Recorded without checking it with the carrier: this server has no carrier access, so "
     "it cannot confirm that the number is yours or can place calls"
@@ -88,23 +92,35 @@ def _recover_import(phone_number: str, token_info: dict[str, Any], **_: Any) -> 
 @idempotent(_recover_import)
 def import_phone_number(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
     """POST /api/phone-numbers/import: recorded as CUSTOM; the carrier credentials are used
-    for nothing and never stored."""
+    for nothing and never stored. In the sandbox, its carrier validates the number (or
+    refuses a number scripted to fail: 400, nothing stored) and the trunks are named."""
     org, now = organization_id(token_info), services().clock()
     fields = {k: v for k, v in body.items() if k not in ("account_sid", "auth_token")}
+    if services().sandbox is not None:
+        refused = sandbox.validate_import(body["phone_number"])
+        if refused is not None:
+            raise BadRequest(refused, message="Validation error")
+        fields.update(sandbox.sip_trunks(org, body["phone_number"]))
     number = phone_numbers.new_phone_number(org, fields, now, _is_agent(org), "custom")
     services().store.add_phone_number(number)
     return _imported(org, number, now)
 
 
 def _imported(org: str, number: PhoneNumber, now: int) -> Response:
+    if services().sandbox is not None:  # validated by the sandbox's carrier, as upstream
+        message, status, validation = VALIDATED_AND_IMPORTED, "active", sandbox.VALIDATED
+        capabilities: dict[str, bool] | None = {"voice": True, "sms": True}
+    else:
+        message, status, validation = NOT_VALIDATED, "not_validated", NO_CARRIER
+        capabilities = None
     data = {
         "phone_number": number,
         "validation_result": {
             "phone_number": number["phone_number"],
             "friendly_name": number["nickname"],
-            "capabilities": None,
-            "status": "not_validated",
-            "message": NO_CARRIER,
+            "capabilities": capabilities,
+            "status": status,
+            "message": validation,
         },
         "import_details": {
             "imported_at": now,
@@ -112,7 +128,7 @@ def _imported(org: str, number: PhoneNumber, now: int) -> Response:
             "provider": number["number_provider"],
         },
     }
-    return success("Phone number imported without carrier validation", data), 200
+    return success(message, data), 200
 
 
 @reads

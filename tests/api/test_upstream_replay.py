@@ -18,14 +18,6 @@ EXAMPLES = json.loads(
 )
 # (example, where): why this server answers otherwise.
 DELIBERATE = {
-    ("importPhoneNumber", "message"): (
-        "this server has no carrier access: it says the number was imported without "
-        "validation instead of claiming it was validated"
-    ),
-    ("createWebCall", "message"): (
-        "no LiveKit server is configured for the replay, so no token is issued and the "
-        "message says so (with one, it is upstream's)"
-    ),
     ("importPhoneNumber", "data.phone_number.phone_number_type"): (
         "upstream writes the type CUSTOM on this page and custom (zudu-twilio) on its "
         "generated pages, which show what its backend returns; both spellings are read"
