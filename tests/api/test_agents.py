@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from calls_server.contract import load_spec
+from calls_server.domain import agents
 from tests.conftest import assert_error
 
 SHORT = {
@@ -158,3 +160,42 @@ def test_lists_page_sort_and_filter_by_name(client, tenant, other_tenant):
         "updated_at",
     }
     assert sorted(a["agent_name"] for a in searched["agents"]) == ["Support", "Support Night"]
+
+
+def test_a_configuration_field_of_the_wrong_type_is_refused_not_stored(client, tenant, store):
+    response = client.post(
+        "/api/agents/create", json={"agent_name": "a", "timezone": 5}, headers=tenant.headers
+    )
+
+    assert_error(response, 400, "timezone")
+    assert store.agents(tenant.organization_id) == []
+
+
+def test_a_patch_with_a_configuration_field_of_the_wrong_type_is_refused(client, tenant, store):
+    agent = create(client, tenant)
+
+    response = client.patch(
+        f"/api/agents/{agent['agent_id']}",
+        json={"max_call_duration_ms": "long"},
+        headers=tenant.headers,
+    )
+
+    assert_error(response, 400, "max_call_duration_ms")
+    stored = store.get_agent(tenant.organization_id, agent["agent_id"])
+    assert stored["max_call_duration_ms"] == 3600000
+
+
+def test_every_field_a_client_may_set_is_typed_alike_in_the_agent_and_its_requests():
+    """What a create or PATCH stores must read back as the Agent schema types it."""
+    schemas = load_spec()["components"]["schemas"]
+    shown = schemas["Agent"]["properties"]
+    settable = set(shown) - set(agents.READ_ONLY) - set(agents.MANAGED)
+    # The short shape and the name: checked on input (a pattern, a length), read back as is.
+    settable -= {"language", "voice", "first_message", "agent_name"}
+
+    for request in ("CreateAgentRequest", "UpdateAgentRequest"):
+        accepted = schemas[request]["properties"]
+        assert settable <= set(accepted), (request, settable - set(accepted))
+        for name in settable:
+            typed = {k: v for k, v in accepted[name].items() if k not in ("description",)}
+            assert typed == {k: v for k, v in shown[name].items() if k != "description"}, name
