@@ -598,7 +598,8 @@ def test_update_call_sets_the_fields_a_dialer_reports(client, tenant):
 
     updated = put(client, tenant, call["call_id"], report).json()["data"]["call"]
 
-    assert {k: updated[k] for k in report} == {**report, "direction": "inbound"}
+    lowered = {"direction": "inbound", "disconnection_reason": "user_hangup"}  # stored so
+    assert {k: updated[k] for k in report} == {**report, **lowered}
 
 
 def test_update_call_to_ongoing_then_ended_derives_start_end_and_duration(client, tenant):
