@@ -124,6 +124,47 @@ def test_a_json_body_sent_without_a_content_type_is_accepted_as_upstreams_exampl
     assert response.json()["data"]["call"]["agent_id"] == "agent-123"
 
 
+CURL_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_a_json_object_sent_as_curl_d_labels_it_is_read_as_json(client, tenant, store):
+    """`curl -d '{...}'` without -H 'Content-Type: application/json', as the upstream
+    pages' examples are written, labels the body form-urlencoded."""
+    response = client.post(
+        "/api/calls/create",
+        content=b'  {"agent_id": "agent-123"}',
+        headers={**tenant.headers, **CURL_FORM},
+    )
+
+    assert response.status_code == 200, response.text
+    call_id = response.json()["data"]["call"]["call_id"]
+    assert store.get_call(tenant.organization_id, call_id)["agent_id"] == "agent-123"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/api/agents/create", b'{"agent_name": "Ada"}'),
+        ("post", "/api/post-call-webhooks/create", b'{"name": "C", "url": "https://a.example"}'),
+        ("post", "/api/calls", b'{"limit": 5}'),
+        ("post", "/api/calls/create-web-call", b'{"agent_id": "a"}'),
+    ],
+)
+def test_every_json_operation_reads_a_curl_d_body_as_json(client, tenant, method, path, body):
+    response = client.request(method, path, content=body, headers={**tenant.headers, **CURL_FORM})
+
+    assert response.is_success, response.text
+
+
+def test_a_curl_d_body_that_is_broken_json_is_400_naming_the_problem(client, tenant, store):
+    response = client.post(
+        "/api/calls/create", content=b'{"agent_id": ', headers={**tenant.headers, **CURL_FORM}
+    )
+
+    assert_error(response, 400, "JSON")
+    assert client.get("/api/calls", headers=tenant.headers).json()["data"]["calls"] == []
+
+
 def test_a_body_declared_as_another_media_type_is_415(client, tenant):
     headers = {**tenant.headers, "Content-Type": "text/plain"}
 
