@@ -140,11 +140,11 @@ class RequestId:
     a usable one, a new one otherwise. It is returned on every response (errors included)
     and written in every log line made while the request is handled.
 
-    It also writes the access log: one line per request once it is answered, with the
-    method, the path (credential-like query values redacted), the status, the duration,
-    the organization that authenticated, if any, and the client's address (see
-    `calls_server.logs.AccessLine`). Here, because this middleware already sees every
-    answer start (its status) under the request's id; uvicorn's own access log is off."""
+    It also writes the access log: one line per request, with the method, the path
+    (credential-like query values redacted), the status, the duration, the organization
+    that authenticated, if any, and the client's address (see `calls_server.logs.AccessLine`).
+    Here, because this middleware already sees every answer under the request's id;
+    uvicorn's own access log is off."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -160,6 +160,18 @@ class RequestId:
         token = current_request_id.set(request_id)
         scope[REQUEST_ID] = request_id
         status: int | None = None
+        logged = False
+
+        def log_access() -> None:
+            nonlocal logged
+            logged = True
+            if _access_log.isEnabledFor(INFO):
+                # The record made directly: `info()` would also look up the calling source
+                # line (walking the stack), which an access line never shows.
+                line = _access_line(scope, status, started)
+                _access_log.handle(
+                    _access_log.makeRecord(ACCESS_LOGGER, INFO, "", 0, line, (), None)
+                )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -167,6 +179,9 @@ class RequestId:
                 status = message["status"]
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
                 message["headers"] = [*headers, (b"x-request-id", raw_id)]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Before the answer's end leaves: a client holding it finds its line logged.
+                log_access()
             await send(message)
 
         try:
@@ -176,13 +191,8 @@ class RequestId:
             status = status or 500
             raise
         finally:
-            if _access_log.isEnabledFor(INFO):
-                # The record made directly: `info()` would also look up the calling source
-                # line (walking the stack), which an access line never shows.
-                line = _access_line(scope, status, started)
-                _access_log.handle(
-                    _access_log.makeRecord(ACCESS_LOGGER, INFO, "", 0, line, (), None)
-                )
+            if not logged:  # an error, or a client gone before the answer ended
+                log_access()
             current_request_id.reset(token)
 
 
