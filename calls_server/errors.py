@@ -28,7 +28,7 @@ log = logging.getLogger("calls_server")
 REQUEST_ID = "calls.request_id"
 
 _MESSAGES = {
-    400: "Invalid request",
+    400: "Validation error",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not found",

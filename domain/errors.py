@@ -52,7 +52,7 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status_code = 400
-    message = "Invalid request"
+    message = "Validation error"  # upstream's word for every 400
 
 
 class Unauthorized(ApiError):
