@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from typing import Protocol
 
 from calls_server.domain import batches, calls
 from calls_server.domain.batches import Batch, Task
@@ -56,7 +57,16 @@ from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.dispatch import dispatch
 from calls_server.integrations.sandbox import SandboxDialer
-from calls_server.storage import Store
+from calls_server.storage.interface import (
+    BatchRecords,
+    CallRecords,
+    Processes,
+)
+
+
+class DispatcherStore(CallRecords, BatchRecords, Processes, Protocol):
+    """What the batch dispatcher needs of the store."""
+
 
 log = logging.getLogger("calls_server.batches")
 
@@ -71,7 +81,7 @@ class BatchDispatcher:
 
     def __init__(
         self,
-        store: Store,
+        store: DispatcherStore,
         dialer: Dialer,
         organization_cap: int,
         interval: float = 0.5,

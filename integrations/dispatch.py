@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from calls_server.domain import calls, phone_numbers
 from calls_server.domain.errors import Conflict, PhoneNumberNotFound
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer, DialOutcome, job_for
-from calls_server.storage import Store
+from calls_server.storage.interface import (
+    AgentRecords,
+    CallRecords,
+    PhoneNumberRecords,
+)
+
+
+class BoundAgentStore(AgentRecords, PhoneNumberRecords, Protocol):
+    """What finding a number's outbound agent needs of the store."""
+
+
+class DispatchStore(CallRecords, AgentRecords, PhoneNumberRecords, Protocol):
+    """What placing a phone call needs of the store."""
+
 
 NOT_DIALED = "Phone call created, but not dialed: no outbound dialer is configured on this server"
 # Why a call whose dial may have been made, but was not recorded, is not dialed again.
@@ -32,7 +45,7 @@ class PhoneCallPlaced:
 
 
 def place_phone_call(
-    store: Store,
+    store: DispatchStore,
     dialer: Dialer | None,
     clock: Clock,
     organization_id: str,
@@ -72,7 +85,7 @@ def place_phone_call(
 
 
 def recover_phone_call(
-    store: Store, dialer: Dialer | None, clock: Clock, organization_id: str, call_id: str
+    store: CallRecords, dialer: Dialer | None, clock: Clock, organization_id: str, call_id: str
 ) -> PhoneCallPlaced:
     """What became of the phone call `call_id`, stored by a create whose answer was lost
     (an unknown commit outcome): as `place_phone_call` would have answered. A call never
@@ -109,7 +122,7 @@ def placed_as_stored(call: calls.Call, dialer: Dialer | None) -> PhoneCallPlaced
     return PhoneCallPlaced(call, "call_initiated", "Phone call created and initiated successfully")
 
 
-def bound_agent(store: Store, organization_id: str, from_number: str) -> str:
+def bound_agent(store: BoundAgentStore, organization_id: str, from_number: str) -> str:
     """The agent calls placed from `from_number` speak with when a request names none (the
     number's outbound agent); BadRequest when it has none."""
     try:
@@ -121,7 +134,7 @@ def bound_agent(store: Store, organization_id: str, from_number: str) -> str:
 
 
 def dispatch(
-    store: Store, dialer: Dialer, clock: Clock, organization_id: str, call_id: str
+    store: CallRecords, dialer: Dialer, clock: Clock, organization_id: str, call_id: str
 ) -> tuple[calls.Call, DialOutcome]:
     """Hand the call to `dialer` and store the outcome: `ongoing`, or `error` with the reason."""
     outcome = dialer.dial(job_for(store.get_call(organization_id, call_id)))

@@ -68,7 +68,7 @@ import wave
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from calls_server.domain import calls
@@ -76,7 +76,17 @@ from calls_server.domain.errors import ApiError, CallNotFound, Conflict
 from calls_server.domain.listing import CallQuery
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import DialOutcome
-from calls_server.storage import Store
+from calls_server.storage.interface import (
+    BatchRecords,
+    CallRecords,
+    Processes,
+    SandboxPlayers,
+)
+
+
+class SandboxStore(CallRecords, BatchRecords, SandboxPlayers, Processes, Protocol):
+    """What the sandbox dialer needs of the store."""
+
 
 log = logging.getLogger("calls_server.sandbox")
 
@@ -139,7 +149,7 @@ class SandboxDialer:
 
     def __init__(
         self,
-        store: Store,
+        store: SandboxStore,
         recordings_url: str,
         seed: int = 0,
         time_scale: float = 1.0,

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Protocol
 
 from calls_server.domain import calls
 from calls_server.domain.errors import ApiError
@@ -40,7 +41,16 @@ from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.dispatch import dispatch
 from calls_server.integrations.sandbox import SandboxDialer
-from calls_server.storage import Store
+from calls_server.storage.interface import (
+    CallRecords,
+    Processes,
+    ScheduledCalls,
+)
+
+
+class SchedulerStore(CallRecords, ScheduledCalls, Processes, Protocol):
+    """What the scheduler needs of the store."""
+
 
 log = logging.getLogger("calls_server.scheduler")
 
@@ -56,7 +66,7 @@ class Scheduler:
 
     def __init__(
         self,
-        store: Store,
+        store: SchedulerStore,
         dialer: Dialer,
         interval: float = 0.5,
         clock: Clock = wall_clock,

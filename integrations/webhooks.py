@@ -38,6 +38,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import httpx
 
@@ -48,7 +49,16 @@ from calls_server.domain.webhooks import Attempt, RetryPolicy, Webhook, WebhookE
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.egress import EgressPolicy, UnsafeTarget
 from calls_server.integrations.signing import signature_headers
-from calls_server.storage import Store
+from calls_server.storage.interface import (
+    Durability,
+    Outbox,
+    WebhookRecords,
+)
+
+
+class DelivererStore(WebhookRecords, Outbox, Durability, Protocol):
+    """What the webhook deliverer needs of the store."""
+
 
 log = logging.getLogger("calls_server.webhooks")
 
@@ -70,7 +80,7 @@ class WebhookDeliverer:
 
     def __init__(
         self,
-        store: Store,
+        store: DelivererStore,
         egress: EgressPolicy,
         policy: RetryPolicy | None = None,
         concurrency: int = 16,

@@ -1,4 +1,7 @@
-"""The one interface every storage backend implements, and the only one handlers use.
+"""The one interface every storage backend implements, and the only one handlers use:
+`Store`, the union of roles (calls, accounts, agents, ..., durability), each a protocol of
+its own, so that a consumer names the roles it uses (the scheduler: calls, scheduled
+calls, processes) and a reader finds any method's role and its one specification here.
 
 Every method is atomic and safe to call from many threads at once. Records go in and come
 out as plain dicts that the caller owns (a backend never hands out its own copy). Changes
@@ -44,14 +47,9 @@ UNDER_CLAIM: ContextVar[tuple[IdempotentAnswer, int] | None] = ContextVar(
 )
 
 
-class Store(Protocol):
-    """Calls, organizations and API keys, each call scoped to its organization."""
+class CallRecords(Protocol):
+    """Calls, each scoped to its organization."""
 
-    # Whether reads wait for I/O (a database over the network): code on the event loop
-    # then reads on a worker thread. False: reads are answered from memory in microseconds.
-    reads_wait: bool
-
-    # -- calls -----------------------------------------------------------------------------
     def add_call(self, call: Call) -> None:
         """Store a new call. Raises DuplicateId if its call_id exists in its organization."""
 
@@ -78,8 +76,16 @@ class Store(Protocol):
         """The `call_status` of each of the calls that exist (the others left out): what
         the batch dispatcher asks of the calls under way, without reading them whole."""
 
+
+class ScheduledCalls(Protocol):
+    """The calls that fall due: what the scheduler looks for."""
+
     def scheduled_calls(self, due_by: int) -> list[Call]:
         """Every organization's `scheduled` calls due at or before `due_by` (Unix seconds)."""
+
+
+class SandboxPlayers(Protocol):
+    """Sandbox calls whose player stopped: what a starting sandbox settles."""
 
     def abandoned_sandbox_calls(self) -> list[tuple[str, str, str]]:
         """(organization, call id, process) of every organization's call under way whose
@@ -88,7 +94,10 @@ class Store(Protocol):
         counts as live), by organization, then call id. Reads only such calls, not every
         call under way."""
 
-    # -- organizations and API keys --------------------------------------------------------
+
+class Accounts(Protocol):
+    """Organizations and their API keys."""
+
     def add_organization(self, organization: Organization) -> None:
         """Store a new organization. Raises DuplicateId if its id exists."""
 
@@ -110,7 +119,10 @@ class Store(Protocol):
     ) -> ApiKey:
         """Replace the key by `change(key)` atomically. Raises ApiKeyNotFound."""
 
-    # -- agents ------------------------------------------------------------------------------
+
+class AgentRecords(Protocol):
+    """An organization's agents."""
+
     def add_agent(self, agent: Agent) -> None:
         """Store a new agent of an existing organization. Raises OrganizationNotFound;
         DuplicateId if the organization has an agent with its id (nothing stored)."""
@@ -129,7 +141,10 @@ class Store(Protocol):
     def delete_agent(self, organization_id: str, agent_id: str) -> Agent:
         """Remove the agent and return it. Raises AgentNotFound."""
 
-    # -- phone numbers -----------------------------------------------------------------------
+
+class PhoneNumberRecords(Protocol):
+    """An organization's phone numbers."""
+
     def add_phone_number(self, number: PhoneNumber) -> None:
         """Store a new number of an existing organization. Raises DuplicateId if the
         organization has it already."""
@@ -151,7 +166,10 @@ class Store(Protocol):
     def delete_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
         """Remove the number and return it. Raises PhoneNumberNotFound."""
 
-    # -- webhooks ----------------------------------------------------------------------------
+
+class WebhookRecords(Protocol):
+    """An organization's post-call webhooks."""
+
     def add_webhook(self, webhook: Webhook, check: Callable[[int], None] | None = None) -> None:
         """Store a new webhook of an existing organization. Raises OrganizationNotFound;
         DuplicateId if the organization has a webhook with its id (nothing stored).
@@ -180,7 +198,10 @@ class Store(Protocol):
         Raises WebhookNotFound. `check`, if given, is called with the stored webhook first,
         atomically with the removal: if it raises, nothing is removed."""
 
-    # -- batch calls ---------------------------------------------------------------------------
+
+class BatchRecords(Protocol):
+    """Batch calls (campaigns) and their tasks."""
+
     def add_batch(self, batch: Batch, tasks: list[Task]) -> None:
         """Store a new batch and its tasks, together. Raises OrganizationNotFound;
         DuplicateId if the organization has a batch with its id (nothing stored)."""
@@ -242,7 +263,10 @@ class Store(Protocol):
         """Every organization's batches the dispatcher has work in (`batches.active`),
         oldest first (the dispatcher fills the caps in that order)."""
 
-    # -- webhook events (the outbox) ---------------------------------------------------------
+
+class Outbox(Protocol):
+    """Webhook events: recorded with the changes that owe them, delivered, pruned."""
+
     def record_webhook_events(
         self, source: EventSource, listener: EventListener, forget: Callable[[], None]
     ) -> None:
@@ -287,7 +311,10 @@ class Store(Protocol):
     def prune_webhook_events(self, settled_before: int) -> int:
         """Remove events delivered or given up before then (Unix ms); how many were removed."""
 
-    # -- idempotency keys ----------------------------------------------------------------------
+
+class IdempotencyRecords(Protocol):
+    """Idempotency-Key answers and the claims of requests running with a key."""
+
     def find_idempotent(self, scope: str, key: str) -> IdempotentAnswer | None:
         """The answer kept for `key` in `scope` (an organization, or the admin API), if any
         (it may have expired: callers compare `expires_at`)."""
@@ -297,16 +324,6 @@ class Store(Protocol):
         `created_at` are dropped on the way. Quick enough for the event loop: it may return
         before the answer is on disk, if a crash of the process cannot lose it then (the
         machine's may, until the next durable write)."""
-
-    # -- the processes that serve the store ---------------------------------------------------
-    @property
-    def process_id(self) -> str:
-        """This process's id among those serving the store, never given to another process
-        while this one serves it (scheduler claims are recorded under it)."""
-
-    def live_processes(self) -> set[str]:
-        """The ids of the processes serving the store now, this one's included: a claim by
-        any other process was left behind by one that stopped."""
 
     def claim_idempotent(self, claim: IdempotentAnswer, now: int) -> IdempotentAnswer | None:
         """Record `claim` (a request with its key about to run, `idempotency.claim`) unless
@@ -322,7 +339,26 @@ class Store(Protocol):
         one to keep: the next retry runs it again), unless a record was added under it
         (`UNDER_CLAIM`): then mark it `ended`, so that a retry answers what was added."""
 
-    # -- durability ----------------------------------------------------------------------------
+
+class Processes(Protocol):
+    """The processes that serve the store (one, or many on one database)."""
+
+    @property
+    def process_id(self) -> str:
+        """This process's id among those serving the store, never given to another process
+        while this one serves it (scheduler claims are recorded under it)."""
+
+    def live_processes(self) -> set[str]:
+        """The ids of the processes serving the store now, this one's included: a claim by
+        any other process was left behind by one that stopped."""
+
+
+class Durability(Protocol):
+    """Readiness, durability and release of the store as a whole."""
+
+    # Whether reads wait for I/O (a database over the network): code on the event loop
+    # then reads on a worker thread. False: reads are answered from memory in microseconds.
+    reads_wait: bool
 
     def check_ready(self) -> None:
         """Return when the store can serve requests; raise StoreUnavailable, naming the
@@ -333,6 +369,26 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Flush what needs flushing and release the data (the lock, connections)."""
+
+
+class Store(
+    CallRecords,
+    ScheduledCalls,
+    SandboxPlayers,
+    Accounts,
+    AgentRecords,
+    PhoneNumberRecords,
+    WebhookRecords,
+    BatchRecords,
+    Outbox,
+    IdempotencyRecords,
+    Processes,
+    Durability,
+    Protocol,
+):
+    """Everything the server stores: the union of the roles above, which every backend
+    implements. A consumer that needs only some of them names those (its own union of
+    roles), so what it may touch is read off its signature."""
 
 
 class DatabaseNotEmpty(Exception):
