@@ -428,7 +428,7 @@ def _on_terminal() -> bool:
 def _tqdm(**options: Any) -> Any:
     """A tqdm progress bar on stderr. tqdm is imported only when one is shown (it takes a
     twentieth of a second); it ships no type hints."""
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
     return tqdm(file=sys.stderr, **options)
 
