@@ -71,6 +71,7 @@ from calls_server.compiled_schema import (
     openapi_schema,
 )
 from calls_server.contract import served_at
+from calls_server.domain.envelope import unpack
 from calls_server.logs import ORGANIZATION_ID
 from calls_server.metrics import OPERATION
 from calls_server.validation_errors import describe, parameter_error
@@ -756,7 +757,7 @@ class CompiledOperation:
         return frozenset(p.name for p in self.query)
 
     async def _respond(self, result: Any, send: Send) -> None:
-        body, status, headers = _unpack(result)
+        body, status, headers = unpack(result)
         if isinstance(body, bytes | str):
             content = body.encode() if isinstance(body, str) else body
             content_type = headers.pop("Content-Type", None) or self.operation.produces[0]
@@ -772,13 +773,6 @@ class CompiledOperation:
         ]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": content})
-
-
-def _unpack(result: Any) -> tuple[Any, int, dict[str, str]]:
-    if isinstance(result, tuple):
-        body, status, *rest = result
-        return body, status, dict(rest[0]) if rest else {}
-    return result, 200, {}
 
 
 class ResponseCheck:

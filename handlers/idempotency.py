@@ -39,7 +39,7 @@ import anyio
 import anyio.to_thread
 
 from calls_server.domain import idempotency
-from calls_server.domain.envelope import failure
+from calls_server.domain.envelope import failure, unpack
 from calls_server.domain.errors import (
     ApiError,
     IdempotencyKeyInFlight,
@@ -286,7 +286,7 @@ def _run_keeping(handler: Callable[..., Any], arguments: dict[str, Any], keep: K
 
 
 def _keep_result(keep: Keep, result: Any) -> None:
-    body, status, headers = _unpack(result)
+    body, status, headers = unpack(result)
     if idempotency.kept(status):
         keep(status, body, headers)
 
@@ -314,14 +314,14 @@ def _check_same(key: str, kept: str, sent: str) -> None:
 
 def _as_kept(result: Any, kept_as: KeptAs) -> Any:
     """`result` (a handler's answer) as `kept_as` would keep it."""
-    body, status, headers = _unpack(result)
+    body, status, headers = unpack(result)
     kept_status, kept_body, kept_headers = kept_as(status, body, headers)
     return kept_body, kept_status, kept_headers
 
 
 def _replayed(result: Any) -> Any:
     """`result` (a handler's answer) marked as a replay."""
-    body, status, headers = _unpack(result)
+    body, status, headers = unpack(result)
     return body, status, {**headers, **REPLAYED}
 
 
@@ -332,10 +332,3 @@ def _replay(found: IdempotentAnswer) -> Any:
         error.status_code = found["status"]
         raise error
     return found["body"], found["status"], {**found["headers"], **REPLAYED}
-
-
-def _unpack(result: Any) -> tuple[Any, int, dict[str, str]]:
-    if isinstance(result, tuple):
-        body, status, *rest = result
-        return body, status, dict(rest[0]) if rest else {}
-    return result, 200, {}
