@@ -87,7 +87,7 @@ def agent_id(path_id: str) -> str:
 
 def new_agent(organization_id: str, fields: Mapping[str, Any], now: int) -> Agent:
     """A new agent of `organization_id` configured by `fields` (a create body)."""
-    created = iso8601.utc(now, milliseconds=False)
+    created = iso8601.utc(now)
     agent = {
         "agent_id": f"{PREFIX}{uuid.uuid4()}",
         "organization_id": organization_id,
@@ -101,7 +101,7 @@ def new_agent(organization_id: str, fields: Mapping[str, Any], now: int) -> Agen
 def patched(agent: Agent, fields: Mapping[str, Any], now: int) -> Agent:
     """`agent` with a PATCH body applied: fields replaced, nested configuration merged."""
     updated = _configured(copy.deepcopy(agent), fields)
-    updated["updated_at"] = iso8601.utc(now, milliseconds=False)
+    updated["updated_at"] = iso8601.utc(now)
     return updated
 
 

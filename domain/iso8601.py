@@ -1,15 +1,14 @@
-"""Times as upstream writes them in its resources: ISO 8601 in UTC, with a `Z`."""
+"""Times as upstream writes them in its resources: ISO 8601 in UTC, with a `Z`, to the second
+(`2024-01-15T10:30:00Z`, as every upstream page shows them)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 
-def utc(ms: int, milliseconds: bool = True) -> str:
-    """A Unix time in milliseconds as `2026-11-24T16:58:00.646Z` (or, without
-    `milliseconds`, `2026-11-24T16:58:00Z`)."""
-    seconds = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{seconds}.{ms % 1000:03d}Z" if milliseconds else f"{seconds}Z"
+def utc(ms: int) -> str:
+    """A Unix time in milliseconds as `2026-11-24T16:58:00Z` (the milliseconds dropped)."""
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_utc(text: str) -> int:

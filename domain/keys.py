@@ -54,7 +54,7 @@ def new_api_key(
         "name": name,
         "description": description,
         "status": "ACTIVE",
-        "created_at": iso8601.utc(now, milliseconds=False),
+        "created_at": iso8601.utc(now),
         "revoked_at": None,
     }
     return record, secret
@@ -67,7 +67,7 @@ def revoked(key: ApiKey, now: int) -> ApiKey:
         raise Conflict(
             f"API key '{key['api_key_id']}' is already revoked", message="Already revoked"
         )
-    return {**key, "status": "REVOKED", "revoked_at": iso8601.utc(now, milliseconds=False)}
+    return {**key, "status": "REVOKED", "revoked_at": iso8601.utc(now)}
 
 
 def authenticated(api_key: str, secret: str, find: Callable[[str], ApiKey | None]) -> ApiKey:
@@ -100,7 +100,7 @@ def created_view(key: ApiKey) -> ApiKey:
     shown = {k: v for k, v in key.items() if k != "secret_sha256"}
     for field in ("created_at", "revoked_at"):
         if isinstance(shown[field], int):
-            shown[field] = iso8601.utc(shown[field], milliseconds=False)
+            shown[field] = iso8601.utc(shown[field])
     return shown
 
 

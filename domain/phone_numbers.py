@@ -33,7 +33,7 @@ def new_phone_number(
     """A number of `organization_id` as a create (or import) body describes it; each bound
     agent must be one of the organization's (`is_agent`)."""
     number = fields["phone_number"]
-    created = iso8601.utc(now, milliseconds=False)
+    created = iso8601.utc(now)
     record: PhoneNumber = {
         "phone_number": number,
         "phone_number_pretty": pretty(number),
@@ -67,7 +67,7 @@ def changed(
     if "label" in given:  # upstream's other name for the nickname
         given.setdefault("nickname", given.pop("label"))
     updated = {**number, **given}
-    updated["updated_at"] = iso8601.utc(now, milliseconds=False)
+    updated["updated_at"] = iso8601.utc(now)
     updated["last_modification_timestamp"] = now
     _check_agents({k: v for k, v in given.items() if k in AGENT_FIELDS}, is_agent)
     return updated

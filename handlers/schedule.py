@@ -32,7 +32,7 @@ def update_call_schedule(
         "call_id": call_id,
         "previous_scheduled_timestamp": previous[-1],
         "new_scheduled_timestamp": new_time,
-        "scheduled_for_human": iso8601.utc(new_time * 1000, milliseconds=False),
+        "scheduled_for_human": iso8601.utc(new_time * 1000),
         "call": services().casing.call(call),
     }
     message = "Scheduled call time updated successfully"
