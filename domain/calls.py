@@ -40,6 +40,10 @@ EVENTS_OMITTED = "Earlier events omitted"
 
 # Metadata keys the server keeps for scheduled calls, as upstream shows them.
 CLAIM_EVENT = "Scheduled call due"
+# The events of a schedule changed through its own endpoint, named as upstream's pages name
+# them, with the `endpoint_used` their data carries there.
+RESCHEDULED_EVENT = "Scheduled call time updated via dedicated endpoint"
+SCHEDULE_CANCELLED_EVENT = "Scheduled call cancelled - converted to regular call"
 SCHEDULE_METADATA_KEYS = ("is_scheduled", "scheduled_timestamp", "execution_status")
 # The event of a call the server ended itself (`cut_off`).
 CUT_OFF_EVENT = "Call ended by the server"
@@ -53,6 +57,7 @@ UNDER_WAY = ("registered", "ongoing")
 _ENUM_UPDATE_FIELDS = ("direction", "disconnection_reason")
 # Fields a PUT copies as given (after enum values are lower-cased).
 _PLAIN_UPDATE_FIELDS = (
+    "agent_id",
     "direction",
     "from_number",
     "to_number",
@@ -68,6 +73,18 @@ _PLAIN_UPDATE_FIELDS = (
     "telephony_identifier",
     "opt_out_sensitive_data_storage",
 )
+
+
+def with_dynamic_variables(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A create request's body with its `dynamic_variables` (the values an agent's prompts
+    are filled with) kept in `metadata.dynamic_variables`, where the calls a batch places
+    carry their task's."""
+    kept = {k: v for k, v in body.items() if k != "dynamic_variables"}
+    if body.get("dynamic_variables") is not None:
+        metadata = dict(body.get("metadata") or {})
+        metadata["dynamic_variables"] = copy.deepcopy(body["dynamic_variables"])
+        kept["metadata"] = metadata
+    return kept
 
 
 def new_call_id() -> str:
@@ -196,29 +213,37 @@ def reschedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
     _record(
         moved,
         now,
-        "Scheduled call time updated",
+        RESCHEDULED_EVENT,
         {
             "previous_scheduled_timestamp": previous,
             "new_scheduled_timestamp": scheduled_timestamp,
+            "updated_at": now,
+            "endpoint_used": "/schedule",
         },
     )
     return moved
 
 
 def cancel_schedule(call: Call, now: int) -> Call:
-    """The scheduled `call` turned back into a regular, `registered` call."""
+    """The scheduled `call` turned back into a regular, `registered` call: its metadata
+    without the schedule's keys (as upstream's page shows it, the caller's own keys only)."""
     _require_scheduled(call)
     cancelled = copy.deepcopy(call)
     previous = cancelled["scheduled_timestamp"]
     cancelled["call_status"] = "registered"
-    _leave_schedule(cancelled, "cancelled")
-    cancelled["metadata"].pop("scheduled_timestamp", None)
+    cancelled["scheduled_timestamp"] = None
+    for key in SCHEDULE_METADATA_KEYS:
+        cancelled["metadata"].pop(key, None)
     cancelled["updated_at"] = now
     _record(
         cancelled,
         now,
-        "Scheduled call cancelled - converted to regular call",
-        {"previous_scheduled_timestamp": previous, "cancelled_at": now // 1000},
+        SCHEDULE_CANCELLED_EVENT,
+        {
+            "previous_scheduled_timestamp": previous,
+            "cancelled_at": now // 1000,
+            "endpoint_used": "/schedule DELETE",
+        },
     )
     return cancelled
 

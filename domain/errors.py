@@ -73,8 +73,10 @@ class NotFound(ApiError):
 class CallNotFound(NotFound):
     message = "Call not found"
 
-    def __init__(self, call_id: str) -> None:
-        super().__init__(f"Call with ID '{call_id}' does not exist")
+    def __init__(self, call_id: str, organization_id: str | None = None) -> None:
+        # The delete page names the organization (the caller's own), the get page does not.
+        within = f" in organization '{organization_id}'" if organization_id else ""
+        super().__init__(f"Call with ID '{call_id}' does not exist{within}")
 
 
 class OrganizationNotFound(NotFound):

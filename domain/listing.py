@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
@@ -51,6 +52,9 @@ class CallQuery:
     sort_order: str
     filters: Mapping[str, Any]
     cursor: str | None = None  # a `next_cursor` answered earlier: the calls after it
+    asked: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # the filters as sent (echoed)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> CallQuery:
@@ -64,6 +68,7 @@ class CallQuery:
             sort_order=body["sort_order"],
             filters=normalize_filters(body.get("filter_criteria") or {}),
             cursor=body.get("cursor"),
+            asked=dict(body.get("filter_criteria") or {}),
         )
 
     @classmethod

@@ -20,6 +20,7 @@ import anyio
 
 from calls_server.domain import calls, versions
 from calls_server.domain.envelope import Envelope, success
+from calls_server.domain.errors import CallNotFound
 from calls_server.domain.listing import CallQuery
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
@@ -54,6 +55,7 @@ def _recover_call(call_id: str, token_info: dict[str, Any], **_: Any) -> Version
 def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create"""
     org = organization_id(token_info)
+    body = calls.with_dynamic_variables(body)
     call = calls.new_call(
         organization_id=org,
         agent_id=body["agent_id"],
@@ -87,6 +89,7 @@ async def create_phone_call(body: dict[str, Any], token_info: dict[str, Any]) ->
     (`HttpDialer.floor`), is not dialed, and fails (`call_failed`) saying so.
     """
     org = organization_id(token_info)
+    body = calls.with_dynamic_variables(body)
     running = services()
     store, dialer, clock = running.store, running.dialer, running.clock
     if not isinstance(dialer, HttpDialer):  # none, or the sandbox: answers at once
@@ -144,6 +147,7 @@ def _recover_web_call(call_id: str, token_info: dict[str, Any], **_: Any) -> Ver
 def create_web_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
     """POST /api/calls/create-web-call"""
     org = organization_id(token_info)
+    body = calls.with_dynamic_variables(body)
     call = calls.new_web_call(
         organization_id=org,
         agent_id=body["agent_id"],
@@ -221,7 +225,7 @@ def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
         "returned_count": len(page),
         "sort_order": query.sort_order,
         "sort_by": query.sort_by,
-        "applied_filters": query.filters,
+        "applied_filters": query.asked,
     }
     return success("Calls retrieved successfully", data), 200
 
@@ -245,7 +249,10 @@ def update_call(
 def delete_call(call_id: str, token_info: dict[str, Any], if_match: str | None = None) -> Response:
     """DELETE /api/calls/{call_id}"""
     org = organization_id(token_info)
-    services().store.delete_call(
-        org, call_id, lambda stored: versions.check_if_match(stored, if_match)
-    )
+    try:
+        services().store.delete_call(
+            org, call_id, lambda stored: versions.check_if_match(stored, if_match)
+        )
+    except CallNotFound:  # the delete page's words name the (caller's own) organization
+        raise CallNotFound(call_id, org) from None
     return success("Call deleted successfully", {"call_id": call_id, "organization_id": org}), 200

@@ -480,16 +480,16 @@ def test_search_calls_filters_on_created_at_range(client, tenant):
     assert found == [c["call_id"] for c in made.values() if c["created_at"] >= since]
 
 
-def test_search_calls_echoes_the_applied_filters_normalized(client, tenant):
-    criteria = {"call_status": ["ONGOING"], "agent_id": "a1", "direction": "INBOUND"}
+def test_search_calls_echoes_the_applied_filters_as_sent(client, tenant):
+    made = make_calls(client, tenant)
+    criteria = {"call_status": ["ONGOING", "ENDED"], "agent_id": "a2", "direction": "INBOUND"}
 
     response = client.post("/api/calls", json={"filter_criteria": criteria}, headers=tenant.headers)
 
-    assert response.json()["data"]["applied_filters"] == {
-        "call_status": ["ongoing"],
-        "agent_id": ["a1"],
-        "direction": ["inbound"],
-    }
+    # As upstream's list page shows them: UPPER stays UPPER, one agent_id stays one string;
+    # matching is case-insensitive all the same.
+    assert response.json()["data"]["applied_filters"] == criteria
+    assert listed(response) == names(made, "a2_in")
 
 
 def test_search_calls_sorts_by_start_timestamp_with_missing_values_last(client, tenant):
@@ -535,7 +535,7 @@ def test_list_calls_takes_the_filters_as_query_parameters(client, tenant):
     assert listed(response) == names(made, "a2_in")
     data = response.json()["data"]
     assert data["applied_filters"] == {
-        "call_status": ["ongoing", "ended"],
+        "call_status": ["ONGOING", "ended"],
         "agent_id": ["a2"],
         "duration_ms": {"upper_threshold": 1000},
     }
@@ -755,7 +755,7 @@ def test_update_call_still_takes_post_call_data_on_an_ended_call(client, tenant)
     [
         {},
         {"call_status": "lost"},
-        {"agent_id": "other"},
+        {"call_id": "other"},
         {"start_timestamp": "soon"},
         {"from_number": "12"},
         {"metadata": "not an object"},
@@ -792,8 +792,16 @@ def test_delete_call_removes_it_everywhere(client, tenant, store):
     assert store.list_calls(tenant.organization_id, _all())[1] == 1
 
 
-def test_delete_call_of_an_unknown_id_is_404(client, tenant):
-    assert_error(client.delete("/api/calls/call_nope", headers=tenant.headers), 404, "call_nope")
+def test_delete_call_of_an_unknown_id_is_404_in_the_delete_pages_words(client, tenant):
+    response = client.delete("/api/calls/call_nope", headers=tenant.headers)
+
+    body = assert_error(response, 404)
+    assert body["message"] == "Call not found"
+    org = tenant.organization_id
+    assert body["error"] == f"Call with ID 'call_nope' does not exist in organization '{org}'"
+    # The get page's words have no organization: each page's own.
+    fetched = assert_error(client.get("/api/calls/call_nope", headers=tenant.headers), 404)
+    assert fetched["error"] == "Call with ID 'call_nope' does not exist"
 
 
 def test_delete_call_frees_its_id_for_reuse(client, tenant):
@@ -860,3 +868,43 @@ def test_a_livekit_token_signed_with_another_secret_does_not_verify(livekit_clie
         api.TokenVerifier(LIVEKIT["livekit_api_key"], "another-secret-another-secret-00").verify(
             token
         )
+
+
+# -- fields upstream's clients send --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/calls/create", {"agent_id": "a"}),
+        ("/api/calls/create-web-call", {"agent_id": "a"}),
+        ("/api/calls/create-phone-call", PHONE),
+    ],
+)
+def test_a_creates_dynamic_variables_are_kept_in_the_calls_metadata(client, tenant, path, body):
+    variables = {"customer_name": "John Doe", "order_id": "5001201"}
+    sent = {**body, "metadata": {"k": "v"}, "dynamic_variables": variables}
+
+    response = client.post(path, json=sent, headers=tenant.headers)
+
+    assert response.status_code == 200, response.text
+    call = response.json()["data"]["call"]
+    assert call["metadata"] == {"k": "v", "dynamic_variables": variables}
+    assert "dynamic_variables" not in call
+    fetched = client.get(f"/api/calls/{call['call_id']}", headers=tenant.headers).json()["data"]
+    assert fetched["metadata"]["dynamic_variables"] == variables
+
+
+def test_update_call_takes_an_agent_id_and_reassigns_the_call(client, tenant):
+    call = create_call(client, tenant, agent_id="first")
+
+    response = client.put(
+        f"/api/calls/{call['call_id']}", json={"agent_id": "second"}, headers=tenant.headers
+    )
+
+    assert response.status_code == 200, response.text
+    updated = response.json()["data"]["call"]
+    assert updated["agent_id"] == "second"
+    assert updated["events"][-1]["data"]["updated_fields"] == ["agent_id"]
+    listed = client.get("/api/calls?agent_id=second", headers=tenant.headers).json()["data"]
+    assert [c["call_id"] for c in listed["calls"]] == [call["call_id"]]

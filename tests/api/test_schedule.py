@@ -50,9 +50,13 @@ def test_update_schedule_moves_the_call_and_records_both_times(client, tenant, s
     moved = data["call"]
     assert moved["call_status"] == "scheduled"
     assert moved["scheduled_timestamp"] == new == moved["metadata"]["scheduled_timestamp"]
+    # The event as upstream's page shows it: its name, and the endpoint that moved it.
+    assert moved["events"][-1]["event"] == "Scheduled call time updated via dedicated endpoint"
     assert moved["events"][-1]["data"] == {
         "previous_scheduled_timestamp": first,
         "new_scheduled_timestamp": new,
+        "updated_at": moved["updated_at"],
+        "endpoint_used": "/schedule",
     }
     assert store.get_call(tenant.organization_id, call["call_id"]) == moved
 
@@ -123,11 +127,15 @@ def test_cancel_schedule_turns_the_call_into_a_regular_call(client, tenant, stor
     cancelled = data["call"]
     assert cancelled["call_status"] == "registered"
     assert cancelled["scheduled_timestamp"] is None
-    expected = {"k": "v", "is_scheduled": False, "execution_status": "cancelled"}
-    assert cancelled["metadata"] == expected
+    # The caller's own keys only: the schedule's are gone, as upstream's page shows it.
+    assert cancelled["metadata"] == {"k": "v"}
     last = cancelled["events"][-1]
     assert last["event"] == "Scheduled call cancelled - converted to regular call"
-    assert last["data"]["previous_scheduled_timestamp"] == at
+    assert last["data"] == {
+        "previous_scheduled_timestamp": at,
+        "cancelled_at": cancelled["updated_at"] // 1000,
+        "endpoint_used": "/schedule DELETE",
+    }
     assert store.get_call(tenant.organization_id, call["call_id"]) == cancelled
 
 
