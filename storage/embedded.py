@@ -114,6 +114,7 @@ class EmbeddedStore:
         self, directory: str | os.PathLike[str], compact_every: int, quota: Quota | None
     ) -> None:
         self._lock = threading.RLock()
+        self._closed = False  # then every request is refused, as by PostgresStore
         self._process_id = uuid.uuid4().hex
         self._write_observer: Callable[[float], None] | None = None
         self._db = EmbeddedTinyDB(directory, storage=JournalStorage, compact_every=compact_every)
@@ -842,6 +843,7 @@ class EmbeddedStore:
     def check_ready(self) -> None:
         # Not ready while the journal failed, or while the data directory, having refused
         # a write (no room, inode or file descriptor left), still refuses one.
+        self._check_open()
         with _unavailable_when_failed():
             self._journal.check_ready()
 
@@ -868,7 +870,12 @@ class EmbeddedStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("The store is closed")
 
     def abandon(self) -> None:
         """Let go of the data directory without a final snapshot, as a killed process would
@@ -877,6 +884,7 @@ class EmbeddedStore:
             self._journal.abandon()
 
     def _check_usable(self) -> None:
+        self._check_open()
         with _unavailable_when_failed():
             self._journal.check_usable()
 
@@ -893,6 +901,7 @@ class EmbeddedStore:
         started = time.perf_counter()
         with _unavailable_when_failed():
             with self._lock:
+                self._check_open()
                 yield
             self._journal.wait_durable()
         if self._write_observer is not None:
