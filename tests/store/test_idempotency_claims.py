@@ -29,7 +29,7 @@ from calls_server.handlers.idempotency import CLAIM_LEASE_MS, IdempotencyKeys
 from calls_server.integrations.clock import wall_clock
 from calls_server.storage.interface import UNDER_CLAIM
 from calls_server.storage.postgres import PostgresStore
-from tests.store.test_storage import a_call
+from tests.store.test_store_contract import a_call
 
 TWINS = 12
 ROUNDS = 40
