@@ -26,9 +26,12 @@ ROOT = Path(__file__).parents[2]
 README = Path(os.environ.get("CONTRACT_README", ROOT / "README.md"))
 SEED = os.environ.get("CONTRACT_SEED", "1")
 
-# The spec's links the run follows at least (it follows 33 to 39 of 41 with seed 1; the
-# remaining ones are batch calls' that random data rarely gets to, such as a resumed batch).
-README_LINKS_COVERED = 30
+# The spec's links the run follows at least: 26 of 44 with seed 1, on this project's 2-core
+# machine. The rest are mostly batch calls' and webhook events' that random data rarely gets
+# to (a resumed batch, a delivered event). The links from an agent into the creates that
+# name it pass the agent as `body.<field>` parameters: link `requestBody` objects followed
+# more (40 of 46) but openapi-generator's validator refuses them (it wants a string).
+README_LINKS_COVERED = 26
 
 pytestmark = pytest.mark.contract
 
