@@ -133,7 +133,9 @@ def world(client, headers: dict[str, str], organization_id: str, text: str) -> d
 
 
 @pytest.mark.parametrize("example", EXAMPLES["examples"], ids=lambda e: e["name"])
-def test_an_upstream_example_is_answered_as_upstream_answers_it(store, data_dir, tenant, example):
+def test_an_upstream_example_is_answered_as_upstream_answers_it(store, tenant, request, example):
+    # On each backend (data_dir, asked for by name, would keep it to the embedded store).
+    data_dir = request.getfixturevalue("data_dir")
     settings = {"enum_case": "upstream", "sandbox": True, "sandbox_time_scale": 100}
     with app_client(store, data_dir=data_dir, admin_token=ADMIN_TOKEN, **settings) as client:
         ids = world(client, tenant.headers, tenant.organization_id, json.dumps(example))
