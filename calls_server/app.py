@@ -26,7 +26,7 @@ from calls_server import errors, tracing
 from calls_server.contract import cors_headers, published, served_paths, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
-from calls_server.handlers.idempotency import IdempotencyKeys
+from calls_server.handlers.idempotency_keys import IdempotencyKeys
 from calls_server.handlers.scope import Services
 from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.clock import Clock, wall_clock
@@ -167,8 +167,9 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
             if sandbox
             else None
         )
+        handlers_store = traced.store(store) if traced else store  # spans of their calls
         services = Services(
-            store=traced.store(store) if traced else store,  # spans of handlers' store calls
+            store=handlers_store,
             clock=clock,
             # Signs on app time; its HTTP clients are traced when tracing is on.
             dialer=replace(dialer, clock=clock, on_client=on_client) if dialer else sandbox,
@@ -183,7 +184,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
                 settings.rate_limit_per_organization,
                 settings.rate_limit_auth_failures,
             ),
-            idempotency=IdempotencyKeys(settings.idempotency_ttl),
+            idempotency=IdempotencyKeys(settings.idempotency_ttl, handlers_store, clock),
             sandbox=sandbox,
         )
         scheduler = (

@@ -6,22 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from connexion.context import scope
 
 from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
+from calls_server.handlers.idempotency_keys import IdempotencyKeys
 from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.integrations.sandbox import SandboxDialer
 from calls_server.storage import Store
-
-if TYPE_CHECKING:  # it reads the services itself
-    from calls_server.handlers.idempotency import IdempotencyKeys
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
-from connexion.context import _scope
 
 from calls_server.domain import idempotency
 from calls_server.domain.errors import ApiError, IdempotencyKeyInFlight
 from calls_server.domain.idempotency import RUNNING
-from calls_server.handlers import idempotency as handlers_idempotency
-from calls_server.handlers.idempotency import CLAIM_LEASE_MS, IdempotencyKeys
+from calls_server.handlers import idempotency_keys as handlers_idempotency
+from calls_server.handlers.idempotency_keys import CLAIM_LEASE_MS, IdempotencyKeys
 from calls_server.integrations.clock import wall_clock
 from calls_server.storage.interface import UNDER_CLAIM
 from calls_server.storage.postgres import PostgresStore
@@ -51,14 +49,9 @@ class ReadsWait:
 
 @contextmanager
 def serving(store: Any, clock: Any = wall_clock) -> Iterator[IdempotencyKeys]:
-    """The services `IdempotencyKeys` reads, as a running app has them, over `store`."""
-    keys = IdempotencyKeys(ttl_seconds=60)
-    services = SimpleNamespace(store=ReadsWait(store), clock=clock, idempotency=keys)
-    token = _scope.set({"state": {"services": services}})
-    try:
-        yield keys
-    finally:
-        _scope.reset(token)
+    """A process's registry of requests with a key, as a running app builds it, over
+    `store` (read as a database's)."""
+    yield IdempotencyKeys(ttl_seconds=60, store=ReadsWait(store), clock=clock)
 
 
 async def never_recovered(record_id: str, keep: Any) -> Any:
