@@ -22,9 +22,10 @@ _MESSAGE_LIMIT = 300  # characters of a rule broken, in an error message
 
 def describe(error: ValidationError) -> str:
     """What is wrong with a value, in words: the rule it breaks, then where (as Connexion)."""
-    where = format_error_with_path(exception=error)
     if isinstance(error.schema, dict) and "x-error" in error.schema:
-        return f"{error.schema['x-error']}{where}"  # the spec's own words for this rule
+        # The spec's own words for this rule: upstream's, which name no path.
+        return str(error.schema["x-error"])
+    where = format_error_with_path(exception=error)
     # Messages that list what was sent (unexpected keys) are cut, whatever the body held.
     return f"{strict_json.shortened(_rule_broken(error), _MESSAGE_LIMIT)}{where}"
 

@@ -53,11 +53,6 @@ DELIBERATE = {
         "no parameter; this server echoes the filters a request applies (with "
         "?area_code=415 it answers the page's, see listPhoneNumbers.filtered)"
     ),
-    ("createPostCallWebhook.http", "error"): (
-        "the rule is the spec's (a pattern on url, its x-error the page's words); schema "
-        "errors name the field after the words (\"Webhook URL must be HTTPS - 'url'\"), "
-        "so a client matching the page's text by its start still finds it"
-    ),
     ("listBatchCalls.generated", "message"): (
         "one endpoint, two pages, two messages: the hand-written page's 'Batch calls "
         "retrieved successfully' is answered (platform-api.md 1.1 lists both); the "
