@@ -243,8 +243,8 @@ def test_a_create_whose_connection_is_lost_before_its_commit_runs_again_on_retry
     assert store.list_calls("acme", _every_call()).total == 1
 
 
-# Each create: its body (a batch or web call's is given an agent), the statement that adds its record,
-# where its answer names the record, and how many of its kind the store then holds.
+# Each create: its body (a batch or web call's is given an agent), the statement that adds
+# its record, where its answer names the record, and how many of its kind the store holds.
 RECOVERED = {
     "agent": (
         "/api/agents/create",
@@ -380,4 +380,5 @@ def test_a_key_whose_creation_answer_was_lost_is_answered_without_its_secret(
     assert data["api_secret"] == ""
     assert "not kept" in data["warning"]
     stored = [key["api_key_id"] for key in store.list_api_keys("acme")]
-    assert data["api_key_id"] in stored and len(stored) == 2  # the tenant's, and this one
+    assert data["api_key_id"] in stored
+    assert len(stored) == 2  # the tenant's, and this one

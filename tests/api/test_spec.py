@@ -19,7 +19,7 @@ from calls_server.settings import Settings
 from tests.conftest import app_client
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
-NOT_OPERATIONS = {"idempotency", "scope", "security"}
+NOT_OPERATIONS = {"idempotency", "idempotency_keys", "scope", "security"}
 
 
 def operation_ids() -> set[str]:

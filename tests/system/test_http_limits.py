@@ -497,7 +497,7 @@ def _logged_client(server: RunningServer, forwarded_for: str) -> str:
     marker = f"[{request_id}] "
     wait_for(lambda: marker in server.log(), timeout=5)
     line = next(line for line in server.log().splitlines() if marker in line)
-    return line.split(marker, 1)[1].split(" - ", 1)[0]
+    return line.split(" client=", 1)[1].split()[0]
 
 
 def test_x_forwarded_for_is_ignored_when_no_proxy_is_trusted(data_dir):
