@@ -103,6 +103,7 @@ def test_a_browser_may_read_the_headers_the_apis_features_answer(store, tenant):
         "ratelimit-limit",
         "ratelimit-remaining",
         "ratelimit-reset",
+        "ratelimit-policy",
         "retry-after",
         "x-request-id",
     } <= exposed
