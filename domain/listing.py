@@ -33,6 +33,9 @@ NOT_A_CURSOR = "'cursor' is not a cursor this server answered"
 # What a position's numbers fit in: the stores' 64-bit integers.
 _INT64 = range(-(2**63), 2**63)
 
+# The fields a listing sorts by (the spec's SortBy; a test holds them equal): both stores
+# index each of them.
+SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
 # Range filters: the request's name -> the call field it bounds.
 RANGE_FIELDS = {
     "duration_ms": "call_duration",
@@ -40,6 +43,8 @@ RANGE_FIELDS = {
     "created_at": "created_at",
 }
 _ENUM_FILTERS = ("call_status", "call_type", "direction")
+# Every filter a listing takes (the spec's FilterCriteria; a test holds them equal).
+FILTERS = (*_ENUM_FILTERS, "agent_id", *RANGE_FIELDS, "transcript_search")
 
 
 @dataclass(frozen=True)

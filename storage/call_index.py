@@ -27,10 +27,9 @@ from typing import Any
 from sortedcontainers import SortedList
 
 from calls_server.domain.calls import Call
-from calls_server.domain.listing import RANGE_FIELDS, CallQuery
+from calls_server.domain.listing import RANGE_FIELDS, SORT_FIELDS, CallQuery
 
 EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
-SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
 _INF = float("inf")
 _NONE: set[int] = set()
 

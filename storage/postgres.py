@@ -76,7 +76,7 @@ from calls_server.domain.errors import (
 )
 from calls_server.domain.idempotency import IdempotentAnswer
 from calls_server.domain.keys import ApiKey, Organization
-from calls_server.domain.listing import RANGE_FIELDS, CallPage, CallQuery
+from calls_server.domain.listing import RANGE_FIELDS, SORT_FIELDS, CallPage, CallQuery
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import Webhook, WebhookEvent
@@ -111,7 +111,6 @@ _CALL_COLUMNS = (
     "scheduled_timestamp",
 )
 _EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
-_SORT_FIELDS = ("created_at", "updated_at", "start_timestamp", "end_timestamp", "call_duration")
 # How long the cause found for a pool timeout is reused: under an outage every waiting
 # request would otherwise probe the database once more.
 _DIAGNOSIS_KEPT = 1.0
@@ -413,7 +412,7 @@ class PostgresStore:
         without. A position is `[0, value, created_at, seq]` or `[1, created_at, seq]`; a
         cursor's page is the calls after it in that order (a keyset: no offset to skip)."""
         after = query.position()  # its shape checked there: [0, v, c, s] or [1, c, s]
-        if query.sort_by not in _SORT_FIELDS:
+        if query.sort_by not in SORT_FIELDS:
             raise BadRequest(f"Calls cannot be sorted by '{query.sort_by}'")
         where, params = _call_filters(organization_id, query)
         field = sql.Identifier(query.sort_by)
