@@ -9,7 +9,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from calls_server.domain.casing import MODES
 from calls_server.domain.quotas import Quota
@@ -20,157 +20,314 @@ from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.storage import EmbeddedStore, Store
 
 PREFIX = "CALLS_"
+T = TypeVar("T")
 
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
 
 
+def setting(default: T, doc: str, *, section: str | None = None) -> T:
+    """A `Settings` field: its default, and what it means (Markdown: a row of
+    docs/configuration.md, which `calls-server settings --markdown` writes). The first field
+    of a group names the group's `section`, the page's heading above it."""
+    metadata = {"doc": doc} if section is None else {"doc": doc, "section": section}
+    field: T = dataclasses.field(default=default, metadata=metadata)
+    return field
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything that can be configured. Each field is also `CALLS_<FIELD>` in the environment."""
+    """Everything that can be configured. Each field is also `CALLS_<FIELD>` in the environment;
+    its description is `Settings.describe(name)`."""
 
-    data_dir: Path = Path("calls-data")
-    # A PostgreSQL database instead of the embedded store (postgresql://user:pw@host/db):
-    # for more than one server process or machine. Unset: the embedded store in data_dir.
-    database_url: str | None = None
-    # Connections per server process to that database, at most.
-    database_pool_size: int = 10
-    # Seconds a statement may run (the database's statement_timeout); a store call whose
-    # database does not answer (stopped, hung) is cut on this side 5 s later.
-    database_statement_timeout: float = 30.0
-    # Server processes sharing the port (`serve --workers`): above 1 only on PostgreSQL.
-    workers: int = 1
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # Bearer token for /api/organizations...; None disables the admin API.
-    admin_token: str | None = None
-    # Largest request body accepted; larger ones are answered 413.
-    max_body_bytes: int = 1_048_576
-    # Validate every response against openapi.yaml (on in tests; costs time per request).
-    validate_responses: bool = False
-    log_level: str = "info"
-    # Log lines as JSON objects (one per line) instead of text.
-    log_json: bool = False
-    # The access log: one line per request (method, path, status, duration, request id,
-    # organization, client address), at INFO.
-    log_access: bool = True
-    # Browser origins allowed to call the API (CORS), comma-separated; empty: none.
-    cors_origins: str = ""
-    # Journal records between two snapshots of the embedded store.
-    compact_every: int = 10_000
-    # A LiveKit server for web calls: URL, API key and secret together, or none of them.
-    livekit_url: str | None = None
-    livekit_api_key: str | None = None
-    livekit_api_secret: str | None = None
-    livekit_token_ttl: int = 3600
-    livekit_identity: str = "web-user-{call_id}"
-    # The operator's outbound dialer: URL and signing secret together, or neither.
-    dialer_url: str | None = None
-    dialer_secret: str | None = None
-    dialer_timeout: float = 5.0
-    dialer_attempts: int = 3
-    # Seconds one dial may take, every attempt and back-off included; create-phone-call
-    # waits no longer for a dial slot and the dial together (past it: call_failed).
-    dialer_deadline: float = 10.0
-    # The dialer places one call per Idempotency-Key (keeping the keys it has seen): a batch
-    # attempt whose dial a restart interrupted is dialed again under its key, not failed.
-    dialer_idempotent: bool = False
-    # The sandbox dialer instead of a real one: calls play out by themselves, with outcomes
-    # scripted per call in metadata or drawn under the seed; waits times the time scale.
-    sandbox: bool = False
-    sandbox_seed: int = 0
-    sandbox_time_scale: float = 1.0
-    # Phone calls being handed to the dialer at once, at most (each holds a worker thread).
-    dialer_concurrency: int = 8
-    # Deliver status events to webhooks (off for sandboxes whose webhooks must stay quiet).
-    webhook_delivery: bool = True
-    # Accept http:// webhook URLs (for loopback and testing); https:// only otherwise.
-    webhook_allow_http: bool = False
-    # Private networks webhooks may go to (CIDRs, comma-separated): on-premises receivers,
-    # or 127.0.0.0/8 for tests. Public addresses are always allowed.
-    webhook_allow_networks: str = ""
-    # How many webhooks one organization may have.
-    webhooks_per_organization: int = 16
-    # Deliveries under way at once: for all webhooks together, and for one webhook (each
-    # call's events still go one at a time, in order).
-    webhook_concurrency: int = 16
-    webhook_connections_per_endpoint: int = 8
-    # Seconds a receiver has to answer one delivery.
-    webhook_timeout: float = 5.0
-    # Retries: the first after this many seconds, each later one after twice the previous
-    # wait, at most the max; an event is given up (marked failed, kept) once retrying it
-    # would go on past `webhook_retry_for` seconds since it was queued.
-    webhook_retry_first_delay: float = 30.0
-    webhook_retry_max_delay: float = 3600.0
-    webhook_retry_for: float = 3 * 86400.0
-    # A webhook whose every delivery has failed for this many seconds is switched off.
-    webhook_disable_after: float = 3 * 86400.0
-    # Seconds delivered and failed events are kept once settled (to be listed and
-    # redelivered). Each keeps the call as sent, in memory on the embedded store.
-    webhook_event_retention: float = 7 * 86400.0
-    # Seconds between two looks for due scheduled calls and batch tasks (with a dialer).
-    scheduler_interval: float = 0.5
-    # Batch calls of one organization under way at once, at most (a batch's own
-    # concurrency_limit may lower it for that batch).
-    batch_concurrency: int = 20
-    # How responses case enum values (call_status, call_type, direction): `upstream` (UPPER
-    # where upstream shows calls as listed, lower elsewhere), `lower` or `upper` throughout.
-    enum_case: str = "upstream"
-    # Per organization: at most this many calls, and this many bytes of calls (0: no limit).
-    quota_calls: int = 0
-    quota_bytes: int = 0
-    # Idempotency-Key: seconds a key's first answer is kept and replayed (24 h, as Stripe).
-    idempotency_ttl: float = 86400.0
-    # Rate limits, requests per minute (0: no limit): per API key, per organization (all its
-    # keys together), and failed authentications per client address.
-    rate_limit_per_key: int = 0
-    rate_limit_per_organization: int = 0
-    rate_limit_auth_failures: int = 300
-    # The HTTP layer: the most bytes and lines of request headers; seconds a client has to
-    # send a request's headers, and its body; connections open at once (past it, new ones
-    # are closed at once); seconds an idle keep-alive connection is kept.
-    max_header_bytes: int = 16_384
-    max_headers: int = 100
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    max_connections: int = 2048
-    keep_alive_timeout: float = 5.0
-    # Connections open at once from one client address (an IPv6 client's /64; trusted
-    # proxies are not capped); seconds a client has to take an answer the server could not
-    # send at once, before it is cut; bytes of such unsent answers, all connections
-    # together, past which the connections that have waited longest are cut.
-    max_connections_per_address: int = 256
-    send_timeout: float = 60.0
-    max_buffered_bytes: int = 256 * 1024 * 1024
-    # TLS terminated by the server: certificate chain and key files (PEM), both or neither.
-    tls_certfile: str | None = None
-    tls_keyfile: str | None = None
-    # Behind a reverse proxy: the proxies' addresses (comma-separated, or *) whose
-    # X-Forwarded-For/-Proto headers are believed; empty: none (the peer is the client).
-    forwarded_allow_ips: str = ""
-    # Prometheus metrics: on a port of their own (0: at /metrics on the API's port, behind
-    # the admin token), at the host given.
-    metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"
-    # `calls-server mcp`: the Calls API its tools call, and the organization's key pair they
-    # call it with.
-    mcp_url: str = "http://127.0.0.1:8080/api"
-    mcp_api_key: str | None = None
-    mcp_api_secret: str | None = None
-    # `calls-server mcp`: only the operations that read (GET) are tools.
-    mcp_read_only: bool = False
-    # `calls-server mcp --transport http`: the address and port it listens on; the bearer
-    # token its clients must send (16+ characters; without one it does not start over HTTP);
-    # the Host names it answers to, comma-separated, each `name` (any port) or `name:port`
-    # (empty: localhost, 127.0.0.1 and [::1], and the bound host:port); the browser origins
-    # it answers, comma-separated `scheme://host[:port]` (empty: none, so a request carrying
-    # an Origin is refused).
-    mcp_host: str = "127.0.0.1"
-    mcp_port: int = 8090
-    mcp_token: str | None = None
-    mcp_allowed_hosts: str = ""
-    mcp_allowed_origins: str = ""
+    # `setting` is dataclasses.field (ruff knows only the latter), and a Path is immutable.
+    data_dir: Path = setting(  # noqa: RUF009
+        Path("calls-data"),
+        "where the embedded store keeps its files, a relative path from the working directory "
+        "(`--data-dir`)",
+        section="Storage",
+    )
+    compact_every: int = setting(
+        10_000,
+        "journal records between two snapshots of the embedded store, at least (a larger store "
+        "waits for as many records as it has documents)",
+    )
+    database_url: str | None = setting(
+        None,
+        "a PostgreSQL database instead of the data directory (`postgresql://user:password@host"
+        ":5432/database`, or a libpq `key=value` string): for more than one server process or "
+        "machine (see PostgreSQL); unset: the embedded store",
+    )
+    database_pool_size: int = setting(
+        10, "connections to that database, at most, per server process"
+    )
+    database_statement_timeout: float = setting(
+        30.0,
+        "seconds a statement may run on that database (its `statement_timeout`); a call to it "
+        "that gets no answer (a stopped or hung server) is cut 5 s later (see PostgreSQL, Faults)",
+    )
+    workers: int = setting(
+        1,
+        "server processes sharing the port (`serve --workers`); above 1 only with "
+        "`CALLS_DATABASE_URL`",
+        section="Server",
+    )
+    host: str = setting(
+        "127.0.0.1", "address to listen on (`0.0.0.0` to expose it; `serve --host`)"
+    )
+    port: int = setting(8080, "port to listen on (`serve --port`)")
+    admin_token: str | None = setting(
+        None,
+        "bearer token of the admin API (`/api/organizations`...), 16+ characters; unset: the "
+        "admin API is off",
+    )
+    max_body_bytes: int = setting(1_048_576, "larger request bodies are answered 413")
+    validate_responses: bool = setting(
+        False,
+        "check every response against the spec, `openapi.yaml` (on in the tests; it costs time "
+        "per request)",
+    )
+    cors_origins: str = setting(
+        "",
+        "browser origins allowed to call the API, comma-separated (`https://app.example.com`); "
+        "preflights are answered; the headers the API's features use may be sent and read; "
+        "unset: CORS off",
+    )
+    enum_case: str = setting(
+        "upstream",
+        "how responses case `call_status`, `call_type`, `direction`, `disconnection_reason` and "
+        "batch `status`: `upstream` (per endpoint, as upstream), `lower` or `upper` throughout",
+    )
+    log_level: str = setting(
+        "info",
+        "`critical`, `error`, `warning`, `info` or `debug` (`serve --log-level`)",
+        section="Logging",
+    )
+    log_json: bool = setting(
+        False,
+        "log lines as JSON objects, one per line (`time`, `level`, `logger`, `message`, "
+        "`request_id`; access lines also `method`, `path`, `status`, `duration_ms`, "
+        "`organization_id`, `client`) instead of text",
+    )
+    log_access: bool = setting(
+        True,
+        "the access log: one INFO line per request with its method, path, status, duration "
+        "(ms), request id, the organization that authenticated, and the client's address "
+        "(`false`: none)",
+    )
+    livekit_url: str | None = setting(
+        None,
+        "LiveKit server for web calls (`wss://…`); with the API key and secret (all three, or "
+        "none), `create-web-call` issues tokens",
+        section="LiveKit (web calls)",
+    )
+    livekit_api_key: str | None = setting(None, "LiveKit API key (the token's issuer)")
+    livekit_api_secret: str | None = setting(None, "LiveKit API secret (signs the tokens)")
+    livekit_token_ttl: int = setting(3600, "token lifetime in seconds, 60 at least")
+    livekit_identity: str = setting(
+        "web-user-{call_id}", "the browser participant's identity; it contains `{call_id}`"
+    )
+    dialer_url: str | None = setting(
+        None,
+        "the operator's outbound dialer; with the secret (both, or neither), "
+        "`create-phone-call` POSTs the job there",
+        section="Dialer (phone calls)",
+    )
+    dialer_secret: str | None = setting(
+        None,
+        "HMAC-SHA256 key of the `Calls-Signature` (and deprecated `X-Calls-Signature`) header",
+    )
+    dialer_timeout: float = setting(5.0, "seconds per attempt")
+    dialer_attempts: int = setting(
+        3,
+        "attempts on a 5xx, 408, 429, timeout or connection error (backoff 0.5 s, doubling)",
+    )
+    dialer_deadline: float = setting(
+        10.0,
+        "seconds one dial may take, every attempt and back-off included (each attempt's "
+        "timeouts are cut to what is left); `create-phone-call`'s wait for a dialing thread "
+        "counts against it too, so it answers within it (plus the call's writes; past it: "
+        "`call_failed`)",
+    )
+    dialer_idempotent: bool = setting(
+        False,
+        "the dialer places one call per `Idempotency-Key` (keeping the keys it has seen for a "
+        "day at least): a batch attempt whose dial a restart interrupted is dialed again under "
+        "its key instead of failing",
+    )
+    dialer_concurrency: int = setting(
+        8,
+        "phone calls handed to the dialer at once; each waits on a worker thread of this pool "
+        "of its own, so a hanging dialer never holds the threads of other requests",
+    )
+    sandbox: bool = setting(
+        False,
+        "the sandbox dialer instead of a real one (not with `CALLS_DIALER_URL`): calls play out "
+        "by themselves, with outcomes scripted per call in metadata or drawn under the seed "
+        "(see Offline integration testing)",
+        section="Sandbox",
+    )
+    sandbox_seed: int = setting(0, "the seed sandbox outcomes and durations are drawn from")
+    sandbox_time_scale: float = setting(
+        1.0, "multiplies every sandbox wait (`0.001` for test suites)"
+    )
+    webhook_delivery: bool = setting(
+        True,
+        "send status events to the registered webhooks (`false` for sandboxes whose webhooks "
+        "must stay quiet)",
+        section="Webhooks",
+    )
+    webhook_allow_http: bool = setting(
+        False, "accept `http://` webhook URLs (loopback, testing); `https://` only otherwise"
+    )
+    webhook_allow_networks: str = setting(
+        "",
+        "private networks webhooks may go to, CIDRs comma-separated (`10.1.0.0/16` for "
+        "on-premises receivers, or `127.0.0.0/8` for tests); public addresses are always "
+        "allowed",
+    )
+    webhooks_per_organization: int = setting(16, "how many webhooks one organization may have")
+    webhook_concurrency: int = setting(16, "deliveries under way at once, all webhooks together")
+    webhook_connections_per_endpoint: int = setting(
+        8,
+        "deliveries under way at once to one webhook (each call's events still go one at a "
+        "time, in order)",
+    )
+    webhook_timeout: float = setting(5.0, "seconds a receiver has to answer one delivery")
+    webhook_retry_first_delay: float = setting(
+        30.0, "seconds before the first retry; each later wait doubles"
+    )
+    webhook_retry_max_delay: float = setting(
+        3600.0, "the longest wait between two retries (seconds)"
+    )
+    webhook_retry_for: float = setting(
+        3 * 86400.0,
+        "seconds an event is retried, counted from when it was queued, before it is given up: "
+        "marked failed (and kept)",
+    )
+    webhook_disable_after: float = setting(
+        3 * 86400.0, "a webhook failing every delivery this long (seconds) is switched off"
+    )
+    webhook_event_retention: float = setting(
+        7 * 86400.0,
+        "seconds delivered and failed events are kept once settled, to be listed and "
+        "redelivered (each keeps the call as sent, in memory on the embedded store)",
+    )
+    scheduler_interval: float = setting(
+        0.5,
+        "seconds between two looks for due scheduled calls, and between two passes of the "
+        "batch dispatcher",
+        section="Scheduled and batch calls",
+    )
+    batch_concurrency: int = setting(
+        20,
+        "batch calls of one organization under way at once, at most (a batch's "
+        "`concurrency_limit` may lower it for the batch)",
+    )
+    quota_calls: int = setting(
+        0,
+        "calls one organization may hold; past it, creates are 429 (0: no limit)",
+        section="Quotas, idempotency and rate limits",
+    )
+    quota_bytes: int = setting(
+        0,
+        "bytes (as JSON) one organization's calls may take; past it, creates and growing "
+        "changes are 429 (0: no limit)",
+    )
+    idempotency_ttl: float = setting(
+        86400.0, "seconds an `Idempotency-Key`'s first answer is kept and replayed"
+    )
+    rate_limit_per_key: int = setting(
+        0, "requests a minute per API key; past it, 429 with `Retry-After` (0: off)"
+    )
+    rate_limit_per_organization: int = setting(
+        0, "requests a minute per organization, all its keys together (0: off)"
+    )
+    rate_limit_auth_failures: int = setting(
+        300, "failed authentications a minute per client network, /24 or /64 (0: off)"
+    )
+    max_header_bytes: int = setting(
+        16_384,
+        "bytes of a request's line and headers; past it, 431",
+        section="HTTP layer, TLS and proxies",
+    )
+    max_headers: int = setting(100, "header fields of a request; past it, 431")
+    header_timeout: float = setting(
+        10.0, "seconds a client has to send a request's headers; then 408 and closed"
+    )
+    body_timeout: float = setting(
+        30.0, "seconds a client has to send a request's body; then 408 and closed"
+    )
+    max_connections: int = setting(
+        2048, "connections open at once; past it, new ones are closed unread"
+    )
+    keep_alive_timeout: float = setting(5.0, "seconds an idle keep-alive connection is kept")
+    max_connections_per_address: int = setting(
+        256,
+        "connections open at once from one client address (an IPv6 /64 counts as one; trusted "
+        "proxies are not capped); past it, new ones are closed unread",
+    )
+    send_timeout: float = setting(
+        60.0,
+        "seconds a client has to take an answer the server could not send at once; then the "
+        "connection is cut",
+    )
+    max_buffered_bytes: int = setting(
+        256 * 1024 * 1024,
+        "bytes of answers waiting for slow clients, all connections together; past it, the "
+        "connections waiting longest are cut",
+    )
+    tls_certfile: str | None = setting(
+        None,
+        "PEM certificate chain: the server speaks https (with the key file: both, or neither)",
+    )
+    tls_keyfile: str | None = setting(None, "PEM private key of that certificate")
+    forwarded_allow_ips: str = setting(
+        "",
+        "behind a reverse proxy: the proxies whose `X-Forwarded-For`/`-Proto` headers are "
+        "believed (comma-separated, or `*`); unset: none, the peer is the client",
+    )
+    metrics_port: int = setting(
+        0,
+        "Prometheus metrics on a port of their own, without auth (worker i of `serve "
+        "--workers` on this port + i); 0: at `/metrics` on the API's port, behind the admin "
+        "token",
+        section="Metrics",
+    )
+    metrics_host: str = setting("127.0.0.1", "the address the metrics port listens on")
+    mcp_url: str = setting(
+        "http://127.0.0.1:8080/api",
+        "`calls-server mcp`: the Calls API its tools call (`mcp --url`)",
+        section="MCP server (`calls-server mcp`)",
+    )
+    mcp_api_key: str | None = setting(
+        None, "`calls-server mcp`: the organization's API key its tools call with"
+    )
+    mcp_api_secret: str | None = setting(None, "`calls-server mcp`: that key's secret")
+    mcp_read_only: bool = setting(
+        False, "`calls-server mcp`: only the operations that read (GET) are tools (`--read-only`)"
+    )
+    mcp_host: str = setting(
+        "127.0.0.1",
+        "`calls-server mcp --transport http`: the address it listens on (`mcp --host`)",
+    )
+    mcp_port: int = setting(8090, "`calls-server mcp --transport http`: the port (`mcp --port`)")
+    mcp_token: str | None = setting(
+        None,
+        "bearer token MCP clients must send over HTTP, 16+ characters; unset: no HTTP transport",
+    )
+    mcp_allowed_hosts: str = setting(
+        "",
+        "Host names the MCP server answers over HTTP, comma-separated (`name`, any port, or "
+        "`name:port`); others get 403; unset: `localhost`, `127.0.0.1` and `[::1]`, and the "
+        "bound host:port",
+    )
+    mcp_allowed_origins: str = setting(
+        "",
+        "browser origins the MCP server answers over HTTP, comma-separated "
+        "(`scheme://host[:port]`); a request with another `Origin` gets 403; unset: none",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_level", self.log_level.lower())
@@ -340,6 +497,11 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def describe(cls, name: str) -> str:
+        """What the field `name` means (Markdown), as docs/configuration.md says it."""
+        return str(cls.__dataclass_fields__[name].metadata["doc"])
+
     def open_store(self) -> Store:
         """The store these settings name: the PostgreSQL database, or the data directory.
         The caller closes it."""
@@ -420,6 +582,49 @@ class Settings:
         """The browser origins the MCP server answers over HTTP (normalized, see
         `normalize_origin`); none unless configured."""
         return frozenset(_origin_list(self.mcp_allowed_origins))
+
+
+# The configuration page: how the variables and the flags relate, then a table per section.
+REFERENCE_COMMAND = "calls-server settings --markdown > docs/configuration.md"
+REFERENCE_INTRO = (
+    "Environment variables, overridden by the flags of `calls-server [--data-dir DIR] serve "
+    "[--host H] [--port P] [--log-level L] [--workers N]`. A bad value stops the server with a "
+    "message naming it."
+)
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every setting's variable, default and meaning, from `Settings`."""
+    lines = [
+        "# Configuration",
+        "",
+        f"<!-- Generated from calls_server/settings.py by `{REFERENCE_COMMAND}`:",
+        "     edit the descriptions there, not here. -->",
+        "",
+        REFERENCE_INTRO,
+    ]
+    for field in dataclasses.fields(Settings):
+        if "section" in field.metadata:
+            lines += ["", f"## {field.metadata['section']}", ""]
+            lines += ["| variable | default | meaning |", "|---|---|---|"]
+        variable = f"`{PREFIX}{field.name.upper()}`"
+        meaning = field.metadata["doc"].replace("|", "\\|")
+        lines.append(f"| {variable} | {environment_default(field.default)} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def environment_default(value: Any) -> str:
+    """A default as its variable would be set to it (`true`, `30`), in Markdown; `unset` for
+    None and the empty string."""
+    if value is None or value == "":
+        return "unset"
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    else:
+        text = str(value)
+    return f"`{text}`"
 
 
 # The names of this machine's loopback interface, as they appear in a Host header.
