@@ -29,7 +29,7 @@ from calls_server.domain import keys
 from calls_server.domain.errors import ApiError, DuplicateId
 from calls_server.integrations.clock import wall_clock
 from calls_server.logs import log_config
-from calls_server.settings import Settings, SettingsError
+from calls_server.settings import Settings, SettingsError, reference_markdown
 from calls_server.storage import (
     CorruptJournal,
     DatabaseNotEmpty,
@@ -399,6 +399,12 @@ def copy_to_postgres(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def settings_reference(args: argparse.Namespace, settings: Settings) -> int:
+    """Print every setting's variable, default and meaning: docs/configuration.md."""
+    sys.stdout.write(reference_markdown())
+    return 0
+
+
 def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, Any]:
     record, secret = keys.new_api_key(organization_id, wall_clock(), name)
     store.add_api_key(record)
@@ -637,6 +643,18 @@ def _parser() -> argparse.ArgumentParser:
         "--replace", action="store_true", help="remove what the database holds first"
     )
     moving.set_defaults(command=copy_to_postgres)
+
+    reference = commands.add_parser(
+        "settings",
+        help="print every setting: its variable, default and meaning",
+        description="Prints the configuration reference, docs/configuration.md, from the "
+        "settings' own descriptions (calls_server/settings.py): the CALLS_* environment "
+        "variables, their defaults and what they mean.",
+    )
+    reference.add_argument(
+        "--markdown", action="store_true", required=True, help="as the Markdown page"
+    )
+    reference.set_defaults(command=settings_reference)
     return parser
 
 
