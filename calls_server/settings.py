@@ -57,7 +57,7 @@ class Settings:
         None,
         "a PostgreSQL database instead of the data directory (`postgresql://user:password@host"
         ":5432/database`, or a libpq `key=value` string): for more than one server process or "
-        "machine (see PostgreSQL); unset: the embedded store",
+        "machine (see [PostgreSQL](postgresql.md)); unset: the embedded store",
     )
     database_pool_size: int = setting(
         10, "connections to that database, at most, per server process"
@@ -65,7 +65,8 @@ class Settings:
     database_statement_timeout: float = setting(
         30.0,
         "seconds a statement may run on that database (its `statement_timeout`); a call to it "
-        "that gets no answer (a stopped or hung server) is cut 5 s later (see PostgreSQL, Faults)",
+        "that gets no answer (a stopped or hung server) is cut 5 s later (see "
+        "[Faults](postgresql.md#faults))",
     )
     workers: int = setting(
         1,
@@ -165,7 +166,7 @@ class Settings:
         False,
         "the sandbox dialer instead of a real one (not with `CALLS_DIALER_URL`): calls play out "
         "by themselves, with outcomes scripted per call in metadata or drawn under the seed "
-        "(see Offline integration testing)",
+        "(see [Offline integration testing](sandbox.md))",
         section="Sandbox",
     )
     sandbox_seed: int = setting(0, "the seed sandbox outcomes and durations are drawn from")
@@ -292,13 +293,13 @@ class Settings:
         0,
         "Prometheus metrics on a port of their own, without auth (worker i of `serve "
         "--workers` on this port + i); 0: at `/metrics` on the API's port, behind the admin "
-        "token",
+        "token (see [Metrics](operations.md#metrics))",
         section="Metrics",
     )
     metrics_host: str = setting("127.0.0.1", "the address the metrics port listens on")
     mcp_url: str = setting(
         "http://127.0.0.1:8080/api",
-        "`calls-server mcp`: the Calls API its tools call (`mcp --url`)",
+        "`calls-server mcp`: the Calls API its tools call (`mcp --url`; see [MCP server](mcp.md))",
         section="MCP server (`calls-server mcp`)",
     )
     mcp_api_key: str | None = setting(
