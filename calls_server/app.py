@@ -23,7 +23,7 @@ from connexion.spec import Specification
 from starlette.middleware.cors import CORSMiddleware
 
 from calls_server import errors, tracing
-from calls_server.contract import cors_headers, published, served_paths, spec_for
+from calls_server.contract import cors_headers, published, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
 from calls_server.handlers.idempotency_keys import IdempotencyKeys
@@ -301,5 +301,5 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
             validate_responses=settings.validate_responses,
             swagger_ui_options=SwaggerUIOptions(swagger_ui=True, serve_spec=False),
         )
-    errors.install(app, served_paths(spec, base_path), base_path)
+    errors.install(app)
     return app

@@ -95,15 +95,6 @@ def served_at(base_path: str, path: str, item: Mapping[str, Any]) -> list[str]:
     return [own + path] if own == base_path else [own + path, base_path + path]
 
 
-def served_paths(spec: Mapping[str, Any], base_path: str) -> dict[str, Mapping[str, Any]]:
-    """The spec's path items by every path they are served at."""
-    return {
-        served: item
-        for path, item in spec["paths"].items()
-        for served in served_at(base_path, path, item)
-    }
-
-
 def cors_headers(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(what a browser on an allowed origin may send, what its scripts may read): the
     credentials' headers, every header parameter and `Content-Type`, and every response

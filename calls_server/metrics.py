@@ -61,9 +61,8 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calls_server import http_protocol
-from calls_server.domain.errors import Unauthorized
+from calls_server.domain.errors import ADMIN_HEADER, Unauthorized
 from calls_server.domain.rate_limits import RATE_LIMIT_REFUSED
-from calls_server.errors import ADMIN_HEADER
 from calls_server.handlers.security import check_admin_token
 from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.storage import Store

@@ -40,8 +40,6 @@ from connexion.exceptions import (
     ExtraParameterProblem,
     NonConformingResponseBody,
     NonConformingResponseHeaders,
-    OAuthProblem,
-    OAuthResponseProblem,
     UnsupportedMediaTypeProblem,
 )
 from connexion.http_facts import METHODS
@@ -54,7 +52,6 @@ from connexion.security import (
     NO_VALUE,
     SECURITY_HANDLERS,
     AbstractSecurityHandler,
-    SecurityHandlerFactory,
 )
 from connexion.spec import Specification
 from connexion.utils import get_function_from_name, inspect_function_arguments
@@ -72,6 +69,8 @@ from calls_server.compiled_schema import (
 )
 from calls_server.contract import served_at
 from calls_server.domain.envelope import unpack
+from calls_server.domain.errors import ADMIN_HEADER, BOTH_HEADERS, INVALID_ADMIN_TOKEN, Unauthorized
+from calls_server.domain.keys import INVALID_PAIR
 from calls_server.logs import ORGANIZATION_ID
 from calls_server.metrics import OPERATION
 from calls_server.validation_errors import describe, parameter_error
@@ -191,8 +190,8 @@ class WrittenOperation:
 
 class Routes:
     """Paths to operations: literal paths first (`/calls/create` before `/calls/{call_id}`),
-    then templates in the spec's order. `errors.py` renders the 404 and 405 (with the spec's
-    `Allow`)."""
+    then templates in the spec's order. A 405 carries the path's methods in `Allow`;
+    `errors.py` renders the 404 and 405 in the envelope."""
 
     def __init__(self) -> None:
         self.literal: dict[str, dict[str, CompiledOperation]] = {}
@@ -231,7 +230,7 @@ class Routes:
                 raise HTTPException(status_code=404)
         operation = methods.get(method)
         if operation is None:
-            raise HTTPException(status_code=405)
+            raise HTTPException(status_code=405, headers={"Allow": ", ".join(sorted(methods))})
         return operation, values
 
 
@@ -250,6 +249,8 @@ class Security:
 
     requirements: list[dict[str, SchemeCheck]]
     reads: bool  # some scheme's function reads the store
+    # What a request sending no credential at all is told it must send.
+    missing: str
 
     @staticmethod
     def compiler(
@@ -271,7 +272,9 @@ class Security:
             reads = any(
                 getattr(check, "reads", False) for r in requirements for check in r.values()
             )
-            return Security(requirements, reads)
+            schemes = [operation.security_schemes[n] for r in operation.security for n in r]
+            admin_only = all(scheme["type"] == "http" for scheme in schemes)
+            return Security(requirements, reads, ADMIN_HEADER if admin_only else BOTH_HEADERS)
 
         return compile_security
 
@@ -287,8 +290,18 @@ class Security:
             if found is not NO_VALUE:
                 return found
         if errors:
-            SecurityHandlerFactory._raise_most_specific(errors)
-        raise OAuthProblem(detail="No authorization token provided")
+            raise _most_specific(errors)
+        raise Unauthorized(self.missing)
+
+
+def _most_specific(errors: list[Exception]) -> Exception:
+    """Of the refusals of each requirement, the one to answer: a 403 (credentials valid but
+    not enough), then a 401 (none valid), else the lowest status."""
+    by_status = {getattr(error, "status_code", 600): error for error in errors}
+    for status in (403, 401):
+        if status in by_status:
+            return by_status[status]
+    return by_status[min(by_status)]
 
 
 def _satisfied(
@@ -312,17 +325,9 @@ def _scheme_check(
 ) -> SchemeCheck:
     kind = scheme["type"]
     if kind == "apiKey" and scheme.get("in") == "header":
-        handler, header, invalid = (
-            handlers["apiKey"],
-            scheme["name"],
-            "Provided apikey is not valid",
-        )
+        handler, header, invalid = handlers["apiKey"], scheme["name"], INVALID_PAIR
     elif kind == "http" and scheme.get("scheme", "").lower() == "bearer":
-        handler, header, invalid = (
-            handlers["bearer"],
-            "Authorization",
-            "Provided token is not valid",
-        )
+        handler, header, invalid = handlers["bearer"], "Authorization", INVALID_ADMIN_TOKEN
     else:
         raise UnsupportedSpec(f"Security scheme {scheme} is not supported")
     name = scheme.get(handler.security_definition_key)
@@ -356,7 +361,7 @@ def _scheme_check(
             options["request"] = request
         found = function(credential, **options)
         if found is None:
-            raise OAuthResponseProblem(detail=invalid)
+            raise Unauthorized(invalid)
         return found
 
     check.reads = getattr(function, "reads", False)  # type: ignore[attr-defined]

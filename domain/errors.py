@@ -31,6 +31,8 @@ from __future__ import annotations
 # What a request without both credentials is told (by the security check and by the renderer
 # of Connexion's own "no token" error alike).
 BOTH_HEADERS = "Both X-API-KEY and X-API-SECRET headers are required"
+ADMIN_HEADER = "An 'Authorization: Bearer <admin token>' header is required"
+INVALID_ADMIN_TOKEN = "Invalid admin token"
 
 
 class ApiError(Exception):

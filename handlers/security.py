@@ -17,7 +17,13 @@ from typing import Any
 from connexion.lifecycle import ConnexionRequest
 
 from calls_server.domain import keys
-from calls_server.domain.errors import BOTH_HEADERS, Forbidden, RateLimited, Unauthorized
+from calls_server.domain.errors import (
+    BOTH_HEADERS,
+    INVALID_ADMIN_TOKEN,
+    Forbidden,
+    RateLimited,
+    Unauthorized,
+)
 from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS, RATE_LIMIT_REFUSED
 from calls_server.handlers.scope import reads
 
@@ -85,7 +91,7 @@ def _check_admin_token(token: str, request: ConnexionRequest) -> dict[str, Any]:
     running.rate_limits.check_address(address, now)
     if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode()):
         running.rate_limits.failed(address, now)
-        raise Unauthorized("Invalid admin token")
+        raise Unauthorized(INVALID_ADMIN_TOKEN)
     return {"sub": "admin"}
 
 
