@@ -138,9 +138,6 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
     """
     spec = spec_for(settings)
     base_path = spec["servers"][0]["url"]
-    # Requests are counted by the spec's operationId (`createCall`), which Connexion has
-    # replaced by the handler's name (`calls_server.handlers.calls.create_call`) by then.
-    operation_ids = {handler_name(o, tag): o for o, tag in HandlerResolver(spec).tags.items()}
     backing = Backing(store, clock)
     traced = tracing.from_environment(os.environ)  # None: tracing is off
     on_client = traced.instrument if traced else None
@@ -148,7 +145,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
         store, clock = backing.store, backing.clock
-        metrics = backing.metrics = Metrics(store, operation_ids)
+        metrics = backing.metrics = Metrics(store)
         dialer = settings.dialer()
         sandbox = (
             SandboxDialer(
@@ -266,7 +263,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
         ]
     middlewares = [
         # Outermost when tracing is on: each request's span covers all it costs, errors too.
-        *([partial(traced.middleware, operation_ids=operation_ids)] if traced else []),
+        *([traced.middleware] if traced else []),
         ServerErrorMiddleware,
         # Counts and times every answer, errors included; it changes none, so the headers
         # below still go on everything.

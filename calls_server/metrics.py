@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from itertools import accumulate
 from typing import Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -100,13 +100,13 @@ class Metrics:
     """The metrics of one app, in a registry of its own (apps built side by side, as the
     tests build them, count apart)."""
 
-    def __init__(self, store: Store, operation_ids: Mapping[str, str]) -> None:
+    def __init__(self, store: Store) -> None:
         # Counters' `_created` samples would double the series, for nothing Prometheus uses.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
-        self.requests = RequestStats(operation_ids)
+        self.requests = RequestStats()
         self.registry.register(self.requests)
         self.rate_limited = Counter(
             "calls_rate_limit_refusals",
@@ -155,10 +155,7 @@ class RequestStats(Collector):
     cost about 2.5 us a request, several percent of a GET.
     """
 
-    def __init__(self, operation_ids: Mapping[str, str]) -> None:
-        # What the request path leaves in the scope (the operation's resolved name) -> the
-        # spec's operationId.
-        self.operation_ids = dict(operation_ids)
+    def __init__(self) -> None:
         self.bounds = REQUEST_BUCKETS
         self.le = [*(floatToGoString(b) for b in self.bounds), "+Inf"]  # type: ignore[no-untyped-call]
         # (operation, status) -> [requests per bucket (not cumulative; +Inf last), seconds]
@@ -183,9 +180,8 @@ class RequestStats(Collector):
         )
         by_operation: dict[str, list[float]] = {}
         for (operation, status), stats in copies:
-            name = self.operation_ids.get(operation, operation)
-            requests.add_metric([name, str(status)], sum(stats[:-1]))
-            total = by_operation.setdefault(name, [0.0] * len(stats))
+            requests.add_metric([operation, str(status)], sum(stats[:-1]))
+            total = by_operation.setdefault(operation, [0.0] * len(stats))
             for i, count in enumerate(stats):
                 total[i] += count
         yield requests

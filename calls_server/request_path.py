@@ -126,7 +126,7 @@ class CompiledApi(SpecMiddleware):  # type: ignore[misc]
             await self.app(scope, receive, send)
             return
         operation, path_values = self.routes.find(scope["method"], scope["path"])
-        scope[OPERATION] = operation.operation.operation_id  # for metrics.RequestMetrics
+        scope[OPERATION] = operation.operation_id  # for metrics and traces
         await operation(scope, receive, send, path_values)
 
 
@@ -146,6 +146,7 @@ class WrittenSpec:
         parameters += [self._target(p) for p in written.get("parameters", [])]
         return WrittenOperation(
             self,
+            str(written.get("operationId", "")),
             {(p["in"], p["name"]): p for p in parameters},
             self._target(written.get("requestBody", {})),
             {str(k): self._target(v) for k, v in written.get("responses", {}).items()},
@@ -169,6 +170,7 @@ class WrittenOperation:
     """An operation's parts as written, by the keys Connexion's resolved ones have."""
 
     spec: WrittenSpec
+    operation_id: str  # as the spec names it (Connexion's is the resolved handler's)
     parameters: dict[tuple[str, str], dict[str, Any]]
     body: dict[str, Any]
     responses: dict[str, dict[str, Any]]
@@ -602,6 +604,7 @@ class CompiledOperation:
     """One operation: its checks, its handler and how its answers are written."""
 
     operation: AbstractOperation
+    operation_id: str  # the spec's, left in the scope for metrics and traces
     handler: Handler
     is_async: bool
     reads: bool  # marked @reads (handlers/scope.py)
@@ -635,6 +638,7 @@ class CompiledOperation:
         query = [p for p in definitions if p.location == "query"]
         return cls(
             operation=operation,
+            operation_id=written.operation_id or operation.operation_id,
             handler=handler,
             is_async=inspect.iscoroutinefunction(handler),
             reads=getattr(handler, "reads", False),

@@ -98,12 +98,12 @@ class Tracing:
         self._asgi_middleware = OpenTelemetryMiddleware
         self._instrument_client = HTTPXClientInstrumentor.instrument_client
 
-    def middleware(self, app: ASGIApp, operation_ids: Mapping[str, str]) -> ASGIApp:
-        """The ASGI middleware making each request a server span named by its operation
-        (`operation_ids`: each operation's `operationId` by its handler's dotted name)."""
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """The ASGI middleware making each request a server span named by its operation's
+        `operationId`."""
         # Spans of each receive and send would double the spans for nothing an operator reads.
         traced: ASGIApp = self._asgi_middleware(
-            OperationName(app, operation_ids),
+            OperationName(app),
             tracer_provider=self.provider,
             exclude_spans=["receive", "send"],
         )
@@ -120,15 +120,14 @@ class Tracing:
 
 class OperationName:
     """ASGI middleware, inside the server span's: names that span by the `operationId` of
-    the operation the request path resolved (`CompiledApi` leaves its handler's name in the
-    scope, as it does for metrics). The span is named when it starts, before any routing,
+    the operation the request path resolved (`CompiledApi` leaves it in the scope, for
+    metrics too). The span is named when it starts, before any routing,
     and ends with the response's last message: it is renamed when the response starts."""
 
-    def __init__(self, app: ASGIApp, operation_ids: Mapping[str, str]) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         from opentelemetry.trace import get_current_span
 
         self.app = app
-        self.operation_ids = operation_ids
         self.current_span: Callable[[], Span] = get_current_span
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,9 +138,9 @@ class OperationName:
 
         async def send_named(message: Message) -> None:
             if message["type"] == "http.response.start":
-                handler = scope.get(OPERATION)
-                if handler is not None:  # None: no operation has the path (404, 405...)
-                    span.update_name(self.operation_ids.get(handler, handler))
+                operation = scope.get(OPERATION)
+                if operation is not None:  # None: no operation has the path (404, 405...)
+                    span.update_name(operation)
             await send(message)
 
         await self.app(scope, receive, send_named)
