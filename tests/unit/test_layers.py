@@ -1,4 +1,5 @@
-"""The dependency rule README's "How it is built" states, checked on every module's imports.
+"""The dependency rule docs/architecture.md states ("Layers, as rules"), checked on every
+module's imports.
 
 Layers, lowest first: domain < storage < integrations < handlers < the wiring (the modules
 directly in calls_server/: app factory, CLI, settings, error rendering). A module may import
