@@ -1,9 +1,10 @@
 """Schemathesis against a real server process on loopback: every check, every phase.
 
-The README's "Contract testing in your CI" block, run as written: the server started with the
-block's settings and `--create-org`, then the block's one Schemathesis command over every tag,
-with the shipped configuration, the key pair the server printed and the admin token. It must be
-green, follow most of the spec's links in its stateful phase, and leave its key valid.
+The "Contract testing in your CI" block of docs/contract-testing.md, run as written: the
+server started with the block's settings and `--create-org`, then the block's one Schemathesis
+command over every tag, with the shipped configuration, the key pair the server printed and the
+admin token. It must be green, follow most of the spec's links in its stateful phase, and leave
+its key valid.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pytest
 from tests.conftest import ADMIN_TOKEN, running_server
 
 ROOT = Path(__file__).parents[2]
-# The README read: the repository's, unless CONTRACT_README names a draft of it.
-README = Path(os.environ.get("CONTRACT_README", ROOT / "README.md"))
+# The page read: the repository's, unless CONTRACT_README names a draft of it.
+README = Path(os.environ.get("CONTRACT_README", ROOT / "docs" / "contract-testing.md"))
 SEED = os.environ.get("CONTRACT_SEED", "1")
 
 # The spec's links the run follows at least: 26 of 44 with seed 1, on this project's 2-core
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.contract
 
 
 def readme_block() -> str:
-    """The fenced block under "Contract testing in your CI" in the README."""
+    """The fenced block under "Contract testing in your CI" in docs/contract-testing.md."""
     text = README.read_text()
     section = text[text.index("**Contract testing in your CI.**") :]
     block = re.search(r"```sh\n(.*?)```", section, re.DOTALL)

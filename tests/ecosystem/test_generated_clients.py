@@ -230,7 +230,7 @@ export { direction, listed, failed };
 
 @needs_npx
 def test_typescript_requests_typed_as_the_readme_sends_them_compile(typescript_types):
-    """Request fields with a default are optional: the README's bodies type as they are."""
+    """Request fields with a default are optional: the docs' bodies type as they are."""
     source = typescript_types / "readme.ts"
     source.write_text(
         """

@@ -1,5 +1,6 @@
 """The lock files hold what pyproject.toml asks for: every direct dependency pinned to one
-version its specifier allows, every pin with a sha256 hash (README, "Reproducible installs").
+version its specifier allows, every pin with a sha256 hash (docs/development.md, "Reproducible
+installs").
 
 requirements.lock covers `[project.dependencies]`; requirements-test.lock adds the `test`
 extra. A dependency added to or changed in pyproject.toml without regenerating the locks

@@ -1,7 +1,7 @@
 """Batch calls on a real server process: a campaign played out by the sandbox dialer, a
 campaign whose server is killed mid-batch and started again (no attempt dialed twice,
-none lost), and README's campaign run as written. Real processes, real files, a real
-dialer on loopback."""
+none lost), and the campaign of docs/batch-calls.md run as written. Real processes, real
+files, a real dialer on loopback."""
 
 from __future__ import annotations
 
@@ -235,12 +235,12 @@ def test_a_server_killed_mid_batch_and_restarted_dials_no_attempt_twice_and_lose
     assert_counters_match_tasks(batch, tasks)
 
 
-# -- README's campaign -----------------------------------------------------------------------------
-README = Path(__file__).resolve().parents[2] / "README.md"
+# -- the campaign of docs/batch-calls.md ----------------------------------------------------------
+README = Path(__file__).resolve().parents[2] / "docs" / "batch-calls.md"
 
 
 def readme_campaign() -> tuple[str, str]:
-    """The shell block after README's `batch-scenario` marker, and the output it shows."""
+    """The shell block after the page's `batch-scenario` marker, and the output it shows."""
     after = README.read_text().split("<!-- batch-scenario -->\n```sh\n", 1)[1]
     script, rest = after.split("\n```\n", 1)
     shown = rest.split("```text\n", 1)[1].split("\n```\n", 1)[0]

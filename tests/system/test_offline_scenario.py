@@ -1,5 +1,5 @@
-"""README's offline scenario, run as written: agents, a number, a post-call webhook, a phone
-call without an agent and a web call, played out by the sandbox dialer."""
+"""The offline scenario of docs/sandbox.md, run as written: agents, a number, a post-call
+webhook, a phone call without an agent and a web call, played out by the sandbox dialer."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import free_port
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "sandbox.md"
 
 
 def scenario() -> str:
-    """The shell block that follows README's `offline-scenario` marker."""
+    """The shell block that follows the page's `offline-scenario` marker."""
     text = README.read_text()
     after = text.split("<!-- offline-scenario -->\n```sh\n", 1)[1]
     return after.split("\n```\n", 1)[0]
