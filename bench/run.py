@@ -456,7 +456,7 @@ def report(
     memory: dict[tuple[int, str], float],
     filled: dict[int, float],
 ) -> None:
-    """The tables README's performance section shows."""
+    """The tables docs/performance.md shows."""
     print()
     print(
         "| case | store | calls stored | req/s (median) | spread | p50 ms | p99 ms "

@@ -12,7 +12,7 @@ pending -> calling -> completed | failed (or pending again while a retry waits),
 cancelled with its batch. Each attempt of a task is one ordinary call, whose id is derived
 from the task and the attempt number, so that an attempt is recorded once however often a
 process tries. The decisions where upstream is silent are documented in openapi.yaml
-(BatchCall) and README "Batch calls".
+(BatchCall) and docs/batch-calls.md.
 """
 
 from __future__ import annotations

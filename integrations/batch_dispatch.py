@@ -328,5 +328,5 @@ def _key(batch: Batch) -> tuple[str, str]:
 def _let_requests_run() -> None:
     """Give the GIL away for a moment: a pass is pure Python that waits for nothing, and
     would otherwise hold the interpreter from the requests for up to its switch interval
-    (5 ms), batch after batch (README "Performance", batch calls)."""
+    (5 ms), batch after batch (docs/performance.md, batch calls)."""
     time.sleep(0)
