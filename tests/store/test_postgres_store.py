@@ -492,7 +492,7 @@ def test_a_read_that_fails_on_a_live_connection_is_not_run_again(database_url, m
         runs.append(1)
         conn.execute("SELECT pg_sleep(1)")
 
-    monkeypatch.setattr(postgres, "_locked", too_long)  # what get_agent reads with
+    monkeypatch.setattr(postgres.records, "_locked", too_long)  # what get_agent reads with
     try:
         with pytest.raises(StoreUnavailable, match="statement timeout"):
             store.get_agent("org", "agent")

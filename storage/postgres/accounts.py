@@ -1,0 +1,101 @@
+"""Organizations and their API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
+
+from calls_server.domain.errors import ApiKeyNotFound, DuplicateId, OrganizationNotFound
+from calls_server.domain.keys import ApiKey, Organization
+from calls_server.storage.postgres.documents import _json
+from calls_server.storage.postgres.idempotency import _mark_claim
+from calls_server.storage.postgres.pool import Connection, Connections
+
+
+class AccountsMixin(Connections):
+    """`Accounts`: the tables organizations and api_keys."""
+
+    def add_organization(self, organization: Organization) -> None:
+        """Store a new organization. Raises DuplicateId if its id exists."""
+        organization_id = organization["organization_id"]
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO organizations (organization_id, doc) VALUES (%s, %s::jsonb)"
+                " ON CONFLICT (organization_id) DO NOTHING RETURNING 1",
+                (organization_id, _json(organization)),
+            ).fetchone()
+            if inserted is None:
+                raise DuplicateId(
+                    f"An organization with ID '{organization_id}' already exists",
+                    message="Organization already exists",
+                )
+            _mark_claim(conn, "organization", organization_id)
+
+    def get_organization(self, organization_id: str) -> Organization:
+        """The organization. Raises OrganizationNotFound."""
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT doc FROM organizations WHERE organization_id = %s", (organization_id,)
+            ).fetchone()
+        if row is None:
+            raise OrganizationNotFound(organization_id)
+        return cast(Organization, row[0])
+
+    def add_api_key(self, key: ApiKey) -> None:
+        """Store a new key of an existing organization. Raises OrganizationNotFound."""
+        with self._transaction() as conn:
+            _require_organization(conn, key["organization_id"])
+            inserted = conn.execute(
+                "INSERT INTO api_keys (organization_id, api_key_id, api_key, doc)"
+                " VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING RETURNING 1",
+                (key["organization_id"], key["api_key_id"], key["api_key"], _json(key)),
+            ).fetchone()
+            if inserted is None:
+                raise DuplicateId(f"An API key with ID '{key['api_key_id']}' already exists")
+            _mark_claim(conn, "API key", key["api_key_id"])
+
+    def find_api_key(self, api_key: str) -> ApiKey | None:
+        """The key record whose public part is `api_key`, active or not, if any. Read from
+        the database every time: a revocation holds at once in every process."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT doc FROM api_keys WHERE api_key = %s", (api_key,)).fetchone()
+        return None if row is None else cast(ApiKey, row[0])
+
+    def list_api_keys(self, organization_id: str) -> list[ApiKey]:
+        """The organization's keys, oldest first. Raises OrganizationNotFound."""
+        with self._transaction(snapshot=True) as conn:  # a read: its COMMIT decides nothing
+            _require_organization(conn, organization_id)
+            rows = conn.execute(
+                "SELECT doc FROM api_keys WHERE organization_id = %s ORDER BY seq",
+                (organization_id,),
+            ).fetchall()
+        return [cast(ApiKey, row[0]) for row in rows]
+
+    def change_api_key(
+        self, organization_id: str, api_key_id: str, change: Callable[[ApiKey], ApiKey]
+    ) -> ApiKey:
+        """Replace the key by `change(key)` atomically. Raises ApiKeyNotFound."""
+        with self._transaction() as conn:
+            _require_organization(conn, organization_id)
+            row = conn.execute(
+                "SELECT doc FROM api_keys WHERE organization_id = %s AND api_key_id = %s"
+                " FOR UPDATE",
+                (organization_id, api_key_id),
+            ).fetchone()
+            if row is None:
+                raise ApiKeyNotFound(api_key_id)
+            changed = change(cast(ApiKey, row[0]))
+            conn.execute(
+                "UPDATE api_keys SET doc = %s::jsonb, api_key = %s"
+                " WHERE organization_id = %s AND api_key_id = %s",
+                (_json(changed), changed["api_key"], organization_id, api_key_id),
+            )
+        return changed
+
+
+def _require_organization(conn: Connection, organization_id: str) -> None:
+    found = conn.execute(
+        "SELECT 1 FROM organizations WHERE organization_id = %s", (organization_id,)
+    ).fetchone()
+    if found is None:
+        raise OrganizationNotFound(organization_id)
