@@ -1,0 +1,165 @@
+"""Calls: each organization's in its index (storage/call_index.py), the scheduled ones by
+due time, those another process's sandbox played, and the organization's bytes when a
+quota counts them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from sortedcontainers import SortedList
+
+from calls_server.domain import calls
+from calls_server.domain.calls import Call
+from calls_server.domain.errors import CallNotFound, DuplicateId
+from calls_server.domain.listing import CallPage, CallQuery
+from calls_server.domain.quotas import Quota
+from calls_server.storage.call_index import OrgCallIndex
+from calls_server.storage.embedded.documents import _MAX, _copy
+from calls_server.storage.embedded.outbox import OutboxMixin
+from calls_server.storage.tinydb_table import JournaledTable, raw_documents
+
+
+class CallsMixin(OutboxMixin):
+    """`CallRecords`, `ScheduledCalls`, `SandboxPlayers`: the table calls (a change of a
+    call records the events it owes: the outbox's)."""
+
+    _process_id: str
+    _quota: Quota
+    _calls: JournaledTable
+    _call_index: dict[str, OrgCallIndex]
+    _sizes: dict[int, int]
+    _org_bytes: dict[str, int]
+    _schedule: SortedList
+    _abandoned: dict[tuple[str, str], str]
+
+    def add_call(self, call: Call) -> None:
+        with self._writing():
+            org = call["organization_id"]
+            index = self._call_index.get(org)
+            if index is not None and call["call_id"] in index.call_ids:
+                raise DuplicateId(
+                    f"A call with ID '{call['call_id']}' already exists",
+                    message="Call already exists",
+                )
+            stored, size = _stored(call)
+            self._quota.check(len(index or ()) + 1, self._org_bytes.get(org, 0) + size)
+            with self._journal.transaction():
+                doc_id = self._calls.insert(stored)
+                events = self._record_events(None, stored)
+            if index is None:
+                index = self._call_index[org] = OrgCallIndex()
+            index.add(doc_id, stored)
+            if self._quota.max_bytes:
+                self._sizes[doc_id] = size
+                self._org_bytes[org] = self._org_bytes.get(org, 0) + size
+            self._track_schedule(None, stored)
+            self._track_player(None, stored)
+            self._index_events(events)
+
+    def get_call(self, organization_id: str, call_id: str) -> Call:
+        with self._reading():
+            return _copy(self._stored_call(organization_id, call_id)[1])
+
+    def change_call(
+        self, organization_id: str, call_id: str, change: Callable[[Call], Call]
+    ) -> Call:
+        with self._writing():
+            doc_id, old = self._stored_call(organization_id, call_id)
+            changed = change(_copy(old))
+            new, size = _stored(changed)
+            if self._quota.max_bytes:
+                grown = self._org_bytes[organization_id] - self._sizes[doc_id] + size
+                if size > self._sizes[doc_id]:
+                    self._quota.check(len(self._call_index[organization_id]), grown)
+            with self._journal.transaction():
+                self._calls.replace(doc_id, new)
+                events = self._record_events(old, new)
+            self._call_index[organization_id].replace(doc_id, old, new)
+            if self._quota.max_bytes:
+                self._sizes[doc_id], self._org_bytes[organization_id] = size, grown
+            self._track_schedule(old, new)
+            self._track_player(old, new)
+            self._index_events(events)
+            return changed
+
+    def delete_call(
+        self, organization_id: str, call_id: str, check: Callable[[Call], None] | None = None
+    ) -> Call:
+        with self._writing():
+            doc_id, old = self._stored_call(organization_id, call_id)
+            if check is not None:
+                check(_copy(old))
+            with self._journal.transaction():
+                self._calls.remove(doc_ids=[doc_id])
+                events = self._record_events(old, None)
+            self._call_index[organization_id].remove(doc_id, old)
+            if self._quota.max_bytes:
+                self._org_bytes[organization_id] -= self._sizes.pop(doc_id)
+            self._track_schedule(old, None)
+            self._track_player(old, None)
+            self._index_events(events)
+            return _copy(old)
+
+    def list_calls(self, organization_id: str, query: CallQuery) -> CallPage:
+        with self._reading():
+            index = self._call_index.get(organization_id)
+            if index is None:
+                query.position()  # a bad cursor is a bad cursor, calls or not
+                return CallPage([], 0, None)
+            table = raw_documents(self._calls)
+            page, total, position = index.select(query, table)
+            return CallPage([_copy(table[str(doc_id)]) for doc_id in page], total, position)
+
+    def call_statuses(self, organization_id: str, call_ids: list[str]) -> dict[str, str]:
+        with self._reading():
+            index = self._call_index.get(organization_id)
+            table = raw_documents(self._calls)
+            found = {} if index is None else index.call_ids
+            return {c: table[str(found[c])]["call_status"] for c in call_ids if c in found}
+
+    def scheduled_calls(self, due_by: int) -> list[Call]:
+        with self._reading():
+            table = raw_documents(self._calls)
+            return [
+                _copy(table[str(self._call_index[org].call_ids[call_id])])
+                for _, org, call_id in self._schedule.irange(maximum=(due_by, _MAX, _MAX))
+            ]
+
+    def abandoned_sandbox_calls(self) -> list[tuple[str, str, str]]:
+        with self._reading():
+            return sorted(
+                (org, call_id, process) for (org, call_id), process in self._abandoned.items()
+            )
+
+    def _track_player(self, old: Call | None, new: Call | None) -> None:
+        if old is not None:
+            self._abandoned.pop((old["organization_id"], old["call_id"]), None)
+        process = None if new is None else calls.player(new)
+        if new is not None and process not in (None, self._process_id):
+            self._abandoned[(new["organization_id"], new["call_id"])] = process
+
+    def _track_schedule(self, old: Call | None, new: Call | None) -> None:
+        for call, update in ((old, self._schedule.discard), (new, self._schedule.add)):
+            if call is not None and call["call_status"] == "scheduled":
+                update((call["scheduled_timestamp"], call["organization_id"], call["call_id"]))
+
+    def _stored_call(self, organization_id: str, call_id: str) -> tuple[int, Call]:
+        """The document id and the stored call (to be copied, never mutated)."""
+        index = self._call_index.get(organization_id)
+        doc_id = None if index is None else index.call_ids.get(call_id)
+        if doc_id is None:
+            raise CallNotFound(call_id)
+        return doc_id, raw_documents(self._calls)[str(doc_id)]
+
+
+def _stored(call: Call) -> tuple[Call, int]:
+    """A private copy of `call` to store, and its JSON size; refused if it is too large."""
+    data = orjson.dumps(call)
+    calls.check_size(call["call_id"], len(data))
+    return dict(orjson.loads(data)), len(data)
+
+
+def _size(call: Mapping[str, Any]) -> int:
+    return len(orjson.dumps(call))
