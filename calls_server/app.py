@@ -21,6 +21,7 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from connexion.spec import Specification
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Scope
 
 from calls_server import errors, tracing
 from calls_server.contract import cors_headers, published, spec_for
@@ -42,7 +43,7 @@ from calls_server.middleware import (
     ResponseHeaders,
     SwaggerUI,
 )
-from calls_server.request_path import CompiledApi
+from calls_server.request_path.api import CompiledApi
 from calls_server.settings import Settings
 from calls_server.storage import Store
 
@@ -63,6 +64,13 @@ class HandlerResolver(Resolver):  # type: ignore[misc]
 
     def resolve_operation_id(self, operation: AbstractOperation) -> str:
         return handler_name(operation.operation_id, self.tags[operation.operation_id])
+
+
+def _store_reads_wait(scope: Scope) -> bool:
+    """Whether the running app's store reads wait for a database (then a request's reads
+    leave the event loop): what the request path asks of the app."""
+    services = (scope.get("state") or {}).get("services")
+    return services is not None and bool(services.store.reads_wait)
 
 
 def handler_name(operation_id: str, tag: str) -> str:
@@ -285,7 +293,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
         SwaggerUI,
         # The operations of openapi.yaml: routing, security, validation and handlers,
         # compiled from the spec; any other path is 404.
-        CompiledApi,
+        partial(CompiledApi, reads_wait=_store_reads_wait),
         LifespanMiddleware,
     ]
     app = CallsApp(__name__, lifespan=lifespan, middlewares=middlewares)

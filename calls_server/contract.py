@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,17 +81,6 @@ def published(spec: dict[str, Any]) -> tuple[bytes, Callable[[], bytes]]:
         return text.encode()
 
     return as_json, as_yaml
-
-
-def served_at(base_path: str, path: str, item: Mapping[str, Any]) -> list[str]:
-    """Where the spec's `path` is served: under the API's base path, and first under the
-    base of the path's own first server, if it has one (upstream mounts batch calls at
-    `/batch-call`, outside `/api`; clients generated against `/api` reach them there too)."""
-    servers = item.get("servers")
-    if not servers:
-        return [base_path + path]
-    own = urllib.parse.urlsplit(servers[0]["url"]).path.rstrip("/")
-    return [own + path] if own == base_path else [own + path, base_path + path]
 
 
 def cors_headers(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -21,11 +21,6 @@ TEXT_FORMAT = "%(levelname)s: [%(request_id)s] %(message)s"
 # writes it), replacing uvicorn's, which has no fields.
 ACCESS_LOGGER = "calls_server.access"
 
-# The key of a request's ASGI scope under which the request path notes the organization
-# that authenticated (for the access line). In the scope rather than a contextvar: reads
-# are authenticated on a worker thread, whose contextvars do not come back to the request.
-ORGANIZATION_ID = "calls_server.organization_id"
-
 
 class AccessLine:
     """One answered request, as the access log writes it: `key=value` pairs as text, or

@@ -65,12 +65,10 @@ from calls_server.domain.errors import ADMIN_HEADER, Unauthorized
 from calls_server.domain.rate_limits import RATE_LIMIT_REFUSED
 from calls_server.handlers.security import check_admin_token
 from calls_server.integrations.webhooks import WebhookDeliverer
+from calls_server.request_path.keys import OPERATION
 from calls_server.storage import Store
 
 METRICS_PATH = "/metrics"
-# The key of the request's scope where the compiled request path leaves the operationId
-# of the operation it routed the request to (calls_server/request_path.py).
-OPERATION = "calls.operation"
 # The `operation` of requests no operation of the spec answered: unknown paths (404),
 # methods a path does not have (405), CORS preflights, bodies refused before routing (413).
 UNMATCHED = "unmatched"

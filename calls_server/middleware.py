@@ -21,13 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from calls_server.domain.errors import PayloadTooLarge
 from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
 from calls_server.errors import REQUEST_ID
-from calls_server.logs import (
-    ACCESS_LOGGER,
-    ORGANIZATION_ID,
-    AccessLine,
-    current_request_id,
-    logged_target,
-)
+from calls_server.logs import ACCESS_LOGGER, AccessLine, current_request_id, logged_target
+from calls_server.request_path.keys import ORGANIZATION_ID
 
 
 class BodySizeLimit:

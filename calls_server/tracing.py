@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from calls_server.metrics import OPERATION
+from calls_server.request_path.keys import OPERATION
 from calls_server.storage import Store
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
--- The schema of storage/postgres.py (PostgresStore), applied once, in a transaction that
+-- The schema of storage/postgres/ (PostgresStore), applied once, in a transaction that
 -- holds the migrations' advisory lock, and recorded in schema_migrations.
 --
 -- Every record is its JSON document (`doc`, JSONB, answered as stored) plus real columns

@@ -1,4 +1,4 @@
-"""The request path compiled from openapi.yaml (calls_server/request_path.py): its compiled
+"""The request path compiled from openapi.yaml (calls_server/request_path/api.py): its compiled
 checks decide as jsonschema (the validator Connexion uses) does, its JSON parser as the
 checked one, and what it cannot check stops the server at start-up."""
 
@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from calls_server import strict_json
 from calls_server.app import HandlerResolver
-from calls_server.compiled_schema import CompiledSchema, RequestDefaultsValidator
 from calls_server.contract import load_spec
-from calls_server.request_path import CompiledApi, UnsupportedSpec, WrittenSpec
+from calls_server.request_path import strict_json
+from calls_server.request_path.api import CompiledApi, UnsupportedSpec, WrittenSpec
+from calls_server.request_path.compiled_schema import CompiledSchema, RequestDefaultsValidator
 from tests.conftest import assert_error, create_call
 
 SPEC = load_spec()

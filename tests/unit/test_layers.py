@@ -4,7 +4,9 @@ module's imports.
 Layers, lowest first: domain < storage < integrations < handlers < the wiring (the modules
 directly in calls_server/: app factory, CLI, settings, error rendering). A module may import
 from its own layer and the layers below it, never from one above. Error rendering imports
-the domain only.
+the domain only. The request path (calls_server/request_path/) stands beside the layers
+with a boundary of its own: it imports the domain and itself only, and only the wiring
+imports it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[2]
 PACKAGE = "calls_server"
 LAYERS = ("domain", "storage", "integrations", "handlers", "wiring")
+# What the request path may import, and who may import it (`allowed_for`).
+REQUEST_PATH = "request_path"
 # Modules held to a stricter rule than their layer's: what they may import from.
 NARROWER = {"calls_server.errors": {"domain"}}
 
@@ -26,9 +30,19 @@ def layer_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != PACKAGE:
         return None
-    if len(parts) > 1 and parts[1] in LAYERS:
+    if len(parts) > 1 and parts[1] in (*LAYERS, REQUEST_PATH):
         return parts[1]
     return "wiring"
+
+
+def allowed_for(module: str, layer: str) -> set[str]:
+    """The layers `module` (of `layer`) may import from."""
+    if module in NARROWER:
+        return NARROWER[module]
+    if layer == REQUEST_PATH:
+        return {"domain", REQUEST_PATH}
+    below = set(LAYERS[: LAYERS.index(layer) + 1])
+    return below | {REQUEST_PATH} if layer == "wiring" else below
 
 
 def imported_modules(source: str, module: str) -> set[str]:
@@ -51,7 +65,7 @@ def violations(source: str, module: str) -> list[str]:
     """Every import of `module` that points against the dependency rule."""
     own = layer_of(module)
     assert own is not None
-    allowed = NARROWER.get(module, set(LAYERS[: LAYERS.index(own) + 1]))
+    allowed = allowed_for(module, own)
     wrong = []
     for target in sorted(imported_modules(source, module)):
         layer = layer_of(target)
@@ -63,16 +77,21 @@ def violations(source: str, module: str) -> list[str]:
 def project_modules() -> dict[str, Path]:
     """Every module of the package, by name, read from the real files of each layer."""
     modules = {f"{PACKAGE}.{path.stem}": path for path in (REPOSITORY / PACKAGE).glob("*.py")}
-    for layer in LAYERS[:-1]:
-        for path in (REPOSITORY / layer).glob("*.py"):
-            modules[f"{PACKAGE}.{layer}.{path.stem}"] = path
+    for folder, layer in [
+        *((REPOSITORY / layer, layer) for layer in LAYERS[:-1]),
+        (REPOSITORY / PACKAGE / REQUEST_PATH, REQUEST_PATH),
+    ]:
+        for path in folder.rglob("*.py"):  # subpackages too (storage/postgres/)
+            inner = path.relative_to(folder).with_suffix("").parts
+            name = ".".join((PACKAGE, layer, *inner)).removesuffix(".__init__")
+            modules[name] = path
     return modules
 
 
 def test_every_layer_of_the_package_is_checked():
     layers = {layer_of(name) for name in project_modules()}
 
-    assert layers == set(LAYERS)
+    assert layers == {*LAYERS, REQUEST_PATH}
 
 
 @pytest.mark.parametrize("module", sorted(project_modules()))
@@ -106,3 +125,21 @@ def test_the_check_resolves_relative_imports():
     assert violations(source, "calls_server.storage.embedded") == [
         "calls_server.storage.embedded (storage) imports calls_server.integrations (integrations)"
     ]
+
+
+def test_the_request_path_may_not_import_the_app():
+    source = "from calls_server.settings import Settings\nfrom calls_server.domain import errors\n"
+
+    assert violations(source, "calls_server.request_path.api") == [
+        "calls_server.request_path.api (request_path) imports calls_server.settings (wiring)"
+    ]
+
+
+def test_only_the_wiring_may_import_the_request_path():
+    source = "from calls_server.request_path.keys import OPERATION\n"
+
+    assert violations(source, "calls_server.handlers.calls") == [
+        "calls_server.handlers.calls (handlers) imports calls_server.request_path.keys"
+        " (request_path)"
+    ]
+    assert violations(source, "calls_server.metrics") == []

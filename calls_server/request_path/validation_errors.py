@@ -15,7 +15,7 @@ from connexion.json_schema import format_error_with_path
 from connexion.validators import ParameterValidator
 from jsonschema import Draft4Validator, ValidationError
 
-from calls_server import strict_json
+from calls_server.request_path import strict_json
 
 _MESSAGE_LIMIT = 300  # characters of a rule broken, in an error message
 

@@ -25,6 +25,7 @@ import copy
 import functools
 import inspect
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,6 @@ from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import orjson
-from connexion.context import _context, _operation, _receive, _scope
 from connexion.datastructures import MediaTypeDict
 from connexion.decorators.parameter import sanitized
 from connexion.exceptions import (
@@ -59,21 +59,20 @@ from jsonschema import Draft4Validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from calls_server import strict_json
-from calls_server.compiled_schema import (
+from calls_server.domain.envelope import unpack
+from calls_server.domain.errors import ADMIN_HEADER, BOTH_HEADERS, INVALID_ADMIN_TOKEN, Unauthorized
+from calls_server.domain.keys import INVALID_PAIR
+from calls_server.request_path import strict_json
+from calls_server.request_path.compiled_schema import (
     CompiledSchema,
     Definitions,
     RequestDefaultsValidator,
     openapi_components,
     openapi_schema,
 )
-from calls_server.contract import served_at
-from calls_server.domain.envelope import unpack
-from calls_server.domain.errors import ADMIN_HEADER, BOTH_HEADERS, INVALID_ADMIN_TOKEN, Unauthorized
-from calls_server.domain.keys import INVALID_PAIR
-from calls_server.logs import ORGANIZATION_ID
-from calls_server.metrics import OPERATION
-from calls_server.validation_errors import describe, parameter_error
+from calls_server.request_path.connexion_private import REQUEST_CONTEXT
+from calls_server.request_path.keys import OPERATION, ORGANIZATION_ID
+from calls_server.request_path.validation_errors import describe, parameter_error
 
 Handler = Callable[..., Any]
 
@@ -82,12 +81,18 @@ class UnsupportedSpec(ValueError):
     """openapi.yaml uses something the compiled request path does not implement."""
 
 
+# Whether the reads a request makes wait for I/O (a database): its handler and security
+# then run on a worker thread, never on the event loop. Given by the app.
+ReadsWait = Callable[[Scope], bool]
+
+
 class CompiledApi(SpecMiddleware):  # type: ignore[misc]
     """ASGI middleware answering every operation of the specs Connexion registers on it."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, reads_wait: ReadsWait = lambda scope: False) -> None:
         self.app = app  # lifespan events go on; every HTTP request is answered here
         self.routes = Routes()
+        self.reads_wait = reads_wait
 
     def add_api(self, specification: Specification, **options: Any) -> None:
         """Compile every operation of `specification` (called by Connexion at start-up)."""
@@ -127,7 +132,7 @@ class CompiledApi(SpecMiddleware):  # type: ignore[misc]
             return
         operation, path_values = self.routes.find(scope["method"], scope["path"])
         scope[OPERATION] = operation.operation_id  # for metrics and traces
-        await operation(scope, receive, send, path_values)
+        await operation(scope, receive, send, path_values, off_loop=self.reads_wait(scope))
 
 
 class WrittenSpec:
@@ -188,6 +193,17 @@ class WrittenOperation:
         response = self.responses.get(status) or self.responses.get("default") or {}
         content = response.get("content", {}).get(media_type)
         return self.spec.definitions(content["schema"]) if content and "schema" in content else None
+
+
+def served_at(base_path: str, path: str, item: Mapping[str, Any]) -> list[str]:
+    """Where the spec's `path` is served: under the API's base path, and first under the
+    base of the path's own first server, if it has one (upstream mounts batch calls at
+    `/batch-call`, outside `/api`; clients generated against `/api` reach them there too)."""
+    servers = item.get("servers")
+    if not servers:
+        return [base_path + path]
+    own = urllib.parse.urlsplit(servers[0]["url"]).path.rstrip("/")
+    return [own + path] if own == base_path else [own + path, base_path + path]
 
 
 class Routes:
@@ -368,13 +384,6 @@ def _scheme_check(
 
     check.reads = getattr(function, "reads", False)  # type: ignore[attr-defined]
     return check
-
-
-def _reads_wait(scope: Scope) -> bool:
-    """Whether the app's store reads wait for a database (then they leave the event loop)."""
-    state = scope.get("state") or {}
-    services = state.get("services")
-    return services is not None and bool(services.store.reads_wait)
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -658,11 +667,16 @@ class CompiledOperation:
         )
 
     async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, path_values: dict[str, str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path_values: dict[str, str],
+        off_loop: bool = False,
     ) -> None:
+        """Answer the request; `off_loop`: its reads wait for a database (`ReadsWait`)."""
         request = ConnexionRequest(scope, receive)
         headers: Headers = dict(scope["headers"])
-        off_loop = _reads_wait(scope)  # the store's reads wait for a database
         if off_loop and self.is_one_read:
             # Who is calling and the read, on one worker thread: one hop, not two.
             work = functools.partial(self._answer, request, headers, scope, path_values, receive)
@@ -724,10 +738,10 @@ class CompiledOperation:
         `connexion.request` and `.context` work in handlers."""
         if "token_info" in context and self._takes("token_info"):
             kwargs["token_info"] = context["token_info"]
-        _context.set(context)
-        _operation.set(self.operation)
-        _receive.set(receive)
-        _scope.set(scope)
+        for variable, value in zip(
+            REQUEST_CONTEXT, (context, self.operation, receive, scope), strict=True
+        ):
+            variable.set(value)
 
     def _takes(self, argument: str) -> bool:
         return self.arguments is None or argument in self.arguments
