@@ -1,5 +1,6 @@
-"""The words of request errors (calls_server/request_path/validation_errors.py): the spec's own where it
-gives them, allowed values listed, values shown as JSON and cut short, parameters named."""
+"""The words of request errors (calls_server/request_path/validation_errors.py): the spec's
+own where it gives them, allowed values listed, values shown as JSON and cut short,
+parameters named."""
 
 from __future__ import annotations
 
