@@ -19,15 +19,19 @@ or the database of `--database-url`, where it adds one organization), `--rounds`
 4. every acknowledged create is sent again with its `Idempotency-Key` and body: each must
    answer the same call (`Idempotent-Replayed: true`, the kept body and `ETag`) and the
    organization's call count must not grow; anything else is a re-run;
-5. the creates that got no answer (in flight at the kill) are retried once with their key.
+5. the creates that got no answer (in flight at the kill) are retried once with their key
+   (those answered 409, a killed process's claim on PostgreSQL, again after its lease).
 
 At the end every acknowledged write of every round is checked again from a full listing,
-and no `Idempotency-Key` may have made two calls. A request answered 500 (or any status
-but 200, and 503 while the server dies) is a defect too. Prints the figures per backend
-and the machine (`--json`: one JSON object); the exit status is 1 when a write was lost,
-re-run or answered 500. Everything talks to 127.0.0.1 only (PostgreSQL on a Unix socket),
-every request and wait has a timeout, the servers are killed and the temporary
-directories removed on exit (`--keep` keeps them, with the server logs).
+and the calls made per `Idempotency-Key` are counted: two for an acknowledged create is a
+re-run; two for a create in flight at the kill is counted apart ("run twice": README's
+Guarantees name that window, a crash between a create and its kept answer). A request
+answered 500 (or any status but 200, and 503 while the server dies) is a defect too.
+Prints the figures per backend and the machine (`--json`: one JSON object); the exit
+status is 1 when an acknowledged write was lost or re-run, or a request answered 500.
+Everything talks to 127.0.0.1 only (PostgreSQL on a Unix socket), every request and wait
+has a timeout, the servers are killed and the temporary directories removed on exit
+(`--keep` keeps them, with the server logs).
 """
 
 from __future__ import annotations
@@ -205,6 +209,7 @@ class Created:
     answer: dict[str, Any]
     etag: str | None
     round: int
+    retried: bool = False  # unanswered at the kill, answered to its retry after the restart
 
 
 @dataclass
@@ -490,8 +495,9 @@ def retry_unanswered(
                 outcome = "stored before the kill (replayed)" if replayed else "ran now"
                 outcomes[label + outcome] += 1
                 call_id = r.json()["data"]["call"]["call_id"]
+                answer, etag = r.json(), r.headers.get("etag")
                 ledger.created.setdefault(
-                    call_id, Created(key, body, call_id, r.json(), r.headers.get("etag"), round_)
+                    call_id, Created(key, body, call_id, answer, etag, round_, retried=True)
                 )
             elif r.status_code in (409, 503):
                 outcomes[f"{label}answered {r.status_code}"] += 1
@@ -515,9 +521,10 @@ def all_calls(http: httpx.Client) -> list[dict[str, Any]]:
     return calls
 
 
-def final_check(http: httpx.Client, ledger: Ledger) -> tuple[int, int]:
+def final_check(http: httpx.Client, ledger: Ledger) -> tuple[int, int, int]:
     """Every acknowledged write of every round, from one full listing; and no key that made
-    two calls. (lost, duplicated keys)."""
+    two calls: (lost, calls made again for an acknowledged create, calls made twice for a
+    create in flight at a kill and retried after the restart)."""
     calls = all_calls(http)
     by_id = {c["call_id"]: c for c in calls}
     lost = 0
@@ -528,16 +535,39 @@ def final_check(http: httpx.Client, ledger: Ledger) -> tuple[int, int]:
             if not any(p.kind == "lost" and p.request == request for p in ledger.problems):
                 ledger.problems.append(Problem("lost", 0, request, expected, found))
                 lost += 1
-    keys = Counter((c.get("metadata") or {}).get("bench_key") for c in calls)
-    duplicated = 0
-    for key, count in keys.items():
-        if key is not None and count > 1:
-            duplicated += count - 1
-            ids = [c["call_id"] for c in calls if (c.get("metadata") or {}).get("bench_key") == key]
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for c in calls:
+        key = (c.get("metadata") or {}).get("bench_key")
+        if key is not None:
+            by_key.setdefault(key, []).append(c)
+    answered = {c.key: c for c in ledger.created.values()}
+    duplicated = in_flight_twice = 0
+    for key, made in by_key.items():
+        if len(made) < 2:
+            continue
+        sent = answered.get(key)
+        made.sort(key=lambda c: c.get("created_at") or 0)
+        found = ", ".join(f"{c['call_id']} (created_at {c.get('created_at')})" for c in made)
+        if sent is not None and sent.retried:
+            # Sent before the kill, no answer; its retry after the restart ran again.
+            in_flight_twice += len(made) - 1
             ledger.problems.append(
-                Problem("re-run", 0, f"Idempotency-Key: {key}", "one call", f"{ids}")
+                Problem(
+                    "in flight at the kill, run twice",
+                    sent.round,
+                    f"POST /api/calls/create Idempotency-Key: {key} (no answer; retried after"
+                    f" the restart: 200 {sent.call_id}, not replayed)",
+                    "one call",
+                    found,
+                )
             )
-    return lost, duplicated
+        else:
+            duplicated += len(made) - 1
+            round_ = sent.round if sent else 0
+            ledger.problems.append(
+                Problem("re-run", round_, f"Idempotency-Key: {key}", "one call", found)
+            )
+    return lost, duplicated, in_flight_twice
 
 
 # -- one backend ------------------------------------------------------------------------------
@@ -586,7 +616,7 @@ def run_backend(
     headers["X-API-SECRET"] = key.json()["data"]["api_secret"]
     stopped_early = False
     error: str | None = None
-    final_lost = duplicated = 0
+    final_lost = duplicated = in_flight_twice = 0
     total_calls: int | None = None
     killed_at = time.monotonic()
     try:
@@ -639,7 +669,7 @@ def run_backend(
                 # taken: then a retry is answered from the record, or runs.
                 time.sleep(max(0.0, CLAIM_LEASE + 5 - (time.monotonic() - killed_at)))
                 pending = retry_unanswered(http, ledger, pending, retries, "after a minute: ")
-            final_lost, duplicated = final_check(http, ledger)
+            final_lost, duplicated, in_flight_twice = final_check(http, ledger)
             total_calls = call_count(http)
     except (RuntimeError, httpx.HTTPError, OSError, KeyError, ValueError) as failed:
         # A server that does not start again, or an answer not understood: reported with
@@ -679,6 +709,7 @@ def run_backend(
         "unanswered_creates": len(ledger.unanswered),
         "unanswered_retried": dict(retries),
         "unanswered_still_in_progress": len(pending),
+        "unanswered_run_twice": in_flight_twice,
         "transport_errors_before_kill": ledger.transport_errors_before_kill,
         "status_counts": {str(k): v for k, v in sorted(ledger.statuses.items())},
         "calls_at_end": total_calls,
@@ -751,7 +782,7 @@ def summary(result: dict[str, Any]) -> str:
             f"  500s                  {r['answered_500']}"
             f" (other unexpected: {r['other_unexpected']}; 503s: {r['answered_503']})",
             f"  unanswered creates    {r['unanswered_creates']} (retried after the restart:"
-            f" {unanswered})",
+            f" {unanswered}); run twice: {r['unanswered_run_twice']}",
             f"  restart (median)      {r['restart_seconds_median']} s",
             f"  wall time             {r['wall_seconds']} s",
         ]
