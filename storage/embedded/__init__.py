@@ -39,7 +39,8 @@ from typing import cast
 
 from sortedcontainers import SortedList
 
-from calls_server.domain import batches
+# Aliased: `batches` here would be this package's own submodule once it is imported.
+from calls_server.domain import batches as batch_rules
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import (
     AgentNotFound,
@@ -147,7 +148,7 @@ class EmbeddedStore(
         self._active = {
             (batch["organization_id"], batch["batch_call_id"])
             for batch in raw_documents(self._batches.table).values()
-            if batches.active(batch)
+            if batch_rules.active(batch)
         }
         self._event_source: EventSource | None = None
         self._event_listener: EventListener | None = None

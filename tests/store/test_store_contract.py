@@ -827,6 +827,18 @@ def test_everything_survives_a_reopen(store, reopen):
     assert reopened.get_organization("acme")["organization_id"] == "acme"
 
 
+def test_the_active_batches_survive_a_reopen(store, reopen):
+    store.add_organization(keys.new_organization(1, "acme"))
+    batch, tasks = a_batch()
+    store.add_batch(batch, tasks)
+    active = [b["batch_call_id"] for b in store.active_batches()]
+
+    reopened = reopen()
+
+    assert [b["batch_call_id"] for b in reopened.active_batches()] == active
+    assert reopened.get_batch("acme", batch["batch_call_id"]) == batch
+
+
 def test_a_closed_store_is_a_503(store):
     store.add_call(a_call(call_id="kept"))
     store.close()
