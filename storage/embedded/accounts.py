@@ -7,11 +7,11 @@ from collections.abc import Callable
 from calls_server.domain.errors import ApiKeyNotFound, DuplicateId
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.storage.embedded.documents import _copy
-from calls_server.storage.embedded.lock import Locked
+from calls_server.storage.embedded.idempotency import IdempotencyMixin
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
 
-class AccountsMixin(Locked):
+class AccountsMixin(IdempotencyMixin):
     """`Accounts`: the tables organizations and api_keys."""
 
     _organizations: JournaledTable
@@ -27,7 +27,11 @@ class AccountsMixin(Locked):
                     f"An organization with ID '{organization_id}' already exists",
                     message="Organization already exists",
                 )
-            self._org_ids[organization_id] = self._organizations.insert(_copy(organization))
+            with self._journal.transaction():
+                doc_id = self._organizations.insert(_copy(organization))
+                marked = self._mark_claim("organization", organization_id)
+            self._org_ids[organization_id] = doc_id
+            self._index_mark(marked)
 
     def get_organization(self, organization_id: str) -> Organization:
         with self._reading():
@@ -40,9 +44,12 @@ class AccountsMixin(Locked):
             mine = self._org_keys.get(key["organization_id"], {})
             if key["api_key"] in self._key_ids or key["api_key_id"] in mine:
                 raise DuplicateId(f"An API key with ID '{key['api_key_id']}' already exists")
-            doc_id = self._keys.insert(_copy(key))
+            with self._journal.transaction():
+                doc_id = self._keys.insert(_copy(key))
+                marked = self._mark_claim("API key", key["api_key_id"])
             self._key_ids[key["api_key"]] = doc_id
             self._org_keys.setdefault(key["organization_id"], {})[key["api_key_id"]] = doc_id
+            self._index_mark(marked)
 
     def find_api_key(self, api_key: str) -> ApiKey | None:
         # Called on the event loop for every request, so it takes no lock (a writer may

@@ -12,13 +12,13 @@ from calls_server.domain import batches
 from calls_server.domain.batches import Batch, Task
 from calls_server.domain.errors import TaskNotFound
 from calls_server.storage.embedded.documents import _MAX, _copy
-from calls_server.storage.embedded.lock import Locked
+from calls_server.storage.embedded.idempotency import IdempotencyMixin
 from calls_server.storage.embedded.records import _OrgRecords
 from calls_server.storage.interface import TaskChange
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
 
-class BatchesMixin(Locked):
+class BatchesMixin(IdempotencyMixin):
     """`BatchRecords`: the tables batches and batch_tasks."""
 
     _batches: _OrgRecords
@@ -32,8 +32,11 @@ class BatchesMixin(Locked):
         with self._writing():
             self._org_doc_id(batch["organization_id"])
             with self._journal.transaction():
-                self._batches.add(batch)
+                doc_id = self._batches.add(batch)
                 self._insert_tasks(tasks)
+                marked = self._mark_claim("batch call", batch["batch_call_id"])
+            self._batches.indexed(batch, doc_id)
+            self._index_mark(marked)
             self._track_batch(batch)
 
     def get_batch(self, organization_id: str, batch_id: str) -> Batch:

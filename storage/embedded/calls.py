@@ -17,11 +17,12 @@ from calls_server.domain.listing import CallPage, CallQuery
 from calls_server.domain.quotas import Quota
 from calls_server.storage.call_index import OrgCallIndex
 from calls_server.storage.embedded.documents import _MAX, _copy
+from calls_server.storage.embedded.idempotency import IdempotencyMixin
 from calls_server.storage.embedded.outbox import OutboxMixin
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
 
-class CallsMixin(OutboxMixin):
+class CallsMixin(OutboxMixin, IdempotencyMixin):
     """`CallRecords`, `ScheduledCalls`, `SandboxPlayers`: the table calls (a change of a
     call records the events it owes: the outbox's)."""
 
@@ -48,6 +49,7 @@ class CallsMixin(OutboxMixin):
             with self._journal.transaction():
                 doc_id = self._calls.insert(stored)
                 events = self._record_events(None, stored)
+                marked = self._mark_claim("call", call["call_id"])
             if index is None:
                 index = self._call_index[org] = OrgCallIndex()
             index.add(doc_id, stored)
@@ -57,6 +59,7 @@ class CallsMixin(OutboxMixin):
             self._track_schedule(None, stored)
             self._track_player(None, stored)
             self._index_events(events)
+            self._index_mark(marked)
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         with self._reading():

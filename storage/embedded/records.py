@@ -11,11 +11,11 @@ from calls_server.domain.agents import Agent
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.domain.webhooks import Webhook
 from calls_server.storage.embedded.documents import _copy
-from calls_server.storage.embedded.lock import Locked
+from calls_server.storage.embedded.idempotency import IdempotencyMixin
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
 
-class RecordsMixin(Locked):
+class RecordsMixin(IdempotencyMixin):
     """`AgentRecords`, `PhoneNumberRecords`, `WebhookRecords`."""
 
     _agents: _OrgRecords
@@ -28,7 +28,11 @@ class RecordsMixin(Locked):
     def add_agent(self, agent: Agent) -> None:
         with self._writing():
             self._org_doc_id(agent["organization_id"])
-            self._agents.add(agent)
+            with self._journal.transaction():
+                doc_id = self._agents.add(agent)
+                marked = self._mark_claim("agent", agent["agent_id"])
+            self._agents.indexed(agent, doc_id)
+            self._index_mark(marked)
 
     def agents(self, organization_id: str) -> list[Agent]:
         with self._reading():
@@ -52,7 +56,11 @@ class RecordsMixin(Locked):
     def add_phone_number(self, number: PhoneNumber) -> None:
         with self._writing():
             self._org_doc_id(number["organization_id"])
-            self._numbers.add(number)
+            with self._journal.transaction():
+                doc_id = self._numbers.add(number)
+                marked = self._mark_claim("phone number", number["phone_number"])
+            self._numbers.indexed(number, doc_id)
+            self._index_mark(marked)
 
     def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
         with self._reading():
@@ -82,7 +90,11 @@ class RecordsMixin(Locked):
             self._org_doc_id(organization_id)
             if check is not None:
                 check(len(self._webhooks.index.get(organization_id, {})))
-            self._webhooks.add(webhook)
+            with self._journal.transaction():
+                doc_id = self._webhooks.add(webhook)
+                marked = self._mark_claim("webhook", webhook["id"])
+            self._webhooks.indexed(webhook, doc_id)
+            self._index_mark(marked)
 
     def webhooks(self, organization_id: str) -> list[Webhook]:
         with self._reading():
@@ -143,11 +155,15 @@ class _OrgRecords:
         for doc in table.all():
             self.index.setdefault(doc["organization_id"], {})[doc[key]] = doc.doc_id
 
-    def add(self, record: Mapping[str, Any]) -> None:
-        """Insert `record`; `duplicate(key)` if its organization has one with its key."""
+    def add(self, record: Mapping[str, Any]) -> int:
+        """Insert `record`; `duplicate(key)` if its organization has one with its key. Not
+        indexed yet: `indexed` once the journal transaction holding it is written."""
         if self.exists(record["organization_id"], record[self.key]):
             raise self.duplicate(record[self.key])
-        doc_id = self.table.insert(_copy(record))
+        return self.table.insert(_copy(record))
+
+    def indexed(self, record: Mapping[str, Any], doc_id: int) -> None:
+        """Index `record`, inserted (`add`) as document `doc_id`."""
         self.index.setdefault(record["organization_id"], {})[record[self.key]] = doc_id
 
     def exists(self, organization_id: str, key: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from calls_server.domain.listing import CallQuery
+from calls_server.handlers import idempotency_keys
 from calls_server.storage import EmbeddedStore
 from calls_server.storage.postgres import PostgresStore
 from tests.conftest import ADMIN_TOKEN, add_tenant, app_client, assert_error
@@ -382,3 +383,27 @@ def test_a_key_whose_creation_answer_was_lost_is_answered_without_its_secret(
     stored = [key["api_key_id"] for key in store.list_api_keys("acme")]
     assert data["api_key_id"] in stored
     assert len(stored) == 2  # the tenant's, and this one
+
+
+def test_a_create_whose_answer_was_never_kept_is_answered_from_its_record_on_retry(
+    store, tenant, monkeypatch
+):
+    """The process stopped after the create's record was written and before its answer was
+    kept (a kill during the record's fsync): the retry finds the record, on either store,
+    and creates nothing again."""
+    def killed(*args, **kwargs):
+        raise RuntimeError("the process stopped here")
+
+    with app_client(store) as client:
+        with monkeypatch.context() as stopped:
+            stopped.setattr(idempotency_keys.IdempotencyKeys, "_keep", killed)
+            lost = create(client, tenant, "key-1")
+        stored = store.list_calls(tenant.organization_id, _every_call()).calls
+        retry = create(client, tenant, "key-1")
+
+    assert lost.status_code == 500  # no answer reached the client
+    assert len(stored) == 1
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["data"]["call"]["call_id"] == stored[0]["call_id"]
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert store.list_calls(tenant.organization_id, _every_call()).total == 1

@@ -26,7 +26,15 @@ from typing import Any
 import orjson
 import pytest
 
-from calls_server.domain import agents, batches, calls, keys, phone_numbers, webhooks
+from calls_server.domain import (
+    agents,
+    batches,
+    calls,
+    idempotency,
+    keys,
+    phone_numbers,
+    webhooks,
+)
 from calls_server.domain.errors import (
     AgentNotFound,
     ApiKeyNotFound,
@@ -44,6 +52,7 @@ from calls_server.domain.listing import CallQuery, normalize_filters
 from calls_server.domain.quotas import Quota
 from calls_server.integrations.clock import wall_clock
 from calls_server.storage import EmbeddedStore, Store
+from calls_server.storage.interface import UNDER_CLAIM
 from calls_server.storage.postgres import PostgresStore
 from tests.conftest import wait_for
 from tests.unit.test_call_index import random_call, random_query, reference
@@ -799,6 +808,49 @@ def test_idempotent_answers_are_kept_replaced_and_pruned_when_expired(store):
 
     assert store.find_idempotent("org", "a") is None
     assert store.find_idempotent("org", "b")["status"] == 200
+
+
+# A key's claim lease and its answer's lifetime, in these tests (ms).
+LEASE, KEPT = 60_000, 86_400_000
+
+
+@pytest.mark.parametrize(
+    ("kind", "add"),
+    [
+        ("call", lambda s: s.add_call(a_call(org="acme", call_id="c1")) or "c1"),
+        ("agent", lambda s: s.add_agent(agent := an_agent()) or agent["agent_id"]),
+        ("webhook", lambda s: s.add_webhook(hook := webhook()) or hook["id"]),
+    ],
+)
+def test_a_record_added_under_a_claim_is_named_to_a_retry_after_a_restart(store, reopen, kind, add):
+    """A create killed after its record reached the store, before its answer was kept:
+    the retry, in the next process, learns what was stored instead of adding it again."""
+    store.add_organization(keys.new_organization(1, "acme"))
+    now = wall_clock()
+    claim = idempotency.claim("acme", "key-1", "print", now, LEASE)
+    assert store.claim_idempotent(claim, now) is None
+    under = UNDER_CLAIM.set((claim, now + KEPT))
+    try:
+        record_id = add(store)
+    finally:
+        UNDER_CLAIM.reset(under)
+
+    later = now + LEASE + 1  # the first request's lease passed: its process is gone
+    retry = idempotency.claim("acme", "key-1", "print", later, LEASE)
+    found = reopen().claim_idempotent(retry, later)
+
+    assert found is not None
+    assert found["written"] == {"kind": kind, "id": record_id}
+
+
+def test_a_claim_under_which_nothing_was_added_leaves_nothing_behind(store, reopen):
+    now = wall_clock()
+    claim = idempotency.claim("org", "key-1", "print", now, LEASE)
+    store.claim_idempotent(claim, now)
+    store.release_idempotent(claim)
+
+    retry = idempotency.claim("org", "key-1", "print", now + 1, LEASE)
+    assert reopen().claim_idempotent(retry, now + 1) is None
 
 
 # -- processes -------------------------------------------------------------------------------------
