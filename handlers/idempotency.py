@@ -10,15 +10,15 @@ claims its key in the store (`Store.claim_idempotent`), which exactly one proces
 are kept durably, by the store, for `CALLS_IDEMPOTENCY_TTL`; requests refused before the
 handler ran (validation, authentication) are not kept, nor answers that say to try again.
 
-The answer is kept right after the handler's own write, not in the same transaction, and
-without waiting for an fsync of its own (the next write's covers it): a crash of the
-process between the two writes, or of the machine before that next fsync (milliseconds
-under load), lets one retry run again.
+The answer is kept right after the handler's own write, without waiting for an fsync of
+its own (the next write's covers it); the write itself carries a mark of the key's claim
+(`storage.interface.UNDER_CLAIM`), so a process stopped between the two leaves a mark the
+retry answers from (see below), on either store.
 
 An answer that says to try again is never kept, the 503 "Outcome unknown" (the database
-went away while the create was being committed) included. On PostgreSQL the create marks
-the key's claim in its own transaction (`storage.interface.UNDER_CLAIM`), so a retry knows
-whether it was stored: if not, the retry runs; if so, once the first request has ended (or
+went away while the create was being committed) included. The create marks the key's
+claim in its own transaction or journal record (`storage.interface.UNDER_CLAIM`), so a
+retry knows whether it was stored: if not, the retry runs; if so, once the first request has ended (or
 its process stopped: the claim's lease passed), the retry answers what the first would
 have, made again from the stored record by the operation's `recover` function (and kept),
 never creating a second one; until then the first may still be running (a call is stored,

@@ -38,10 +38,11 @@ TaskChange = Callable[[Batch, Task, int], tuple[Batch, Task]]
 # looks at it again.
 EventListener = Callable[[list[WebhookEvent]], None]
 # The Idempotency-Key claim the current request runs under, and until when (Unix ms) its
-# answer would be kept. A store whose commit can be lost in flight (PostgreSQL: the
-# connection drops after COMMIT was sent) marks that claim, in the transaction of each
-# record it adds, with the record's kind and id (`written`), and keeps the mark that long:
-# a retry after an unknown outcome then finds what was stored instead of adding it again.
+# answer would be kept. Every store marks that claim, in the transaction (or journal
+# record) of each record it adds, with the record's kind and id (`written`), and keeps the
+# mark that long: a retry after an unknown outcome (PostgreSQL: the connection dropped after
+# COMMIT was sent), or after the process stopped before keeping the answer, then finds
+# what was stored instead of adding it again.
 UNDER_CLAIM: ContextVar[tuple[IdempotentAnswer, int] | None] = ContextVar(
     "UNDER_CLAIM", default=None
 )
