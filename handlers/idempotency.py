@@ -18,11 +18,12 @@ retry answers from (see below), on either store.
 An answer that says to try again is never kept, the 503 "Outcome unknown" (the database
 went away while the create was being committed) included. The create marks the key's
 claim in its own transaction or journal record (`storage.interface.UNDER_CLAIM`), so a
-retry knows whether it was stored: if not, the retry runs; if so, once the first request has ended (or
-its process stopped: the claim's lease passed), the retry answers what the first would
-have, made again from the stored record by the operation's `recover` function (and kept),
-never creating a second one; until then the first may still be running (a call is stored,
-then dialed), and the retry is told so (409 after `IN_FLIGHT_WAIT`).
+retry knows whether it was stored: if not, the retry runs; if so, once the first request
+has ended (or its process stopped: the claim's lease passed), the retry answers what the
+first would have, made again from the stored record by the operation's `recover`
+function (and kept), never creating a second one; until then the first may still be
+running (a call is stored, then dialed), and the retry is told so (409 after
+`IN_FLIGHT_WAIT`).
 """
 
 from __future__ import annotations
