@@ -391,6 +391,7 @@ def test_a_create_whose_answer_was_never_kept_is_answered_from_its_record_on_ret
     """The process stopped after the create's record was written and before its answer was
     kept (a kill during the record's fsync): the retry finds the record, on either store,
     and creates nothing again."""
+
     def killed(*args, **kwargs):
         raise RuntimeError("the process stopped here")
 
