@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import json
 import logging
 import logging.config
@@ -526,6 +525,8 @@ class _PrintVersion(argparse.Action):
     lookup reads the installed packages' metadata: a cost every command would pay)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        import importlib.metadata  # 30 ms: only when asked for
+
         print(f"{parser.prog} {importlib.metadata.version('calls-server')}")
         parser.exit()
 
