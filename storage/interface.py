@@ -232,10 +232,11 @@ class BatchRecords(Protocol):
         """Replace the batch and all its tasks by `change(batch)`, atomically."""
 
     def delete_batch(
-        self, organization_id: str, batch_id: str, check: Callable[[Batch], None]
+        self, organization_id: str, batch_id: str, check: Callable[[Batch], None] | None = None
     ) -> Batch:
-        """Remove the batch and its tasks for good (its calls stay) and return it, if
-        `check(batch)` does not raise. Raises BatchNotFound."""
+        """Remove the batch and its tasks for good (its calls stay) and return it. Raises
+        BatchNotFound. `check`, if given, is called with the stored batch first, atomically
+        with the removal: if it raises, nothing is removed (as for every delete)."""
 
     def batch_tasks(
         self,

@@ -91,11 +91,12 @@ class BatchesMixin(IdempotencyMixin):
             return batch
 
     def delete_batch(
-        self, organization_id: str, batch_id: str, check: Callable[[Batch], None]
+        self, organization_id: str, batch_id: str, check: Callable[[Batch], None] | None = None
     ) -> Batch:
         with self._writing():
             doc_id, old = self._batches.stored(organization_id, batch_id)
-            check(_copy(old))
+            if check is not None:
+                check(_copy(old))
             with self._journal.transaction():
                 self._batches.table.remove(doc_ids=[doc_id])
                 self._remove_tasks(batch_id)

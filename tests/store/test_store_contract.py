@@ -39,7 +39,9 @@ from calls_server.domain.errors import (
     AgentNotFound,
     ApiKeyNotFound,
     BadRequest,
+    BatchNotFound,
     CallNotFound,
+    Conflict,
     DuplicateId,
     OrganizationNotFound,
     PhoneNumberNotFound,
@@ -633,6 +635,32 @@ def test_deleting_a_webhook_removes_its_events_and_assignments(store):
 
 
 # -- batches ---------------------------------------------------------------------------------------
+
+
+def test_delete_batch_removes_it_and_its_tasks(store):
+    store.add_organization(keys.new_organization(1, "acme"))
+    batch, tasks = a_batch()
+    store.add_batch(batch, tasks)
+
+    removed = store.delete_batch("acme", batch["batch_call_id"])
+
+    assert removed == batch
+    assert store.batches("acme") == []
+    with pytest.raises(BatchNotFound):
+        store.get_batch("acme", batch["batch_call_id"])
+
+
+def test_delete_batch_whose_check_raises_removes_nothing(store):
+    store.add_organization(keys.new_organization(1, "acme"))
+    batch, tasks = a_batch()
+    store.add_batch(batch, tasks)
+
+    def refuse(stored: batches.Batch) -> None:
+        raise Conflict("not now")
+
+    with pytest.raises(Conflict):
+        store.delete_batch("acme", batch["batch_call_id"], refuse)
+    assert store.get_batch("acme", batch["batch_call_id"]) == batch
 
 
 def test_a_batch_added_twice_raises_duplicate_id_and_stores_nothing(store):
