@@ -38,7 +38,7 @@ def _list(
         criteria.get("sort_order", "descending"),
     )
     found = agents.selected(
-        services().store.agents(org), sort_by, sort_order == "descending", names
+        services().store.list_agents(org), sort_by, sort_order == "descending", names
     )
     shown = [agents.summary(agent) for agent in found[page * limit : (page + 1) * limit]]
     data = {
@@ -134,7 +134,7 @@ def list_post_call_webhook_tools(agent_id: str, token_info: dict[str, Any]) -> R
     """GET /api/agents/{agent_id}/tools/post-call-webhook"""
     org, store = organization_id(token_info), services().store
     agent = store.get_agent(org, agents.agent_id(agent_id))
-    hooks = {hook["id"]: hook for hook in store.webhooks(org)}
+    hooks = {hook["id"]: hook for hook in store.list_webhooks(org)}
     tools = [webhooks.tool(hooks[i]) for i in agents.webhook_ids(agent) if i in hooks]
     data = {
         "agent_id": agent["agent_id"],
@@ -175,7 +175,7 @@ def unassign_post_call_webhooks(agent_id: str, token_info: dict[str, Any]) -> Re
     agent = store.get_agent(org, agents.agent_id(agent_id))
     removed = agents.webhook_ids(agent)
     latest = agent.get("post_call_webhook_id")
-    names = {hook["id"]: hook["name"] for hook in store.webhooks(org)}
+    names = {hook["id"]: hook["name"] for hook in store.list_webhooks(org)}
     store.change_agent(org, agent["agent_id"], lambda a: agents.unassigned(a, removed))
     data = {
         "agent_id": agent["agent_id"],

@@ -56,7 +56,7 @@ def _with_agent(org: str, body: dict[str, Any]) -> tuple[dict[str, Any], list[st
     store = services().store
     if body.get("agent_id") is None:
         body = {**body, "agent_id": bound_agent(store, org, body["from_number"])}
-    return body, [agent["agent_id"] for agent in store.agents(org)]
+    return body, [agent["agent_id"] for agent in store.list_agents(org)]
 
 
 @reads
@@ -90,7 +90,7 @@ def _list(
     sort_order: str,
 ) -> Response:
     org = organization_id(token_info)
-    found = batches.matching(services().store.batches(org), criteria)
+    found = batches.matching(services().store.list_batches(org), criteria)
     ordered = batches.sorted_batches(found, sort_by, sort_order)
     if limit is None:  # upstream: no limit, every batch on one page
         page, chosen = 0, ordered
@@ -120,7 +120,7 @@ def update_batch_call(
     """PATCH /batch-call/{batch_call_id}"""
     org = organization_id(token_info)
     store, now = services().store, services().clock()
-    agent_ids = [agent["agent_id"] for agent in store.agents(org)]
+    agent_ids = [agent["agent_id"] for agent in store.list_agents(org)]
     batch = store.change_batch(
         org, batch_call_id, lambda stored: batches.patched(stored, body, now, agent_ids)
     )

@@ -46,7 +46,7 @@ def _list(token_info: dict[str, Any], paging: dict[str, Any], filters: dict[str,
     sort_order = paging.get("sort_order", "descending")
     applied = {k: filters[k] for k in ("nickname", "area_code", "agent_id") if filters.get(k)}
     found = phone_numbers.selected(
-        services().store.phone_numbers(org), applied, sort_by, sort_order == "descending"
+        services().store.list_phone_numbers(org), applied, sort_by, sort_order == "descending"
     )
     shown = found[page * limit : (page + 1) * limit]
     block = pagination(page, limit, len(found))
@@ -135,7 +135,7 @@ def _imported(org: str, number: PhoneNumber, now: int) -> Response:
 def list_available_phone_numbers(token_info: dict[str, Any]) -> Response:
     """GET /api/phone-numbers/available: the organization's numbers bound to no agent."""
     org = organization_id(token_info)
-    found = [n for n in services().store.phone_numbers(org) if phone_numbers.is_available(n)]
+    found = [n for n in services().store.list_phone_numbers(org) if phone_numbers.is_available(n)]
     data = {"organization_id": org, "available_count": len(found), "phone_numbers": found}
     return success("Available phone numbers retrieved successfully", data), 200
 
@@ -179,5 +179,5 @@ def delete_phone_number(phone_number: str, token_info: dict[str, Any]) -> Respon
 
 def _is_agent(organization_id: str) -> Callable[[str], bool]:
     """Whether an agent id is one of the organization's agents (as of now)."""
-    known = {agent["agent_id"] for agent in services().store.agents(organization_id)}
+    known = {agent["agent_id"] for agent in services().store.list_agents(organization_id)}
     return known.__contains__

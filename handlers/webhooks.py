@@ -42,7 +42,7 @@ def create_post_call_webhook(body: dict[str, Any], token_info: dict[str, Any]) -
 def list_post_call_webhooks(token_info: dict[str, Any], **params: Any) -> Response:
     """GET /api/post-call-webhooks (`activeOnly=true` for the active ones)."""
     org = organization_id(token_info)
-    stored = services().store.webhooks(org)
+    stored = services().store.list_webhooks(org)
     found = webhooks.listed(stored, bool(params.get("activeOnly")), _agent_counts(org))
     data = {"webhooks": found, "count": len(found)}
     return success("Post-call webhooks retrieved successfully", data), 200
@@ -111,7 +111,7 @@ def _etag(hook: webhooks.Webhook) -> dict[str, str]:
 def _agent_counts(organization_id: str) -> dict[str, int]:
     """How many of the organization's agents each webhook is assigned to."""
     counts: dict[str, int] = {}
-    for agent in services().store.agents(organization_id):
+    for agent in services().store.list_agents(organization_id):
         for webhook_id in agents.webhook_ids(agent):
             counts[webhook_id] = counts.get(webhook_id, 0) + 1
     return counts

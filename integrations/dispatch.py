@@ -129,7 +129,7 @@ def bound_agent(store: BoundAgentStore, organization_id: str, from_number: str) 
         number: PhoneNumber | None = store.get_phone_number(organization_id, from_number)
     except PhoneNumberNotFound:
         number = None
-    known = {agent["agent_id"] for agent in store.agents(organization_id)}
+    known = {agent["agent_id"] for agent in store.list_agents(organization_id)}
     return phone_numbers.outbound_agent(from_number, number, known.__contains__)
 
 

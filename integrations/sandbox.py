@@ -375,7 +375,7 @@ class SandboxDialer:
             if known is None:
                 try:
                     ordinal = [
-                        b["batch_call_id"] for b in self.store.batches(organization_id)
+                        b["batch_call_id"] for b in self.store.list_batches(organization_id)
                     ].index(batch_id)
                     tasks = self.store.batch_tasks(organization_id, batch_id)[0]
                 except (ApiError, ValueError):

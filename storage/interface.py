@@ -128,7 +128,7 @@ class AgentRecords(Protocol):
         """Store a new agent of an existing organization. Raises OrganizationNotFound;
         DuplicateId if the organization has an agent with its id (nothing stored)."""
 
-    def agents(self, organization_id: str) -> list[Agent]:
+    def list_agents(self, organization_id: str) -> list[Agent]:
         """The organization's agents, oldest first."""
 
     def get_agent(self, organization_id: str, agent_id: str) -> Agent:
@@ -150,7 +150,7 @@ class PhoneNumberRecords(Protocol):
         """Store a new number of an existing organization. Raises DuplicateId if the
         organization has it already."""
 
-    def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
+    def list_phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
         """The organization's numbers, oldest first."""
 
     def get_phone_number(self, organization_id: str, phone_number: str) -> PhoneNumber:
@@ -178,7 +178,7 @@ class WebhookRecords(Protocol):
         atomically with the insert (no other webhook of the organization is added in
         between): if it raises, nothing is stored."""
 
-    def webhooks(self, organization_id: str) -> list[Webhook]:
+    def list_webhooks(self, organization_id: str) -> list[Webhook]:
         """The organization's webhooks, oldest first."""
 
     def get_webhook(self, organization_id: str, webhook_id: str) -> Webhook:
@@ -210,7 +210,7 @@ class BatchRecords(Protocol):
     def get_batch(self, organization_id: str, batch_id: str) -> Batch:
         """The batch. Raises BatchNotFound, also for another organization's."""
 
-    def batches(self, organization_id: str) -> list[Batch]:
+    def list_batches(self, organization_id: str) -> list[Batch]:
         """The organization's batches, oldest first."""
 
     def change_batch(

@@ -43,7 +43,7 @@ class BatchesMixin(IdempotencyMixin):
         with self._reading():
             return _copy(self._batches.stored(organization_id, batch_id)[1])
 
-    def batches(self, organization_id: str) -> list[Batch]:
+    def list_batches(self, organization_id: str) -> list[Batch]:
         with self._reading():
             return self._batches.all(organization_id)
 

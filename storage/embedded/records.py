@@ -34,7 +34,7 @@ class RecordsMixin(IdempotencyMixin):
             self._agents.indexed(agent, doc_id)
             self._index_mark(marked)
 
-    def agents(self, organization_id: str) -> list[Agent]:
+    def list_agents(self, organization_id: str) -> list[Agent]:
         with self._reading():
             return self._agents.all(organization_id)
 
@@ -62,7 +62,7 @@ class RecordsMixin(IdempotencyMixin):
             self._numbers.indexed(number, doc_id)
             self._index_mark(marked)
 
-    def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
+    def list_phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
         with self._reading():
             return self._numbers.all(organization_id)
 
@@ -96,7 +96,7 @@ class RecordsMixin(IdempotencyMixin):
             self._webhooks.indexed(webhook, doc_id)
             self._index_mark(marked)
 
-    def webhooks(self, organization_id: str) -> list[Webhook]:
+    def list_webhooks(self, organization_id: str) -> list[Webhook]:
         with self._reading():
             return self._webhooks.all(organization_id)
 

@@ -51,7 +51,7 @@ class BatchesMixin(RecordsMixin):
         with self._reading() as conn:
             return _locked(conn, _BATCHES, organization_id, batch_id, lock=False)
 
-    def batches(self, organization_id: str) -> list[Batch]:
+    def list_batches(self, organization_id: str) -> list[Batch]:
         return self._records(_BATCHES, organization_id)
 
     def change_batch(

@@ -81,7 +81,7 @@ class RecordsMixin(Connections):
         """Store a new agent of an existing organization. Raises OrganizationNotFound."""
         self._add_record(_AGENTS, agent)
 
-    def agents(self, organization_id: str) -> list[Agent]:
+    def list_agents(self, organization_id: str) -> list[Agent]:
         """The organization's agents, oldest first."""
         return self._records(_AGENTS, organization_id)
 
@@ -105,7 +105,7 @@ class RecordsMixin(Connections):
         organization has it already."""
         self._add_record(_NUMBERS, number)
 
-    def phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
+    def list_phone_numbers(self, organization_id: str) -> list[PhoneNumber]:
         """The organization's numbers, oldest first."""
         return self._records(_NUMBERS, organization_id)
 
@@ -149,7 +149,7 @@ class RecordsMixin(Connections):
 
         self._add_record(_WEBHOOKS, webhook, count_and_check)
 
-    def webhooks(self, organization_id: str) -> list[Webhook]:
+    def list_webhooks(self, organization_id: str) -> list[Webhook]:
         """The organization's webhooks, oldest first."""
         return self._records(_WEBHOOKS, organization_id)
 

@@ -49,7 +49,7 @@ def test_an_agent_name_must_be_1_to_50_characters_and_not_blank(client, tenant, 
     response = client.post("/api/agents/create", json={"agent_name": name}, headers=tenant.headers)
 
     assert response.status_code == 400
-    assert store.agents(tenant.organization_id) == []
+    assert store.list_agents(tenant.organization_id) == []
 
 
 def test_a_blank_name_is_refused_with_upstreams_rule(client, tenant):
@@ -132,7 +132,7 @@ def test_delete_removes_the_agent(client, tenant, store):
         "agent_id": agent["agent_id"],
         "organization_id": tenant.organization_id,
     }
-    assert store.agents(tenant.organization_id) == []
+    assert store.list_agents(tenant.organization_id) == []
     assert client.get(f"/api/agents/{agent['agent_id']}", headers=tenant.headers).status_code == 404
 
 
@@ -168,7 +168,7 @@ def test_a_configuration_field_of_the_wrong_type_is_refused_not_stored(client, t
     )
 
     assert_error(response, 400, "timezone")
-    assert store.agents(tenant.organization_id) == []
+    assert store.list_agents(tenant.organization_id) == []
 
 
 def test_a_patch_with_a_configuration_field_of_the_wrong_type_is_refused(client, tenant, store):

@@ -140,7 +140,7 @@ def test_create_with_an_idempotency_key_creates_one_batch(client, tenant, agent_
 
     assert first.json() == again.json()
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert len(store.batches(tenant.organization_id)) == 1
+    assert len(store.list_batches(tenant.organization_id)) == 1
 
 
 # -- refused whole ---------------------------------------------------------------------------------
@@ -163,14 +163,14 @@ def test_a_bad_batch_is_refused_naming_every_offending_task_and_nothing_is_store
     assert "tasks[4].to_number is the batch's from_number" in error
     assert "tasks[5].dynamic_variables take" in error
     assert "tasks[0]" not in error.replace("repeats tasks[0]", "")
-    assert store.batches(tenant.organization_id) == []
+    assert store.list_batches(tenant.organization_id) == []
 
 
 def test_over_a_thousand_tasks_is_refused(client, tenant, agent_id, store):
     response = create(client, tenant, agent_id, tasks=tasks(1001))
 
     assert_error(response, 400, "more than 1000 items")
-    assert store.batches(tenant.organization_id) == []
+    assert store.list_batches(tenant.organization_id) == []
 
 
 def test_a_thousand_tasks_are_taken(client, tenant, agent_id, store):
@@ -211,7 +211,7 @@ def test_other_bad_settings_are_refused_by_name(
     response = client.post("/batch-call", json=body, headers=tenant.headers)
 
     assert_error(response, 400, named)
-    assert store.batches(tenant.organization_id) == []
+    assert store.list_batches(tenant.organization_id) == []
 
 
 def test_a_repeated_retry_condition_is_refused(client, tenant, agent_id):
@@ -336,7 +336,7 @@ def test_delete_of_a_sent_batch_is_refused_and_of_a_draft_done(client, tenant, a
         "error": None,
         "data": None,
     }
-    assert [b["batch_call_id"] for b in store.batches(tenant.organization_id)] == [
+    assert [b["batch_call_id"] for b in store.list_batches(tenant.organization_id)] == [
         sent["batch_call_id"]
     ]
     assert store.batch_tasks(tenant.organization_id, sent["batch_call_id"])[1] == 3

@@ -185,7 +185,7 @@ def test_concurrent_creates_never_pass_the_webhook_cap(store, tenant, monkeypatc
         answers = list(pool.map(create, range(tries)))
 
     assert sorted(answers) == [200] * cap + [400] * (tries - cap)
-    assert len(store.webhooks(tenant.organization_id)) == cap
+    assert len(store.list_webhooks(tenant.organization_id)) == cap
 
 
 @pytest.mark.parametrize(

@@ -155,7 +155,7 @@ def test_delete_removes_the_number_and_reports_each_cleanup(client, tenant, stor
         "inbound_trunk": True,
         "outbound_trunk": True,
     }
-    assert store.phone_numbers(tenant.organization_id) == []
+    assert store.list_phone_numbers(tenant.organization_id) == []
 
 
 # -- the agent of a phone call ------------------------------------------------------------------

@@ -236,7 +236,7 @@ def test_a_request_continues_the_trace_its_traceparent_names(spans, store, tenan
 def test_store_calls_outside_a_request_are_not_spans(spans, store):
     traced_store = tracing.Tracing(in_memory_provider()).store(store)
 
-    assert traced_store.agents("no-such-org") == []
+    assert traced_store.list_agents("no-such-org") == []
     assert traced_store.reads_wait == store.reads_wait
     assert spans.get_finished_spans() == ()
 

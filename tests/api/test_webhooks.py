@@ -124,7 +124,7 @@ def test_create_webhook_requires_https(store, data_dir, tenant):
         )
 
     assert_error(response, 400, "Webhook URL must be HTTPS")
-    assert store.webhooks(tenant.organization_id) == []
+    assert store.list_webhooks(tenant.organization_id) == []
 
 
 def test_list_webhooks_can_show_only_the_active_ones(client, tenant):

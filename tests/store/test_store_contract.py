@@ -546,14 +546,14 @@ def test_agents_round_trip_within_their_organization(store):
     store.add_agent(first)
     store.add_agent(second)
 
-    assert store.agents("acme") == [first, second]
+    assert store.list_agents("acme") == [first, second]
     assert store.get_agent("acme", first["agent_id"]) == first
     with pytest.raises(AgentNotFound):
         store.get_agent("other", first["agent_id"])
     renamed = store.change_agent("acme", first["agent_id"], lambda a: {**a, "agent_name": "R"})
     assert store.get_agent("acme", first["agent_id"]) == renamed
     assert store.delete_agent("acme", first["agent_id"]) == renamed
-    assert store.agents("acme") == [second]
+    assert store.list_agents("acme") == [second]
     with pytest.raises(AgentNotFound):
         store.delete_agent("acme", first["agent_id"])
     with pytest.raises(OrganizationNotFound):
@@ -564,7 +564,7 @@ def test_an_agent_added_twice_raises_duplicate_id_and_stores_nothing(store):
     store.add_organization(keys.new_organization(1, "acme"))
     agent = an_agent()
 
-    added_once(lambda: store.add_agent(agent), lambda: store.agents("acme"))
+    added_once(lambda: store.add_agent(agent), lambda: store.list_agents("acme"))
 
 
 # -- phone numbers ---------------------------------------------------------------------------------
@@ -577,7 +577,7 @@ def test_phone_numbers_are_unique_within_an_organization(store):
 
     with pytest.raises(DuplicateId, match="already exists"):
         store.add_phone_number(dict(number))
-    assert store.phone_numbers("acme") == [number]
+    assert store.list_phone_numbers("acme") == [number]
     changed = store.change_phone_number("acme", "+15550001", lambda n: {**n, "nickname": "x"})
     assert store.get_phone_number("acme", "+15550001") == changed
     assert store.delete_phone_number("acme", "+15550001") == changed
@@ -589,7 +589,7 @@ def test_a_phone_number_added_twice_raises_duplicate_id_and_stores_nothing(store
     store.add_organization(keys.new_organization(1, "acme"))
     number = a_phone_number()
 
-    added_once(lambda: store.add_phone_number(number), lambda: store.phone_numbers("acme"))
+    added_once(lambda: store.add_phone_number(number), lambda: store.list_phone_numbers("acme"))
 
 
 # -- webhooks --------------------------------------------------------------------------------------
@@ -599,7 +599,7 @@ def test_a_webhook_added_twice_raises_duplicate_id_and_stores_nothing(store):
     store.add_organization(keys.new_organization(1, "acme"))
     hook = webhook()
 
-    added_once(lambda: store.add_webhook(hook), lambda: store.webhooks("acme"))
+    added_once(lambda: store.add_webhook(hook), lambda: store.list_webhooks("acme"))
 
 
 def test_deleting_a_webhook_removes_its_events_and_assignments(store):
@@ -631,7 +631,7 @@ def test_deleting_a_webhook_removes_its_events_and_assignments(store):
         store.list_webhook_events("acme", hook["id"])
     assert [e["webhook_id"] for e in store.pending_webhook_events()] == [other["id"]]
     assert agents.webhook_ids(store.get_agent("acme", agent["agent_id"])) == [other["id"]]
-    assert store.webhooks("acme") == [other]
+    assert store.list_webhooks("acme") == [other]
 
 
 # -- batches ---------------------------------------------------------------------------------------
@@ -645,7 +645,7 @@ def test_delete_batch_removes_it_and_its_tasks(store):
     removed = store.delete_batch("acme", batch["batch_call_id"])
 
     assert removed == batch
-    assert store.batches("acme") == []
+    assert store.list_batches("acme") == []
     with pytest.raises(BatchNotFound):
         store.get_batch("acme", batch["batch_call_id"])
 
@@ -667,7 +667,7 @@ def test_a_batch_added_twice_raises_duplicate_id_and_stores_nothing(store):
     store.add_organization(keys.new_organization(1, "acme"))
     batch, tasks = a_batch()
 
-    added_once(lambda: store.add_batch(batch, tasks), lambda: store.batches("acme"))
+    added_once(lambda: store.add_batch(batch, tasks), lambda: store.list_batches("acme"))
 
 
 # -- the outbox ------------------------------------------------------------------------------------
