@@ -71,17 +71,10 @@ def place_phone_call(
     )
     if "scheduled_timestamp" in request:
         call = calls.schedule(call, request["scheduled_timestamp"], now)
-        store.add_call(call)
-        return PhoneCallPlaced(call, "call_scheduled", "Phone call scheduled successfully")
     store.add_call(call)
-    if dialer is None:
-        return PhoneCallPlaced(call, "dialer_not_configured", NOT_DIALED)
-    call, outcome = dispatch(store, dialer, clock, organization_id, call["call_id"])
-    if outcome.accepted:
-        message = "Phone call created and initiated successfully"
-        return PhoneCallPlaced(call, "call_initiated", message)
-    message = f"Phone call created, but not dialed: {outcome.reason}"
-    return PhoneCallPlaced(call, "call_failed", message)
+    if dialer is not None and call["call_status"] == "registered":
+        call, _ = dispatch(store, dialer, clock, organization_id, call["call_id"])
+    return placed_as_stored(call, dialer)
 
 
 def recover_phone_call(
@@ -109,7 +102,9 @@ def recover_phone_call(
 
 
 def placed_as_stored(call: calls.Call, dialer: Dialer | None) -> PhoneCallPlaced:
-    """`call` as `place_phone_call` answers it, from its stored status."""
+    """What create-phone-call answers for `call`, read off its status (scheduled, not
+    dialed, dialed, or failed with the dial's reason from its "Dialing failed" event): for
+    a call just placed and for one recovered after a lost answer alike."""
     status = call["call_status"]
     if status == "scheduled":
         return PhoneCallPlaced(call, "call_scheduled", "Phone call scheduled successfully")
