@@ -140,20 +140,31 @@ def write_snapshot(
 
     `next_segment`: the file name of the segment that continues the journal after `seq`,
     which must exist already (compaction); a snapshot on its own (salvage) names none."""
-    temporary = directory / f".{SNAPSHOT}.{threading.get_ident()}.tmp"
+
+    def write(f: IO[bytes]) -> None:
+        crc, size = 0, 0
+        for data in _snapshot_pieces(seq, tables):
+            f.write(data)
+            crc, size = zlib.crc32(data, crc), size + len(data)
+        trailer = b"#crc32=%08x bytes=%d" % (crc, size)
+        if next_segment is not None:
+            trailer += b" next=" + next_segment.encode()
+        f.write(b"\n" + trailer + b"\n")
+
+    _replace(directory, SNAPSHOT, write)
+
+
+def _replace(directory: Path, name: str, write: Callable[[IO[bytes]], object]) -> None:
+    """Atomically replace the file `name` in `directory` by what `write` writes: into a
+    temporary file, fsync'd, renamed into place, the directory fsync'd; nothing of it left
+    behind if anything fails."""
+    temporary = directory / f".{name}.{threading.get_ident()}.tmp"
     try:
         with _create(temporary) as f:
-            crc, size = 0, 0
-            for data in _snapshot_pieces(seq, tables):
-                f.write(data)
-                crc, size = zlib.crc32(data, crc), size + len(data)
-            trailer = b"#crc32=%08x bytes=%d" % (crc, size)
-            if next_segment is not None:
-                trailer += b" next=" + next_segment.encode()
-            f.write(b"\n" + trailer + b"\n")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temporary, directory / SNAPSHOT)
+        os.replace(temporary, directory / name)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()  # only still there if something failed
@@ -183,17 +194,7 @@ class Head:
 def write_head(directory: Path, head: Head) -> None:
     """Atomically replace `journal.head` in `directory` by `head`."""
     payload = orjson.dumps({"segment": head.segment, "durable": head.durable})
-    temporary = directory / f".{HEAD}.tmp"
-    try:
-        with _create(temporary) as f:
-            f.write(b"%08x %s\n" % (zlib.crc32(payload), payload))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, directory / HEAD)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()  # only still there if something failed
-    _fsync_directory(directory)
+    _replace(directory, HEAD, lambda f: f.write(b"%08x %s\n" % (zlib.crc32(payload), payload)))
 
 
 def read_head(directory: Path) -> Head | None:
