@@ -29,12 +29,8 @@ from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
 from calls_server.handlers.idempotency_keys import IdempotencyKeys
 from calls_server.handlers.scope import Services
-from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.livekit import sandbox_rooms
-from calls_server.integrations.sandbox import SandboxDialer
-from calls_server.integrations.scheduler import Scheduler
-from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.metrics import Exporter, Metrics, MetricsEndpoint, RequestMetrics
 from calls_server.middleware import (
     BodySizeLimit,
@@ -44,6 +40,10 @@ from calls_server.middleware import (
     SwaggerUI,
 )
 from calls_server.request_path.api import CompiledApi
+from calls_server.services.batch_dispatch import BatchDispatcher
+from calls_server.services.sandbox import SandboxDialer
+from calls_server.services.scheduler import Scheduler
+from calls_server.services.webhooks import WebhookDeliverer
 from calls_server.settings import Settings
 from calls_server.storage import Store
 

@@ -64,8 +64,8 @@ from calls_server import http_protocol
 from calls_server.domain.errors import ADMIN_HEADER, Unauthorized
 from calls_server.domain.rate_limits import RATE_LIMIT_REFUSED
 from calls_server.handlers.security import check_admin_token
-from calls_server.integrations.webhooks import WebhookDeliverer
 from calls_server.request_path.keys import OPERATION
+from calls_server.services.webhooks import WebhookDeliverer
 from calls_server.storage import Store
 
 METRICS_PATH = "/metrics"

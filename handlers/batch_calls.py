@@ -2,7 +2,7 @@
 without the `/api` prefix as upstream does, and under it too).
 
 The rules live in domain/batches.py; dialing is the batch dispatcher's
-(integrations/batch_dispatch.py). Every handler makes one storage call.
+(services/batch_dispatch.py). Every handler makes one storage call.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from calls_server.domain.batches import Batch, Task
 from calls_server.domain.envelope import Envelope, success
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
-from calls_server.integrations.dispatch import bound_agent
+from calls_server.services.dispatch import bound_agent
 
 Response = tuple[Envelope, int]
 # Task fields that are the dispatcher's bookkeeping, not the task's state.

@@ -25,7 +25,7 @@ from calls_server.domain.listing import CallQuery
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
 from calls_server.integrations.dialer import HttpDialer, Unavailable
-from calls_server.integrations.dispatch import (
+from calls_server.services.dispatch import (
     PhoneCallPlaced,
     place_phone_call,
     recover_phone_call,
@@ -71,7 +71,7 @@ def create_call(body: dict[str, Any], token_info: dict[str, Any]) -> Versioned:
 
 def _recover_phone_call(call_id: str, token_info: dict[str, Any], **_: Any) -> Versioned:
     """createPhoneCall's answer for its call, stored by a request whose answer was lost:
-    dialed now if it never was (see `integrations.dispatch.recover_phone_call`)."""
+    dialed now if it never was (see `services.dispatch.recover_phone_call`)."""
     org, running = organization_id(token_info), services()
     placed = recover_phone_call(running.store, running.dialer, running.clock, org, call_id)
     return _phone_call_placed(org, placed)

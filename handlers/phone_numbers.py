@@ -12,7 +12,7 @@ from calls_server.domain.listing import pagination
 from calls_server.domain.phone_numbers import PhoneNumber
 from calls_server.handlers.idempotency import idempotent
 from calls_server.handlers.scope import organization_id, reads, services
-from calls_server.integrations import sandbox
+from calls_server.services import sandbox
 
 Response = tuple[Envelope, int]
 

@@ -7,7 +7,7 @@ import hmac
 
 from calls_server.domain.errors import CallNotFound, NotFound
 from calls_server.handlers.scope import services
-from calls_server.integrations.sandbox import recording, recording_token
+from calls_server.services.sandbox import recording, recording_token
 
 
 def get_sandbox_recording(

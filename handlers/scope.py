@@ -18,7 +18,7 @@ from calls_server.integrations.clock import Clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
-from calls_server.integrations.sandbox import SandboxDialer
+from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage import Store
 
 

@@ -1,1 +1,2 @@
-"""Outbound integrations: the systems this server hands work to (media server, dialer)."""
+"""Adapters to the systems this server talks to (the dialer, the media server, where
+webhooks may go, request signing, the clock): no threads or state of their own."""

@@ -13,7 +13,7 @@ import pytest
 
 from calls_server.domain import calls, webhooks
 from calls_server.integrations.egress import EgressPolicy, UnsafeTarget
-from calls_server.integrations.webhooks import WebhookDeliverer
+from calls_server.services.webhooks import WebhookDeliverer
 from tests.conftest import app_client, assert_error, wait_for
 
 STRICT = EgressPolicy()

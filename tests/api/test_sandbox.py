@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from calls_server.handlers import sandbox as sandbox_handlers
-from calls_server.integrations.sandbox import SandboxDialer, recording
+from calls_server.services.sandbox import SandboxDialer, recording
 from tests.conftest import app_client, assert_error, wait_for
 
 # A two-minute call lasts 0.12 s here.

@@ -17,7 +17,7 @@ from calls_server.integrations.livekit import (
     SANDBOX_API_SECRET,
     SANDBOX_SERVER_URL,
 )
-from calls_server.integrations.sandbox import SandboxDialer, recorded_draw, recording
+from calls_server.services.sandbox import SandboxDialer, recorded_draw, recording
 from calls_server.storage import EmbeddedStore
 from tests.conftest import add_tenant, app_client, assert_error, wait_for
 

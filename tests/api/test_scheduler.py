@@ -11,7 +11,7 @@ import pytest
 
 from calls_server.domain import calls
 from calls_server.integrations.dialer import HttpDialer
-from calls_server.integrations.scheduler import INTERRUPTED, Scheduler
+from calls_server.services.scheduler import INTERRUPTED, Scheduler
 from tests.conftest import app_client, assert_error, wait_for
 
 SECRET = "dialer-secret-0123456789"

@@ -22,7 +22,7 @@ from calls_server.integrations.signing import (
     legacy_signature,
     verify,
 )
-from calls_server.integrations.webhooks import WebhookDeliverer
+from calls_server.services.webhooks import WebhookDeliverer
 from calls_server.settings import Settings
 from calls_server.storage.embedded import EmbeddedStore
 from calls_server.storage.journal import JournalFailed

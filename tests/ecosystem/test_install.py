@@ -52,7 +52,7 @@ def test_the_wheel_installs_one_top_level_package_with_the_spec_inside(wheel):
 
     assert top_level == {"calls_server"}
     assert "calls_server/openapi.yaml" in names
-    for layer in ("handlers", "domain", "storage", "integrations"):
+    for layer in ("handlers", "domain", "storage", "integrations", "services"):
         assert f"calls_server/{layer}/__init__.py" in names
 
 

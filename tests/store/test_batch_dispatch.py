@@ -22,9 +22,9 @@ from calls_server.domain import agents, batches, calls
 from calls_server.domain.batches import Batch, Task
 from calls_server.domain.errors import Conflict
 from calls_server.domain.quotas import Quota
-from calls_server.integrations.batch_dispatch import BatchDispatcher
 from calls_server.integrations.dialer import DialOutcome
-from calls_server.integrations.sandbox import SandboxDialer
+from calls_server.services.batch_dispatch import BatchDispatcher
+from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage.embedded import EmbeddedStore
 from tests.conftest import FakeClock, add_tenant
 

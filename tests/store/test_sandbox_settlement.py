@@ -15,7 +15,7 @@ from calls_server.domain import calls
 from calls_server.domain.batches import attempt_call_id
 from calls_server.domain.errors import Conflict
 from calls_server.integrations.dialer import job_for
-from calls_server.integrations.sandbox import CUT_OFF_REASON, SandboxDialer
+from calls_server.services.sandbox import CUT_OFF_REASON, SandboxDialer
 from calls_server.storage import Store
 from calls_server.storage.embedded import EmbeddedStore
 from calls_server.storage.postgres import PostgresStore

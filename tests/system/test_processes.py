@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from calls_server.domain import batches, calls, keys
-from calls_server.integrations.scheduler import INTERRUPTED
+from calls_server.services.scheduler import INTERRUPTED
 from calls_server.storage.postgres import PostgresStore
 from tests.conftest import ADMIN_TOKEN, Receiver, RunningServer, running_server, wait_for
 from tests.system.test_batch_server import (

@@ -1,8 +1,9 @@
 """The dependency rule docs/architecture.md states ("Layers, as rules"), checked on every
 module's imports.
 
-Layers, lowest first: domain < storage < integrations < handlers < the wiring (the modules
-directly in calls_server/: app factory, CLI, settings, error rendering). A module may import
+Layers, lowest first: domain < storage < integrations (adapters) < services (long-running
+work) < handlers < the wiring (the modules directly in calls_server/: app factory, CLI,
+settings, error rendering). A module may import
 from its own layer and the layers below it, never from one above. Error rendering imports
 the domain only. The request path (calls_server/request_path/) stands beside the layers
 with a boundary of its own: it imports the domain and itself only, and only the wiring
@@ -18,7 +19,7 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PACKAGE = "calls_server"
-LAYERS = ("domain", "storage", "integrations", "handlers", "wiring")
+LAYERS = ("domain", "storage", "integrations", "services", "handlers", "wiring")
 # What the request path may import, and who may import it (`allowed_for`).
 REQUEST_PATH = "request_path"
 # Modules held to a stricter rule than their layer's: what they may import from.

@@ -39,8 +39,8 @@ from calls_server.domain import calls
 from calls_server.domain.errors import ApiError
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
-from calls_server.integrations.dispatch import dispatch
-from calls_server.integrations.sandbox import SandboxDialer
+from calls_server.services.dispatch import dispatch
+from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage.interface import (
     CallRecords,
     Processes,

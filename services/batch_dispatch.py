@@ -55,8 +55,8 @@ from calls_server.domain.errors import (
 )
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
-from calls_server.integrations.dispatch import dispatch
-from calls_server.integrations.sandbox import SandboxDialer
+from calls_server.services.dispatch import dispatch
+from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage.interface import (
     BatchRecords,
     CallRecords,
