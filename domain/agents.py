@@ -169,6 +169,13 @@ def unassigned(agent: Agent, webhook_ids: Collection[str]) -> Agent:
     return {**agent, "post_call_webhook_ids": ids, "post_call_webhook_id": ids[-1] if ids else None}
 
 
+def without_webhook(agents: list[Agent], webhook_id: str) -> list[Agent]:
+    """The agents among `agents` that a deleted webhook was assigned to, as they are without
+    it: what deleting a webhook changes besides the webhook and its events (every store
+    applies this in the delete's own write)."""
+    return [unassigned(a, [webhook_id]) for a in agents if webhook_id in webhook_ids(a)]
+
+
 def webhook_ids(agent: Agent | None) -> list[str]:
     """The webhooks assigned to `agent` (none for an agent this server does not hold)."""
     return list((agent or {}).get("post_call_webhook_ids", []))

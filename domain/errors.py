@@ -10,7 +10,10 @@ Hierarchy::
     │   ├── CallNotFound          no such call in the caller's organization
     │   ├── OrganizationNotFound
     │   ├── ApiKeyNotFound
+    │   ├── AgentNotFound
+    │   ├── PhoneNumberNotFound
     │   ├── WebhookNotFound
+    │   ├── WebhookEventNotFound
     │   ├── BatchNotFound
     │   └── TaskNotFound
     ├── Conflict              409 the request conflicts with the stored state

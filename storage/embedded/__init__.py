@@ -41,14 +41,8 @@ from sortedcontainers import SortedList
 
 # Aliased: `batches` here would be this package's own submodule once it is imported.
 from calls_server.domain import batches as batch_rules
+from calls_server.domain import record_kinds
 from calls_server.domain.calls import Call
-from calls_server.domain.errors import (
-    AgentNotFound,
-    BatchNotFound,
-    DuplicateId,
-    PhoneNumberNotFound,
-    WebhookNotFound,
-)
 from calls_server.domain.quotas import Quota
 from calls_server.storage.call_index import OrgCallIndex
 from calls_server.storage.embedded.accounts import AccountsMixin
@@ -109,33 +103,11 @@ class EmbeddedStore(
         self._calls = self._table("calls")
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
-        self._webhooks = _OrgRecords(
-            self._table("webhooks"),
-            "id",
-            lambda _, key: WebhookNotFound(key),
-            lambda key: DuplicateId(f"A webhook with ID '{key}' already exists"),
-        )
+        self._webhooks = _OrgRecords(self._table("webhooks"), record_kinds.WEBHOOK)
         self._events = self._table("webhook_events")
-        self._agents = _OrgRecords(
-            self._table("agents"),
-            "agent_id",
-            lambda org, key: AgentNotFound(key, org),
-            lambda key: DuplicateId(f"An agent with ID '{key}' already exists"),
-        )
-        self._numbers = _OrgRecords(
-            self._table("phone_numbers"),
-            "phone_number",
-            lambda _, key: PhoneNumberNotFound(key),
-            lambda key: DuplicateId(
-                f"Phone number '{key}' already exists", message="Phone number already exists"
-            ),
-        )
-        self._batches = _OrgRecords(
-            self._table("batches"),
-            "batch_call_id",
-            lambda _, key: BatchNotFound(key),
-            lambda key: DuplicateId(f"A batch call with ID '{key}' already exists"),
-        )
+        self._agents = _OrgRecords(self._table("agents"), record_kinds.AGENT)
+        self._numbers = _OrgRecords(self._table("phone_numbers"), record_kinds.PHONE_NUMBER)
+        self._batches = _OrgRecords(self._table("batches"), record_kinds.BATCH)
         self._tasks = self._table("batch_tasks")
         # batch -> task id -> doc id, in the batch's order; and batch -> its pending tasks
         # as (next_attempt_at, index, task id), so that the due ones are a range.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from calls_server.domain.errors import ApiKeyNotFound, DuplicateId
+from calls_server.domain import record_kinds
+from calls_server.domain.errors import ApiKeyNotFound
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.storage.embedded.documents import _copy
 from calls_server.storage.embedded.idempotency import IdempotencyMixin
@@ -23,13 +24,10 @@ class AccountsMixin(IdempotencyMixin):
         with self._writing():
             organization_id = organization["organization_id"]
             if organization_id in self._org_ids:
-                raise DuplicateId(
-                    f"An organization with ID '{organization_id}' already exists",
-                    message="Organization already exists",
-                )
+                raise record_kinds.ORGANIZATION.duplicate(organization_id)
             with self._journal.transaction():
                 doc_id = self._organizations.insert(_copy(organization))
-                marked = self._mark_claim("organization", organization_id)
+                marked = self._mark_claim(record_kinds.ORGANIZATION.name, organization_id)
             self._org_ids[organization_id] = doc_id
             self._index_mark(marked)
 
@@ -43,10 +41,10 @@ class AccountsMixin(IdempotencyMixin):
             self._org_doc_id(key["organization_id"])
             mine = self._org_keys.get(key["organization_id"], {})
             if key["api_key"] in self._key_ids or key["api_key_id"] in mine:
-                raise DuplicateId(f"An API key with ID '{key['api_key_id']}' already exists")
+                raise record_kinds.API_KEY.duplicate(key["api_key_id"])
             with self._journal.transaction():
                 doc_id = self._keys.insert(_copy(key))
-                marked = self._mark_claim("API key", key["api_key_id"])
+                marked = self._mark_claim(record_kinds.API_KEY.name, key["api_key_id"])
             self._key_ids[key["api_key"]] = doc_id
             self._org_keys.setdefault(key["organization_id"], {})[key["api_key_id"]] = doc_id
             self._index_mark(marked)

@@ -8,7 +8,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from calls_server.domain import batches
+from calls_server.domain import batches, record_kinds
 from calls_server.domain.batches import Batch, Task
 from calls_server.domain.errors import TaskNotFound
 from calls_server.storage.embedded.documents import _MAX, _copy
@@ -34,7 +34,7 @@ class BatchesMixin(IdempotencyMixin):
             with self._journal.transaction():
                 doc_id = self._batches.add(batch)
                 self._insert_tasks(tasks)
-                marked = self._mark_claim("batch call", batch["batch_call_id"])
+                marked = self._mark_claim(record_kinds.BATCH.name, batch["batch_call_id"])
             self._batches.indexed(batch, doc_id)
             self._index_mark(marked)
             self._track_batch(batch)

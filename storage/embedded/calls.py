@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from sortedcontainers import SortedList
 
-from calls_server.domain import calls
+from calls_server.domain import calls, record_kinds
 from calls_server.domain.calls import Call
-from calls_server.domain.errors import CallNotFound, DuplicateId
+from calls_server.domain.errors import CallNotFound
 from calls_server.domain.listing import CallPage, CallQuery
 from calls_server.domain.quotas import Quota
 from calls_server.storage.call_index import OrgCallIndex
@@ -40,16 +40,13 @@ class CallsMixin(OutboxMixin, IdempotencyMixin):
             org = call["organization_id"]
             index = self._call_index.get(org)
             if index is not None and call["call_id"] in index.call_ids:
-                raise DuplicateId(
-                    f"A call with ID '{call['call_id']}' already exists",
-                    message="Call already exists",
-                )
+                raise record_kinds.CALL.duplicate(call["call_id"])
             stored, size = _stored(call)
             self._quota.check(len(index or ()) + 1, self._org_bytes.get(org, 0) + size)
             with self._journal.transaction():
                 doc_id = self._calls.insert(stored)
                 events = self._record_events(None, stored)
-                marked = self._mark_claim("call", call["call_id"])
+                marked = self._mark_claim(record_kinds.CALL.name, call["call_id"])
             if index is None:
                 index = self._call_index[org] = OrgCallIndex()
             index.add(doc_id, stored)

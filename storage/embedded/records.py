@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from calls_server.domain import agents
+from calls_server.domain import agents, record_kinds
 from calls_server.domain.agents import Agent
 from calls_server.domain.phone_numbers import PhoneNumber
+from calls_server.domain.record_kinds import RecordKind
 from calls_server.domain.webhooks import Webhook
 from calls_server.storage.embedded.documents import _copy
 from calls_server.storage.embedded.idempotency import IdempotencyMixin
@@ -30,7 +31,7 @@ class RecordsMixin(IdempotencyMixin):
             self._org_doc_id(agent["organization_id"])
             with self._journal.transaction():
                 doc_id = self._agents.add(agent)
-                marked = self._mark_claim("agent", agent["agent_id"])
+                marked = self._mark_claim(record_kinds.AGENT.name, agent["agent_id"])
             self._agents.indexed(agent, doc_id)
             self._index_mark(marked)
 
@@ -58,7 +59,7 @@ class RecordsMixin(IdempotencyMixin):
             self._org_doc_id(number["organization_id"])
             with self._journal.transaction():
                 doc_id = self._numbers.add(number)
-                marked = self._mark_claim("phone number", number["phone_number"])
+                marked = self._mark_claim(record_kinds.PHONE_NUMBER.name, number["phone_number"])
             self._numbers.indexed(number, doc_id)
             self._index_mark(marked)
 
@@ -92,7 +93,7 @@ class RecordsMixin(IdempotencyMixin):
                 check(len(self._webhooks.index.get(organization_id, {})))
             with self._journal.transaction():
                 doc_id = self._webhooks.add(webhook)
-                marked = self._mark_claim("webhook", webhook["id"])
+                marked = self._mark_claim(record_kinds.WEBHOOK.name, webhook["id"])
             self._webhooks.indexed(webhook, doc_id)
             self._index_mark(marked)
 
@@ -125,13 +126,8 @@ class RecordsMixin(IdempotencyMixin):
                 self._webhooks.table.remove(doc_ids=[doc_id])
                 if events:
                     self._events.remove(doc_ids=list(events.values()))
-                for agent in self._agents.all(organization_id):
-                    if webhook_id in agents.webhook_ids(agent):
-                        self._agents.change(
-                            organization_id,
-                            agent["agent_id"],
-                            lambda a: agents.unassigned(a, [webhook_id]),
-                        )
+                for agent in agents.without_webhook(self._agents.all(organization_id), webhook_id):
+                    self._agents.replace(agent)
             # Indexes change only once the transaction is written.
             del self._webhooks.index[organization_id][webhook_id]
             self._hook_events.pop(webhook_id, None)
@@ -142,18 +138,12 @@ class _OrgRecords:
     """A table of records that each belong to one organization and are found by an id of
     their own (`key`), with its index. The store's lock is held by the caller."""
 
-    def __init__(
-        self,
-        table: JournaledTable,
-        key: str,
-        not_found: Callable[[str, str], Exception],
-        duplicate: Callable[[str], Exception],
-    ) -> None:
-        self.table, self.key = table, key
-        self.not_found, self.duplicate = not_found, duplicate
+    def __init__(self, table: JournaledTable, kind: RecordKind) -> None:
+        self.table, self.key = table, kind.key
+        self.not_found, self.duplicate = kind.not_found, kind.duplicate
         self.index: dict[str, dict[str, int]] = {}  # organization -> record id -> doc id
         for doc in table.all():
-            self.index.setdefault(doc["organization_id"], {})[doc[key]] = doc.doc_id
+            self.index.setdefault(doc["organization_id"], {})[doc[self.key]] = doc.doc_id
 
     def add(self, record: Mapping[str, Any]) -> int:
         """Insert `record`; `duplicate(key)` if its organization has one with its key. Not
@@ -192,6 +182,11 @@ class _OrgRecords:
         changed = change(_copy(old))
         self.table.replace(doc_id, _copy(changed))
         return changed
+
+    def replace(self, record: Mapping[str, Any]) -> None:
+        """Put `record` in place of the stored one with its organization and key."""
+        doc_id, _ = self.stored(record["organization_id"], record[self.key])
+        self.table.replace(doc_id, _copy(record))
 
     def remove(self, organization_id: str, key: str) -> dict[str, Any]:
         doc_id, old = self.stored(organization_id, key)

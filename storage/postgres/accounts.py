@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
-from calls_server.domain.errors import ApiKeyNotFound, DuplicateId, OrganizationNotFound
+from calls_server.domain import record_kinds
+from calls_server.domain.errors import ApiKeyNotFound, OrganizationNotFound
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.storage.postgres.documents import _json
 from calls_server.storage.postgres.idempotency import _mark_claim
@@ -25,11 +26,8 @@ class AccountsMixin(Connections):
                 (organization_id, _json(organization)),
             ).fetchone()
             if inserted is None:
-                raise DuplicateId(
-                    f"An organization with ID '{organization_id}' already exists",
-                    message="Organization already exists",
-                )
-            _mark_claim(conn, "organization", organization_id)
+                raise record_kinds.ORGANIZATION.duplicate(organization_id)
+            _mark_claim(conn, record_kinds.ORGANIZATION.name, organization_id)
 
     def get_organization(self, organization_id: str) -> Organization:
         """The organization. Raises OrganizationNotFound."""
@@ -51,8 +49,8 @@ class AccountsMixin(Connections):
                 (key["organization_id"], key["api_key_id"], key["api_key"], _json(key)),
             ).fetchone()
             if inserted is None:
-                raise DuplicateId(f"An API key with ID '{key['api_key_id']}' already exists")
-            _mark_claim(conn, "API key", key["api_key_id"])
+                raise record_kinds.API_KEY.duplicate(key["api_key_id"])
+            _mark_claim(conn, record_kinds.API_KEY.name, key["api_key_id"])
 
     def find_api_key(self, api_key: str) -> ApiKey | None:
         """The key record whose public part is `api_key`, active or not, if any. Read from

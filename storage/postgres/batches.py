@@ -7,9 +7,9 @@ from typing import Any, cast
 
 from psycopg import sql
 
-from calls_server.domain import batches
+from calls_server.domain import batches, record_kinds
 from calls_server.domain.batches import Batch, Task
-from calls_server.domain.errors import BatchNotFound, DuplicateId, TaskNotFound
+from calls_server.domain.errors import TaskNotFound
 from calls_server.storage.interface import TaskChange
 from calls_server.storage.postgres.accounts import _require_organization
 from calls_server.storage.postgres.documents import _copy, _json
@@ -17,14 +17,7 @@ from calls_server.storage.postgres.idempotency import _mark_claim
 from calls_server.storage.postgres.pool import Connection
 from calls_server.storage.postgres.records import RecordsMixin, _Kind, _locked
 
-_BATCHES = _Kind(
-    "batches",
-    "batch_call_id",
-    "batch_call_id",
-    "batch call",
-    lambda _, key: BatchNotFound(key),
-    lambda key: DuplicateId(f"A batch call with ID '{key}' already exists"),
-)
+_BATCHES = _Kind("batches", "batch_call_id", record_kinds.BATCH)
 # The key (with the organization's hash) of the advisory lock that serializes changes of an
 # organization's batches: its concurrency cap counts calls across them.
 BATCH_LOCK = 0x42415443  # "BATC"
@@ -43,9 +36,9 @@ class BatchesMixin(RecordsMixin):
                 (batch["organization_id"], batch["batch_call_id"], *_batch_values(batch)),
             ).fetchone()
             if inserted is None:
-                raise _BATCHES.duplicate(batch["batch_call_id"])
+                raise _BATCHES.of.duplicate(batch["batch_call_id"])
             _insert_tasks(conn, tasks)
-            _mark_claim(conn, "batch call", batch["batch_call_id"])
+            _mark_claim(conn, record_kinds.BATCH.name, batch["batch_call_id"])
 
     def get_batch(self, organization_id: str, batch_id: str) -> Batch:
         with self._reading() as conn:

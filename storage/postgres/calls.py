@@ -11,9 +11,9 @@ from typing import Any, cast
 import orjson
 from psycopg import sql
 
-from calls_server.domain import calls
+from calls_server.domain import calls, record_kinds
 from calls_server.domain.calls import Call
-from calls_server.domain.errors import BadRequest, CallNotFound, DuplicateId
+from calls_server.domain.errors import BadRequest, CallNotFound
 from calls_server.domain.listing import RANGE_FIELDS, SORT_FIELDS, CallPage, CallQuery
 from calls_server.domain.quotas import Quota
 from calls_server.storage.interface import UNDER_CLAIM, EventSource
@@ -68,17 +68,17 @@ class CallsMixin(Connections):
             inserted, deferred = row
             if not deferred:
                 if not inserted:
-                    raise _duplicate_call(call["call_id"])
+                    raise record_kinds.CALL.duplicate(call["call_id"])
                 return
         with self._transaction() as conn:
             inserted = conn.execute(_ADD_CALL, values).fetchone()
             if inserted is None:
-                raise _duplicate_call(call["call_id"])
+                raise record_kinds.CALL.duplicate(call["call_id"])
             held = _use(conn, org, 1, len(data), exact=self._limited)
             if held is not None:
                 self._quota.check(*held)
             _record_events(conn, self._event_source, None, stored)
-            _mark_claim(conn, "call", call["call_id"])
+            _mark_claim(conn, record_kinds.CALL.name, call["call_id"])
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
         """The call. Raises CallNotFound, also when it belongs to another organization."""
@@ -343,10 +343,6 @@ _ADD_CALL_ALONE = (
 
 def _stripe() -> int:
     return random.randrange(USAGE_STRIPES)
-
-
-def _duplicate_call(call_id: str) -> DuplicateId:
-    return DuplicateId(f"A call with ID '{call_id}' already exists", message="Call already exists")
 
 
 def _use(

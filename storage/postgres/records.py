@@ -10,15 +10,10 @@ from typing import Any, cast
 
 from psycopg import sql
 
-from calls_server.domain import agents
+from calls_server.domain import agents, record_kinds
 from calls_server.domain.agents import Agent
-from calls_server.domain.errors import (
-    AgentNotFound,
-    DuplicateId,
-    PhoneNumberNotFound,
-    WebhookNotFound,
-)
 from calls_server.domain.phone_numbers import PhoneNumber
+from calls_server.domain.record_kinds import RecordKind
 from calls_server.domain.webhooks import Webhook
 from calls_server.storage.postgres.accounts import _require_organization
 from calls_server.storage.postgres.documents import _copy, _json
@@ -28,43 +23,17 @@ from calls_server.storage.postgres.pool import Connection, Connections
 
 @dataclass(frozen=True)
 class _Kind:
-    """A table of records that each belong to one organization and are found by an id of
-    their own: `column` in the table, `field` in the document."""
+    """A table of records of one kind (`of`), each found by its organization and an id of
+    its own (`column`)."""
 
     table: str
     column: str
-    field: str
-    name: str  # of one record, for people
-    not_found: Callable[[str, str], Exception]  # (organization, id) -> the error
-    duplicate: Callable[[str], Exception]  # id -> the error
+    of: RecordKind
 
 
-_AGENTS = _Kind(
-    "agents",
-    "agent_id",
-    "agent_id",
-    "agent",
-    lambda org, key: AgentNotFound(key, org),
-    lambda key: DuplicateId(f"An agent with ID '{key}' already exists"),
-)
-_NUMBERS = _Kind(
-    "phone_numbers",
-    "phone_number",
-    "phone_number",
-    "phone number",
-    lambda _, key: PhoneNumberNotFound(key),
-    lambda key: DuplicateId(
-        f"Phone number '{key}' already exists", message="Phone number already exists"
-    ),
-)
-_WEBHOOKS = _Kind(
-    "webhooks",
-    "webhook_id",
-    "id",
-    "webhook",
-    lambda _, key: WebhookNotFound(key),
-    lambda key: DuplicateId(f"A webhook with ID '{key}' already exists"),
-)
+_AGENTS = _Kind("agents", "agent_id", record_kinds.AGENT)
+_NUMBERS = _Kind("phone_numbers", "phone_number", record_kinds.PHONE_NUMBER)
+_WEBHOOKS = _Kind("webhooks", "webhook_id", record_kinds.WEBHOOK)
 
 
 # The key (with the organization's hash) of the advisory lock that serializes adding an
@@ -185,17 +154,15 @@ class RecordsMixin(Connections):
             )
             # Locked in one order (seq), as every change of an agent locks only its own row.
             rows = conn.execute(
-                "SELECT agent_id, doc FROM agents WHERE organization_id = %s"
-                " ORDER BY seq FOR UPDATE",
+                "SELECT doc FROM agents WHERE organization_id = %s ORDER BY seq FOR UPDATE",
                 (organization_id,),
             ).fetchall()
-            for agent_id, agent in rows:
-                if webhook_id in agents.webhook_ids(agent):
-                    conn.execute(
-                        "UPDATE agents SET doc = %s::jsonb"
-                        " WHERE organization_id = %s AND agent_id = %s",
-                        (_json(agents.unassigned(agent, [webhook_id])), organization_id, agent_id),
-                    )
+            for agent in agents.without_webhook([row[0] for row in rows], webhook_id):
+                conn.execute(
+                    "UPDATE agents SET doc = %s::jsonb"
+                    " WHERE organization_id = %s AND agent_id = %s",
+                    (_json(agent), organization_id, agent["agent_id"]),
+                )
         return old
 
     # -- records of one organization (agents, phone numbers, webhooks) ---------------------------
@@ -206,7 +173,7 @@ class RecordsMixin(Connections):
         check: Callable[[Connection], None] | None = None,
     ) -> None:
         """Insert `record`, after `check(conn)`, if given, in the same transaction."""
-        organization_id, key = record["organization_id"], record[kind.field]
+        organization_id, key = record["organization_id"], record[kind.of.key]
         with self._transaction() as conn:
             _require_organization(conn, organization_id)
             if check is not None:
@@ -219,8 +186,8 @@ class RecordsMixin(Connections):
                 (organization_id, key, _json(record)),
             ).fetchone()
             if inserted is None:
-                raise kind.duplicate(key)
-            _mark_claim(conn, kind.name, key)
+                raise kind.of.duplicate(key)
+            _mark_claim(conn, kind.of.name, key)
 
     def _records(self, kind: _Kind, organization_id: str) -> list[dict[str, Any]]:
         with self._reading() as conn:
@@ -263,7 +230,7 @@ class RecordsMixin(Connections):
                 (organization_id, key),
             ).fetchone()
             if row is None:
-                raise kind.not_found(organization_id, key)
+                raise kind.of.not_found(organization_id, key)
         return cast(dict[str, Any], row[0])
 
 
@@ -282,5 +249,5 @@ def _locked(
         (organization_id, key),
     ).fetchone()
     if row is None:
-        raise kind.not_found(organization_id, key)
+        raise kind.of.not_found(organization_id, key)
     return cast(dict[str, Any], row[0])
