@@ -24,6 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
 from calls_server import errors, tracing
+from calls_server.console import ConsoleFiles
 from calls_server.contract import cors_headers, published, spec_for
 from calls_server.domain.casing import Casing
 from calls_server.domain.rate_limits import RateLimits
@@ -279,6 +280,9 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
         # Outermost, so that every response, errors and preflights included, carries the id
         # and the headers every answer has.
         RequestId,
+        # The console's static files at /console/, with headers of their own (they may be
+        # cached, the API's answers may not); before auth: the page signs in itself.
+        *([ConsoleFiles] if settings.console else []),
         partial(ResponseHeaders, ui_prefix=f"{base_path}/ui"),
         *cors,
         ExceptionMiddleware,  # renders every error as the envelope (errors.py)

@@ -297,6 +297,13 @@ class Settings:
         section="Metrics",
     )
     metrics_host: str = setting("127.0.0.1", "the address the metrics port listens on")
+    console: bool = setting(
+        True,
+        "the calls console, a web page for people at `/console/` (see [Console](console.md)): "
+        "it signs in with an organization's key pair and calls the API like any client; its "
+        "files are public, the API's answers are not (`false`: no console, 404)",
+        section="Console",
+    )
     mcp_url: str = setting(
         "http://127.0.0.1:8080/api",
         "`calls-server mcp`: the Calls API its tools call (`mcp --url`; see [MCP server](mcp.md))",
