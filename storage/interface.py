@@ -19,6 +19,7 @@ from typing import Protocol
 from calls_server.domain.agents import Agent
 from calls_server.domain.batches import Batch, Task
 from calls_server.domain.calls import Call
+from calls_server.domain.fixtures import Counts, Fixture
 from calls_server.domain.idempotency import IdempotentAnswer
 from calls_server.domain.keys import ApiKey, Organization
 from calls_server.domain.listing import CallPage, CallQuery
@@ -373,6 +374,40 @@ class Durability(Protocol):
         """Flush what needs flushing and release the data (the lock, connections)."""
 
 
+class SandboxState(Protocol):
+    """An organization's records as a whole: exported, loaded, emptied (the sandbox's
+    `sandbox_state` operations). Each atomic: all of it, or nothing."""
+
+    def export_organization(self, organization_id: str) -> Fixture:
+        """Every record of the organization as stored (`fixtures.exported`): agents, phone
+        numbers, webhooks, calls (with their event timelines), batch calls each with its
+        tasks; each kind oldest first. Webhook events, kept Idempotency-Key answers and API
+        keys are not part of it. Read at one instant. Raises OrganizationNotFound."""
+
+    def load_organization(
+        self,
+        organization_id: str,
+        fixture: Fixture,
+        check: Callable[[Counts], None] | None = None,
+    ) -> Counts:
+        """Add the records of `fixture` (as `export_organization` answers them, from this or
+        another organization) to the organization, ids kept, each made the organization's,
+        and answer how many of each kind. Checked first by `fixtures.loadable` against the
+        ids the organization holds (BadRequest naming each record that cannot be loaded),
+        then by the quota, then by `check`, if given, with how many records of each kind the
+        organization would hold: if anything raises, nothing is loaded. Indexed as the
+        records' own adds index them; no webhook events are recorded for them (nothing
+        happened to the calls), and the load dials and plays nothing (a scheduled call falls
+        due as any other). Raises OrganizationNotFound."""
+
+    def reset_organization(self, organization_id: str) -> Counts:
+        """Remove every record of the organization (agents, phone numbers, webhooks and
+        their events, calls, batch calls and their tasks, its kept Idempotency-Key answers
+        and claims) at once, recording no webhook event, and answer how many of each kind
+        (`fixtures.KINDS`) were removed. The organization and its API keys stay. Raises
+        OrganizationNotFound."""
+
+
 class Store(
     CallRecords,
     ScheduledCalls,
@@ -386,6 +421,7 @@ class Store(
     IdempotencyRecords,
     Processes,
     Durability,
+    SandboxState,
     Protocol,
 ):
     """Everything the server stores: the union of the roles above, which every backend

@@ -23,8 +23,9 @@ TinyDB as shipped rebuilds a whole table on every write and scans on every searc
 The package is split along the roles of `storage.interface`: lock.py (the lock, reading
 and writing, 503 when the journal failed), calls.py, accounts.py, records.py (agents,
 phone numbers, webhooks: `_OrgRecords`), batches.py, outbox.py (webhook events),
-idempotency.py, processes.py, export.py, documents.py. `EmbeddedStore` is one object
-composed of each role's mixin; it opens the tables and builds every index here.
+idempotency.py, processes.py, export.py, state.py (an organization's records as a
+whole), documents.py. `EmbeddedStore` is one object composed of each role's mixin; it
+opens the tables and builds every index here.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from calls_server.storage.embedded.idempotency import IdempotencyMixin
 from calls_server.storage.embedded.lock import _unavailable_when_failed
 from calls_server.storage.embedded.processes import ProcessesMixin
 from calls_server.storage.embedded.records import RecordsMixin, _OrgRecords
+from calls_server.storage.embedded.state import StateMixin
 from calls_server.storage.interface import EventListener, EventSource
 from calls_server.storage.journal import JournalStorage
 from calls_server.storage.tinydb_table import EmbeddedTinyDB, raw_documents
@@ -62,6 +64,7 @@ __all__ = ["EXPORTED", "FREEZE_AT", "EmbeddedStore"]
 
 
 class EmbeddedStore(
+    StateMixin,  # first: it builds on the calls', records' and batches' mixins
     CallsMixin,
     AccountsMixin,
     RecordsMixin,

@@ -32,8 +32,9 @@ pool.py (connections, transactions, the watchdog, which errors leave an outcome 
 which methods only read), calls.py (calls, listing, usage), accounts.py (organizations,
 API keys), records.py (agents, phone numbers, webhooks: the generic records of a kind),
 batches.py, outbox.py (webhook events), idempotency.py (answers, claims, `_mark_claim`),
-processes.py, copy.py (moving up from the embedded store), schema.py (migrations),
-documents.py (JSON). `PostgresStore` is one object composed of each role's mixin.
+processes.py, copy.py (moving up from the embedded store), state.py (an organization's
+records as a whole), schema.py (migrations), documents.py (JSON). `PostgresStore` is one
+object composed of each role's mixin.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from calls_server.storage.postgres.pool import (
 from calls_server.storage.postgres.processes import ProcessesMixin
 from calls_server.storage.postgres.records import RecordsMixin
 from calls_server.storage.postgres.schema import MIGRATIONS, migrate, migrations
+from calls_server.storage.postgres.state import StateMixin
 from calls_server.storage.postgres_presence import Presence
 
 __all__ = [
@@ -92,6 +94,7 @@ class PostgresStore(
     IdempotencyMixin,
     ProcessesMixin,
     CopyMixin,
+    StateMixin,
 ):
     """The `storage.interface.Store` of a PostgreSQL database (migrated on open): each
     role's methods in its module's mixin, the store's life (open, ready, close) here."""
