@@ -3,7 +3,8 @@
 (`_Watchdog` cuts a connection past its bound), the database's errors said as the API's
 503 naming the cause, what a lost connection means (`OutcomeUnknown` for a change that may
 have been committed) and which methods only read (`READS`: run once more when the database
-dropped their connection).
+dropped their connection). A connection whose server refuses writes as read-only (a standby,
+as during a failover) is dropped, so that the next one goes to the server taking writes.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class Connections:
                 self._unavailable(),
                 self._pool.connection() as conn,
                 self._watchdog.watch(conn, self._call_timeout),
+                _dropped_if_read_only(conn),
             ):
                 sent = True
                 yield conn
@@ -175,6 +177,7 @@ class Connections:
             with contextlib.ExitStack() as ending:
                 conn = ending.enter_context(self._pool.connection())
                 watch = ending.enter_context(self._watchdog.watch(conn, bound))
+                ending.enter_context(_dropped_if_read_only(conn))
                 if snapshot:
                     conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
                     ending.callback(_server_defaults, conn)
@@ -197,6 +200,7 @@ class Connections:
             self._unavailable(),
             self._pool.connection(bound) as conn,
             self._watchdog.watch(conn, bound or self._call_timeout),
+            _dropped_if_read_only(conn),
         ):
             yield conn
 
@@ -214,6 +218,10 @@ class Connections:
         except psycopg.OperationalError as e:
             # A connection lost, the server shutting down, a statement timed out, ...
             raise StoreUnavailable(f"The database cannot take this request: {_cause(e)}") from e
+        except psycopg.errors.ReadOnlySqlTransaction as e:
+            # A write refused, so nothing written: the server reached is a standby (or was
+            # made read-only), as during a failover.
+            raise StoreUnavailable(f"The database is read-only: {_cause(e)}") from e
         except psycopg.DataError as e:
             # A value PostgreSQL cannot hold (a NUL character in a string, an integer past
             # 64 bits): the request's, not the server's fault.
@@ -237,6 +245,19 @@ class Connections:
                 why = f"The database cannot be reached: {_cause(e)}"
             self._diagnosis = (time.monotonic(), why)
             return why
+
+
+@contextmanager
+def _dropped_if_read_only(conn: Connection) -> Iterator[None]:
+    """Close `conn`, for the pool to drop it, when the server refuses a write on it as
+    read-only (SQLSTATE 25006): one that is a standby stays so, and the connection that
+    replaces it goes where libpq finds the server taking writes now (the URL's hosts,
+    tried in turn under `target_session_attrs=read-write`)."""
+    try:
+        yield
+    except psycopg.errors.ReadOnlySqlTransaction:
+        conn.close()
+        raise
 
 
 def _check_connection(conn: Connection) -> None:
