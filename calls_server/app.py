@@ -27,6 +27,7 @@ from calls_server import errors, tracing
 from calls_server.console import ConsoleFiles
 from calls_server.contract import cors_headers, published, spec_for
 from calls_server.domain.casing import Casing
+from calls_server.domain.faults import FaultRules
 from calls_server.domain.rate_limits import RateLimits
 from calls_server.handlers.idempotency_keys import IdempotencyKeys
 from calls_server.handlers.scope import Services
@@ -41,9 +42,11 @@ from calls_server.middleware import (
     SwaggerUI,
 )
 from calls_server.request_path.api import CompiledApi
+from calls_server.sandbox_hooks import SANDBOX_HOOKS
 from calls_server.services.batch_dispatch import BatchDispatcher
 from calls_server.services.sandbox import SandboxDialer
 from calls_server.services.scheduler import Scheduler
+from calls_server.services.test_clocks import Clocks
 from calls_server.services.webhooks import WebhookDeliverer
 from calls_server.settings import Settings
 from calls_server.storage import Store
@@ -72,6 +75,20 @@ def _store_reads_wait(scope: Scope) -> bool:
     leave the event loop): what the request path asks of the app."""
     services = (scope.get("state") or {}).get("services")
     return services is not None and bool(services.store.reads_wait)
+
+
+def fault_targets(spec: dict[str, Any]) -> list[str]:
+    """The operations a sandbox fault rule may name: those an organization's key pair calls,
+    but the sandbox's own."""
+    return [
+        operation["operationId"]
+        for item in spec["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        and "operationId" in operation
+        and operation.get("security") != []
+        and not operation["tags"][0].startswith(("sandbox", "admin", "health"))
+    ]
 
 
 def handler_name(operation_id: str, tag: str) -> str:
@@ -153,8 +170,12 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-        store, clock = backing.store, backing.clock
+        store = backing.store
+        # With the sandbox, organizations may each run on a test clock of their own.
+        test_clocks = Clocks(backing.clock) if settings.sandbox else None
+        clock = test_clocks or backing.clock
         metrics = backing.metrics = Metrics(store)
+        faults = FaultRules(fault_targets(spec)) if settings.sandbox else None
         dialer = settings.dialer()
         sandbox = (
             SandboxDialer(
@@ -163,6 +184,7 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
                 settings.sandbox_seed,
                 settings.sandbox_time_scale,
                 clock,
+                faults,
             )
             if settings.sandbox
             else None
@@ -192,6 +214,8 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
             ),
             idempotency=IdempotencyKeys(settings.idempotency_ttl, handlers_store, clock),
             sandbox=sandbox,
+            test_clocks=test_clocks,
+            faults=faults,
         )
         scheduler = (
             Scheduler(
@@ -229,11 +253,16 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
                 clock=clock,
                 on_delivered=metrics.webhook_lag_seconds.observe,
                 on_client=on_client,
+                faults=faults,
             )
             if settings.webhook_delivery
             else None
         )
         metrics.live.deliverer = deliverer
+        if test_clocks is not None:
+            test_clocks.works = [
+                work for work in (scheduler, sandbox, batch_dispatcher, deliverer) if work
+            ]
         exporter = (
             Exporter(metrics, settings.metrics_host, settings.metrics_port)
             if settings.metrics_port
@@ -297,7 +326,11 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
         SwaggerUI,
         # The operations of openapi.yaml: routing, security, validation and handlers,
         # compiled from the spec; any other path is 404.
-        partial(CompiledApi, reads_wait=_store_reads_wait),
+        partial(
+            CompiledApi,
+            reads_wait=_store_reads_wait,
+            hooks=SANDBOX_HOOKS if settings.sandbox else None,
+        ),
         LifespanMiddleware,
     ]
     app = CallsApp(__name__, lifespan=lifespan, middlewares=middlewares)

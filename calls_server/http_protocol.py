@@ -29,6 +29,9 @@ _NONE, _HEAD, _BODY, _SEND = 0, 1, 2, 3
 TIMER_SLACK = 0.005
 # Seconds between two warnings that connections are being turned away at the cap.
 TURNED_AWAY_WARNING_EVERY = 10.0
+# Where in each request's scope this protocol leaves a function that drops the connection
+# without an answer (the sandbox's `drop` faults, calls_server/sandbox_hooks.py).
+DROP_CONNECTION = "calls.drop_connection"
 
 
 @dataclass(frozen=True)
@@ -395,6 +398,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_head = False
         self._in_body = True
         self._end_deadline()
+        self.scope[DROP_CONNECTION] = self._drop  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -459,6 +463,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if protocol is not self:
                 protocol._cut("max_buffered_bytes")
                 total -= size
+
+    def _drop(self) -> None:
+        """Drop the connection without an answer, as a network failure would (nothing more
+        is written to it: uvicorn's answer for an app that sent none included)."""
+        self.transport.abort()
+        if self.cycle is not None:
+            self.cycle.disconnected = True
 
     def _cut(self, reason: str) -> None:
         """Drop the connection and what is buffered for it at once (`close` would wait for

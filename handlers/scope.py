@@ -12,6 +12,7 @@ import anyio
 from connexion.context import scope
 
 from calls_server.domain.casing import Casing
+from calls_server.domain.faults import FaultRules
 from calls_server.domain.rate_limits import RateLimits
 from calls_server.handlers.idempotency_keys import IdempotencyKeys
 from calls_server.integrations.clock import Clock
@@ -19,6 +20,7 @@ from calls_server.integrations.dialer import Dialer
 from calls_server.integrations.egress import EgressPolicy
 from calls_server.integrations.livekit import LiveKitRooms
 from calls_server.services.sandbox import SandboxDialer
+from calls_server.services.test_clocks import Clocks
 from calls_server.storage import Store
 
 
@@ -48,6 +50,10 @@ class Services:
     idempotency: IdempotencyKeys
     # The sandbox dialer (also `dialer`), which plays web calls too; None when it is off.
     sandbox: SandboxDialer | None = None
+    # The sandbox's test clocks (also `clock`) and the faults organizations ordered; None
+    # when it is off.
+    test_clocks: Clocks | None = None
+    faults: FaultRules | None = None
 
 
 def services() -> Services:

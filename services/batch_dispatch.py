@@ -55,6 +55,7 @@ from calls_server.domain.errors import (
 )
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
+from calls_server.services import test_clocks
 from calls_server.services.dispatch import dispatch
 from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage.interface import (
@@ -112,21 +113,72 @@ class BatchDispatcher:
         self._workers.shutdown(wait=True)
 
     def run_once(self) -> list[Future[None]]:
-        """One look at every active batch: first the calls under way (their outcomes free
-        room under the caps), then new attempts. Answers the dials it started (each done
-        once recorded)."""
-        now = self.clock()
+        """One look at every active batch (but those of organizations on a frozen test
+        clock: `run_due`): first the calls under way (their outcomes free room under the
+        caps), then new attempts. Answers the dials it started (each done once recorded)."""
+        return self._pass(self.clock(), None)[0]
+
+    # -- on a test clock (services/test_clocks.py) ------------------------------------------
+    def next_due(self, organization_id: str) -> int | None:
+        """When something of the organization's batches next falls due (Unix ms): a
+        scheduled batch's start, or the first pending task's attempt (after the batch's quiet
+        hours) of a batch with room under its cap; its calls' ends are the sandbox's."""
+        times = []
+        for batch in self.store.active_batches():
+            org, batch_id = _key(batch)
+            if org != organization_id:
+                continue
+            if batch["status"] == "scheduled":
+                times.append(batch["scheduled_timestamp"] or 0)
+            if batch["status"] != "sent":
+                continue
+            if batches.cap(batch, self.organization_cap) <= batch["in_progress"]:
+                continue  # due again once a call ends
+            pending, _ = self.store.batch_tasks(org, batch_id, status="pending")
+            attempts = [t["next_attempt_at"] for t in pending if t["next_attempt_at"] is not None]
+            if attempts:
+                first, quiet = min(attempts), batches.quiet_hours(batch)
+                times.append(quiet.next_allowed(first) if quiet and quiet.holds(first) else first)
+        return min(times, default=None)
+
+    def run_due(self, organization_id: str, now: int) -> int:
+        """One look at the organization's batches at `now`, its dials made and recorded
+        before it answers; how many tasks and batches it moved."""
+        started, moved = self._pass(now, organization_id)
+        for dial in started:
+            dial.result()
+        return moved + len(started)
+
+    def resumed(self, organization_id: str) -> None:
+        """Nothing to hand back: the next pass looks at the organization's batches."""
+
+    def _pass(self, now: int, organization_id: str | None) -> tuple[list[Future[None]], int]:
+        """A look at the active batches of `organization_id` (None: of every organization
+        not on a frozen test clock) at `now`: the dials started, and how many batches and
+        tasks it moved besides."""
         live: set[str] | None = None
         started: list[Future[None]] = []
-        active = self.store.active_batches()
+        moved = 0
+        active = [
+            batch
+            for batch in self.store.active_batches()
+            if (
+                batch["organization_id"] == organization_id
+                if organization_id is not None
+                else not test_clocks.frozen(self.clock, batch["organization_id"])
+            )
+        ]
         for n, batch in enumerate(active):
             with self._problems(batch):
                 if batch["status"] == "scheduled" and (batch["scheduled_timestamp"] or 0) <= now:
                     batch = active[n] = self._start(batch, now)
+                    moved += 1
                 if batch["in_progress"]:
                     live = self.store.live_processes() if live is None else live
-                    if self._follow(batch, live, started):
+                    followed = self._follow(batch, live, started)
+                    if followed:
                         active[n] = self.store.get_batch(*_key(batch))
+                        moved += followed
             _let_requests_run()
         calling: dict[str, int] = {}
         for batch in active:
@@ -141,7 +193,7 @@ class BatchDispatcher:
                 calling[org] += len(dials)
                 started += dials
             _let_requests_run()
-        return started
+        return started, moved
 
     @contextlib.contextmanager
     def _problems(self, batch: Batch) -> Iterator[None]:
@@ -194,7 +246,11 @@ class BatchDispatcher:
 
     def _dial(self, batch: Batch, task: Task, create: bool = True) -> None:
         """Create the claimed attempt's call (unless `create` is False: it exists, its dial
-        made again), hand it to the dialer, record the dial."""
+        made again), hand it to the dialer, record the dial: on the organization's time."""
+        with test_clocks.working_for(batch["organization_id"]):
+            self._dial_now(batch, task, create)
+
+    def _dial_now(self, batch: Batch, task: Task, create: bool) -> None:
         (org, batch_id), call_id = _key(batch), task["call_id"]
         try:
             try:

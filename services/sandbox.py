@@ -73,9 +73,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from calls_server.domain import calls
 from calls_server.domain.errors import ApiError, CallNotFound, Conflict
+from calls_server.domain.faults import FaultRules
 from calls_server.domain.listing import CallQuery
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import DialOutcome
+from calls_server.services import test_clocks
 from calls_server.storage.interface import (
     BatchRecords,
     CallRecords,
@@ -154,13 +156,17 @@ class SandboxDialer:
         seed: int = 0,
         time_scale: float = 1.0,
         clock: Clock = wall_clock,
+        faults: FaultRules | None = None,
     ) -> None:
         self.store = store
+        self.faults = faults  # the dial faults organizations ordered
         self.recordings_url = recordings_url.rstrip("/")
         self.seed = seed
         self.time_scale = time_scale
         self.clock = clock
         self._due: list[tuple[float, int, str, str, str]] = []  # (when, tie, step, org, call)
+        # Organizations on a frozen test clock: their steps, at their clock's times (ms).
+        self._frozen_due: dict[str, list[tuple[int, int, str, str]]] = {}  # (when, tie, step, call)
         self._playing: set[str] = set()  # the call ids it has steps of
         self._tie = itertools.count()
         self._wake = threading.Condition()
@@ -187,6 +193,10 @@ class SandboxDialer:
         is playing it already (a dial made again under the same key)."""
         with self._wake:
             again = job["call_id"] in self._playing
+        rule = self.faults.draw(job["organization_id"], outbound="dial") if self.faults else None
+        if rule is not None:
+            what = "no answer" if rule.action == "timeout" else "refused"
+            return DialOutcome(False, f"{what} (sandbox fault {rule.fault_id})", 1)
         if not again:
             org, call_id = job["organization_id"], job["call_id"]
             if "batch_call_id" in job["metadata"]:  # a batch call's task records it
@@ -389,22 +399,65 @@ class SandboxDialer:
 
     # -- the play-out ----------------------------------------------------------------------
     def _after(self, delay_ms: int, step: str, organization_id: str, call_id: str) -> None:
-        """Take `step` of the call `delay_ms` from now (wall time: already scaled)."""
-        when = time.monotonic() + delay_ms / 1000
+        """Take `step` of the call `delay_ms` from now (already scaled): on the real time,
+        or on the organization's frozen test clock (then `run_due` takes it)."""
         with self._wake:
-            heapq.heappush(self._due, (when, next(self._tie), step, organization_id, call_id))
             self._playing.add(call_id)
+            if test_clocks.frozen(self.clock, organization_id):
+                when = test_clocks.now_of(self.clock, organization_id) + delay_ms
+                steps = self._frozen_due.setdefault(organization_id, [])
+                heapq.heappush(steps, (when, next(self._tie), step, call_id))
+                return
+            when_s = time.monotonic() + delay_ms / 1000
+            heapq.heappush(self._due, (when_s, next(self._tie), step, organization_id, call_id))
+            self._wake.notify()
+
+    # -- on a test clock (services/test_clocks.py) ------------------------------------------
+    def next_due(self, organization_id: str) -> int | None:
+        """When the next step of the organization's calls falls due on its frozen clock."""
+        with self._wake:
+            steps = self._frozen_due.get(organization_id)
+            return steps[0][0] if steps else None
+
+    def run_due(self, organization_id: str, now: int) -> int:
+        """Take the steps of the organization's calls due by `now` on its frozen clock."""
+        taken = 0
+        while True:
+            with self._wake:
+                steps = self._frozen_due.get(organization_id)
+                if not steps or steps[0][0] > now:
+                    return taken
+                _, _, step, call_id = heapq.heappop(steps)
+                self._playing.discard(call_id)
+            with test_clocks.working_for(organization_id):
+                self._step(step, organization_id, call_id)
+            taken += 1
+
+    def resumed(self, organization_id: str) -> None:
+        """The organization is back on the real time: its steps wait as long on it."""
+        now = test_clocks.now_of(self.clock, organization_id)
+        with self._wake:
+            for when, tie, step, call_id in self._frozen_due.pop(organization_id, []):
+                when_s = time.monotonic() + max(0, when - now) / 1000
+                heapq.heappush(self._due, (when_s, tie, step, organization_id, call_id))
             self._wake.notify()
 
     def _run(self) -> None:
         with self._wake:
             while not self._stopping:
                 if self._due and self._due[0][0] <= time.monotonic():
-                    _, _, step, org, call_id = heapq.heappop(self._due)
+                    _, tie, step, org, call_id = heapq.heappop(self._due)
+                    if test_clocks.frozen(self.clock, org):  # frozen since: now on its clock
+                        when = test_clocks.now_of(self.clock, org)
+                        heapq.heappush(
+                            self._frozen_due.setdefault(org, []), (when, tie, step, call_id)
+                        )
+                        continue
                     self._playing.discard(call_id)  # a join adds its end again
                     self._wake.release()
                     try:
-                        self._step(step, org, call_id)
+                        with test_clocks.working_for(org):
+                            self._step(step, org, call_id)
                     finally:
                         self._wake.acquire()
                     continue

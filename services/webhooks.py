@@ -45,10 +45,12 @@ import httpx
 from calls_server.domain import webhooks
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import WebhookEventNotFound, WebhookNotFound
+from calls_server.domain.faults import FAULT_HEADER, Fault, FaultRules
 from calls_server.domain.webhooks import Attempt, RetryPolicy, Webhook, WebhookEvent
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.egress import EgressPolicy, UnsafeTarget
 from calls_server.integrations.signing import signature_headers
+from calls_server.services import test_clocks
 from calls_server.storage.interface import (
     Durability,
     Outbox,
@@ -90,8 +92,13 @@ class WebhookDeliverer:
         clock: Clock = wall_clock,
         on_delivered: Callable[[float], None] | None = None,
         on_client: Callable[[httpx.Client], None] | None = None,
+        faults: FaultRules | None = None,
     ) -> None:
         self.store = store
+        self.faults = faults  # the sandbox's, when it is on
+        self._marks: dict[str, str] = {}  # event id -> the fault that put it off
+        # Organization -> events held back until another call's is delivered (`reorder`).
+        self._held_back: dict[str, list[tuple[str, str, str]]] = {}
         self.on_delivered = on_delivered
         self.on_client = on_client
         self.egress = egress
@@ -112,6 +119,8 @@ class WebhookDeliverer:
         self._in_flight: Counter[str] = Counter()  # webhook -> its lanes under way
         self._held: dict[str, deque[Lane]] = {}  # webhook -> due lanes over its limit
         self._parked: dict[str, set[Lane]] = {}  # webhook switched off -> its waiting lanes
+        # Organization on a frozen test clock -> its lanes, left to `run_due`.
+        self._frozen: dict[str, set[Lane]] = {}
         self._tie = itertools.count()
         self._clients: dict[str, httpx.Client] = {}
         self._stopping = False
@@ -268,10 +277,37 @@ class WebhookDeliverer:
             with self._wake:
                 self._parked.setdefault(webhook_id, set()).add(lane)
             return None
-        if event["next_attempt_at"] > self.clock():
-            return int(event["next_attempt_at"])
+        if test_clocks.frozen(self.clock, organization_id):
+            with self._wake:
+                self._frozen.setdefault(organization_id, set()).add(lane)
+            return None
+        with test_clocks.working_for(organization_id):
+            if event["next_attempt_at"] > self.clock():
+                return int(event["next_attempt_at"])
+            event = self._deliver(hook, event)
+        if event["status"] != "pending":
+            return self._done(lane)
+        return int(event["next_attempt_at"])
+
+    def _deliver(self, hook: Webhook, event: WebhookEvent) -> WebhookEvent:
+        """Attempt `event` (pending, due) once and record the attempt; the event after it."""
+        organization_id, webhook_id, event_id = (
+            hook["organization_id"],
+            hook["id"],
+            event["event_id"],
+        )
         self.store.wait_durable()  # never announce a change that is not on disk
-        attempt = self._post(hook, event)
+        rule = (
+            self.faults.draw(organization_id, outbound="webhook_delivery")
+            if self.faults and event_id not in self._marks  # put off once, then delivered
+            else None
+        )
+        if rule is not None and rule.action in ("delay", "reorder"):
+            return self._put_off(hook, event, rule)
+        mark = rule.fault_id if rule is not None else self._marks.pop(event_id, None)
+        attempt = self._post(hook, event, mark)
+        if rule is not None:  # `duplicate`: the receiver gets it twice
+            self._post(hook, event, mark)
         event = self.store.change_webhook_event(
             organization_id,
             webhook_id,
@@ -286,14 +322,96 @@ class WebhookDeliverer:
             )
         if event["status"] == "delivered" and self.on_delivered is not None:
             self.on_delivered(max(0.0, (self.clock() - event["retry_from"]) / 1000))
+        if event["status"] == "delivered" and self._held_back:
+            self._let_go(organization_id, event["call_id"])
         if event["status"] == "failed":
             log.warning(
                 "webhook %s: gave up on event %s (%s) after %d attempts (last: %s)",
                 webhook_id, event_id, event["event"], event["attempt_count"], attempt.problem,
             )  # fmt: skip
-        if event["status"] != "pending":
-            return self._done(lane)
-        return int(event["next_attempt_at"])
+        return event
+
+    # -- sandbox faults (domain/faults.py) ---------------------------------------------------
+    def _put_off(self, hook: Webhook, event: WebhookEvent, rule: Fault) -> WebhookEvent:
+        """Deliver `event` later, as `rule` says: `delay` by its latency, `reorder` once
+        another call's event of the organization has been delivered (at the latest when the
+        first retry would be due)."""
+        now = self.clock()
+        if rule.action == "delay":
+            assert rule.latency_ms is not None
+            until = now + rule.latency_ms
+        else:
+            until = now + int(self.policy.first_delay * 1000)
+            with self._wake:
+                held = self._held_back.setdefault(hook["organization_id"], [])
+                held.append((hook["id"], event["event_id"], event["call_id"]))
+        self._marks[event["event_id"]] = rule.fault_id
+        return self.store.change_webhook_event(
+            hook["organization_id"],
+            hook["id"],
+            event["event_id"],
+            lambda stored: {**stored, "next_attempt_at": until},
+        )
+
+    def _let_go(self, organization_id: str, delivered_call_id: str) -> None:
+        """Another call's event was delivered: the events held back for that are due now."""
+        with self._wake:
+            held = self._held_back.get(organization_id, [])
+            going = [h for h in held if h[2] != delivered_call_id]
+            self._held_back[organization_id] = [h for h in held if h[2] == delivered_call_id]
+        now = self.clock()
+        for webhook_id, event_id, call_id in going:
+            try:
+                self.store.change_webhook_event(
+                    organization_id,
+                    webhook_id,
+                    event_id,
+                    lambda stored: {**stored, "next_attempt_at": now},
+                )
+            except (WebhookNotFound, WebhookEventNotFound):
+                continue
+            with self._wake:
+                self._schedule((webhook_id, call_id), now)
+                self._wake.notify()
+
+    # -- on a test clock (services/test_clocks.py) ------------------------------------------
+    def next_due(self, organization_id: str) -> int | None:
+        """When the next attempt of the organization's pending events falls due (Unix ms)."""
+        return min(
+            (event["next_attempt_at"] for event in self._heads(organization_id)), default=None
+        )
+
+    def run_due(self, organization_id: str, now: int) -> int:
+        """Attempt, here and now, the first pending event of each of the organization's
+        lanes that is due by `now` (each call's events in order at each webhook); how many
+        attempts were made."""
+        attempted = 0
+        for event in self._heads(organization_id):
+            if event["next_attempt_at"] > now:
+                continue
+            try:
+                hook = self.store.get_webhook(organization_id, event["webhook_id"])
+            except WebhookNotFound:
+                continue
+            if hook["is_active"]:
+                self._deliver(hook, event)
+                attempted += 1
+        return attempted
+
+    def resumed(self, organization_id: str) -> None:
+        """The organization is back on the real time: its lanes are looked at now."""
+        with self._wake:
+            for lane in self._frozen.pop(organization_id, set()):
+                self._schedule(lane, self.clock())
+            self._wake.notify()
+
+    def _heads(self, organization_id: str) -> list[WebhookEvent]:
+        """The organization's first pending event of each lane, in the order recorded."""
+        heads: dict[Lane, WebhookEvent] = {}
+        for event in self.store.pending_webhook_events():
+            if event["organization_id"] == organization_id:
+                heads.setdefault((event["webhook_id"], event["call_id"]), event)
+        return list(heads.values())
 
     def _done(self, lane: Lane) -> int | None:
         """The lane's head event needs nothing more: on to the next one, now."""
@@ -344,7 +462,8 @@ class WebhookDeliverer:
             log.info("pruned %d delivered or failed webhook events past their retention", pruned)
 
     # -- one attempt ---------------------------------------------------------------------------
-    def _post(self, hook: Webhook, event: WebhookEvent) -> Attempt:
+    def _post(self, hook: Webhook, event: WebhookEvent, fault: str | None = None) -> Attempt:
+        """POST `event` to `hook` once (marked with the sandbox `fault` that touched it)."""
         body = json.dumps(event["payload"], separators=(",", ":")).encode()
         sent = self.clock()
         started = time.monotonic()
@@ -362,6 +481,7 @@ class WebhookDeliverer:
                 "Host": target.authority,
                 "X-Calls-Event": event["event"],
                 **signature_headers(hook["secret"], body, sent // 1000),
+                **({FAULT_HEADER: fault} if fault else {}),
             }
             response = self._client(hook["id"]).post(
                 target.url,

@@ -26,7 +26,7 @@ import functools
 import inspect
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -86,13 +86,32 @@ class UnsupportedSpec(ValueError):
 ReadsWait = Callable[[Scope], bool]
 
 
+@dataclass(frozen=True)
+class OperationHooks:
+    """What the app does around each operation once who is calling is known (in the scope,
+    `ORGANIZATION_ID`). Given by the app (its sandbox: test clocks, fault rules)."""
+
+    # Called in the context the handler runs in, before it runs.
+    entered: Callable[[Scope], None]
+    # Awaited before the operation runs: the `send` to answer with, or None when the
+    # request was answered (or its connection closed) already. May raise the project's
+    # errors, answered as any.
+    guard: Callable[[Scope, Send], Awaitable[Send | None]]
+
+
 class CompiledApi(SpecMiddleware):  # type: ignore[misc]
     """ASGI middleware answering every operation of the specs Connexion registers on it."""
 
-    def __init__(self, app: ASGIApp, reads_wait: ReadsWait = lambda scope: False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        reads_wait: ReadsWait = lambda scope: False,
+        hooks: OperationHooks | None = None,
+    ) -> None:
         self.app = app  # lifespan events go on; every HTTP request is answered here
         self.routes = Routes()
         self.reads_wait = reads_wait
+        self.hooks = hooks
 
     def add_api(self, specification: Specification, **options: Any) -> None:
         """Compile every operation of `specification` (called by Connexion at start-up)."""
@@ -132,7 +151,9 @@ class CompiledApi(SpecMiddleware):  # type: ignore[misc]
             return
         operation, path_values = self.routes.find(scope["method"], scope["path"])
         scope[OPERATION] = operation.operation_id  # for metrics and traces
-        await operation(scope, receive, send, path_values, off_loop=self.reads_wait(scope))
+        await operation(
+            scope, receive, send, path_values, off_loop=self.reads_wait(scope), hooks=self.hooks
+        )
 
 
 class WrittenSpec:
@@ -673,11 +694,12 @@ class CompiledOperation:
         send: Send,
         path_values: dict[str, str],
         off_loop: bool = False,
+        hooks: OperationHooks | None = None,
     ) -> None:
         """Answer the request; `off_loop`: its reads wait for a database (`ReadsWait`)."""
         request = ConnexionRequest(scope, receive)
         headers: Headers = dict(scope["headers"])
-        if off_loop and self.is_one_read:
+        if off_loop and self.is_one_read and hooks is None:
             # Who is calling and the read, on one worker thread: one hop, not two.
             work = functools.partial(self._answer, request, headers, scope, path_values, receive)
             await self._respond(await anyio.to_thread.run_sync(work), send)
@@ -690,10 +712,15 @@ class CompiledOperation:
             else:
                 token_info = self.security.verify(request, headers)
             context = self._context(token_info, scope)
+        if hooks is not None:
+            guarded = await hooks.guard(scope, send)
+            if guarded is None:
+                return
+            send = guarded
         kwargs = self._parameters(scope, path_values, headers)
         if self.body is not None:
             kwargs[self.body.argument] = await self.body.read(headers, receive)
-        self._enter(context, kwargs, scope, receive)
+        self._enter(context, kwargs, scope, receive, hooks)
         if self.is_async:
             result = await self.handler(**kwargs)
         elif self.reads and not off_loop:
@@ -723,7 +750,7 @@ class CompiledOperation:
             else self._context(self.security.verify(request, headers), scope)
         )
         kwargs = self._parameters(scope, path_values, headers)
-        self._enter(context, kwargs, scope, receive)
+        self._enter(context, kwargs, scope, receive, None)
         return self.handler(**kwargs)
 
     @staticmethod
@@ -732,10 +759,17 @@ class CompiledOperation:
         return {"user": token_info.get("sub", token_info.get("uid")), "token_info": token_info}
 
     def _enter(
-        self, context: dict[str, Any], kwargs: dict[str, Any], scope: Scope, receive: Receive
+        self,
+        context: dict[str, Any],
+        kwargs: dict[str, Any],
+        scope: Scope,
+        receive: Receive,
+        hooks: OperationHooks | None,
     ) -> None:
         """Hand the handler who is calling; set what ContextMiddleware sets, so that
-        `connexion.request` and `.context` work in handlers."""
+        `connexion.request` and `.context` work in handlers; tell the app's hooks."""
+        if hooks is not None:
+            hooks.entered(scope)
         if "token_info" in context and self._takes("token_info"):
             kwargs["token_info"] = context["token_info"]
         for variable, value in zip(

@@ -1,0 +1,213 @@
+"""Test clocks: an organization's time frozen and advanced through the API, everything that
+falls due on the way run at its own time, other organizations untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calls_server.domain import iso8601
+from tests.conftest import app_client, assert_error
+
+SANDBOX = {
+    "sandbox": True,
+    "webhook_allow_http": True,
+    "webhook_allow_networks": "127.0.0.0/8",
+}
+PHONE = {"from_number": "+14157774444", "to_number": "+12137774445", "override_agent_id": "ag"}
+DAY = 86_400
+# A Monday, 09:00 UTC, well ahead of the real time.
+MONDAY = "2030-01-07T09:00:00Z"
+
+
+@pytest.fixture
+def client(store, data_dir):
+    with app_client(store, data_dir=data_dir, **SANDBOX) as test_client:
+        yield test_client
+
+
+def freeze(client, tenant, at: str | None = MONDAY) -> dict:
+    body = {} if at is None else {"frozen_at": at}
+    response = client.post("/api/sandbox/clock/freeze", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    data: dict = response.json()["data"]
+    return data
+
+
+def advance(client, tenant, **body) -> dict:
+    response = client.post("/api/sandbox/clock/advance", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    data: dict = response.json()["data"]
+    return data
+
+
+def get(client, tenant, call_id: str) -> dict:
+    call: dict = client.get(f"/api/calls/{call_id}", headers=tenant.headers).json()["data"]
+    return call
+
+
+def schedule(client, tenant, at_ms: int, **metadata) -> str:
+    body = {**PHONE, "scheduled_timestamp": at_ms // 1000, "metadata": metadata}
+    response = client.post("/api/calls/create-phone-call", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    call_id: str = response.json()["data"]["call"]["call_id"]
+    return call_id
+
+
+def test_a_clock_runs_on_the_real_time_until_frozen(client, tenant):
+    data = client.get("/api/sandbox/clock", headers=tenant.headers).json()["data"]
+
+    assert data["frozen"] is False
+    assert data["organization_id"] == tenant.organization_id
+    assert data["now"] == iso8601.utc(data["now_ms"])
+
+
+def test_a_frozen_clock_stands_still_and_dates_what_is_created(client, tenant):
+    frozen = freeze(client, tenant)
+
+    call = client.post("/api/calls/create", json={"agent_id": "ag"}, headers=tenant.headers).json()[
+        "data"
+    ]["call"]
+
+    assert frozen["now"] == MONDAY
+    assert frozen["frozen"] is True
+    assert call["created_at"] == iso8601.parse_utc(MONDAY)
+
+
+def test_advancing_dials_a_call_scheduled_a_day_ahead_and_plays_it_out_at_its_time(client, tenant):
+    start = freeze(client, tenant)["now_ms"]
+    call_id = schedule(
+        client, tenant, start + DAY * 1000, sandbox_outcome="completed", sandbox_duration_ms=60_000
+    )
+
+    moved = advance(client, tenant, seconds=DAY + 3600)
+
+    call = get(client, tenant, call_id)
+    assert call["call_status"] == "ended"
+    assert call["start_timestamp"] == start + DAY * 1000
+    assert call["end_timestamp"] == start + DAY * 1000 + 60_000
+    assert moved["now_ms"] == start + (DAY + 3600) * 1000
+    assert moved["steps"] >= 2  # the dial, then the end
+
+
+def test_nothing_falls_due_before_its_time(client, tenant):
+    start = freeze(client, tenant)["now_ms"]
+    call_id = schedule(client, tenant, start + DAY * 1000)
+
+    advance(client, tenant, seconds=DAY - 60)
+
+    assert get(client, tenant, call_id)["call_status"] == "scheduled"
+
+
+def test_the_post_call_webhook_arrives_with_the_clocks_times(client, tenant, receiver):
+    start = freeze(client, tenant)["now_ms"]
+    hook = {"name": "hook", "url": receiver.url, "status_events": True}
+    created = client.post("/api/post-call-webhooks/create", json=hook, headers=tenant.headers)
+    assert created.status_code == 200, created.text
+    call_id = schedule(client, tenant, start + DAY * 1000, sandbox_outcome="completed")
+
+    advance(client, tenant, seconds=2 * DAY)
+
+    events = [json.loads(r.body) for r in receiver.received]
+    ended = [e for e in events if e["call"]["call_id"] == call_id and e["event"] == "call_ended"]
+    assert len(ended) == 1
+    assert ended[0]["call"]["end_timestamp"] > start + DAY * 1000
+    assert [e["event"] for e in events if e["call"]["call_id"] == call_id] == [
+        "call_scheduled",
+        "call_started",
+        "call_ended",
+    ]
+
+
+def test_a_failing_webhook_is_retried_with_its_back_off_as_the_clock_advances(
+    client, tenant, receiver
+):
+    receiver.replies = [(500, 0.0), (500, 0.0)]  # then 202
+    freeze(client, tenant)
+    hook = {"name": "hook", "url": receiver.url, "status_events": True}
+    hook_id = client.post(
+        "/api/post-call-webhooks/create", json=hook, headers=tenant.headers
+    ).json()["data"]["id"]
+    client.post("/api/calls/create", json={"agent_id": "ag"}, headers=tenant.headers)
+    advance(client, tenant, seconds=1)
+    assert len(receiver.received) == 1
+
+    advance(client, tenant, seconds=3600)
+
+    page = client.get(f"/api/post-call-webhooks/{hook_id}/events", headers=tenant.headers)
+    events = page.json()["data"]["events"]
+    assert len(receiver.received) == 3
+    assert events[0]["status"] == "delivered"
+    attempts = [a["at"] for a in events[0]["attempts"]]
+    assert attempts[1] - attempts[0] == 30_000  # the first retry after 30 s
+    assert attempts[2] - attempts[1] == 60_000  # then twice as long
+
+
+def test_another_organizations_clock_is_untouched(client, tenant, other_tenant):
+    freeze(client, tenant)
+
+    theirs = client.get("/api/sandbox/clock", headers=other_tenant.headers).json()["data"]
+    call = client.post(
+        "/api/calls/create", json={"agent_id": "ag"}, headers=other_tenant.headers
+    ).json()["data"]["call"]
+
+    assert theirs["frozen"] is False
+    assert call["created_at"] < iso8601.parse_utc(MONDAY)
+
+
+def test_a_clock_resumed_ahead_of_the_real_time_never_runs_backwards(client, tenant):
+    freeze(client, tenant)
+
+    resumed = client.post("/api/sandbox/clock/resume", headers=tenant.headers)
+
+    assert resumed.status_code == 200
+    assert resumed.json()["data"]["frozen"] is False
+    assert resumed.json()["data"]["now"] == MONDAY
+
+
+def test_a_clock_cannot_be_frozen_in_its_past(client, tenant):
+    freeze(client, tenant)
+
+    response = client.post(
+        "/api/sandbox/clock/freeze",
+        json={"frozen_at": "2030-01-01T00:00:00Z"},
+        headers=tenant.headers,
+    )
+
+    assert_error(response, 400, "cannot move backwards")
+    assert client.get("/api/sandbox/clock", headers=tenant.headers).json()["data"]["now"] == MONDAY
+
+
+def test_a_clock_cannot_be_advanced_into_its_past(client, tenant):
+    freeze(client, tenant)
+
+    response = client.post(
+        "/api/sandbox/clock/advance", json={"to": "2030-01-01T00:00:00Z"}, headers=tenant.headers
+    )
+
+    assert_error(response, 400, "cannot move backwards")
+
+
+def test_a_running_clock_is_not_advanced(client, tenant):
+    response = client.post(
+        "/api/sandbox/clock/advance", json={"seconds": 60}, headers=tenant.headers
+    )
+
+    assert_error(response, 400, "not frozen")
+
+
+@pytest.mark.parametrize("body", [{}, {"seconds": 1, "to": MONDAY}])
+def test_an_advance_names_exactly_one_of_seconds_and_to(client, tenant, body):
+    freeze(client, tenant)
+
+    response = client.post("/api/sandbox/clock/advance", json=body, headers=tenant.headers)
+
+    assert_error(response, 400, "exactly one of 'seconds' and 'to'")
+
+
+def test_the_clock_is_not_there_with_the_sandbox_off(store, data_dir, tenant):
+    with app_client(store, data_dir=data_dir) as client:
+        response = client.get("/api/sandbox/clock", headers=tenant.headers)
+
+    assert_error(response, 404, "sandbox is off")
