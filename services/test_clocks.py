@@ -143,6 +143,7 @@ class Clocks:
                 ]
                 if not upcoming:
                     self._set(organization_id, to)
+                    self._run_due(organization_id, to)  # what expires by then (events)
                     return steps
                 now = min(upcoming)
                 self._set(organization_id, now)

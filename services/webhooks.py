@@ -384,7 +384,9 @@ class WebhookDeliverer:
     def run_due(self, organization_id: str, now: int) -> int:
         """Attempt, here and now, the first pending event of each of the organization's
         lanes that is due by `now` (each call's events in order at each webhook); how many
-        attempts were made."""
+        attempts were made. The organization's settled events past their retention by
+        `now` are pruned first."""
+        self.store.prune_webhook_events(now - int(self.retention * 1000), organization_id)
         attempted = 0
         for event in self._heads(organization_id):
             if event["next_attempt_at"] > now:

@@ -311,8 +311,9 @@ class Outbox(Protocol):
     ) -> WebhookEvent:
         """Replace the event by `change(event)` atomically and return the new record."""
 
-    def prune_webhook_events(self, settled_before: int) -> int:
-        """Remove events delivered or given up before then (Unix ms); how many were removed."""
+    def prune_webhook_events(self, settled_before: int, organization_id: str | None = None) -> int:
+        """Remove events delivered or given up before then (Unix ms), of every organization
+        or of `organization_id` only (one on a test clock); how many were removed."""
 
 
 class IdempotencyRecords(Protocol):

@@ -107,29 +107,33 @@ class OutboxMixin(Locked):
                 self._tell([changed])  # queued again, or due sooner
             return changed
 
-    def prune_webhook_events(self, settled_before: int) -> int:
+    def prune_webhook_events(self, settled_before: int, organization_id: str | None = None) -> int:
         # Looked for under the read lock first: a pass with nothing to prune (the usual one)
         # is no write (none waited for, none counted in the write metrics).
         with self._reading():
-            if not self._settled_events(settled_before):
+            if not self._settled_events(settled_before, organization_id):
                 return 0
         with self._writing():
-            done = self._settled_events(settled_before)
+            done = self._settled_events(settled_before, organization_id)
             if done:
                 self._events.remove(doc_ids=[doc_id for _, _, doc_id in done])
             for webhook_id, event_id, _ in done:
                 del self._hook_events[webhook_id][event_id]
             return len(done)
 
-    def _settled_events(self, settled_before: int) -> list[tuple[str, str, int]]:
-        """(webhook id, event id, doc id) of the events settled before `settled_before`."""
+    def _settled_events(
+        self, settled_before: int, organization_id: str | None
+    ) -> list[tuple[str, str, int]]:
+        """(webhook id, event id, doc id) of the events (of `organization_id`, if given)
+        settled before `settled_before`."""
         table = raw_documents(self._events)
         return [
             (webhook_id, event_id, doc_id)
             for webhook_id, events in self._hook_events.items()
             for event_id, doc_id in events.items()
-            if (settled := webhooks.settled_at(table[str(doc_id)])) is not None
+            if (settled := webhooks.settled_at(event := table[str(doc_id)])) is not None
             and settled < settled_before
+            and organization_id in (None, event["organization_id"])
         ]
 
     def _record_events(self, old: Call | None, new: Call | None) -> list[tuple[int, WebhookEvent]]:

@@ -120,11 +120,14 @@ class OutboxMixin(Connections):
                 conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
         return changed
 
-    def prune_webhook_events(self, settled_before: int) -> int:
-        """Remove events delivered or given up before then (Unix ms); how many were removed."""
+    def prune_webhook_events(self, settled_before: int, organization_id: str | None = None) -> int:
+        """Remove events delivered or given up before then (Unix ms), of every organization
+        or of `organization_id` only (one on a test clock); how many were removed."""
         with self._transaction() as conn:
             cursor = conn.execute(
-                "DELETE FROM webhook_events WHERE settled_at < %s", (settled_before,)
+                "DELETE FROM webhook_events WHERE settled_at < %s"
+                " AND (%s::text IS NULL OR organization_id = %s)",
+                (settled_before, organization_id, organization_id),
             )
             return max(0, cursor.rowcount)
 

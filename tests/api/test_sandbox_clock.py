@@ -211,3 +211,34 @@ def test_the_clock_is_not_there_with_the_sandbox_off(store, data_dir, tenant):
         response = client.get("/api/sandbox/clock", headers=tenant.headers)
 
     assert_error(response, 404, "sandbox is off")
+
+
+def test_an_idempotency_key_expires_on_the_clock(client, tenant):
+    freeze(client, tenant)
+    headers = {**tenant.headers, "Idempotency-Key": "nightly-job"}
+    first = client.post("/api/calls/create", json={"agent_id": "ag"}, headers=headers)
+    kept = client.post("/api/calls/create", json={"agent_id": "ag"}, headers=headers)
+
+    advance(client, tenant, seconds=2 * DAY)
+    after = client.post("/api/calls/create", json={"agent_id": "ag"}, headers=headers)
+
+    assert kept.headers["Idempotent-Replayed"] == "true"
+    assert kept.json()["data"]["call"]["call_id"] == first.json()["data"]["call"]["call_id"]
+    assert "Idempotent-Replayed" not in after.headers
+    assert after.json()["data"]["call"]["call_id"] != first.json()["data"]["call"]["call_id"]
+
+
+def test_delivered_webhook_events_expire_on_the_clock(client, tenant, receiver):
+    freeze(client, tenant)
+    hook = {"name": "hook", "url": receiver.url, "status_events": True}
+    hook_id = client.post(
+        "/api/post-call-webhooks/create", json=hook, headers=tenant.headers
+    ).json()["data"]["id"]
+    client.post("/api/calls/create", json={"agent_id": "ag"}, headers=tenant.headers)
+    advance(client, tenant, seconds=1)
+    events = f"/api/post-call-webhooks/{hook_id}/events"
+    assert len(client.get(events, headers=tenant.headers).json()["data"]["events"]) == 1
+
+    advance(client, tenant, seconds=8 * DAY)
+
+    assert client.get(events, headers=tenant.headers).json()["data"]["events"] == []
