@@ -404,6 +404,94 @@ def settings_reference(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- the sandbox's state, over HTTP from a running server -------------------------------------
+
+
+def sandbox_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the organization's records (exportSandboxState) to a file, or stdout."""
+    state = _sandbox_call(args, settings, "GET", "/sandbox/state")
+    if state is None:
+        return 1
+    text = json.dumps(state, indent=2) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"Wrote the organization's records to {args.out}.", file=sys.stderr)
+    return 0
+
+
+def sandbox_load(args: argparse.Namespace, settings: Settings) -> int:
+    """Load a fixture file into the organization (loadSandboxState); print the counts."""
+    try:
+        fixture = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as e:
+        print(f"calls-server: cannot read the fixture {args.file}: {e}", file=sys.stderr)
+        return 2
+    counts = _sandbox_call(args, settings, "POST", "/sandbox/state", fixture)
+    if counts is None:
+        return 1
+    _print(counts)
+    return 0
+
+
+def sandbox_reset(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove every record of the organization (resetSandboxState); print the counts."""
+    counts = _sandbox_call(args, settings, "POST", "/sandbox/reset")
+    if counts is None:
+        return 1
+    _print(counts)
+    return 0
+
+
+def _sandbox_call(
+    args: argparse.Namespace, settings: Settings, method: str, path: str, body: Any = None
+) -> Any:
+    """The `data` of the running server's answer to `method path` (under the API's base
+    URL), sent with the organization's key pair; None, the API's error printed, if it
+    refused or could not be reached."""
+    import httpx  # only the commands that call a server load an HTTP client
+
+    url = (args.url or settings.mcp_url).rstrip("/")
+    key = args.api_key or settings.mcp_api_key
+    secret = args.api_secret or settings.mcp_api_secret
+    if not (key and secret):
+        print(
+            "calls-server: the sandbox commands need the organization's key pair: "
+            "--api-key and --api-secret, or CALLS_MCP_API_KEY and CALLS_MCP_API_SECRET",
+            file=sys.stderr,
+        )
+        return None
+    headers = {"X-API-KEY": key, "X-API-SECRET": secret}
+    try:
+        response = httpx.request(
+            method, url + path, json=body, headers=headers, timeout=SANDBOX_TIMEOUT
+        )
+    except httpx.HTTPError as e:
+        print(f"calls-server: cannot reach {url}: {e}", file=sys.stderr)
+        return None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.status_code != 200 or not isinstance(answer, dict):
+        said = (
+            f"{answer.get('message')}: {answer.get('error')}"
+            if isinstance(answer, dict)
+            else response.text[:200]
+        )
+        print(
+            f"calls-server: {method} {url + path} answered {response.status_code}: {said}",
+            file=sys.stderr,
+        )
+        return None
+    return answer.get("data")
+
+
+# Seconds a sandbox command waits for the server (a large fixture takes a while to load).
+SANDBOX_TIMEOUT = 300.0
+
+
 def _add_key(store: Store, organization_id: str, name: str | None) -> dict[str, Any]:
     record, secret = keys.new_api_key(organization_id, wall_clock(), name)
     store.add_api_key(record)
@@ -617,6 +705,41 @@ def _parser() -> argparse.ArgumentParser:
         help="only the operations that read (GET) are tools (CALLS_MCP_READ_ONLY)",
     )
     agents.set_defaults(command=mcp)
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="export, load or reset an organization's records on a running sandbox server",
+        description="Calls a running server with the sandbox on (CALLS_SANDBOX) as one "
+        "organization, by its key pair: the API's base URL from --url or CALLS_MCP_URL "
+        "(default http://127.0.0.1:8080/api), the pair from --api-key and --api-secret or "
+        "CALLS_MCP_API_KEY and CALLS_MCP_API_SECRET (the client settings `calls-server mcp` "
+        "uses). Exits 1 with the API's error when it refuses.",
+    )
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", help="the server's API base URL (CALLS_MCP_URL)")
+    client.add_argument("--api-key", help="the organization's API key (CALLS_MCP_API_KEY)")
+    client.add_argument("--api-secret", help="that key's secret (CALLS_MCP_API_SECRET)")
+    state = sandbox.add_subparsers(required=True, metavar="ACTION")
+    export = state.add_parser(
+        "export", parents=[client], help="write the organization's records as a fixture"
+    )
+    export.add_argument(
+        "--out", default="-", metavar="FILE", help="the fixture file (default: stdout)"
+    )
+    export.set_defaults(command=sandbox_export)
+    load = state.add_parser(
+        "load",
+        parents=[client],
+        help="add a fixture's records to the organization, ids kept, all or nothing",
+    )
+    load.add_argument("file", metavar="FILE", help="a fixture, as `sandbox export` writes it")
+    load.set_defaults(command=sandbox_load)
+    reset = state.add_parser(
+        "reset",
+        parents=[client],
+        help="remove every record of the organization (it and its keys stay)",
+    )
+    reset.set_defaults(command=sandbox_reset)
 
     salvage_ = commands.add_parser(
         "recover",
