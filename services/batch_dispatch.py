@@ -137,7 +137,9 @@ class BatchDispatcher:
             pending, _ = self.store.batch_tasks(org, batch_id, status="pending")
             attempts = [t["next_attempt_at"] for t in pending if t["next_attempt_at"] is not None]
             if attempts:
-                first, quiet = min(attempts), batches.quiet_hours(batch)
+                # Due already (0: as soon as the batch runs), and waiting on quiet hours?
+                first = max(min(attempts), test_clocks.now_of(self.clock, organization_id))
+                quiet = batches.quiet_hours(batch)
                 times.append(quiet.next_allowed(first) if quiet and quiet.holds(first) else first)
         return min(times, default=None)
 

@@ -242,3 +242,39 @@ def test_delivered_webhook_events_expire_on_the_clock(client, tenant, receiver):
     advance(client, tenant, seconds=8 * DAY)
 
     assert client.get(events, headers=tenant.headers).json()["data"]["events"] == []
+
+
+def test_a_batch_waits_out_its_quiet_hours_and_retry_wait_on_the_clock(client, tenant):
+    freeze(client, tenant, at="2030-01-07T23:00:00Z")  # quiet until 08:00
+    agent = client.post(
+        "/api/agents/create", json={"agent_name": "Campaigner"}, headers=tenant.headers
+    ).json()["data"]
+    batch = {
+        "name": "Renewals",
+        "from_number": PHONE["from_number"],
+        "agent_id": agent["agent_id"],
+        "timezone": "UTC",
+        "quiet_hours": {"enabled": True, "start_time": "22:00", "end_time": "08:00"},
+        "retry_config": {"enabled": True, "max_attempts": 2},
+        "retry_rules": [
+            {"condition": "no_answer", "retry_timing": {"type": "AFTER", "duration_minutes": 30}}
+        ],
+        "tasks": [
+            {
+                "to_number": "+15550000000",
+                "dynamic_variables": {
+                    "sandbox_outcome": "no_answer,completed",
+                    "sandbox_duration_ms": 20000,
+                },
+            }
+        ],
+    }
+    created = client.post("/batch-call", json=batch, headers=tenant.headers)
+    assert created.status_code == 200, created.text
+
+    advance(client, tenant, seconds=DAY)
+
+    listed = client.get("/api/calls", headers=tenant.headers).json()["data"]["calls"]
+    started = sorted(iso8601.utc(call["created_at"]) for call in listed)
+    assert started == ["2030-01-08T08:00:00Z", "2030-01-08T08:30:20Z"]
+    assert sorted(call["call_status"] for call in listed) == ["ended", "ended"]
