@@ -332,6 +332,19 @@ def test_a_fixture_past_the_webhook_limit_is_refused(store, tenant):
         assert exported(client, tenant)["webhooks"] == []
 
 
+def test_an_organization_over_a_lowered_webhook_limit_still_loads_other_records(store, tenant):
+    with app_client(store, **SANDBOX, webhooks_per_organization=2) as client:
+        for name in ("one", "two"):
+            post(client, tenant, "/api/post-call-webhooks/create", {"name": name, "url": HOOK_URL})
+        call = {**a_call(client, tenant), "call_id": "more"}
+
+    with app_client(store, **SANDBOX, webhooks_per_organization=1) as client:
+        response = load(client, tenant, {"version": 1, "calls": [call]})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["calls"] == 1
+
+
 def test_a_fixture_of_another_version_is_refused(client, tenant):
     assert_error(load(client, tenant, {"version": 2}), 400)
 
