@@ -48,8 +48,10 @@ def reset_sandbox_state(token_info: dict[str, Any]) -> Response:
     running = _sandbox_on()
     org = organization_id(token_info)
     removed = running.store.reset_organization(org)
-    # -- LEAD: clear the organization's fault rules and put its test clock back on real time
-    # here (openapi.yaml, resetSandboxState), once those services are in `Services`. -------
+    if running.faults is not None:
+        running.faults.clear(org)
+    if running.test_clocks is not None:
+        running.test_clocks.forget(org)
     return success("Sandbox state reset", removed), 200
 
 

@@ -109,6 +109,13 @@ class Clocks:
                 work.resumed(organization_id)
         return self.now(organization_id)
 
+    def forget(self, organization_id: str) -> None:
+        """Put the organization back on the real time at once, even from ahead of it (its
+        records are gone: a reset)."""
+        self.resume(organization_id)
+        with self._lock:
+            self._ahead.pop(organization_id, None)
+
     def advance(self, organization_id: str, to: int) -> int:
         """Move the organization's frozen clock to `to`, stopping at each time something of
         the services' work falls due on the way and running it there; how many times it

@@ -278,3 +278,13 @@ def test_a_batch_waits_out_its_quiet_hours_and_retry_wait_on_the_clock(client, t
     started = sorted(iso8601.utc(call["created_at"]) for call in listed)
     assert started == ["2030-01-08T08:00:00Z", "2030-01-08T08:30:20Z"]
     assert sorted(call["call_status"] for call in listed) == ["ended", "ended"]
+
+
+def test_a_reset_puts_the_clock_back_on_the_real_time_even_from_ahead(client, tenant):
+    freeze(client, tenant)
+
+    client.post("/api/sandbox/reset", headers=tenant.headers)
+
+    clock = client.get("/api/sandbox/clock", headers=tenant.headers).json()["data"]
+    assert clock["frozen"] is False
+    assert clock["now_ms"] < iso8601.parse_utc(MONDAY)

@@ -240,3 +240,12 @@ def test_faults_are_not_there_with_the_sandbox_off(store, data_dir, tenant):
         response = client.get("/api/sandbox/faults", headers=tenant.headers)
 
     assert_error(response, 404, "sandbox is off")
+
+
+def test_a_reset_removes_the_organizations_rules(client, tenant):
+    order(client, tenant, operation_id="getCall", action="error")
+
+    client.post("/api/sandbox/reset", headers=tenant.headers)
+
+    assert client.get("/api/sandbox/faults", headers=tenant.headers).json()["data"] == []
+    assert client.get("/api/calls/x", headers=tenant.headers).status_code == 404
