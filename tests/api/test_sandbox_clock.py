@@ -8,7 +8,8 @@ import json
 import pytest
 
 from calls_server.domain import iso8601
-from tests.conftest import app_client, assert_error
+from calls_server.storage.embedded import EmbeddedStore
+from tests.conftest import add_tenant, app_client, assert_error
 
 SANDBOX = {
     "sandbox": True,
@@ -288,3 +289,49 @@ def test_a_reset_puts_the_clock_back_on_the_real_time_even_from_ahead(client, te
     clock = client.get("/api/sandbox/clock", headers=tenant.headers).json()["data"]
     assert clock["frozen"] is False
     assert clock["now_ms"] < iso8601.parse_utc(MONDAY)
+
+
+def seeded_run(directory) -> list[tuple]:
+    """A scenario of drawn outcomes, probable faults and clock moves, on a fresh store: what
+    each create was answered, and how each call played out, relative to the clock."""
+    store = EmbeddedStore(directory)
+    try:
+        tenant = add_tenant(store, "org-seeded")
+        settings = {**SANDBOX, "sandbox_seed": 42}
+        with app_client(store, data_dir=directory, **settings) as client:
+            start = freeze(client, tenant)["now_ms"]
+            rule = {"operation_id": "createPhoneCall", "action": "error", "probability": 0.5}
+            client.post("/api/sandbox/faults", json={**rule, "seed": 3}, headers=tenant.headers)
+            answers, call_ids = [], []
+            for n in range(8):
+                body = {**PHONE, "scheduled_timestamp": start // 1000 + 3600 * (n + 1)}
+                response = client.post(
+                    "/api/calls/create-phone-call", json=body, headers=tenant.headers
+                )
+                answers.append(response.status_code)
+                if response.status_code == 200:
+                    call_ids.append(response.json()["data"]["call"]["call_id"])
+            advance(client, tenant, seconds=DAY)
+            played = []
+            for call_id in call_ids:
+                call = get(client, tenant, call_id)
+                played.append(
+                    (
+                        call["call_status"],
+                        call["disconnection_reason"],
+                        call["call_duration"],
+                        (call["end_timestamp"] or 0) - start,
+                    )
+                )
+        return [tuple(answers), *played]
+    finally:
+        store.close()
+
+
+def test_the_same_seed_faults_and_clock_moves_give_the_same_run(tmp_path):
+    first = seeded_run(tmp_path / "first")
+    second = seeded_run(tmp_path / "second")
+
+    assert first == second
+    assert 503 in first[0]
+    assert 200 in first[0]
