@@ -306,13 +306,17 @@ class Settings:
     )
     mcp_url: str = setting(
         "http://127.0.0.1:8080/api",
-        "`calls-server mcp`: the Calls API its tools call (`mcp --url`; see [MCP server](mcp.md))",
+        "`calls-server mcp` and `calls-server sandbox`: the Calls API they call (`--url`; "
+        "see [MCP server](mcp.md) and [Starting from a known state]"
+        "(sandbox.md#starting-from-a-known-state))",
         section="MCP server (`calls-server mcp`)",
     )
     mcp_api_key: str | None = setting(
-        None, "`calls-server mcp`: the organization's API key its tools call with"
+        None, "`calls-server mcp` and `sandbox`: the organization's API key they call with"
     )
-    mcp_api_secret: str | None = setting(None, "`calls-server mcp`: that key's secret")
+    mcp_api_secret: str | None = setting(
+        None, "`calls-server mcp` and `sandbox`: that key's secret"
+    )
     mcp_read_only: bool = setting(
         False, "`calls-server mcp`: only the operations that read (GET) are tools (`--read-only`)"
     )

@@ -123,6 +123,7 @@ EVERY_SETTING = {
     "log_json": "true",
     "log_access": "false",
     "cors_origins": "https://app.example.com",
+    "console": "false",
     "quota_bytes": "1048576",
     "sandbox_seed": "7",
     "sandbox_time_scale": "0.5",
