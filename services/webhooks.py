@@ -121,6 +121,8 @@ class WebhookDeliverer:
         self._parked: dict[str, set[Lane]] = {}  # webhook switched off -> its waiting lanes
         # Organization on a frozen test clock -> its lanes, left to `run_due`.
         self._frozen: dict[str, set[Lane]] = {}
+        # Lane -> the partition its call's events are in (as the store told; None: one process).
+        self._partitions: dict[Lane, int | None] = {}
         self._tie = itertools.count()
         self._clients: dict[str, httpx.Client] = {}
         self._stopping = False
@@ -134,7 +136,7 @@ class WebhookDeliverer:
         pending one, while this process is the one of those sharing the store that
         delivers)."""
         self._dispatcher.start()
-        self.store.record_webhook_events(self._owed, self._pending, self._forget_all)
+        self.store.record_webhook_events(self._owed, self._pending, self._forget_partitions)
 
     def _owed(
         self, old: Call | None, new: Call | None, hooks: list[Webhook], assigned: list[str]
@@ -151,19 +153,38 @@ class WebhookDeliverer:
                     self._queued.add((webhook_id, event_id))
                     self._lanes.setdefault(lane, deque()).append(event_id)
                     self._organizations[webhook_id] = event["organization_id"]
+                    self._partitions[lane] = event.get("partition")
                 self._schedule(lane, self.clock())
             self._wake.notify()
 
-    def _forget_all(self) -> None:
-        """Another process delivers from now on: drop every lane (the attempts under way
-        are recorded; the events stay pending in the store for that process)."""
+    def _forget_partitions(self, partitions: frozenset[int] | None) -> None:
+        """Another process delivers the events of `partitions` (None: of all) from now on:
+        drop their lanes (the events stay pending in the store for that process), and
+        return once the attempts under way on them are recorded (at once for all: this
+        process lost its connection, and its part with it)."""
         with self._wake:
-            self._lanes.clear()
-            self._queued.clear()
-            self._due.clear()
-            self._scheduled.clear()
-            self._held.clear()
-            self._parked.clear()
+            if partitions is None:
+                self._lanes.clear()
+                self._queued.clear()
+                self._due.clear()
+                self._scheduled.clear()
+                self._held.clear()
+                self._parked.clear()
+                self._partitions.clear()
+                return
+            mine = {lane for lane, p in self._partitions.items() if p in partitions}
+            for lane in mine:
+                for event_id in self._lanes.pop(lane, ()):
+                    self._queued.discard((lane[0], event_id))
+                self._scheduled.pop(lane, None)  # its heap entry is skipped
+                for lanes in (*self._parked.values(), *self._frozen.values()):
+                    lanes.discard(lane)
+            for webhook_id, held in self._held.items():
+                self._held[webhook_id] = deque(lane for lane in held if lane not in mine)
+            while mine & self._busy:
+                self._wake.wait(0.05)
+            for lane in mine:
+                self._partitions.pop(lane, None)
 
     def backlog(self) -> tuple[int, int]:
         """Events waiting to be delivered (queued, retries included, and those being sent),
@@ -423,6 +444,7 @@ class WebhookDeliverer:
                 self._queued.discard((lane[0], queue.popleft()))
             if not queue:
                 self._lanes.pop(lane, None)
+                self._partitions.pop(lane, None)
                 return None
         return self.clock()
 
@@ -450,6 +472,7 @@ class WebhookDeliverer:
             for lane in [lane for lane in self._lanes if lane[0] == webhook_id]:
                 for event_id in self._lanes.pop(lane):
                     self._queued.discard((webhook_id, event_id))
+                self._partitions.pop(lane, None)
             client = self._clients.pop(webhook_id, None)
         if client is not None:
             client.close()

@@ -38,6 +38,12 @@ TaskChange = Callable[[Batch, Task, int], tuple[Batch, Task]]
 # under the store's lock: it must only take note, never block. Told twice of an event, it
 # looks at it again.
 EventListener = Callable[[list[WebhookEvent]], None]
+# Called when this process is no longer to deliver the events of some partitions (None: of
+# every one, its connection to the database lost): the deliverer drops the events it was
+# told of in them, and returns once the attempts it has under way on them are recorded, so
+# that the next process to deliver them does not attempt them at the same time. An event's
+# partition is its `partition` as told (none on a store of one process).
+EventForget = Callable[[frozenset[int] | None], None]
 # The Idempotency-Key claim the current request runs under, and until when (Unix ms) its
 # answer would be kept. Every store marks that claim, in the transaction (or journal
 # record) of each record it adds, with the record's kind and id (`written`), and keeps the
@@ -271,15 +277,17 @@ class Outbox(Protocol):
     """Webhook events: recorded with the changes that owe them, delivered, pruned."""
 
     def record_webhook_events(
-        self, source: EventSource, listener: EventListener, forget: Callable[[], None]
+        self, source: EventSource, listener: EventListener, forget: EventForget
     ) -> None:
         """From now on, record with every change of a call, atomically, the events `source`
         says it owes; tell `listener` of the pending events this process is to deliver:
-        every one pending now, then each that becomes pending, in commit order. Of the
-        processes sharing a store, one at a time delivers: the others are told nothing; if
-        it stops, the next one is told of every pending event; if it loses the role (its
-        connection to the database lost), `forget` is called, and it must drop what it was
-        told and not deliver it (the events stay pending for the next one)."""
+        every one pending now, then each that becomes pending, in commit order. The
+        processes sharing a store share the delivery by partitions of the calls (each
+        call's events in one partition, each partition delivered by one process at a time):
+        a process is told of the events of the partitions it takes, and when it gives some
+        up or loses them (its connection to the database lost), `forget` is called, and it
+        must drop what it was told of them and not deliver it (the events stay pending for
+        the next one)."""
 
     def pending_webhook_events(self) -> list[WebhookEvent]:
         """Every organization's pending events, in the order they were recorded."""

@@ -12,7 +12,7 @@ from calls_server.domain import agents, webhooks
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import WebhookEventNotFound
 from calls_server.domain.webhooks import Webhook, WebhookEvent
-from calls_server.storage.interface import EventListener, EventSource
+from calls_server.storage.interface import EventForget, EventListener, EventSource
 from calls_server.storage.postgres.documents import _copy, _json
 from calls_server.storage.postgres.pool import Connection, Connections
 from calls_server.storage.postgres.records import _WEBHOOKS, _locked
@@ -29,12 +29,13 @@ class OutboxMixin(Connections):
         self,
         source: EventSource,
         listener: EventListener,
-        forget: Callable[[], None] = lambda: None,
+        forget: EventForget = lambda partitions: None,
     ) -> None:
         """From now on, record with every change of a call, in its transaction, the events
-        `source` says it owes; while this process delivers (one process of those sharing
-        the database does), tell `listener` of every pending event, shortly after the
-        commit that made it pending, whichever process made it (see postgres_presence)."""
+        `source` says it owes; tell `listener` of every pending event of the partitions
+        this process delivers (its share of those the processes sharing the database
+        deliver), shortly after the commit that made it pending, whichever process made it;
+        `forget` those it gives up or loses (see postgres_presence)."""
         self._event_source = source
         self._presence.deliver(listener, forget)
 

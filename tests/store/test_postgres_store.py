@@ -28,13 +28,13 @@ from calls_server.domain.errors import (
 )
 from calls_server.storage import postgres
 from calls_server.storage.postgres import PostgresStore, migrate, migrations
+from calls_server.storage.postgres_presence import PARTITIONS
 from tests.conftest import wait_for
 from tests.postgres_server import TcpProxy
 from tests.store.test_store_contract import (
     EVERYTHING,
     a_call,
     first_told,
-    ids_of,
     owing,
     webhook,
 )
@@ -119,27 +119,50 @@ def test_a_process_whose_connection_dies_leaves_the_live_ones(store, database_ur
         other.close()
 
 
-def test_one_process_at_a_time_is_told_of_pending_events(acme, database_url):
+def told_ids(told: list[list[dict]]) -> set[str]:
+    return {event["event_id"] for batch in told for event in batch}
+
+
+def test_two_processes_share_the_pending_events_by_partition(acme, database_url):
     other = PostgresStore(database_url)
     told_here: list[list[dict]] = []
     told_there: list[list[dict]] = []
     acme.record_webhook_events(owing, told_here.append)
     other.record_webhook_events(owing, told_there.append)
     try:
-        pending_event(other, "made-there")  # recorded by the other process
-        pending_event(acme, "made-here")
-        wait_for(lambda: len(first_told(told_here)) == 2)
+        wait_for(lambda: acme._presence.partitions and other._presence.partitions)
+        for n in range(24):  # recorded by either process
+            pending_event(other if n % 2 else acme, f"call-{n}")
+        every = {event["event_id"] for event in acme.pending_webhook_events()}
+        wait_for(lambda: told_ids(told_here) | told_ids(told_there) == every)
 
-        assert first_told(told_here) == ids_of(acme.pending_webhook_events())
-        assert told_there == []
+        assert told_ids(told_here)
+        assert told_ids(told_there)
+        assert not told_ids(told_here) & told_ids(told_there)  # each event to one
+        assert not acme._presence.partitions & other._presence.partitions
+        assert len(acme._presence.partitions | other._presence.partitions) == PARTITIONS
     finally:
         acme.close()
-    # The deliverer stopped: the other takes over and is told of every pending event.
-    wait_for(lambda: len(first_told(told_there)) == 2)
-    pending_event(other, "after")
-    wait_for(lambda: len(first_told(told_there)) == 3)
-    assert first_told(told_there) == ids_of(other.pending_webhook_events())
+    # One delivers no more: the other takes its partitions over, told of their events.
+    wait_for(lambda: told_ids(told_there) == every)
+    assert len(other._presence.partitions) == PARTITIONS
     other.close()
+
+
+def test_a_process_that_joins_is_given_its_share(acme, database_url):
+    forgotten: list[frozenset[int] | None] = []
+    acme.record_webhook_events(owing, lambda events: None, forgotten.append)
+    assert len(acme._presence.partitions) == PARTITIONS  # alone (this test's database)
+    other = PostgresStore(database_url)
+    try:
+        other.record_webhook_events(owing, lambda events: None)
+
+        wait_for(lambda: len(other._presence.partitions) == PARTITIONS // 2)
+        assert len(acme._presence.partitions) == PARTITIONS // 2
+        assert forgotten
+        assert forgotten[0] == frozenset(other._presence.partitions)
+    finally:
+        other.close()
 
 
 def test_a_deliverer_that_loses_its_connection_forgets_and_another_takes_over(acme, database_url):
@@ -148,15 +171,15 @@ def test_a_deliverer_that_loses_its_connection_forgets_and_another_takes_over(ac
     forgotten = threading.Event()
     told_there: list[list[dict]] = []
     try:
-        cut_off.record_webhook_events(owing, lambda events: None, forgotten.set)
+        cut_off.record_webhook_events(owing, lambda events: None, lambda p: forgotten.set())
         acme.record_webhook_events(owing, told_there.append)
         pending_event(acme, "c1")
-        assert cut_off._presence.delivering  # it asked first
+        assert cut_off._presence.delivering
         proxy.cut()
 
         wait_for(forgotten.is_set)
-        wait_for(lambda: len(first_told(told_there)) == 1)
-        assert first_told(told_there) == ids_of(acme.pending_webhook_events())
+        wait_for(lambda: len(acme._presence.partitions) == PARTITIONS)  # all of them now
+        wait_for(lambda: told_ids(told_there) == told_ids([acme.pending_webhook_events()]))
     finally:
         cut_off.close()
 
