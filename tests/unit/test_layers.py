@@ -144,3 +144,65 @@ def test_only_the_wiring_may_import_the_request_path():
         " (request_path)"
     ]
     assert violations(source, "calls_server.metrics") == []
+
+
+def module_imports(module: str, modules: dict[str, Path]) -> set[str]:
+    """The project modules `module` imports when it is loaded (its top-level imports; those
+    inside functions run later and cannot make a circle at load). `from package import
+    name` counts `package.name` when that is a module."""
+    tree = ast.parse(modules[module].read_text(encoding="utf-8"))
+    package = module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the module's package
+                above = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{above}.{base}" if base else above
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return (found & set(modules)) - {module}
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of `graph` (its strongly connected parts of more than one module)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            part = [stack.pop()]
+            while part[-1] != module:
+                part.append(stack.pop())
+            if len(part) > 1:
+                circles.append(sorted(part))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_module_imports_itself_through_others():
+    modules = project_modules()
+    graph = {module: module_imports(module, modules) for module in modules}
+
+    assert import_circles(graph) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+
+    assert import_circles(graph) == [["a", "b", "c"]]
