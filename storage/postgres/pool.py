@@ -239,7 +239,8 @@ class Connections:
                     pass
                 why = (
                     f"The database is reachable, but none of the store's {self._max_connections}"
-                    f" connections was free within {self._pool_timeout:g} s: it is overloaded"
+                    f" connections was free within {self._pool_timeout:g} s: it is overloaded,"
+                    " or the store is connecting again after the database came back"
                 )
             except psycopg.Error as e:
                 why = f"The database cannot be reached: {_cause(e)}"
