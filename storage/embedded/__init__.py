@@ -9,9 +9,10 @@ TinyDB as shipped rebuilds a whole table on every write and scans on every searc
 - a stored document is never mutated, only replaced (`JournaledTable.replace`), so that
   the journal can snapshot a shallow copy of the tables in the background;
 - every lookup and listing goes through in-memory indexes, rebuilt once on open: calls per
-  organization (`storage.call_index`), API keys by key and per organization, webhooks per
-  organization, webhook events per webhook, scheduled calls by due time, kept idempotent
-  answers by scope and key. No request reads another organization's records;
+  organization (`storage.call_index`), API keys by key and per organization, webhooks and
+  batch calls per organization, webhook events per (organization, webhook), batch tasks
+  per (organization, batch call), scheduled calls by due time, kept idempotent answers by
+  scope and key. No request reads another organization's records;
 - the webhook events a change of a call owes (the outbox) are written in the same journal
   record as the change (`JournalStorage.transaction`): both are on disk, or neither;
 - one lock serializes every write and every read that spans documents, since neither
@@ -54,7 +55,7 @@ from calls_server.storage.embedded.export import EXPORTED, ExportMixin
 from calls_server.storage.embedded.idempotency import IdempotencyMixin
 from calls_server.storage.embedded.lock import _unavailable_when_failed
 from calls_server.storage.embedded.processes import ProcessesMixin
-from calls_server.storage.embedded.records import RecordsMixin, _OrgRecords
+from calls_server.storage.embedded.records import OrgKey, RecordsMixin, _OrgRecords
 from calls_server.storage.embedded.state import StateMixin
 from calls_server.storage.interface import EventListener, EventSource
 from calls_server.storage.journal import JournalStorage
@@ -112,11 +113,12 @@ class EmbeddedStore(
         self._numbers = _OrgRecords(self._table("phone_numbers"), record_kinds.PHONE_NUMBER)
         self._batches = _OrgRecords(self._table("batches"), record_kinds.BATCH)
         self._tasks = self._table("batch_tasks")
-        # batch -> task id -> doc id, in the batch's order; and batch -> its pending tasks
-        # as (next_attempt_at, index, task id), so that the due ones are a range.
-        self._batch_tasks: dict[str, dict[str, int]] = {}
-        self._pending: dict[str, SortedList] = {}
-        self._calling: dict[str, set[str]] = {}  # batch -> its tasks with calls under way
+        # Keyed by (organization, batch id): task id -> doc id, in the batch's order; the
+        # pending tasks as (next_attempt_at, index, task id), so that the due ones are a
+        # range; the tasks with calls under way.
+        self._batch_tasks: dict[OrgKey, dict[str, int]] = {}
+        self._pending: dict[OrgKey, SortedList] = {}
+        self._calling: dict[OrgKey, set[str]] = {}
         for doc_id, task in sorted(raw_documents(self._tasks).items(), key=_task_order):
             self._index_task(int(doc_id), None, task)
         # Batches the dispatcher has work in: (organization, batch id).
@@ -165,10 +167,11 @@ class EmbeddedStore(
         self._kept: dict[tuple[str, str], int] = {}
         for doc_id, kept in sorted(raw_documents(self._idempotency).items(), key=_doc_order):
             self._kept[(kept["scope"], kept["key"])] = int(doc_id)
-        # webhook -> event id -> doc id, in the order recorded
-        self._hook_events: dict[str, dict[str, int]] = {}
+        # (organization, webhook id) -> event id -> doc id, in the order recorded
+        self._hook_events: dict[OrgKey, dict[str, int]] = {}
         for doc_id, event in sorted(raw_documents(self._events).items(), key=_doc_order):
-            self._hook_events.setdefault(event["webhook_id"], {})[event["event_id"]] = int(doc_id)
+            hook = (event["organization_id"], event["webhook_id"])
+            self._hook_events.setdefault(hook, {})[event["event_id"]] = int(doc_id)
 
     # -- durability ----------------------------------------------------------------------------
     def check_ready(self) -> None:

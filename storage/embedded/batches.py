@@ -1,5 +1,5 @@
-"""Batch calls (`_OrgRecords`) and their tasks, indexed per batch: in order, the pending
-ones by due time, those calling."""
+"""Batch calls (`_OrgRecords`) and their tasks, indexed per (organization, batch): in order,
+the pending ones by due time, those calling."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from calls_server.domain.batches import Batch, Task
 from calls_server.domain.errors import TaskNotFound
 from calls_server.storage.embedded.documents import _MAX, _copy
 from calls_server.storage.embedded.idempotency import IdempotencyMixin
-from calls_server.storage.embedded.records import _OrgRecords
+from calls_server.storage.embedded.records import OrgKey, _OrgRecords
 from calls_server.storage.interface import TaskChange
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
@@ -23,9 +23,9 @@ class BatchesMixin(IdempotencyMixin):
 
     _batches: _OrgRecords
     _tasks: JournaledTable
-    _batch_tasks: dict[str, dict[str, int]]
-    _pending: dict[str, SortedList]
-    _calling: dict[str, set[str]]
+    _batch_tasks: dict[OrgKey, dict[str, int]]
+    _pending: dict[OrgKey, SortedList]
+    _calling: dict[OrgKey, set[str]]
     _active: set[tuple[str, str]]
 
     def add_batch(self, batch: Batch, tasks: list[Task]) -> None:
@@ -60,7 +60,7 @@ class BatchesMixin(IdempotencyMixin):
             changed: list[tuple[int, Task, Task]] = []
             if each_task is not None:
                 table = raw_documents(self._tasks)
-                for task_doc in self._batch_tasks.get(batch_id, {}).values():
+                for task_doc in self._batch_tasks.get((organization_id, batch_id), {}).values():
                     before = table[str(task_doc)]
                     batch, after = each_task(batch, _copy(before))
                     if after != before:
@@ -85,7 +85,7 @@ class BatchesMixin(IdempotencyMixin):
             batch, tasks = change(_copy(old))
             with self._journal.transaction():
                 self._batches.table.replace(doc_id, _copy(batch))
-                self._remove_tasks(batch_id)
+                self._remove_tasks((organization_id, batch_id))
                 self._insert_tasks(tasks)
             self._track_batch(batch)
             return batch
@@ -99,7 +99,7 @@ class BatchesMixin(IdempotencyMixin):
                 check(_copy(old))
             with self._journal.transaction():
                 self._batches.table.remove(doc_ids=[doc_id])
-                self._remove_tasks(batch_id)
+                self._remove_tasks((organization_id, batch_id))
             del self._batches.index[organization_id][batch_id]
             self._active.discard((organization_id, batch_id))
             return _copy(old)
@@ -116,17 +116,18 @@ class BatchesMixin(IdempotencyMixin):
         with self._reading():
             self._batches.stored(organization_id, batch_id)
             table = raw_documents(self._tasks)
-            ids = self._batch_tasks.get(batch_id, {})
+            key = (organization_id, batch_id)
+            ids = self._batch_tasks.get(key, {})
             end = None if limit is None else offset + limit
             if due_by is not None:  # a range of the pending ones, earliest due first
-                pending = self._pending.get(batch_id, SortedList())
+                pending = self._pending.get(key, SortedList())
                 total = pending.bisect_right((due_by, _MAX_INT, _MAX))
                 chosen = [
                     ids[task_id] for _, _, task_id in pending[offset : min(total, end or total)]
                 ]
                 return [_copy(table[str(doc)]) for doc in chosen], total
             if status == "calling":  # followed every pass: indexed
-                docs = sorted(ids[task_id] for task_id in self._calling.get(batch_id, ()))
+                docs = sorted(ids[task_id] for task_id in self._calling.get(key, ()))
                 matching = [table[str(doc)] for doc in docs]
             else:
                 documents = (table[str(task_doc)] for task_doc in ids.values())
@@ -138,7 +139,7 @@ class BatchesMixin(IdempotencyMixin):
     ) -> tuple[Batch, Task]:
         with self._writing():
             doc_id, old_batch = self._batches.stored(organization_id, batch_id)
-            task_doc = self._batch_tasks.get(batch_id, {}).get(task_id)
+            task_doc = self._batch_tasks.get((organization_id, batch_id), {}).get(task_id)
             if task_doc is None:
                 raise TaskNotFound(task_id)
             old_task = raw_documents(self._tasks)[str(task_doc)]
@@ -164,21 +165,22 @@ class BatchesMixin(IdempotencyMixin):
         for task in tasks:
             self._index_task(self._tasks.insert(_copy(task)), None, task)
 
-    def _remove_tasks(self, batch_id: str) -> None:
-        gone = list(self._batch_tasks.pop(batch_id, {}).values())
+    def _remove_tasks(self, batch: OrgKey) -> None:
+        """Remove the tasks of `batch`, (organization id, batch id), and unindex them."""
+        gone = list(self._batch_tasks.pop(batch, {}).values())
         if gone:
             self._tasks.remove(doc_ids=gone)
-        self._pending.pop(batch_id, None)
-        self._calling.pop(batch_id, None)
+        self._pending.pop(batch, None)
+        self._calling.pop(batch, None)
 
     def _index_task(self, doc_id: int, old: Task | None, new: Task) -> None:
-        batch_id = new["batch_call_id"]
-        self._batch_tasks.setdefault(batch_id, {})[new["task_id"]] = doc_id
-        pending = self._pending.setdefault(batch_id, SortedList())
+        batch = (new["organization_id"], new["batch_call_id"])
+        self._batch_tasks.setdefault(batch, {})[new["task_id"]] = doc_id
+        pending = self._pending.setdefault(batch, SortedList())
         for task, update in ((old, pending.discard), (new, pending.add)):
             if task is not None and task["status"] == "pending":
                 update((task["next_attempt_at"], task["index"], task["task_id"]))
-        calling = self._calling.setdefault(batch_id, set())
+        calling = self._calling.setdefault(batch, set())
         if new["status"] == "calling":
             calling.add(new["task_id"])
         else:

@@ -1,5 +1,6 @@
 """The outbox: the webhook events a change of a call owes, written in the change's journal
-record (`_record_events`), indexed once written and told to the listener (`_index_events`)."""
+record (`_record_events`), indexed per (organization, webhook) once written and told to the
+listener (`_index_events`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from calls_server.domain.errors import AgentNotFound, WebhookEventNotFound
 from calls_server.domain.webhooks import WebhookEvent
 from calls_server.storage.embedded.documents import _copy
 from calls_server.storage.embedded.lock import Locked
-from calls_server.storage.embedded.records import _OrgRecords
+from calls_server.storage.embedded.records import OrgKey, _OrgRecords
 from calls_server.storage.interface import EventListener, EventSource
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
@@ -28,10 +29,10 @@ _EVENT_SUMMARY = (
 
 
 class OutboxMixin(Locked):
-    """`Outbox`: the table webhook_events, indexed per webhook."""
+    """`Outbox`: the table webhook_events, indexed per (organization, webhook)."""
 
     _events: JournaledTable
-    _hook_events: dict[str, dict[str, int]]
+    _hook_events: dict[OrgKey, dict[str, int]]
     _event_source: EventSource | None
     _event_listener: EventListener | None
     _webhooks: _OrgRecords
@@ -74,7 +75,8 @@ class OutboxMixin(Locked):
         with self._reading():
             self._webhooks.stored(organization_id, webhook_id)
             table = raw_documents(self._events)
-            newest_first = reversed(self._hook_events.get(webhook_id, {}).values())
+            events = self._hook_events.get((organization_id, webhook_id), {})
+            newest_first = reversed(events.values())
             matching = [
                 event
                 for event in (table[str(doc_id)] for doc_id in newest_first)
@@ -117,23 +119,23 @@ class OutboxMixin(Locked):
             done = self._settled_events(settled_before, organization_id)
             if done:
                 self._events.remove(doc_ids=[doc_id for _, _, doc_id in done])
-            for webhook_id, event_id, _ in done:
-                del self._hook_events[webhook_id][event_id]
+            for hook, event_id, _ in done:
+                del self._hook_events[hook][event_id]
             return len(done)
 
     def _settled_events(
         self, settled_before: int, organization_id: str | None
-    ) -> list[tuple[str, str, int]]:
-        """(webhook id, event id, doc id) of the events (of `organization_id`, if given)
-        settled before `settled_before`."""
+    ) -> list[tuple[OrgKey, str, int]]:
+        """((organization id, webhook id), event id, doc id) of the events (of
+        `organization_id`, if given) settled before `settled_before`."""
         table = raw_documents(self._events)
         return [
-            (webhook_id, event_id, doc_id)
-            for webhook_id, events in self._hook_events.items()
+            (hook, event_id, doc_id)
+            for hook, events in self._hook_events.items()
+            if organization_id in (None, hook[0])
             for event_id, doc_id in events.items()
-            if (settled := webhooks.settled_at(event := table[str(doc_id)])) is not None
+            if (settled := webhooks.settled_at(table[str(doc_id)])) is not None
             and settled < settled_before
-            and organization_id in (None, event["organization_id"])
         ]
 
     def _record_events(self, old: Call | None, new: Call | None) -> list[tuple[int, WebhookEvent]]:
@@ -153,7 +155,8 @@ class OutboxMixin(Locked):
     def _index_events(self, recorded: list[tuple[int, WebhookEvent]]) -> None:
         """Index events once their transaction is written, and tell the listener."""
         for doc_id, event in recorded:
-            self._hook_events.setdefault(event["webhook_id"], {})[event["event_id"]] = doc_id
+            hook = (event["organization_id"], event["webhook_id"])
+            self._hook_events.setdefault(hook, {})[event["event_id"]] = doc_id
         if recorded:
             self._tell([event for _, event in recorded])
 
@@ -166,7 +169,7 @@ class OutboxMixin(Locked):
         self, organization_id: str, webhook_id: str, event_id: str
     ) -> tuple[int, WebhookEvent]:
         self._webhooks.stored(organization_id, webhook_id)
-        doc_id = self._hook_events.get(webhook_id, {}).get(event_id)
+        doc_id = self._hook_events.get((organization_id, webhook_id), {}).get(event_id)
         if doc_id is None:
             raise WebhookEventNotFound(event_id)
         return doc_id, raw_documents(self._events)[str(doc_id)]

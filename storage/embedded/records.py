@@ -15,6 +15,11 @@ from calls_server.storage.embedded.documents import _copy
 from calls_server.storage.embedded.idempotency import IdempotencyMixin
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
+# (organization id, record id): how the indexes of what belongs to a record found by an id
+# of its own (a webhook's events, a batch call's tasks) key it, so that two organizations
+# may hold records with the same id (one fixture loaded into both) without meeting.
+OrgKey = tuple[str, str]
+
 
 class RecordsMixin(IdempotencyMixin):
     """`AgentRecords`, `PhoneNumberRecords`, `WebhookRecords`."""
@@ -23,7 +28,7 @@ class RecordsMixin(IdempotencyMixin):
     _numbers: _OrgRecords
     _webhooks: _OrgRecords
     _events: JournaledTable
-    _hook_events: dict[str, dict[str, int]]
+    _hook_events: dict[OrgKey, dict[str, int]]
 
     # -- agents ------------------------------------------------------------------------------
     def add_agent(self, agent: Agent) -> None:
@@ -121,7 +126,7 @@ class RecordsMixin(IdempotencyMixin):
             doc_id, old = self._webhooks.stored(organization_id, webhook_id)
             if check is not None:
                 check(_copy(old))
-            events = self._hook_events.get(webhook_id, {})
+            events = self._hook_events.get((organization_id, webhook_id), {})
             with self._journal.transaction():
                 self._webhooks.table.remove(doc_ids=[doc_id])
                 if events:
@@ -130,7 +135,7 @@ class RecordsMixin(IdempotencyMixin):
                     self._agents.replace(agent)
             # Indexes change only once the transaction is written.
             del self._webhooks.index[organization_id][webhook_id]
-            self._hook_events.pop(webhook_id, None)
+            self._hook_events.pop((organization_id, webhook_id), None)
             return _copy(old)
 
 

@@ -1,10 +1,9 @@
 """An organization's records as a whole (`SandboxState`): exported, loaded in one journal
 record, removed in one journal record; every index kept as the records' own writes keep it.
 
-One limit of this store: webhook events and batch tasks are indexed by their webhook's and
-batch's id alone (ids this server generates are unique across organizations), so a load
-refuses a webhook or batch call whose id another organization holds (the same fixture
-loaded into two organizations), where PostgreSQL, which keys them by organization, takes it.
+Webhook events and batch tasks are indexed by (organization, webhook or batch id), as
+PostgreSQL keys them: the same fixture loads into two organizations, each then holding its
+own webhooks and batch calls under the same ids.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import Any
 
 from calls_server.domain import fixtures
 from calls_server.domain.calls import Call
-from calls_server.domain.errors import BadRequest
 from calls_server.domain.fixtures import Counts, Fixture
 from calls_server.storage.call_index import OrgCallIndex
 from calls_server.storage.embedded.batches import BatchesMixin
@@ -36,7 +34,7 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
             tasks = raw_documents(self._tasks)
             batch_calls = []
             for batch in self._batches.documents(organization_id):
-                ids = self._batch_tasks.get(batch["batch_call_id"], {}).values()
+                ids = self._batch_tasks.get((organization_id, batch["batch_call_id"]), {}).values()
                 ordered = sorted((tasks[str(doc_id)] for doc_id in ids), key=_task_index)
                 batch_calls.append((_copy(batch), [_copy(task) for task in ordered]))
             return fixtures.exported(
@@ -57,7 +55,6 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
             self._org_doc_id(organization_id)
             held = self._held(organization_id)
             records = fixtures.loadable(organization_id, fixture, held)
-            self._refuse_ids_of_other_organizations(organization_id, records)
             stored = [_stored(call) for call in records.calls]
             index = self._call_index.get(organization_id)
             added_bytes = sum(size for _, size in stored)
@@ -123,12 +120,12 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
             event_docs = [
                 doc_id
                 for webhook_id in by_kind["webhooks"]
-                for doc_id in self._hook_events.get(webhook_id, {}).values()
+                for doc_id in self._hook_events.get((org, webhook_id), {}).values()
             ]
             task_docs = [
                 doc_id
                 for batch_id in by_kind["batch_calls"]
-                for doc_id in self._batch_tasks.get(batch_id, {}).values()
+                for doc_id in self._batch_tasks.get((org, batch_id), {}).values()
             ]
             kept = [slot for slot in self._kept if slot[0] == org]
             removals = [
@@ -151,7 +148,7 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
             for records_of in (self._agents, self._numbers, self._webhooks, self._batches):
                 records_of.index.pop(org, None)
             for webhook_id in by_kind["webhooks"]:
-                self._hook_events.pop(webhook_id, None)
+                self._hook_events.pop((org, webhook_id), None)
             self._call_index.pop(org, None)
             self._org_bytes.pop(org, None)
             for doc_id, call in zip(call_docs, removed_calls, strict=True):
@@ -159,10 +156,11 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
                 self._track_schedule(call, None)
                 self._track_player(call, None)
             for batch_id in by_kind["batch_calls"]:
-                self._batch_tasks.pop(batch_id, None)
-                self._pending.pop(batch_id, None)
-                self._calling.pop(batch_id, None)
-                self._active.discard((org, batch_id))
+                key = (org, batch_id)
+                self._batch_tasks.pop(key, None)
+                self._pending.pop(key, None)
+                self._calling.pop(key, None)
+                self._active.discard(key)
             for slot in kept:
                 del self._kept[slot]
             return {kind: removed[kind] for kind in fixtures.KINDS}
@@ -177,36 +175,6 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
             "calls": set(index.call_ids) if index is not None else set(),
             "batch_calls": set(self._batches.index.get(organization_id, {})),
         }
-
-    def _refuse_ids_of_other_organizations(
-        self, organization_id: str, records: fixtures.Records
-    ) -> None:
-        """BadRequest naming each webhook and batch call whose id another organization holds
-        (see the module's docstring)."""
-        taken = []
-        for kind, records_of, loaded in (
-            ("webhooks", self._webhooks, records.webhooks),
-            ("batch_calls", self._batches, [batch for batch, _ in records.batch_calls]),
-        ):
-            key = fixtures.ID_FIELDS[kind]
-            others = {
-                record_id
-                for org, ids in records_of.index.items()
-                if org != organization_id
-                for record_id in ids
-            }
-            taken += [
-                f"{kind}[{position}] '{record[key]}'"
-                for position, record in enumerate(loaded)
-                if record[key] in others
-            ]
-        if taken:
-            raise BadRequest(
-                f"{', '.join(taken)}: another organization on this server holds this id, and "
-                "the embedded store keeps webhook and batch call ids unique across "
-                "organizations (PostgreSQL does not need to): nothing was loaded",
-                message="Validation error",
-            )
 
 
 def _inserted(

@@ -1191,16 +1191,7 @@ def test_loaded_records_survive_a_reopen(store, reopen):
     assert ids(reopened.scheduled_calls(wall_clock() + 3_600_000)) == ["due"]
 
 
-def test_one_fixture_loads_into_two_organizations(store, backend, request):
-    if backend == "embedded":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=BadRequest,
-                reason="the embedded store indexes webhook events and batch tasks by webhook and "
-                "batch id alone: their ids must be unique across organizations",
-            )
-        )
+def test_one_fixture_loads_into_two_organizations(store):
     an_organization_with_everything(store, "acme")
     exported = store.export_organization("acme")
     store.add_organization(keys.new_organization(1, "beta"))
@@ -1208,3 +1199,164 @@ def test_one_fixture_loads_into_two_organizations(store, backend, request):
     assert store.load_organization("beta", exported) == EVERY_KIND
 
     assert store.export_organization("acme") == exported
+
+
+# Two organizations holding records under the same ids (one fixture loaded into both): each
+# sees only its own webhook events and batch tasks, whatever the other does.
+
+ORGS = ("acme", "beta")
+
+
+def two_organizations_with_the_same_ids(store: Store) -> tuple[str, str]:
+    """acme and beta holding the records of one fixture (the same ids), the webhook taking
+    every call's status events: acme has the events of a call "a1", beta of "b1" then "b2".
+    The webhook's and the batch call's ids."""
+    held = an_organization_with_everything(store, "acme")
+    store.add_organization(keys.new_organization(1, "beta"))
+    store.load_organization("beta", store.export_organization("acme"))
+    hook_id = held["webhooks"][0]["id"]
+    for org in ORGS:
+        store.change_webhook(org, hook_id, lambda h: {**h, "status_events": True})
+    store.record_webhook_events(owing, lambda events: None, lambda: None)
+    for org, call_id in (("acme", "a1"), ("beta", "b1"), ("beta", "b2")):
+        store.add_call(a_call(org, call_id))
+    return hook_id, held["batch_calls"][0][0]["batch_call_id"]
+
+
+def event_calls(store: Store, org: str, hook_id: str, **query: Any) -> list[str]:
+    """The calls of the events the webhook of `org` lists (newest first; `query`: the
+    filters of list_webhook_events), checked against the total it counts."""
+    events, total = store.list_webhook_events(org, hook_id, **query)
+    assert total == len(events)
+    return [event["call_id"] for event in events]
+
+
+def task_ids(listed: tuple[list[batches.Task], int]) -> list[str]:
+    return [task["task_id"] for task in listed[0]]
+
+
+def claim(batch: batches.Batch, task: batches.Task, calling: int) -> tuple[Any, Any]:
+    """A `TaskChange`: the task's next attempt claimed by this process."""
+    return batches.claimed(batch, task, calling, 10, wall_clock(), "me")
+
+
+DELIVERED = webhooks.Attempt(at=1_000, latency_ms=5, status_code=200)
+
+
+def delivered(event: webhooks.WebhookEvent) -> webhooks.WebhookEvent:
+    return webhooks.attempted(event, DELIVERED, webhooks.RetryPolicy())
+
+
+def test_two_organizations_with_the_same_webhook_id_see_only_their_own_events(store):
+    hook_id, _ = two_organizations_with_the_same_ids(store)
+    (acme_event,), _ = store.list_webhook_events("acme", hook_id)
+    (b2, b1), _ = store.list_webhook_events("beta", hook_id)
+
+    assert event_calls(store, "acme", hook_id) == ["a1"]
+    assert event_calls(store, "beta", hook_id) == ["b2", "b1"]
+    assert {e["organization_id"] for e in (acme_event, b1, b2)} == set(ORGS)
+    with pytest.raises(WebhookEventNotFound):
+        store.get_webhook_event("beta", hook_id, acme_event["event_id"])
+    with pytest.raises(WebhookEventNotFound):
+        store.change_webhook_event("beta", hook_id, acme_event["event_id"], delivered)
+
+    store.change_webhook_event("acme", hook_id, acme_event["event_id"], delivered)
+    store.change_webhook_event("beta", hook_id, b1["event_id"], delivered)
+
+    assert event_calls(store, "acme", hook_id, status="delivered") == ["a1"]
+    assert event_calls(store, "beta", hook_id, status="pending") == ["b2"]
+    assert store.get_webhook_event("beta", hook_id, b2["event_id"]) == b2
+    assert store.prune_webhook_events(settled_before=1_500, organization_id="acme") == 1
+    assert event_calls(store, "acme", hook_id) == []
+    assert event_calls(store, "beta", hook_id) == ["b2", "b1"]
+    assert store.prune_webhook_events(settled_before=1_500) == 1
+    assert event_calls(store, "beta", hook_id) == ["b2"]
+
+    store.add_call(a_call("acme", "a2"))
+    store.delete_webhook("acme", hook_id)
+
+    assert event_calls(store, "beta", hook_id) == ["b2"]
+    assert [e["call_id"] for e in store.pending_webhook_events()] == ["b2"]
+    with pytest.raises(WebhookNotFound):
+        store.list_webhook_events("acme", hook_id)
+
+
+def test_two_organizations_with_the_same_batch_id_see_only_their_own_tasks(store):
+    _, batch_id = two_organizations_with_the_same_ids(store)
+    acme_tasks, beta_tasks = (store.batch_tasks(org, batch_id)[0] for org in ORGS)
+    first, second = (task["task_id"] for task in acme_tasks)
+    assert [t["organization_id"] for t in [*acme_tasks, *beta_tasks]] == [
+        *["acme"] * 2,
+        *["beta"] * 2,
+    ]
+
+    store.change_batch_task("acme", batch_id, first, claim)
+
+    assert task_ids(store.batch_tasks("acme", batch_id, status="calling")) == [first]
+    assert store.batch_tasks("beta", batch_id, status="calling") == ([], 0)
+    assert task_ids(store.batch_tasks("acme", batch_id, due_by=wall_clock())) == [second]
+    assert store.batch_tasks("beta", batch_id, due_by=wall_clock()) == (beta_tasks, 2)
+    assert store.get_batch("beta", batch_id)["in_progress"] == 0
+
+    now = wall_clock()
+    store.change_batch(
+        "acme",
+        batch_id,
+        lambda b: batches.cancelled(b, now),
+        lambda b, t: batches.task_cancelled(b, t, now),
+    )
+
+    assert store.batch_tasks("acme", batch_id, status="cancelled")[1] == 1
+    assert store.batch_tasks("beta", batch_id) == (beta_tasks, 2)
+
+    store.delete_batch("acme", batch_id)
+
+    with pytest.raises(BatchNotFound):
+        store.batch_tasks("acme", batch_id)
+    assert store.batch_tasks("beta", batch_id) == (beta_tasks, 2)
+    assert store.batch_tasks("beta", batch_id, due_by=now) == (beta_tasks, 2)
+    assert [b["organization_id"] for b in store.active_batches()] == ["beta"]
+    store.change_batch_task("beta", batch_id, beta_tasks[0]["task_id"], claim)
+    assert task_ids(store.batch_tasks("beta", batch_id, status="calling")) == [
+        beta_tasks[0]["task_id"]
+    ]
+
+
+def test_resetting_one_of_two_organizations_with_the_same_ids_leaves_the_other(store):
+    hook_id, batch_id = two_organizations_with_the_same_ids(store)
+    beta = store.export_organization("beta")
+
+    store.reset_organization("acme")
+
+    assert store.export_organization("beta") == beta
+    assert event_calls(store, "beta", hook_id) == ["b2", "b1"]
+    assert [e["call_id"] for e in store.pending_webhook_events()] == ["b1", "b2"]
+    assert store.batch_tasks("beta", batch_id, due_by=wall_clock())[1] == 2
+    assert [b["organization_id"] for b in store.active_batches()] == ["beta"]
+    store.load_organization("acme", beta)
+    assert event_calls(store, "acme", hook_id) == []
+    assert store.batch_tasks("acme", batch_id)[1] == 2
+    assert store.export_organization("beta") == beta
+
+
+def test_two_organizations_with_the_same_ids_keep_their_own_across_a_reopen(store, reopen):
+    hook_id, batch_id = two_organizations_with_the_same_ids(store)
+    (first, _), _ = store.batch_tasks("acme", batch_id)
+    store.change_batch_task("acme", batch_id, first["task_id"], claim)
+    exported = {org: store.export_organization(org) for org in ORGS}
+    events = {org: store.list_webhook_events(org, hook_id) for org in ORGS}
+
+    reopened = reopen()
+
+    for org in ORGS:
+        assert reopened.export_organization(org) == exported[org]
+        assert reopened.list_webhook_events(org, hook_id) == events[org]
+    assert task_ids(reopened.batch_tasks("acme", batch_id, status="calling")) == [first["task_id"]]
+    assert reopened.batch_tasks("beta", batch_id, status="calling") == ([], 0)
+    assert reopened.batch_tasks("acme", batch_id, due_by=wall_clock())[1] == 1
+    assert reopened.batch_tasks("beta", batch_id, due_by=wall_clock())[1] == 2
+    reopened.delete_webhook("beta", hook_id)
+    reopened.delete_batch("beta", batch_id)
+    assert reopened.list_webhook_events("acme", hook_id) == events["acme"]
+    assert reopened.export_organization("acme") == exported["acme"]
+    assert [e["call_id"] for e in reopened.pending_webhook_events()] == ["a1"]
