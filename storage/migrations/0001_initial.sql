@@ -9,16 +9,20 @@
 -- Distributing with Citus: every organization-scoped table would be a distributed table
 -- with `organization_id` as its distribution column, all of them co-located
 -- (`create_distributed_table('calls', 'organization_id', colocate_with => 'organizations')`,
--- and the same for organizations, agents, phone_numbers, webhooks, webhook_events and
--- organization_usage); idempotency_keys by `scope`, which is the organization's id for an
--- organization's keys (the admin API's scope is one more value). That works because every
--- primary key and unique index of those tables begins with the distribution column (Citus
--- enforces uniqueness only within a shard), and because every request of an organization
--- names it: each statement of a transaction filters on one `organization_id`, so the
--- whole transaction (a call, its usage row, its outbox events, its organization's webhooks
--- and agents) runs on the one node that holds that organization. The only lookups across
--- organizations are background sweeps (due scheduled calls, pending webhook events,
--- pruning), which Citus runs on every shard in parallel.
+-- and the same for organizations, agents, phone_numbers, webhooks, webhook_events,
+-- organization_usage, and batches and batch_tasks of 0005); idempotency_keys by `scope`,
+-- which is the organization's id for an organization's keys (the admin API's scope is one
+-- more value). That works because every primary key and unique index of those tables
+-- begins with the distribution column (Citus enforces uniqueness only within a shard), and
+-- because every request of an organization names it: each statement of a transaction
+-- filters on one `organization_id`, so the whole transaction (a call, its usage row, its
+-- outbox events, its organization's webhooks and agents) runs on the one node that holds
+-- that organization. The only statements across organizations are sweeps (due scheduled
+-- calls, active batches, calls of a stopped sandbox, pending webhook events, pruning), the
+-- expiry of idempotency keys at each answer kept, the totals of /metrics and
+-- copy-to-postgres, which Citus runs on every shard in parallel. The keys are checked by
+-- tests/store/test_distribution.py, every statement the store sends while the store suite
+-- runs by tests/system/test_distribution_suite.py.
 --
 -- Reference tables (copied to every node): api_keys, since a request is authenticated by
 -- its key before its organization is known, so the key must be found without the
