@@ -166,8 +166,11 @@ def signed_in(page: Any, world: World) -> Any:
     return page
 
 
-def screenshot(page: Any, name: str) -> None:
+def screenshot(page: Any, name: str, showing: Any = None) -> None:
+    """Keep what the tab shows (scrolled to `showing`, if given) as console-<name>.png."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if showing is not None:
+        showing.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=False)
 
 
@@ -331,7 +334,7 @@ def test_a_failed_delivery_is_redelivered_from_the_calls_page(page, world):
     deliveries = page.locator("table.deliveries tbody tr")
     expect(deliveries.first).to_contain_text("call_ended")
     expect(deliveries.first).to_contain_text("HTTP 500")
-    screenshot(page, "deliveries")
+    screenshot(page, "deliveries", showing=page.get_by_role("heading", name="Webhook deliveries"))
     world.receiver.reply_to = lambda received: (204, 0.0)
     try:
         deliveries.first.get_by_role("button", name="Redeliver").click()
