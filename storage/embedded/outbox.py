@@ -14,7 +14,7 @@ from calls_server.domain.webhooks import WebhookEvent
 from calls_server.storage.embedded.documents import _copy
 from calls_server.storage.embedded.lock import Locked
 from calls_server.storage.embedded.records import OrgKey, _OrgRecords
-from calls_server.storage.interface import EventListener, EventSource
+from calls_server.storage.interface import EventForget, EventListener, EventSource
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
 # The fields of a webhook event its listener is told of.
@@ -42,7 +42,7 @@ class OutboxMixin(Locked):
         self,
         source: EventSource,
         listener: EventListener,
-        forget: Callable[[], None] = lambda: None,
+        forget: EventForget = lambda partitions: None,
     ) -> None:
         """The only process delivers: it is told of every pending event now, then of each
         as it becomes pending, and never has to forget."""
