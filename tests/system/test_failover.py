@@ -79,6 +79,10 @@ class Failover:
     retries: list[Answer] = field(default_factory=list)
     scheduled_call: str = ""
     dials: list[str] = field(default_factory=list)
+    # Calls of an organization with a webhook, made before the kill and after the
+    # recovery, and the calls of the events delivered.
+    hooked_calls: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
     # What the new primary holds: acme's calls, and the call each idempotency key names.
     stored_calls: set[str] = field(default_factory=set)
     calls_of_keys: dict[str, str] = field(default_factory=dict)
@@ -113,6 +117,8 @@ def run_failover(directory: Path, synchronous: bool, retry: bool = True) -> Fail
         pair.start()
         dialer = Receiver()
         stack.callback(dialer.close)
+        hook = Receiver()
+        stack.callback(hook.close)
         server = stack.enter_context(
             running_server(
                 directory / "unused",
@@ -120,6 +126,8 @@ def run_failover(directory: Path, synchronous: bool, retry: bool = True) -> Fail
                 CALLS_DIALER_URL=dialer.url,
                 CALLS_DIALER_SECRET=SECRET,
                 CALLS_SCHEDULER_INTERVAL="0.2",
+                CALLS_WEBHOOK_ALLOW_HTTP="true",
+                CALLS_WEBHOOK_ALLOW_NETWORKS="127.0.0.0/8",
             )
         )
         headers = server.new_key_headers("acme")
@@ -135,6 +143,20 @@ def run_failover(directory: Path, synchronous: bool, retry: bool = True) -> Fail
             "/calls/create-phone-call", json={**PHONE, "scheduled_timestamp": due}
         )
         recorded.scheduled_call = scheduled.json()["data"]["call"]["call_id"]
+        # Another organization's calls owe webhook events (acme's, under load, owe none).
+        hooked = httpx.Client(
+            base_url=server.base_url + "/api", headers=server.new_key_headers("hooked"), timeout=30
+        )
+        stack.callback(hooked.close)
+        webhook = {"name": "h", "url": hook.url, "status_events": True}
+        made = hooked.post("/post-call-webhooks/create", json=webhook)
+        assert made.status_code == 200, made.text
+
+        def hooked_call() -> None:
+            created = hooked.post("/calls/create", json={"agent_id": "a"})
+            recorded.hooked_calls.append(created.json()["data"]["call"]["call_id"])
+
+        hooked_call()
 
         stop = threading.Event()
 
@@ -174,9 +196,12 @@ def run_failover(directory: Path, synchronous: bool, retry: bool = True) -> Fail
         failed = [a.key for a in recorded.answers if a.status != 200 and retry]
         with ThreadPoolExecutor(8) as pool:
             recorded.retries = list(pool.map(lambda key: create(client, key), failed))
+        hooked_call()  # after the switch: delivered by whichever process took it over
+        wait_for(lambda: len(hook.received) >= 2, timeout=15)
         wait_for(lambda: dialer.received, timeout=10)
         time.sleep(1)  # room for a second dial to show up
         recorded.dials = [json.loads(r.body)["call_id"] for r in dialer.received]
+        recorded.delivered = [json.loads(r.body)["call"]["call_id"] for r in hook.received]
         recorded.log = server.log()
 
         with psycopg.connect(pair.url(), autocommit=True) as conn:
@@ -290,6 +315,11 @@ def test_creates_cut_off_by_the_switch_and_retried_with_their_keys_make_no_call_
 
 def test_a_call_scheduled_before_the_failover_is_dialed_once_after_it(synchronous):
     assert synchronous.dials == [synchronous.scheduled_call]
+
+
+def test_webhook_events_are_delivered_once_each_before_and_after_the_failover(synchronous):
+    # The delivery partitions' locks are the session's: taken again on the new primary.
+    assert synchronous.delivered == synchronous.hooked_calls
 
 
 def test_the_server_logs_no_unhandled_error_of_a_request(synchronous):
