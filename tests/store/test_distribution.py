@@ -3,7 +3,7 @@ every statement the PostgreSQL store sends goes to one organization's shard, but
 statements named here as multi-shard (the background sweeps across organizations) or as
 the coordinator's (advisory locks, LISTEN/NOTIFY, the schema's migrations).
 
-What Citus needs (https://docs.citusdata.com, "Distributed tables" and "Query routing"):
+What Citus needs (its documentation's "Distributed tables" and "Query routing"):
 
 - every primary key and unique constraint of a distributed table includes its distribution
   column (uniqueness is enforced within a shard), and a foreign key between two distributed
@@ -201,9 +201,7 @@ _VALUE = r"(\$\d+|'(?:[^']|'')*'::text)"
 def conjuncts(condition: str) -> list[str]:
     """The top-level AND-ed parts of a plan's condition, each without its outer
     parentheses."""
-    text = condition.strip()
-    while text.startswith("(") and _closing(text, 0) == len(text) - 1:
-        text = text[1:-1].strip()
+    text = _bare(condition)
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
         depth += char == "("
@@ -216,6 +214,7 @@ def conjuncts(condition: str) -> list[str]:
 
 
 def _bare(text: str) -> str:
+    """`text` without the parentheses around all of it."""
     text = text.strip()
     while text.startswith("(") and _closing(text, 0) == len(text) - 1:
         text = text[1:-1].strip()
@@ -223,6 +222,7 @@ def _bare(text: str) -> str:
 
 
 def _closing(text: str, opening: int) -> int:
+    """Where the parenthesis opened at `opening` closes (-1: nowhere)."""
     depth = 0
     for i in range(opening, len(text)):
         depth += text[i] == "("
@@ -246,6 +246,7 @@ def restricted_to(conditions: list[str], alias: str, column: str) -> str | None:
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`plan` and every node under it."""
     yield plan
     for child in plan.get("Plans", ()):
         yield from nodes(child)
