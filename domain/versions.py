@@ -22,6 +22,16 @@ def etag(record: Mapping[str, Any]) -> str:
     return f'"{digest.hexdigest()}"'
 
 
+def not_modified(if_none_match: str | None, current: str) -> bool:
+    """Whether `If-None-Match` names the current version `current` (or is `*`): the client
+    holds it already, and is answered 304 (RFC 9110 §13.1.2: weak comparison, `W/` and all
+    tags of a comma-separated list considered)."""
+    if if_none_match is None:
+        return False
+    listed = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in listed or current.removeprefix("W/") in listed
+
+
 def check_if_match(record: Mapping[str, Any], if_match: str | None, what: str = "call") -> None:
     """Raises PreconditionFailed (412, with the current ETag) unless `if_match` is absent,
     `*`, or lists the record's current version (RFC 9110 §13.1.1: strong comparison, so

@@ -195,17 +195,30 @@ def _web_call_created(org: str, call: calls.Call) -> Versioned:
 
 
 @reads
-def get_call(call_id: str, token_info: dict[str, Any]) -> Versioned:
-    """GET /api/calls/{call_id}"""
+def get_call(
+    call_id: str, token_info: dict[str, Any], if_none_match: str | None = None
+) -> Versioned | tuple[bytes, int, dict[str, str]]:
+    """GET /api/calls/{call_id}: 304 with no body when `If-None-Match` names its version."""
     call = services().store.get_call(organization_id(token_info), call_id)
+    current = versions.etag(call)
+    if versions.not_modified(if_none_match, current):
+        return b"", 304, {"ETag": current}
     shown = services().casing.call(call, listed=True)
-    return success("Call retrieved successfully", shown), 200, {"ETag": versions.etag(call)}
+    return success("Call retrieved successfully", shown), 200, {"ETag": current}
 
 
 @reads
-def list_calls(token_info: dict[str, Any], **params: Any) -> Response:
-    """GET /api/calls: the filter criteria come as query parameters."""
-    return _list(token_info, CallQuery.from_query_params(params))
+def list_calls(
+    token_info: dict[str, Any], if_none_match: str | None = None, **params: Any
+) -> Response | tuple[Envelope | bytes, int, dict[str, str]]:
+    """GET /api/calls: the filter criteria come as query parameters. The page has an ETag
+    of its content: 304 with no body when `If-None-Match` names it (a poll that finds
+    nothing new)."""
+    envelope, status = _list(token_info, CallQuery.from_query_params(params))
+    current = versions.etag(envelope["data"])
+    if versions.not_modified(if_none_match, current):
+        return b"", 304, {"ETag": current}
+    return envelope, status, {"ETag": current}
 
 
 @reads

@@ -240,3 +240,55 @@ def test_a_webhook_delete_with_a_stale_version_keeps_it(client, tenant, store):
 
     assert_error(response, 412)
     assert store.get_webhook(tenant.organization_id, hook_id)["id"] == hook_id
+
+
+# -- If-None-Match: polling without transfer ---------------------------------------------------
+
+
+def test_a_call_unchanged_since_its_etag_is_answered_304_without_a_body(client, tenant):
+    call_id = create_call(client, tenant)["call_id"]
+    first = client.get(f"/api/calls/{call_id}", headers=tenant.headers)
+
+    again = client.get(
+        f"/api/calls/{call_id}", headers={**tenant.headers, "If-None-Match": first.headers["ETag"]}
+    )
+
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["ETag"] == first.headers["ETag"]
+
+
+def test_a_changed_call_is_answered_in_full_despite_an_old_etag(client, tenant):
+    call_id = create_call(client, tenant)["call_id"]
+    old = client.get(f"/api/calls/{call_id}", headers=tenant.headers).headers["ETag"]
+    client.put(f"/api/calls/{call_id}", json={"metadata": {"n": 1}}, headers=tenant.headers)
+
+    again = client.get(f"/api/calls/{call_id}", headers={**tenant.headers, "If-None-Match": old})
+
+    assert again.status_code == 200
+    assert again.json()["data"]["metadata"]["n"] == 1  # merged into the seed metadata
+    assert again.headers["ETag"] != old
+
+
+def test_a_weak_or_listed_etag_matches_as_if_none_match_compares(client, tenant):
+    call_id = create_call(client, tenant)["call_id"]
+    tag = client.get(f"/api/calls/{call_id}", headers=tenant.headers).headers["ETag"]
+
+    for sent in (f"W/{tag}", f'"other", {tag}', "*"):
+        headers = {**tenant.headers, "If-None-Match": sent}
+        assert client.get(f"/api/calls/{call_id}", headers=headers).status_code == 304, sent
+
+
+def test_a_page_of_calls_has_an_etag_and_is_304_until_something_on_it_changes(client, tenant):
+    call_id = create_call(client, tenant)["call_id"]
+    page = client.get("/api/calls", headers=tenant.headers)
+    polled = {**tenant.headers, "If-None-Match": page.headers["ETag"]}
+
+    unchanged = client.get("/api/calls", headers=polled)
+    client.put(f"/api/calls/{call_id}", json={"call_status": "ongoing"}, headers=tenant.headers)
+    changed = client.get("/api/calls", headers=polled)
+
+    assert unchanged.status_code == 304
+    assert unchanged.content == b""
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != page.headers["ETag"]
