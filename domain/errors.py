@@ -21,6 +21,7 @@ Hierarchy::
     │   ├── IllegalTransition     a status change the lifecycle does not allow
     │   └── IdempotencyKeyInFlight  the first request with this key has not finished yet
     ├── PreconditionFailed    412 If-Match names another version than the stored one
+    ├── RangeNotSatisfiable   416 a Range of bytes starting past the end of a file
     ├── PayloadTooLarge       413 the body is larger than the configured limit
     ├── IdempotencyKeyReused  422 an Idempotency-Key sent again with another request
     ├── QuotaExceeded         429 the organization holds as many calls or bytes as allowed
@@ -157,6 +158,11 @@ class IllegalTransition(Conflict):
 
 class IdempotencyKeyInFlight(Conflict):
     message = "Request in progress"
+
+
+class RangeNotSatisfiable(ApiError):
+    status_code = 416
+    message = "Range not satisfiable"
 
 
 class PreconditionFailed(ApiError):

@@ -94,6 +94,47 @@ def test_the_recording_url_is_served_by_the_server_as_a_wav(client, tenant):
         assert wav.getnframes() > 0
 
 
+@pytest.mark.parametrize(
+    ("asked", "first", "last"),
+    [("bytes=0-99", 0, 99), ("bytes=100-", 100, None), ("bytes=-44", -44, None)],
+)
+def test_a_range_of_the_recording_is_answered_206_so_a_player_can_seek(
+    client, tenant, asked, first, last
+):
+    path = recording_path(client, tenant)
+    whole = client.get(path).content
+
+    part = client.get(path, headers={"Range": asked})
+
+    size = len(whole)
+    end = size - 1 if last is None else last
+    start = size + first if first < 0 else first
+    assert part.status_code == 206
+    assert part.content == whole[start : end + 1]
+    assert part.headers["content-range"] == f"bytes {start}-{end}/{size}"
+    assert part.headers["accept-ranges"] == "bytes"
+
+
+@pytest.mark.parametrize("asked", ["bytes=0-9, 20-29", "items=0-9", "bytes=x-9", "bytes=9-0"])
+def test_a_range_the_server_does_not_serve_gets_the_whole_file(client, tenant, asked):
+    path = recording_path(client, tenant)
+
+    response = client.get(path, headers={"Range": asked})
+
+    assert response.status_code == 200
+    assert response.content == client.get(path).content
+
+
+def test_a_range_past_the_end_is_416_saying_the_size(client, tenant):
+    path = recording_path(client, tenant)
+    size = len(client.get(path).content)
+
+    response = client.get(path, headers={"Range": f"bytes={size}-"})
+
+    assert_error(response, 416, "starts past its end")
+    assert response.headers["content-range"] == f"bytes */{size}"
+
+
 def test_a_web_call_is_joined_then_ends(client, tenant):
     body = {"agent_id": "agent-123", "metadata": {"sandbox_outcome": "completed"}}
     created = client.post("/api/calls/create-web-call", json=body, headers=tenant.headers)
