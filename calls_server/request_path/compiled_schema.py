@@ -109,8 +109,9 @@ class CompiledSchema:
             }
         definition["$schema"] = DRAFT_4
         self._definition, self._defaults = definition, defaults
-        # Compiled at the first value checked, not at start-up: the API's 136 schemas take
-        # 0.2 s to compile, most of a server's start, and a process may use few of them.
+        # Compiled at the first value checked, not at start-up: compiling all of the API's
+        # schemas takes a large part of a server's start (docs/architecture.md gives the
+        # figure and its command), and a process may use few of them.
         self._check: Callable[[Any], Any] = self._compile_and_check
         self._validator_class = validator_class
         self._validator: Any = None
