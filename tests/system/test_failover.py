@@ -196,7 +196,7 @@ def run_failover(directory: Path, synchronous: bool, retry: bool = True) -> Fail
         failed = [a.key for a in recorded.answers if a.status != 200 and retry]
         with ThreadPoolExecutor(8) as pool:
             recorded.retries = list(pool.map(lambda key: create(client, key), failed))
-        hooked_call()  # after the switch: delivered by whichever process took it over
+        hooked_call()  # after the switch: delivered once the partitions are held again
         wait_for(lambda: len(hook.received) >= 2, timeout=15)
         wait_for(lambda: dialer.received, timeout=10)
         time.sleep(1)  # room for a second dial to show up
