@@ -10,6 +10,7 @@ itself (behind a load balancer over N processes, a client gets up to N times the
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import math
 import threading
@@ -173,6 +174,9 @@ class RateLimits:
                 bucket.take(key, now)
 
 
+# Asked at every request (the failures' check runs before credentials are known), and
+# parsing an address costs several microseconds: the clients seen lately are remembered.
+@functools.lru_cache(maxsize=4096)
 def network_of(address: str) -> str:
     """The network whose failures `address`'s count with: its /24 (IPv4, also IPv4-mapped
     IPv6) or /64 (IPv6). Anything else (no address known, a test client's name) is itself."""
