@@ -17,8 +17,9 @@ of `--runs`:
 - next page: the click on "Next page" to the next 20 rows (a cursor page);
 - call page: opening a call's address to its header and transcript drawn.
 
-It also prints the API's own times for the same requests (httpx, median of `--runs`) and
-the size of the console's files.
+It also prints the API's own times for the same requests (httpx, median of `--runs`), the
+same reads polled unchanged (If-None-Match naming the current ETag, answered 304 without a
+body, as the console polls) and the size of the console's files.
 """
 
 from __future__ import annotations
@@ -221,10 +222,17 @@ def main() -> None:
             tab.context.close()
             return seconds
 
-        def api_time(path: str, **params: Any) -> Callable[[], float]:
+        def api_time(path: str, conditional: bool = False, **params: Any) -> Callable[[], float]:
+            """One read of `path`; `conditional`: with If-None-Match naming its current
+            ETag, as the console's polls send it (answered 304, no body)."""
+            headers = {}
+            if conditional:
+                headers["If-None-Match"] = api.get(path, params=params).headers["ETag"]
+
             def once() -> float:
                 started = time.perf_counter()
-                api.get(path, params=params).raise_for_status()
+                answer = api.get(path, params=params, headers=headers)
+                assert answer.status_code == (304 if conditional else 200), answer.status_code
                 return time.perf_counter() - started
 
             return once
@@ -240,9 +248,20 @@ def main() -> None:
             ("GET /calls?limit=20", api_time("/calls", limit=20)),
             ("GET /calls?limit=20 (agent, status)", api_time("/calls", limit=20, **filtered)),
             ("GET /calls/{id}", api_time(f"/calls/{some_call}")),
+            ("the same, polled unchanged (304):", None),
+            ("GET /calls?limit=20", api_time("/calls", True, limit=20)),
+            ("GET /calls/{id}", api_time(f"/calls/{some_call}", True)),
         ]
         for name, once in rows:
             print(name if once is None else f"  {name:<40} {timed(args.runs, once)}", flush=True)
+        page = api.get("/calls", params={"limit": 20})
+        again = api.get(
+            "/calls", params={"limit": 20}, headers={"If-None-Match": page.headers["ETag"]}
+        )
+        print(
+            f"  a page of 20 calls: {len(page.content):,} B answered 200, "
+            f"{len(again.content)} B answered {again.status_code}"
+        )
         browser.close()
 
     print("\nthe console's files:")

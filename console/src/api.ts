@@ -52,16 +52,35 @@ interface Answer<T> {
   response: Response;
 }
 
-/** The answer's body, or an ApiError carrying the API's message. A 401 on a signed-in
- * session ends it: the key was revoked or the secret no longer matches. */
-export async function answered<T>(request: Promise<Answer<T>>): Promise<T> {
-  let answer: Answer<T>;
+/** The version (ETag) each answer's body came with, for a conditional read of it later. */
+const versions = new WeakMap<object, string>();
+
+/** The ETag `value` was answered with, if it came from the API with one. */
+export function versionOf(value: unknown): string | undefined {
+  return typeof value === "object" && value !== null ? versions.get(value) : undefined;
+}
+
+/** A conditional read answered 304: what is on screen is still the current version. */
+export const UNCHANGED = Symbol("unchanged");
+export type Unchanged = typeof UNCHANGED;
+
+async function reached<T>(request: Promise<Answer<T>>): Promise<Answer<T>> {
   try {
-    answer = await request;
+    return await request;
   } catch (e) {
     throw new ApiError(0, "The server could not be reached", String(e), null);
   }
-  if (answer.response.ok && answer.data !== undefined) return answer.data;
+}
+
+/** The answer's body, or an ApiError carrying the API's message. A 401 on a signed-in
+ * session ends it: the key was revoked or the secret no longer matches. */
+export async function answered<T>(request: Promise<Answer<T>>): Promise<T> {
+  const answer = await reached(request);
+  if (answer.response.ok && answer.data !== undefined) {
+    const etag = answer.response.headers.get("ETag");
+    if (etag && typeof answer.data === "object" && answer.data !== null) versions.set(answer.data, etag);
+    return answer.data;
+  }
   const envelope = (answer.error ?? {}) as { message?: string; error?: string; request_id?: string };
   const error = new ApiError(
     answer.response.status,
@@ -74,6 +93,18 @@ export async function answered<T>(request: Promise<Answer<T>>): Promise<T> {
     onSessionRefused(error.detail ?? error.message);
   }
   return Promise.reject(error);
+}
+
+/** As `answered`, for a read sent with `If-None-Match`: UNCHANGED when the API answers
+ * 304 Not Modified (no body: the version named is still the current one). */
+export async function answeredUnlessUnchanged<T>(request: Promise<Answer<T>>): Promise<T | Unchanged> {
+  const answer = await reached(request);
+  return answer.response.status === 304 ? UNCHANGED : answered(Promise.resolve(answer));
+}
+
+/** The `If-None-Match` header naming `etag` (none without one). */
+export function ifNoneMatch(etag: string | undefined): { "If-None-Match"?: string } {
+  return etag ? { "If-None-Match": etag } : {};
 }
 
 /** Check `credentials` by reading one call with them, without keeping them: the

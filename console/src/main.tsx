@@ -8,6 +8,7 @@ import { CallPage } from "./pages/Call";
 import { Calls } from "./pages/Calls";
 import { Agents, PhoneNumbers } from "./pages/Directory";
 import { Keys } from "./pages/Keys";
+import { NewBatch } from "./pages/NewBatch";
 import { SignIn } from "./pages/SignIn";
 import { TestCall } from "./pages/TestCall";
 import { WebhookPage, Webhooks } from "./pages/Webhooks";
@@ -30,6 +31,7 @@ function Page({ route, organizationId }: { route: Route; organizationId: string 
     case "webhooks":
       return id ? <WebhookPage key={id} webhookId={id} query={route.query} /> : <Webhooks />;
     case "batches":
+      if (id === "new") return <NewBatch />;
       return id ? <BatchPage key={id} batchId={id} query={route.query} /> : <Batches query={route.query} />;
     case "keys":
       return organizationId ? <Keys organizationId={organizationId} /> : null;

@@ -1,7 +1,9 @@
 // Live pages: a load, then the same load again every few seconds while the tab is visible
-// and `live` holds, the last answer kept on screen while the next is fetched.
+// and `live` holds, the last answer kept on screen while the next is fetched. A load given
+// the ETag of what is shown (the reads that take If-None-Match: getCall, listCalls) may
+// answer UNCHANGED (304): the page keeps what it shows and draws nothing again.
 import { useEffect, useRef, useState } from "preact/hooks";
-import { ApiError } from "./api";
+import { ApiError, UNCHANGED, type Unchanged, versionOf } from "./api";
 
 export const POLL_MS = 2000;
 
@@ -13,8 +15,14 @@ export interface Loaded<T> {
   reload: () => void;
 }
 
-/** `load()`, again whenever `key` changes, and every POLL_MS while `live(value)`. */
-export function useLoad<T>(load: () => Promise<T>, key: string, live: (value: T) => boolean = () => false): Loaded<T> {
+/** `load(etag)`, again whenever `key` changes, and every POLL_MS while `live(value)`.
+ * `etag` is the version of the value shown (undefined on a first read, or when the API
+ * gave it none); a load that sends it as If-None-Match may resolve UNCHANGED. */
+export function useLoad<T>(
+  load: (etag: string | undefined) => Promise<T | Unchanged>,
+  key: string,
+  live: (value: T) => boolean = () => false,
+): Loaded<T> {
   const [state, setState] = useState<{ value?: T; error?: ApiError; loading: boolean; key: string }>({
     loading: true,
     key,
@@ -24,16 +32,25 @@ export function useLoad<T>(load: () => Promise<T>, key: string, live: (value: T)
   loadRef.current = load;
   const liveRef = useRef(live);
   liveRef.current = live;
+  const shown = useRef<{ key: string; value?: T }>({ key });
 
   useEffect(() => {
     let stopped = false;
     let timer: number | undefined;
+    if (shown.current.key !== key) shown.current = { key };
     const fetchOnce = async () => {
       try {
-        const value = await loadRef.current();
+        const answer = await loadRef.current(versionOf(shown.current.value));
         if (stopped) return;
-        setState({ value, loading: false, key });
-        if (liveRef.current(value)) timer = window.setTimeout(whenVisible, POLL_MS);
+        if (answer === UNCHANGED) {
+          // 304: the value shown is current; only a stale error or spinner goes.
+          setState((previous) => (previous.error || previous.loading ? { ...previous, error: undefined, loading: false } : previous));
+        } else {
+          shown.current = { key, value: answer };
+          setState({ value: answer, loading: false, key });
+        }
+        const value = shown.current.value;
+        if (value !== undefined && liveRef.current(value)) timer = window.setTimeout(whenVisible, POLL_MS);
       } catch (e) {
         if (stopped) return;
         const error = e instanceof ApiError ? e : new ApiError(0, String(e), null, null);

@@ -15,9 +15,11 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +274,28 @@ def test_cursor_pages_go_forward_and_back(page, world):
     expect(call_rows(page).first.locator("a")).to_have_text(first)
 
 
+def is_poll(response: Any, path: str, status: int) -> bool:
+    """Whether `response` answers a conditional read (If-None-Match) of `path` with `status`."""
+    return (
+        response.url.split("?")[0].endswith(path)
+        and response.status == status
+        and bool(response.request.header_value("if-none-match"))
+    )
+
+
 def test_the_list_follows_a_new_call_without_a_reload(page, world):
     signed_in(page, world)
-    call = world.api("POST", "/calls/create", json={"agent_id": world.sales_agent})["call"]
+    # The first page is polled with the page's ETag: unchanged, it is answered 304 (no
+    # body) and the page stays as it is.
+    with page.expect_response(lambda r: is_poll(r, "/api/calls", 304), timeout=10_000) as unchanged:
+        pass
+    assert unchanged.value.headers["etag"] == unchanged.value.request.header_value("if-none-match")
+    assert "limit=20" in unchanged.value.url
+    expect(call_rows(page)).to_have_count(20)
+    # A new call changes the page: the next poll is answered 200 and the call shows up.
+    with page.expect_response(lambda r: is_poll(r, "/api/calls", 200), timeout=10_000) as changed:
+        call = world.api("POST", "/calls/create", json={"agent_id": world.sales_agent})["call"]
+    assert changed.value.headers["etag"] != changed.value.request.header_value("if-none-match")
     expect(call_rows(page).first).to_contain_text(call["call_id"])
     world.api("DELETE", f"/calls/{call['call_id']}")
 
@@ -297,8 +318,20 @@ def test_a_calls_page_shows_its_header_analysis_events_and_metadata(page, world)
 
 
 def test_the_recording_plays_and_the_transcript_follows_it(page, world):
+    recording: list[tuple[int, str | None]] = []
+    page.on(
+        "response",
+        lambda r: (
+            recording.append((r.status, r.headers.get("content-range")))
+            if "/sandbox/recordings/" in r.url
+            else None
+        ),
+    )
     signed_in(page, world)
     page.goto(f"{world.server.base_url}/console/#/calls/{world.played_call}")
+    # The player streams the recording from its URL (no copy in memory).
+    audio_src = page.locator("audio").get_attribute("src")
+    assert audio_src == world.call(world.played_call)["recording_url"]
     lines = page.locator("ol.transcript > li")
     expect(lines.first).to_be_visible()
     assert lines.count() >= 2
@@ -319,6 +352,33 @@ def test_the_recording_plays_and_the_transcript_follows_it(page, world):
     # Moved back by the player's own controls, the highlight goes back with it.
     page.evaluate("document.querySelector('audio').currentTime = 0.05")
     expect(lines.first).to_have_attribute("aria-current", "true")
+    # The browser asked for ranges of bytes and was answered 206 with them.
+    assert recording, "the player did not ask for the recording"
+    assert all(status == 206 for status, _ in recording), recording
+    assert all(span and span.startswith("bytes ") for _, span in recording), recording
+
+
+def test_a_call_under_way_is_polled_with_its_etag_and_its_change_shows(page, world):
+    call_id = world.api("POST", "/calls/create", json={"agent_id": world.sales_agent})["call"][
+        "call_id"
+    ]
+    try:
+        signed_in(page, world)
+        path = f"/api/calls/{call_id}"
+        page.goto(f"{world.server.base_url}/console/#/calls/{call_id}")
+        expect(page.locator(".call-header .badge")).to_have_text("registered")
+        with page.expect_response(lambda r: is_poll(r, path, 304), timeout=10_000):
+            pass
+        expect(page.get_by_label("Metadata", exact=True)).not_to_contain_text("callback")
+        with page.expect_response(lambda r: is_poll(r, path, 200), timeout=10_000):
+            world.api("PUT", f"/calls/{call_id}", json={"metadata": {"callback": "tomorrow"}})
+        expect(page.get_by_label("Metadata", exact=True)).to_contain_text("tomorrow")
+        # Still under way, still polled: the new version is the one named now.
+        with page.expect_response(lambda r: is_poll(r, path, 304), timeout=10_000) as again:
+            pass
+        assert again.value.request.header_value("if-none-match") == again.value.headers["etag"]
+    finally:
+        world.api("DELETE", f"/calls/{call_id}")
 
 
 def test_an_unknown_call_shows_not_found(page, world):
@@ -370,27 +430,171 @@ def test_a_webhook_is_switched_off_and_on(page, world):
     assert world.api("GET", f"/post-call-webhooks/{world.webhook_id}")["is_active"] is True
 
 
-def test_a_batchs_progress_is_followed_live(page, world):
+def quiet_hours_away_from_now() -> tuple[str, str]:
+    """An hour of quiet hours (UTC) twelve hours from now: kept, and in no test's way."""
+    hour = (datetime.now(UTC).hour + 12) % 24
+    return f"{hour:02d}:00", f"{(hour + 1) % 24:02d}:00"
+
+
+def test_a_batch_is_created_from_the_form_and_followed_live(page, world):
     signed_in(page, world)
-    batch = world.api(
+    page.get_by_role("link", name="Batch calls").click()
+    page.get_by_role("link", name="New batch call").click()
+    expect(page.get_by_role("heading", name="New batch call")).to_be_visible()
+    page.get_by_label("Name", exact=True).fill("Renewals")
+    page.locator("select[name=agent_id]").select_option(label="Sales")
+    page.get_by_label("Recipients", exact=True).fill(
+        "+12135550001 name=Ada sandbox_outcome=completed sandbox_duration_ms=20000\n"
+        "+12135550002 sandbox_outcome=busy\n"
+        "\n"
+        "+12135550003 name=Lin plan=0123 sandbox_outcome=voicemail sandbox_duration_ms=10000\n"
+        "+12135550004 sandbox_outcome=completed sandbox_duration_ms=30000\n"
+    )
+    page.get_by_label("Time zone (of quiet hours and retries)").fill("UTC")
+    quiet_from, quiet_to = quiet_hours_away_from_now()
+    page.get_by_label("Keep quiet hours").check()
+    page.get_by_label("From (local time)").fill(quiet_from)
+    page.get_by_label("To (local time)").fill(quiet_to)
+    expect(page.get_by_label("Send now")).to_be_checked()
+    screenshot(page, "batch-new")
+    page.get_by_role("button", name="Create the batch").click()
+    # The batch's page opens; nothing reloaded by hand, it follows the batch to its end.
+    expect(page.get_by_role("heading", name="Batch Renewals")).to_be_visible()
+    batch_id = page.url.split("#/batches/")[1]
+    expect(page.locator("[data-count='total'] dd")).to_have_text("4")
+    expect(page.locator("table.tasks tbody tr")).to_have_count(4)
+    expect(page.get_by_text("4 of 4 settled")).to_be_visible(timeout=90_000)
+    expect(page.locator("dl.fields")).to_contain_text(f"{quiet_from} to {quiet_to}")
+    screenshot(page, "batch")
+    batch = world.api("GET", f"/batch-call/{batch_id}")
+    assert batch["agent_id"] == world.sales_agent
+    assert batch["from_number"] == FROM_NUMBER
+    assert batch["timezone"] == "UTC"
+    assert batch["quiet_hours"] == {"enabled": True, "start_time": quiet_from, "end_time": quiet_to}
+    assert (batch["pending"], batch["completed"], batch["failed"]) == (0, 3, 1)
+    tasks = world.api("GET", f"/batch-call/{batch_id}/tasks")["tasks"]
+    assert [task["to_number"] for task in tasks] == [f"+1213555000{i}" for i in range(1, 5)]
+    assert tasks[0]["dynamic_variables"] == {
+        "name": "Ada",
+        "sandbox_outcome": "completed",
+        "sandbox_duration_ms": 20000,
+    }
+    assert tasks[2]["dynamic_variables"]["plan"] == "0123"
+    # Settled, nothing is left to pause, resume or cancel.
+    expect(page.get_by_role("group", name="Batch controls").get_by_role("button")).to_have_count(0)
+
+
+def test_the_apis_refusal_of_a_batch_is_shown_on_the_form(page, world):
+    signed_in(page, world)
+    page.goto(f"{world.server.base_url}/console/#/batches/new")
+    recipients = page.get_by_label("Recipients", exact=True)
+    # A line the form cannot read is refused before anything is sent.
+    recipients.fill("+12135550011 name")
+    page.get_by_role("button", name="Create the batch").click()
+    expect(page.get_by_role("alert")).to_contain_text("Line 1: “name” is not key=value")
+    # The API checks the batch whole and names every task it refuses.
+    recipients.fill("+12135550011\n12345\n+12135550011")
+    page.get_by_role("button", name="Create the batch").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("The batch was not created")
+    expect(alert).to_contain_text("tasks[1].to_number")
+    expect(alert).to_contain_text("tasks[2].to_number")
+    expect(alert).to_contain_text("HTTP 400")
+    expect(page.get_by_role("heading", name="New batch call")).to_be_visible()
+
+
+def test_a_batch_is_paused_resumed_and_cancelled_from_its_page(page, world):
+    # One call at a time, each 6 s (scaled): the batch runs long enough to be handled.
+    batch_id = world.api(
         "POST",
         "/batch-call",
         json={
-            "name": "Renewals",
+            "name": "Reminders",
             "from_number": FROM_NUMBER,
             "agent_id": world.sales_agent,
-            "tasks": [{"to_number": f"+1213555000{i}"} for i in range(4)],
+            "concurrency_limit": 1,
             "send_now": True,
+            "tasks": [
+                {
+                    "to_number": f"+1213555002{i}",
+                    "dynamic_variables": {
+                        "sandbox_outcome": "completed",
+                        "sandbox_duration_ms": 60_000,
+                    },
+                }
+                for i in range(5)
+            ],
         },
-    )
-    page.get_by_role("link", name="Batch calls").click()
-    page.get_by_role("link", name="Renewals").click()
-    expect(page.locator("[data-count='total'] dd")).to_have_text("4")
-    expect(page.locator("table.tasks tbody tr")).to_have_count(4)
-    # Nothing reloaded by hand: the page follows the batch until every task has settled.
-    expect(page.get_by_text("4 of 4 settled")).to_be_visible(timeout=90_000)
-    assert world.api("GET", f"/batch-call/{batch['batch_call_id']}")["pending"] == 0
-    screenshot(page, "batch")
+    )["batch_call_id"]
+    signed_in(page, world)
+    page.goto(f"{world.server.base_url}/console/#/batches/{batch_id}")
+    controls = page.get_by_role("group", name="Batch controls")
+    badge = page.locator("#batch-title ~ p .badge")
+    expect(badge).to_have_text("sent")
+
+    controls.get_by_role("button", name="Pause").click()
+    expect(controls.get_by_role("status")).to_contain_text("Paused")
+    expect(badge).to_have_text("paused")
+    assert world.api("GET", f"/batch-call/{batch_id}")["status"] == "paused"
+    expect(controls.get_by_role("button", name="Pause")).to_have_count(0)
+    screenshot(page, "batch-paused")
+
+    controls.get_by_role("button", name="Resume").click()
+    expect(controls.get_by_role("status")).to_contain_text("Resumed")
+    expect(badge).to_have_text("sent")
+    assert world.api("GET", f"/batch-call/{batch_id}")["status"] == "sent"
+
+    # Cancelling is for good: the page asks first, and "Keep it" keeps it.
+    controls.get_by_role("button", name="Cancel batch").click()
+    question = controls.get_by_role("alertdialog")
+    expect(question).to_contain_text("Cancel this batch for good?")
+    question.get_by_role("button", name="Keep it").click()
+    expect(controls.get_by_role("alertdialog")).to_have_count(0)
+    assert world.api("GET", f"/batch-call/{batch_id}")["status"] == "sent"
+    controls.get_by_role("button", name="Cancel batch").click()
+    controls.get_by_role("button", name="Yes, cancel it").click()
+    expect(controls.get_by_role("status")).to_contain_text("Cancelled")
+    expect(badge).to_have_text("cancelled")
+    expect(page.locator("[data-count='pending'] dd")).to_have_text("0")
+    # The tasks are read again as the batch moves: the last one will never be called.
+    expect(page.locator("table.tasks tbody tr").nth(4)).to_contain_text("cancelled")
+    batch = world.api("GET", f"/batch-call/{batch_id}")
+    assert batch["status"] == "cancelled"
+    assert batch["cancelled"] >= 3
+    expect(controls.get_by_role("button")).to_have_count(0)
+
+
+def test_a_refused_batch_action_is_shown_at_the_controls(page, world):
+    batch_id = world.api(
+        "POST",
+        "/batch-call",
+        json={
+            "name": "Draft",
+            "from_number": FROM_NUMBER,
+            "agent_id": world.sales_agent,
+            "status": "draft",
+            "tasks": [
+                {
+                    "to_number": "+12135550031",
+                    "dynamic_variables": {"sandbox_outcome": "busy", "sandbox_duration_ms": 1000},
+                }
+            ],
+        },
+    )["batch_call_id"]
+    signed_in(page, world)
+    page.goto(f"{world.server.base_url}/console/#/batches/{batch_id}")
+    controls = page.get_by_role("group", name="Batch controls")
+    expect(controls.get_by_role("button", name="Start now")).to_be_visible()
+    expect(controls.get_by_role("button", name="Pause")).to_have_count(0)
+    # Started elsewhere while the page shows the draft (a draft is not polled): the API
+    # refuses to start it again, and says so at the controls; the page then shows it sent.
+    world.api("POST", f"/batch-call/{batch_id}/execute")
+    controls.get_by_role("button", name="Start now").click()
+    alert = controls.get_by_role("alert")
+    expect(alert).to_contain_text("The batch was not changed")
+    expect(alert).to_contain_text("Cannot execute batch call")
+    expect(alert).to_contain_text("HTTP 400")
+    expect(page.locator("#batch-title ~ p .badge")).not_to_have_text("draft")
 
 
 def test_a_test_call_is_placed_and_watched_as_it_plays_out(page, world):
@@ -448,16 +652,47 @@ def serious_violations(page: Any, axe_source: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "where",
-    ["sign-in", "#/calls", "call", "#/webhooks", "#/batches", "#/test-call", "#/agents"],
+    [
+        "sign-in",
+        "#/calls",
+        "call",
+        "#/webhooks",
+        "#/batches",
+        "batch",
+        "cancel-batch",
+        "#/batches/new",
+        "#/test-call",
+        "#/agents",
+    ],
 )
 def test_no_serious_accessibility_violations(page_for_axe, world, axe_source, where):
     page = page_for_axe
     if where != "sign-in":
         signed_in(page, world)
-        target = f"#/calls/{world.played_call}" if where == "call" else where
+        target = where
+        if where == "call":
+            target = f"#/calls/{world.played_call}"
+        elif where in ("batch", "cancel-batch"):  # a batch due tomorrow: its controls
+            scheduled = world.api(
+                "POST",
+                "/batch-call",
+                json={
+                    "name": "Checked",
+                    "from_number": FROM_NUMBER,
+                    "trigger_timestamp": int(time.time() * 1000) + 86_400_000,
+                    "tasks": [{"to_number": "+12135550041", "dynamic_variables": {"n": 1}}],
+                },
+            )
+            target = f"#/batches/{scheduled['batch_call_id']}"
         page.goto(f"{world.server.base_url}/console/{target}")
         expect(page.locator("main h1").first).to_be_visible()
         page.wait_for_load_state("networkidle")
+        if where == "cancel-batch":  # the question cancelling asks
+            page.get_by_role("button", name="Cancel batch").click()
+            expect(page.get_by_role("alertdialog")).to_be_visible()
+        if where == "#/batches/new":  # the form with every part shown
+            page.get_by_label("Keep quiet hours").check()
+            page.get_by_label("At a time").check()
     assert serious_violations(page, axe_source) == []
 
 

@@ -1,7 +1,7 @@
 // A call's page (getCall): its header, the recording with the transcript, the analysis
 // and cost, the metadata, the event timeline and the webhook deliveries; live while the
-// call is under way.
-import { answered, api } from "../api";
+// call is under way (each poll names the call's ETag: a 304 keeps the page as it is).
+import { answeredUnlessUnchanged, api, ifNoneMatch } from "../api";
 import { Badge, ErrorNote, Fields, Json, Loading } from "../components";
 import { amount, duration, when, words } from "../format";
 import { useLoad } from "../poll";
@@ -13,7 +13,7 @@ const UNDER_WAY = new Set(["registered", "scheduled", "ongoing"]);
 
 export function CallPage({ callId }: { callId: string }) {
   const loaded = useLoad(
-    () => answered(api.GET("/calls/{call_id}", { params: { path: { call_id: callId } } })),
+    (etag) => answeredUnlessUnchanged(api.GET("/calls/{call_id}", { params: { path: { call_id: callId }, header: ifNoneMatch(etag) } })),
     callId,
     (answer) => UNDER_WAY.has(answer.data.call_status.toLowerCase()),
   );

@@ -1,7 +1,8 @@
 // The call log: the API's filters, sorts and cursor pages (listCalls), live while calls are
-// under way. The filters live in the URL's fragment, so a filtered view can be reloaded.
+// under way (each poll names the page's ETag: a 304 keeps the page as it is). The filters
+// live in the URL's fragment, so a filtered view can be reloaded.
 import { useMemo } from "preact/hooks";
-import { answered, api, type paths, type Schemas } from "../api";
+import { answered, answeredUnlessUnchanged, api, ifNoneMatch, type paths, type Schemas } from "../api";
 import { Badge, ErrorNote, Loading } from "../components";
 import { duration, fromLocalInput, when, words } from "../format";
 import { useLoad } from "../poll";
@@ -45,7 +46,7 @@ export function listQuery(query: URLSearchParams): ListQuery {
 export function Calls({ query }: { query: URLSearchParams }) {
   const params = useMemo(() => listQuery(query), [query.toString()]);
   const page = useLoad(
-    () => answered(api.GET("/calls", { params: { query: params } })),
+    (etag) => answeredUnlessUnchanged(api.GET("/calls", { params: { query: params, header: ifNoneMatch(etag) } })),
     JSON.stringify(params),
     (answer) => !params.cursor || answer.data.calls.some((call) => UNDER_WAY.has(call.call_status.toLowerCase())),
   );

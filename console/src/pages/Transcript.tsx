@@ -1,5 +1,7 @@
 // A call's recording in an audio player with its transcript beside it: the line and word
 // being spoken highlighted as it plays, and a click on a line or word plays from there.
+// The player streams the recording from its URL and seeks by asking for a range of bytes
+// (the sandbox's recordings answer Range with 206, as recordings elsewhere do).
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { Call } from "../api";
 import { offset } from "../format";
@@ -42,32 +44,6 @@ export function lineAt(all: Line[], ms: number): number {
   return current;
 }
 
-/** What the player plays for `url`. A recording on this server (the sandbox's) is served
- * whole, without byte ranges, and a browser cannot seek in such a stream: it is fetched
- * once and played from memory. Recordings elsewhere are played from where they are. */
-function usePlayableSource(url: string | null): string | undefined {
-  const sameOrigin = url !== null && new URL(url, location.href).origin === location.origin;
-  const [source, setSource] = useState<string | undefined>(sameOrigin ? undefined : (url ?? undefined));
-  useEffect(() => {
-    if (!url || !sameOrigin) return;
-    let made: string | undefined;
-    let stopped = false;
-    fetch(url)
-      .then((answer) => (answer.ok ? answer.blob() : Promise.reject(new Error(String(answer.status)))))
-      .then((blob) => {
-        if (stopped) return;
-        made = URL.createObjectURL(blob);
-        setSource(made);
-      })
-      .catch(() => !stopped && setSource(url));
-    return () => {
-      stopped = true;
-      if (made) URL.revokeObjectURL(made);
-    };
-  }, [url]);
-  return source;
-}
-
 export function RecordingAndTranscript({ call }: { call: Call }) {
   const audio = useRef<HTMLAudioElement>(null);
   const [ms, setMs] = useState(0);
@@ -90,7 +66,6 @@ export function RecordingAndTranscript({ call }: { call: Call }) {
     document.querySelector(".transcript li[aria-current='true']")?.scrollIntoView({ block: "nearest" });
   }, [current]);
 
-  const source = usePlayableSource(call.recording_url);
   const playFrom = (at: number) => {
     const player = audio.current;
     if (!player) return;
@@ -106,8 +81,8 @@ export function RecordingAndTranscript({ call }: { call: Call }) {
         <audio
           ref={audio}
           controls
-          preload="auto"
-          src={source}
+          preload="metadata"
+          src={call.recording_url}
           aria-label="Recording of the call"
           onPlay={() => setPlaying(true)}
           onPause={() => setPlaying(false)}
