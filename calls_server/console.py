@@ -35,7 +35,7 @@ REVALIDATE = b"no-cache"
 # the sandbox's address), so media may come from anywhere.
 CONTENT_SECURITY_POLICY = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    b"media-src * blob: data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    b"media-src * data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
     b"form-action 'none'; object-src 'none'"
 )
 _COMPRESSED_AT_LEAST = 1024  # bytes: smaller files are sent as they are
