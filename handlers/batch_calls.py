@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from calls_server.domain import batches
+from calls_server.domain import batches, versions
 from calls_server.domain.batches import Batch, Task
 from calls_server.domain.envelope import Envelope, success
 from calls_server.handlers.idempotency import idempotent
@@ -18,6 +18,8 @@ from calls_server.handlers.scope import organization_id, reads, services
 from calls_server.services.dispatch import bound_agent
 
 Response = tuple[Envelope, int]
+# An answer, or 304 with no body: the client holds it already (If-None-Match).
+Conditional = tuple[Envelope | bytes, int, dict[str, str]]
 # Task fields that are the dispatcher's bookkeeping, not the task's state.
 _INTERNAL_TASK_FIELDS = ("claimed_by", "dialed")
 
@@ -108,10 +110,13 @@ def _list(
 
 
 @reads
-def get_batch_call(batch_call_id: str, token_info: dict[str, Any]) -> Response:
-    """GET /batch-call/{batch_call_id}"""
+def get_batch_call(
+    batch_call_id: str, token_info: dict[str, Any], if_none_match: str | None = None
+) -> Conditional:
+    """GET /batch-call/{batch_call_id}: 304 with no body when `If-None-Match` names the
+    version of what it would answer."""
     batch = services().store.get_batch(organization_id(token_info), batch_call_id)
-    return success("Batch call retrieved successfully", _shown(batch)), 200
+    return _conditional(success("Batch call retrieved successfully", _shown(batch)), if_none_match)
 
 
 def update_batch_call(
@@ -195,8 +200,10 @@ def list_batch_call_tasks(
     page: int,
     limit: int,
     status: str | None = None,
-) -> Response:
-    """GET /batch-call/{batch_call_id}/tasks"""
+    if_none_match: str | None = None,
+) -> Conditional:
+    """GET /batch-call/{batch_call_id}/tasks: 304 with no body when `If-None-Match` names
+    the version of the page."""
     tasks, total = services().store.batch_tasks(
         organization_id(token_info),
         batch_call_id,
@@ -209,4 +216,12 @@ def list_batch_call_tasks(
         "tasks": [_shown_task(task) for task in tasks],
         "pagination": batches.pagination(page, limit, total),
     }
-    return success("Batch call tasks retrieved successfully", data), 200
+    return _conditional(success("Batch call tasks retrieved successfully", data), if_none_match)
+
+
+def _conditional(envelope: Envelope, if_none_match: str | None) -> Conditional:
+    """`envelope` answered 200 with its ETag, or 304 without a body if the client holds it."""
+    current = versions.etag(envelope["data"])
+    if versions.not_modified(if_none_match, current):
+        return b"", 304, {"ETag": current}
+    return envelope, 200, {"ETag": current}

@@ -485,3 +485,33 @@ def test_in_upstream_casing_a_task_status_is_upper_and_a_batch_status_lower(
 
     assert batch["status"] == "sent"
     assert listed.json()["data"]["tasks"][0]["status"] == "PENDING"
+
+
+# -- If-None-Match: polling a batch's progress ---------------------------------------------------
+
+
+def test_an_unchanged_batch_is_answered_304_and_a_changed_one_in_full(client, tenant, agent_id):
+    batch = created(client, tenant, agent_id)
+    path = f"/batch-call/{batch['batch_call_id']}"
+    first = client.get(path, headers=tenant.headers)
+    polled = {**tenant.headers, "If-None-Match": first.headers["ETag"]}
+
+    unchanged = client.get(path, headers=polled)
+    client.patch(path, json={"name": "Renamed"}, headers=tenant.headers)
+    changed = client.get(path, headers=polled)
+
+    assert unchanged.status_code == 304
+    assert unchanged.content == b""
+    assert changed.status_code == 200
+    assert changed.json()["data"]["name"] == "Renamed"
+
+
+def test_a_page_of_tasks_unchanged_is_answered_304(client, tenant, agent_id):
+    batch = created(client, tenant, agent_id)
+    path = f"/batch-call/{batch['batch_call_id']}/tasks"
+    first = client.get(path, headers=tenant.headers)
+
+    again = client.get(path, headers={**tenant.headers, "If-None-Match": first.headers["ETag"]})
+
+    assert again.status_code == 304
+    assert again.headers["ETag"] == first.headers["ETag"]
