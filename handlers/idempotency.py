@@ -48,6 +48,10 @@ KeptAs = Callable[[int, Any, dict[str, str]], tuple[int, Any, dict[str, str]]]
 # made from the stored record; called with the id and the handler's own arguments.
 Recover = Callable[..., Any]
 
+# The scope of the admin API's keys: not an organization id (their pattern has no colon), so
+# an organization named `admin` keeps keys of its own.
+ADMIN_SCOPE = ":admin"
+
 
 def idempotent(
     recover: Recover, kept_as: KeptAs | None = None
@@ -101,7 +105,7 @@ def idempotent(
                 return await run(arguments)
             token_info = kwargs.get("token_info") or {}
             org = token_info["apiKey"]["organization_id"] if "apiKey" in token_info else None
-            scope = org or "admin"
+            scope = org or ADMIN_SCOPE
             asked = {name: v for name, v in arguments.items() if name != "token_info"}
             fingerprint = idempotency.fingerprint(operation, asked)
             keys: IdempotencyKeys = services().idempotency

@@ -19,8 +19,7 @@
 -- outbox events, its organization's webhooks and agents) runs on the one node that holds
 -- that organization. The only statements across organizations are sweeps (due scheduled
 -- calls, active batches, calls of a stopped sandbox, pending webhook events, pruning), the
--- expiry of idempotency keys at each answer kept, the totals of /metrics and
--- copy-to-postgres, which Citus runs on every shard in parallel. The keys are checked by
+-- totals of /metrics and copy-to-postgres, which Citus runs on every shard in parallel. The keys are checked by
 -- tests/store/test_distribution.py, every statement the store sends while the store suite
 -- runs by tests/system/test_distribution_suite.py.
 --

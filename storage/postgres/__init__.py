@@ -83,6 +83,10 @@ __all__ = [
     "migrations",
 ]
 
+# Seconds a reconnection to the database keeps trying before it gives up (and is tried again
+# at the next need): psycopg_pool's default backs off for up to minutes.
+RECONNECT_TIMEOUT = 2.0
+
 
 @_reads_run_again_once
 class PostgresStore(
@@ -157,6 +161,10 @@ class PostgresStore(
             # A connection the server dropped (a restart, a failover) is replaced when it
             # is handed out, instead of failing the request that gets it.
             check=_check_connection,
+            # A reconnection gives up after 2 s (and is tried again at the next need) rather
+            # than backing off for up to 16 s between attempts: a server whose database
+            # switched over (a failover) comes back within seconds of the promotion.
+            reconnect_timeout=RECONNECT_TIMEOUT,
             open=False,
             name="calls-server",
         )

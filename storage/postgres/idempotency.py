@@ -69,11 +69,13 @@ class IdempotencyMixin(Connections):
             )
 
     def keep_idempotent(self, answer: IdempotentAnswer) -> None:
-        """Keep `answer` (replacing one of the same scope and key), dropping the answers
-        expired by its `created_at`. Committed, so durable, when it returns."""
+        """Keep `answer` (replacing one of the same scope and key), dropping its scope's
+        answers expired by its `created_at` (one scope: one shard under Citus). Committed,
+        so durable, when it returns."""
         with self._transaction() as conn:
             conn.execute(
-                "DELETE FROM idempotency_keys WHERE expires_at <= %s", (answer["created_at"],)
+                "DELETE FROM idempotency_keys WHERE scope = %s AND expires_at <= %s",
+                (answer["scope"], answer["created_at"]),
             )
             conn.execute(
                 "INSERT INTO idempotency_keys (scope, key, expires_at, doc)"

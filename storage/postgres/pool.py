@@ -74,6 +74,7 @@ READS = frozenset(
         "list_webhook_events",
         "get_webhook_event",
         "find_idempotent",
+        "export_organization",
         "check_ready",
         "record_counts",
         "live_processes",

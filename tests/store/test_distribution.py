@@ -89,10 +89,6 @@ MULTI_SHARD = {
     "outbox pruning": MultiShard(
         r"DELETE FROM webhook_events WHERE settled_at <", "events delivered long ago"
     ),
-    "idempotency expiry": MultiShard(
-        r"DELETE FROM idempotency_keys WHERE expires_at <=",
-        "answers expired in every scope, at each answer kept",
-    ),
     "metrics counts": MultiShard(
         r"FROM organization_usage\), \(SELECT count\(\*\) FROM organizations\)",
         "the totals of /metrics",
@@ -131,7 +127,7 @@ APPLICATION = "calls-server"  # the store's application_name: its statements alo
 # The idempotency scope of the admin API: its creates under an Idempotency-Key (an
 # organization, a key) mark their claim, kept in that scope, in their transaction, which
 # so spans the organization's shard and that scope's (Citus commits the two together).
-ADMIN_SCOPE = "admin"
+ADMIN_SCOPE = ":admin"
 
 
 # -- the schema ------------------------------------------------------------------------------------
