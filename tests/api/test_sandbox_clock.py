@@ -56,6 +56,15 @@ def schedule(client, tenant, at_ms: int, **metadata) -> str:
     return call_id
 
 
+def add_hook(client, tenant, receiver) -> str:
+    """A webhook of every status event, at `receiver`; its id."""
+    hook = {"name": "hook", "url": receiver.url, "status_events": True}
+    created = client.post("/api/post-call-webhooks/create", json=hook, headers=tenant.headers)
+    assert created.status_code == 200, created.text
+    hook_id: str = created.json()["data"]["id"]
+    return hook_id
+
+
 def test_a_clock_runs_on_the_real_time_until_frozen(client, tenant):
     data = client.get("/api/sandbox/clock", headers=tenant.headers).json()["data"]
 
@@ -103,9 +112,7 @@ def test_nothing_falls_due_before_its_time(client, tenant):
 
 def test_the_post_call_webhook_arrives_with_the_clocks_times(client, tenant, receiver):
     start = freeze(client, tenant)["now_ms"]
-    hook = {"name": "hook", "url": receiver.url, "status_events": True}
-    created = client.post("/api/post-call-webhooks/create", json=hook, headers=tenant.headers)
-    assert created.status_code == 200, created.text
+    add_hook(client, tenant, receiver)
     call_id = schedule(client, tenant, start + DAY * 1000, sandbox_outcome="completed")
 
     advance(client, tenant, seconds=2 * DAY)
@@ -126,10 +133,7 @@ def test_a_failing_webhook_is_retried_with_its_back_off_as_the_clock_advances(
 ):
     receiver.replies = [(500, 0.0), (500, 0.0)]  # then 202
     freeze(client, tenant)
-    hook = {"name": "hook", "url": receiver.url, "status_events": True}
-    hook_id = client.post(
-        "/api/post-call-webhooks/create", json=hook, headers=tenant.headers
-    ).json()["data"]["id"]
+    hook_id = add_hook(client, tenant, receiver)
     client.post("/api/calls/create", json={"agent_id": "ag"}, headers=tenant.headers)
     advance(client, tenant, seconds=1)
     assert len(receiver.received) == 1
@@ -231,10 +235,7 @@ def test_an_idempotency_key_expires_on_the_clock(client, tenant):
 
 def test_delivered_webhook_events_expire_on_the_clock(client, tenant, receiver):
     freeze(client, tenant)
-    hook = {"name": "hook", "url": receiver.url, "status_events": True}
-    hook_id = client.post(
-        "/api/post-call-webhooks/create", json=hook, headers=tenant.headers
-    ).json()["data"]["id"]
+    hook_id = add_hook(client, tenant, receiver)
     client.post("/api/calls/create", json={"agent_id": "ag"}, headers=tenant.headers)
     advance(client, tenant, seconds=1)
     events = f"/api/post-call-webhooks/{hook_id}/events"
