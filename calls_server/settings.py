@@ -14,10 +14,12 @@ from typing import Any, TypeVar
 from calls_server.domain.casing import MODES
 from calls_server.domain.quotas import Quota
 from calls_server.domain.webhooks import RetryPolicy
-from calls_server.integrations.dialer import HttpDialer
 from calls_server.integrations.egress import EgressPolicy
-from calls_server.integrations.livekit import LiveKitRooms
-from calls_server.storage import EmbeddedStore, Store
+
+if typing.TYPE_CHECKING:  # imported where they are built: every command reads settings
+    from calls_server.integrations.dialer import HttpDialer
+    from calls_server.integrations.livekit import LiveKitRooms
+    from calls_server.storage import Store
 
 PREFIX = "CALLS_"
 T = TypeVar("T")
@@ -529,12 +531,16 @@ class Settings:
                 max_connections=self.database_pool_size,
                 statement_timeout=self.database_statement_timeout,
             )
+        from calls_server.storage.embedded import EmbeddedStore
+
         return EmbeddedStore(self.data_dir, compact_every=self.compact_every, quota=quota)
 
     def dialer(self) -> HttpDialer | None:
         """The outbound dialer phone calls are handed to, if one is configured."""
         if not (self.dialer_url and self.dialer_secret):
             return None
+        from calls_server.integrations.dialer import HttpDialer
+
         return HttpDialer(
             self.dialer_url,
             self.dialer_secret,
@@ -568,6 +574,8 @@ class Settings:
         """The LiveKit server web calls use, if one is configured."""
         if not (self.livekit_url and self.livekit_api_key and self.livekit_api_secret):
             return None
+        from calls_server.integrations.livekit import LiveKitRooms
+
         return LiveKitRooms(
             self.livekit_url,
             self.livekit_api_key,
