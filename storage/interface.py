@@ -12,7 +12,7 @@ written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -38,6 +38,9 @@ TaskChange = Callable[[Batch, Task, int], tuple[Batch, Task]]
 # under the store's lock: it must only take note, never block. Told twice of an event, it
 # looks at it again.
 EventListener = Callable[[list[WebhookEvent]], None]
+# One change of a webhook event, as `Outbox.change_webhook_events` applies it: (organization
+# id, webhook id, event id, the change: a pure function of the stored event).
+EventChange = tuple[str, str, str, Callable[[WebhookEvent], WebhookEvent]]
 # Called when this process is no longer to deliver the events of some partitions (None: of
 # every one, its connection to the database lost): the deliverer drops the events it was
 # told of in them, and returns once the attempts it has under way on them are recorded, so
@@ -310,6 +313,12 @@ class Outbox(Protocol):
     ) -> WebhookEvent:
         """The event. Raises WebhookNotFound or WebhookEventNotFound."""
 
+    def get_webhook_with_event(
+        self, organization_id: str, webhook_id: str, event_id: str
+    ) -> tuple[Webhook, WebhookEvent]:
+        """The webhook and its event, read together (what a delivery attempt needs, in one
+        read). Raises WebhookNotFound or WebhookEventNotFound."""
+
     def change_webhook_event(
         self,
         organization_id: str,
@@ -318,6 +327,16 @@ class Outbox(Protocol):
         change: Callable[[WebhookEvent], WebhookEvent],
     ) -> WebhookEvent:
         """Replace the event by `change(event)` atomically and return the new record."""
+
+    def change_webhook_events(self, changes: Sequence[EventChange]) -> list[WebhookEvent | None]:
+        """Apply each change as `change_webhook_event` does, in one write: the new records in
+        the order of `changes`, None for an event that no longer exists (nor its webhook),
+        which is left alone. Atomic for each organization's changes at least (the embedded
+        store writes them all in one journal record; PostgreSQL each organization's in one
+        transaction, as a distributed database routes a transaction to one organization's
+        shard): if a change raises, it is raised, and none of its organization's changes is
+        written (those of others may be). Much cheaper per event than a write each: the
+        deliverer records the attempts of many deliveries so."""
 
     def prune_webhook_events(self, settled_before: int, organization_id: str | None = None) -> int:
         """Remove events delivered or given up before then (Unix ms), of every organization

@@ -4,17 +4,17 @@ listener (`_index_events`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from calls_server.domain import agents, webhooks
 from calls_server.domain.agents import Agent
 from calls_server.domain.calls import Call
-from calls_server.domain.errors import AgentNotFound, WebhookEventNotFound
-from calls_server.domain.webhooks import WebhookEvent
+from calls_server.domain.errors import AgentNotFound, WebhookEventNotFound, WebhookNotFound
+from calls_server.domain.webhooks import Webhook, WebhookEvent
 from calls_server.storage.embedded.documents import _copy
 from calls_server.storage.embedded.lock import Locked
 from calls_server.storage.embedded.records import OrgKey, _OrgRecords
-from calls_server.storage.interface import EventForget, EventListener, EventSource
+from calls_server.storage.interface import EventChange, EventForget, EventListener, EventSource
 from calls_server.storage.tinydb_table import JournaledTable, raw_documents
 
 # The fields of a webhook event its listener is told of.
@@ -92,6 +92,16 @@ class OutboxMixin(Locked):
         with self._reading():
             return _copy(self._stored_event(organization_id, webhook_id, event_id)[1])
 
+    def get_webhook_with_event(
+        self, organization_id: str, webhook_id: str, event_id: str
+    ) -> tuple[Webhook, WebhookEvent]:
+        with self._reading():
+            hook = self._webhooks.stored(organization_id, webhook_id)[1]
+            doc_id = self._hook_events.get((organization_id, webhook_id), {}).get(event_id)
+            if doc_id is None:
+                raise WebhookEventNotFound(event_id)
+            return _copy(hook), _copy(raw_documents(self._events)[str(doc_id)])
+
     def change_webhook_event(
         self,
         organization_id: str,
@@ -101,13 +111,37 @@ class OutboxMixin(Locked):
     ) -> WebhookEvent:
         with self._writing():
             doc_id, old = self._stored_event(organization_id, webhook_id, event_id)
-            changed = change(_copy(old))
-            self._events.replace(doc_id, _copy(changed))
-            if changed["status"] == "pending" and (
-                old["status"] != "pending" or changed["next_attempt_at"] < old["next_attempt_at"]
-            ):
-                self._tell([changed])  # queued again, or due sooner
+            changed = self._change_event(doc_id, old, change)
+            if _queued(old, changed):
+                self._tell([changed])
             return changed
+
+    def change_webhook_events(self, changes: Sequence[EventChange]) -> list[WebhookEvent | None]:
+        # One journal record (and one wait for the disk) for all of them.
+        changed: list[WebhookEvent | None] = []
+        queued: list[WebhookEvent] = []
+        with self._writing(), self._journal.transaction():
+            for organization_id, webhook_id, event_id, change in changes:
+                try:
+                    doc_id, old = self._stored_event(organization_id, webhook_id, event_id)
+                except (WebhookNotFound, WebhookEventNotFound):
+                    changed.append(None)
+                    continue
+                event = self._change_event(doc_id, old, change)
+                changed.append(event)
+                if _queued(old, event):
+                    queued.append(event)
+            if queued:
+                self._tell(queued)
+        return changed
+
+    def _change_event(
+        self, doc_id: int, old: WebhookEvent, change: Callable[[WebhookEvent], WebhookEvent]
+    ) -> WebhookEvent:
+        """Store `change(old)` in place of document `doc_id`; the new record (a copy)."""
+        changed = change(_copy(old))
+        self._events.replace(doc_id, _copy(changed))
+        return changed
 
     def prune_webhook_events(self, settled_before: int, organization_id: str | None = None) -> int:
         # Looked for under the read lock first: a pass with nothing to prune (the usual one)
@@ -173,3 +207,11 @@ class OutboxMixin(Locked):
         if doc_id is None:
             raise WebhookEventNotFound(event_id)
         return doc_id, raw_documents(self._events)[str(doc_id)]
+
+
+def _queued(old: WebhookEvent, new: WebhookEvent) -> bool:
+    """Whether a change queued the event again, or made it due sooner (the listener is told)."""
+    return bool(
+        new["status"] == "pending"
+        and (old["status"] != "pending" or new["next_attempt_at"] < old["next_attempt_at"])
+    )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from psycopg import sql
@@ -12,7 +12,7 @@ from calls_server.domain import agents, webhooks
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import WebhookEventNotFound
 from calls_server.domain.webhooks import Webhook, WebhookEvent
-from calls_server.storage.interface import EventForget, EventListener, EventSource
+from calls_server.storage.interface import EventChange, EventForget, EventListener, EventSource
 from calls_server.storage.postgres.documents import _copy, _json
 from calls_server.storage.postgres.pool import Connection, Connections
 from calls_server.storage.postgres.records import _WEBHOOKS, _locked
@@ -89,6 +89,15 @@ class OutboxMixin(Connections):
         with self._transaction(snapshot=True) as conn:  # a read: its COMMIT decides nothing
             return self._event(conn, organization_id, webhook_id, event_id, lock=False)
 
+    def get_webhook_with_event(
+        self, organization_id: str, webhook_id: str, event_id: str
+    ) -> tuple[Webhook, WebhookEvent]:
+        """The webhook and its event, read together. Raises WebhookNotFound or
+        WebhookEventNotFound."""
+        with self._transaction(snapshot=True) as conn:
+            hook = _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)
+            return hook, self._event(conn, organization_id, webhook_id, event_id, lock=False)
+
     def change_webhook_event(
         self,
         organization_id: str,
@@ -99,26 +108,30 @@ class OutboxMixin(Connections):
         """Replace the event by `change(event)` atomically and return the new record."""
         with self._transaction() as conn:
             old = self._event(conn, organization_id, webhook_id, event_id, lock=True)
-            changed = change(_copy(old))
-            queued = changed["status"] == "pending" and (
-                old["status"] != "pending" or changed["next_attempt_at"] < old["next_attempt_at"]
-            )  # queued again, or due sooner: the delivering process is told
-            conn.execute(
-                "UPDATE webhook_events SET doc = %s::jsonb, status = %s, settled_at = %s,"
-                " queued_tx = CASE WHEN %s THEN pg_current_xact_id() ELSE queued_tx END"
-                " WHERE organization_id = %s AND webhook_id = %s AND event_id = %s",
-                (
-                    _json(changed),
-                    changed["status"],
-                    webhooks.settled_at(changed),
-                    queued,
-                    organization_id,
-                    webhook_id,
-                    event_id,
-                ),
-            )
-            if queued:
-                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+            return _changed(conn, (organization_id, webhook_id, event_id), old, change)
+
+    def change_webhook_events(self, changes: Sequence[EventChange]) -> list[WebhookEvent | None]:
+        """Each change as `change_webhook_event` makes it, each organization's in one
+        transaction; None for an event that no longer exists."""
+        by_organization: dict[str, list[int]] = {}
+        for at, (organization_id, *_) in enumerate(changes):
+            by_organization.setdefault(organization_id, []).append(at)
+        changed: list[WebhookEvent | None] = [None] * len(changes)
+        for organization_id, places in by_organization.items():
+            # Rows locked in one order (webhook, event): two batches never deadlock.
+            places.sort(key=lambda at: changes[at][1:3])
+            with self._transaction() as conn:
+                for at in places:
+                    _, webhook_id, event_id, change = changes[at]
+                    row = conn.execute(
+                        "SELECT doc FROM webhook_events"
+                        " WHERE organization_id = %s AND webhook_id = %s AND event_id = %s"
+                        " FOR UPDATE",
+                        (organization_id, webhook_id, event_id),
+                    ).fetchone()
+                    if row is not None:  # None: deleted (with its webhook, or pruned)
+                        key = (organization_id, webhook_id, event_id)
+                        changed[at] = _changed(conn, key, cast(WebhookEvent, row[0]), change)
         return changed
 
     def prune_webhook_events(self, settled_before: int, organization_id: str | None = None) -> int:
@@ -145,6 +158,36 @@ class OutboxMixin(Connections):
         if row is None:
             raise WebhookEventNotFound(event_id)
         return cast(WebhookEvent, row[0])
+
+
+def _changed(
+    conn: Connection,
+    key: tuple[str, str, str],
+    old: WebhookEvent,
+    change: Callable[[WebhookEvent], WebhookEvent],
+) -> WebhookEvent:
+    """Replace the event `old` (its organization, webhook and event ids: `key`; locked in
+    `conn`'s transaction) by `change(old)`; the new record. A change that queues it again,
+    or makes it due sooner, tells the delivering process (at the commit)."""
+    changed = change(_copy(old))
+    queued = changed["status"] == "pending" and (
+        old["status"] != "pending" or changed["next_attempt_at"] < old["next_attempt_at"]
+    )
+    conn.execute(
+        "UPDATE webhook_events SET doc = %s::jsonb, status = %s, settled_at = %s,"
+        " queued_tx = CASE WHEN %s THEN pg_current_xact_id() ELSE queued_tx END"
+        " WHERE organization_id = %s AND webhook_id = %s AND event_id = %s",
+        (
+            _json(changed),
+            changed["status"],
+            webhooks.settled_at(changed),
+            queued,
+            *key,
+        ),
+    )
+    if queued:
+        conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+    return changed
 
 
 def _record_events(

@@ -812,6 +812,120 @@ def test_webhook_events_change_list_and_prune(store):
     assert store.list_webhook_events("acme", hook["id"])[1] == 2
 
 
+def test_a_webhook_is_read_with_its_event(store):
+    store.add_organization(keys.new_organization(1, "acme"))
+    hook = webhook(status_events=True)
+    store.add_webhook(hook)
+    store.record_webhook_events(owing, lambda events: None, lambda partitions: None)
+    store.add_call(a_call(org="acme"))
+    (event,) = store.pending_webhook_events()
+
+    read_hook, read_event = store.get_webhook_with_event("acme", hook["id"], event["event_id"])
+
+    assert (read_hook, read_event) == (hook, event)
+    read_event["payload"]["call"]["call_status"] = "changed by the caller"  # its own copy
+    assert store.get_webhook_event("acme", hook["id"], event["event_id"]) == event
+    with pytest.raises(WebhookEventNotFound):
+        store.get_webhook_with_event("acme", hook["id"], "evt_none")
+    with pytest.raises(WebhookNotFound):
+        store.get_webhook_with_event("acme", "webhook_none", event["event_id"])
+    with pytest.raises(WebhookNotFound):  # another organization's
+        store.get_webhook_with_event("other", hook["id"], event["event_id"])
+
+
+def test_many_webhook_events_change_in_one_write(store):
+    for org in ("acme", "other"):
+        store.add_organization(keys.new_organization(1, org))
+    hooks = {org: webhook(org=org, status_events=True) for org in ("acme", "other")}
+    for hook in hooks.values():
+        store.add_webhook(hook)
+    told: list[list[dict]] = []
+    store.record_webhook_events(owing, told.append, lambda partitions: None)
+    for n in range(3):
+        store.add_call(a_call(org="acme", call_id=f"c{n}"))
+    store.add_call(a_call(org="other", call_id="o0"))
+    first, second, third, fourth = store.pending_webhook_events()
+    wait_for(lambda: len(first_told(told)) == 4)
+    told.clear()
+    delivered = webhooks.Attempt(at=1_000, latency_ms=5, status_code=200)
+    failed = webhooks.Attempt(at=1_000, latency_ms=5, status_code=500)
+    policy = webhooks.RetryPolicy()
+
+    def change(event, attempt):
+        return (
+            event["organization_id"],
+            event["webhook_id"],
+            event["event_id"],
+            lambda stored: webhooks.attempted(stored, attempt, policy),
+        )
+
+    changed = store.change_webhook_events(
+        [
+            change(first, delivered),
+            ("acme", hooks["acme"]["id"], "evt_none", lambda e: e),  # no such event
+            change(fourth, failed),  # another organization's, due again later
+            ("acme", "webhook_none", second["event_id"], lambda e: e),  # no such webhook
+            change(third, delivered),
+        ]
+    )
+
+    assert [e and (e["event_id"], e["status"]) for e in changed] == [
+        (first["event_id"], "delivered"),
+        None,
+        (fourth["event_id"], "pending"),
+        None,
+        (third["event_id"], "delivered"),
+    ]
+    assert changed[0] == store.get_webhook_event("acme", hooks["acme"]["id"], first["event_id"])
+    assert changed[2]["attempts"][0]["status_code"] == 500
+    assert ids_of(store.pending_webhook_events()) == [second["event_id"], fourth["event_id"]]
+    assert set(first_told(told)) <= {second["event_id"], fourth["event_id"]}  # none queued
+
+    # Queued again (a redelivery): the listener is told, as by change_webhook_event.
+    (again,) = store.change_webhook_events(
+        [
+            (
+                "acme",
+                hooks["acme"]["id"],
+                first["event_id"],
+                lambda e: webhooks.redelivered(e, 3_000),
+            )
+        ]
+    )
+    assert again["status"] == "pending"
+    wait_for(lambda: first["event_id"] in first_told(told))
+    assert store.change_webhook_events([]) == []
+
+
+def test_a_change_that_raises_writes_none_of_its_organizations_changes(store):
+    store.add_organization(keys.new_organization(1, "acme"))
+    hook = webhook(status_events=True)
+    store.add_webhook(hook)
+    store.record_webhook_events(owing, lambda events: None, lambda partitions: None)
+    for n in range(2):
+        store.add_call(a_call(org="acme", call_id=f"c{n}"))
+    first, second = store.pending_webhook_events()
+    attempt = webhooks.Attempt(at=1_000, latency_ms=5, status_code=200)
+
+    def broken(event):
+        raise RuntimeError("change failed")
+
+    with pytest.raises(RuntimeError, match="change failed"):
+        store.change_webhook_events(
+            [
+                (
+                    "acme",
+                    hook["id"],
+                    first["event_id"],
+                    lambda e: webhooks.attempted(e, attempt, webhooks.RetryPolicy()),
+                ),
+                ("acme", hook["id"], second["event_id"], broken),
+            ]
+        )
+
+    assert store.pending_webhook_events() == [first, second]
+
+
 # -- idempotency -----------------------------------------------------------------------------------
 
 
