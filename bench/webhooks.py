@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -82,6 +83,32 @@ class Receiver:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user and system) of each thread of the process: tid -> (name, seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def cpu_by_thread(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds between two samples, by thread name (numbered ones summed: webhook-io)."""
+    spent: dict[str, float] = {}
+    for tid, (name, seconds) in after.items():
+        kind = name.rstrip("0123456789_")
+        spent[kind] = spent.get(kind, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
+    return spent
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -144,7 +171,7 @@ def timeline(
         start_ms = stop_ms
 
 
-def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) -> dict[str, float]:
+def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) -> dict[str, Any]:
     """One server, `hooks` webhooks, `--duration` seconds of creates; its numbers."""
     data = work / f"data-{hooks}"
     metrics_port = args.port + 1
@@ -174,6 +201,7 @@ def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) ->
         env = {"BENCH_KEY": key["api_key"], "BENCH_SECRET": key["api_secret"]}
 
         began = time.time() * 1000
+        cpu_before = thread_cpu(process.pid)
         result = wrk("create", args.port, env, args)
         load_ended = time.time() * 1000
         # Every call acknowledged (warm-up included) owes each webhook one event.
@@ -186,6 +214,7 @@ def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) ->
             if time.time() * 1000 - load_ended > args.drain_limit * 1000:
                 raise RuntimeError(f"the backlog did not drain within {args.drain_limit} s")
         drained = time.time() * 1000
+        spent = cpu_by_thread(cpu_before, thread_cpu(process.pid))
     finally:
         gauge.close()
         stop(process)
@@ -204,6 +233,18 @@ def run(args: argparse.Namespace, work: Path, receiver: Receiver, hooks: int) ->
         "lag_max": max(lags),
         "drained_after": (drained - load_ended) / 1000,
         "duplicates": len(arrivals) - len({(h, e) for h, e, _, _ in arrivals}),
+        # CPU of the server's threads from the load's start until the backlog drained: the
+        # deliverer's (named webhook-*, on Linux) per event owed, the others' per create.
+        "api_ms_per_create": sum(v for k, v in spent.items() if not k.startswith("webhook-"))
+        / max(total, 1)
+        * 1000,
+        "delivery_ms_per_event": sum(v for k, v in spent.items() if k.startswith("webhook-"))
+        / max(owed, 1)
+        * 1000,
+        "server_ms_per_create": sum(spent.values()) / max(total, 1) * 1000,
+        "delivery_threads": {
+            k: v / max(owed, 1) * 1000 for k, v in spent.items() if k.startswith("webhook-")
+        },
     }
 
 
@@ -270,6 +311,16 @@ def main() -> int:
     print(f"| backlog left when the load stopped | - | drained in "
           f"{with_two['drained_after']:.1f} s |")  # fmt: skip
     print(f"| duplicate deliveries | - | {with_two['duplicates']:.0f} |")
+    print(f"| server CPU per create, all threads (load and drain) | "
+          f"{without.get('server_ms_per_create', float('nan')):.3f} ms | "
+          f"{with_two['server_ms_per_create']:.3f} ms |")  # fmt: skip
+    print(f"| server CPU per create, API threads (load and drain) | "
+          f"{without.get('api_ms_per_create', float('nan')):.3f} ms | "
+          f"{with_two['api_ms_per_create']:.3f} ms |")  # fmt: skip
+    print(f"| server CPU per event, delivery threads (webhook-*) | - | "
+          f"{with_two['delivery_ms_per_event']:.3f} ms |")  # fmt: skip
+    threads = ", ".join(f"{k} {v:.3f}" for k, v in sorted(with_two["delivery_threads"].items()))
+    print(f"\n(delivery threads, ms of CPU per event: {threads})")
     return 0
 
 

@@ -9,10 +9,10 @@ attempt:
 - events wait in lanes, one per (webhook, call): a lane sends one event at a time, in the
   order recorded, so each call's events arrive at each webhook in order; a lane whose head
   event waits for its retry waits as a whole, and only that call's events wait with it;
-- lanes of one webhook run side by side, at most `per_endpoint` at once (its own pool of
-  kept-alive connections), and a fixed pool of `concurrency` worker threads serves every
-  webhook: a hanging endpoint holds at most `per_endpoint` workers, each for at most
-  `timeout`, and never a thread of its own;
+- lanes of one webhook run side by side, at most `per_endpoint` at once (its own kept-alive
+  connections), and at most `concurrency` attempts are under way at once, all webhooks
+  together: a hanging endpoint holds at most `per_endpoint` of them, each for at most
+  `timeout`, never another endpoint's;
 - each attempt resolves the URL again and connects only to the address the egress policy
   allowed (no DNS rebinding), and no redirect is followed;
 - each attempt is signed (integrations/signing.py) and its outcome (status code, latency,
@@ -24,23 +24,45 @@ attempt:
   other pending event stays in the store and is delivered after the next start;
 - of several processes sharing a PostgreSQL store, the one the store tells delivers
   (storage/postgres_presence.py): each event by one process, each call's in order.
+
+How, cheaply (docs/performance.md, "Webhook delivery under load", says what it cost before
+and after; bench/delivery_cpu.py measures it): the attempts run on one thread, an asyncio
+event loop, each a task that speaks HTTP/1.1 itself over kept-alive connections (`_Client`:
+the request is bytes, the answer's status code is all it reads), so that no thread waits
+for an answer and none hands the interpreter over to another at every socket call (16
+worker threads did, some 15 context switches per event). What blocks runs elsewhere: the
+attempts that ended are recorded together, in one write (`Store.change_webhook_events`:
+one journal record, one wait for the disk), by a recorder thread, and a lane sends its
+next event only once its attempt is recorded; reads that wait for a database, a host name
+to resolve, the wait for the disk before sending (one for every attempt starting meanwhile)
+and, with tracing on, httpx's instrumented requests run on a small pool of threads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import ctypes
+import functools
 import heapq
+import ipaddress
 import itertools
-import json
 import logging
+import ssl
+import sys
 import threading
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote, urlsplit
 
 import httpx
+import orjson
 
 from calls_server.domain import webhooks
 from calls_server.domain.calls import Call
@@ -48,11 +70,12 @@ from calls_server.domain.errors import WebhookEventNotFound, WebhookNotFound
 from calls_server.domain.faults import FAULT_HEADER, Fault, FaultRules
 from calls_server.domain.webhooks import Attempt, RetryPolicy, Webhook, WebhookEvent
 from calls_server.integrations.clock import Clock, wall_clock
-from calls_server.integrations.egress import EgressPolicy, UnsafeTarget
+from calls_server.integrations.egress import EgressPolicy, Target, UnsafeTarget
 from calls_server.integrations.signing import signature_headers
 from calls_server.services import test_clocks
 from calls_server.storage.interface import (
     Durability,
+    EventChange,
     Outbox,
     WebhookRecords,
 )
@@ -69,7 +92,28 @@ log = logging.getLogger("calls_server.webhooks")
 RECHECK_EVERY = 1.0
 PRUNE_EVERY = 60.0
 
+# While attempts are under way, and for POLL_FOR seconds after, the loop looks at the lanes
+# every POLL_EVERY seconds instead of being woken by each event told (see `_dispatch`).
+POLL_EVERY = 0.002
+POLL_FOR = 0.05
+# Seconds the recorder waits for more attempts to end, while some are under way, before it
+# records those that ended (each write costs a wait for the disk, whatever it holds).
+GATHER_FOR = 0.002
+# The checked targets of URLs naming an address kept at most (all forgotten past it).
+MAX_TARGETS_KEPT = 4096
+
 Lane = tuple[str, str]  # (webhook id, call id)
+T = TypeVar("T")
+
+
+@dataclass
+class _Sent:
+    """An attempt made, to be recorded: its lane, the webhook as read for it, its event."""
+
+    lane: Lane
+    hook: Webhook
+    event_id: str
+    attempt: Attempt
 
 
 class WebhookDeliverer:
@@ -78,7 +122,9 @@ class WebhookDeliverer:
     `on_delivered`, if given, is told each delivery's lag (seconds from the event's
     creation, or its redelivery request, to its delivery being recorded), for the metrics.
     `on_client`, if given, is called with each endpoint's HTTP client when it is made,
-    before its first request (tracing instruments it: calls_server/tracing.py)."""
+    before its first request (tracing instruments it: calls_server/tracing.py): deliveries
+    then go through httpx, whose instrumentation makes each a client span, on the pool's
+    threads; without it, through this module's own client on the event loop."""
 
     def __init__(
         self,
@@ -103,19 +149,22 @@ class WebhookDeliverer:
         self.on_client = on_client
         self.egress = egress
         self.policy = policy or RetryPolicy()
+        self.concurrency = concurrency
         self.per_endpoint = per_endpoint
         self.timeout = timeout
         self.retention = retention
         self.clock = clock
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="webhook-delivery")
-        self._wake = threading.Condition()
+        # Guards the state below, shared by the loop, the recorder, the store's threads.
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)  # an attempt ended (stop waits for it)
+        self._recordable = threading.Condition(self._lock)  # attempts to record
         # Per lane: the event ids it still has to send, in order; the webhook's organization.
         self._lanes: dict[Lane, deque[str]] = {}
         self._organizations: dict[str, str] = {}
         self._queued: set[tuple[str, str]] = set()  # (webhook, event id) in those lanes
         self._due: list[tuple[int, int, Lane]] = []  # heap of (when, tie, lane)
         self._scheduled: dict[Lane, int] = {}  # lane -> when it is due (its heap entry)
-        self._busy: set[Lane] = set()  # lanes with an attempt under way
+        self._busy: set[Lane] = set()  # lanes with an attempt under way (or being recorded)
         self._in_flight: Counter[str] = Counter()  # webhook -> its lanes under way
         self._held: dict[str, deque[Lane]] = {}  # webhook -> due lanes over its limit
         self._parked: dict[str, set[Lane]] = {}  # webhook switched off -> its waiting lanes
@@ -124,18 +173,49 @@ class WebhookDeliverer:
         # Lane -> the partition its call's events are in (as the store told; None: one process).
         self._partitions: dict[Lane, int | None] = {}
         self._tie = itertools.count()
-        self._clients: dict[str, httpx.Client] = {}
-        self._stopping = False
-        self._dispatcher = threading.Thread(
-            target=self._dispatch, name="webhook-dispatch", daemon=True
+        self._unrecorded: list[_Sent] = []  # attempts made, for the recorder
+        # How many times events were told; how many had been when the last wait for the
+        # disk that ended began (every event told by then is on disk).
+        self._told = 0
+        self._durable_told = 0
+        self._stopping = False  # no attempt starts any more
+        self._closing = False  # the recorder and the upkeep thread leave
+        self._stopped = threading.Event()
+        # The event loop and its thread; `_dispatch` is asked for (`_kick`) or timed.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = threading.Thread(
+            target=self._run_loop, name="webhook-delivery", daemon=True
         )
+        self._kicked = False
+        self._polling = False  # see `_dispatch`
+        self._active_until = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when it goes off (the loop's time)
+        self._check: asyncio.Future[None] | None = None  # the next wait for the disk
+        self._http = _Client(per_endpoint)
+        self._targets: dict[str, Target] = {}  # URL naming an address -> where it goes
+        self._clients: dict[str, httpx.Client] = {}  # with tracing: httpx, per webhook
+        # Blocking work the loop hands off (see the module's docstring).
+        self._threads = ThreadPoolExecutor(
+            concurrency, thread_name_prefix="webhook-io", initializer=_name_thread
+        )
+        self._recorder = threading.Thread(
+            target=self._keep_records, name="webhook-record", daemon=True
+        )
+        self._upkeep = threading.Thread(target=self._keep_up, name="webhook-upkeep", daemon=True)
 
     # -- the store's side --------------------------------------------------------------------
     def start(self) -> None:
         """Record events from now on and start delivering those the store tells of (every
         pending one, while this process is the one of those sharing the store that
         delivers)."""
-        self._dispatcher.start()
+        running = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._loop.call_soon(running.set)
+        self._loop_thread.start()
+        running.wait()
+        self._recorder.start()
+        self._upkeep.start()
         self.store.record_webhook_events(self._owed, self._pending, self._forget_partitions)
 
     def _owed(
@@ -144,7 +224,8 @@ class WebhookDeliverer:
         return webhooks.owed_events(old, new, hooks, assigned, self.clock(), str(uuid.uuid4()))
 
     def _pending(self, events: list[WebhookEvent]) -> None:
-        with self._wake:
+        with self._lock:
+            self._told += 1
             for event in events:
                 webhook_id, event_id = event["webhook_id"], event["event_id"]
                 lane = (webhook_id, event["call_id"])
@@ -155,14 +236,14 @@ class WebhookDeliverer:
                     self._organizations[webhook_id] = event["organization_id"]
                     self._partitions[lane] = event.get("partition")
                 self._schedule(lane, self.clock())
-            self._wake.notify()
+            self._kick()
 
     def _forget_partitions(self, partitions: frozenset[int] | None) -> None:
         """Another process delivers the events of `partitions` (None: of all) from now on:
         drop their lanes (the events stay pending in the store for that process), and
         return once the attempts under way on them are recorded (at once for all: this
         process lost its connection, and its part with it)."""
-        with self._wake:
+        with self._lock:
             if partitions is None:
                 self._lanes.clear()
                 self._queued.clear()
@@ -189,18 +270,28 @@ class WebhookDeliverer:
     def backlog(self) -> tuple[int, int]:
         """Events waiting to be delivered (queued, retries included, and those being sent),
         and attempts under way."""
-        with self._wake:
+        with self._lock:
             return len(self._queued), len(self._busy)
 
     def stop(self) -> None:
-        """Finish the attempts under way (each within the timeout) and stop; every event
-        still pending stays in the store for the next start."""
-        with self._wake:
+        """Finish the attempts under way (each within the timeout), record them, and stop;
+        every event still pending stays in the store for the next start."""
+        with self._lock:
             self._stopping = True
-            self._wake.notify()
-        if self._dispatcher.is_alive():
-            self._dispatcher.join()
-        self._pool.shutdown(wait=True)
+            while self._busy:  # each ends within the timeout, then is recorded
+                self._wake.wait(0.05)
+            self._closing = True
+            self._recordable.notify_all()
+        self._stopped.set()
+        for thread in (self._recorder, self._upkeep):
+            if thread.is_alive():
+                thread.join()
+        loop = self._loop
+        if loop is not None and self._loop_thread.is_alive():
+            loop.call_soon_threadsafe(self._close_loop)
+            self._loop_thread.join()
+            loop.close()
+        self._threads.shutdown(wait=True)
         for client in self._clients.values():
             client.close()
         kept: Counter[str] = Counter()
@@ -214,9 +305,46 @@ class WebhookDeliverer:
                 ", ".join(f"{hook}: {count}" for hook, count in sorted(kept.items())),
             )
 
-    # -- dispatching ---------------------------------------------------------------------------
+    # -- the event loop ------------------------------------------------------------------------
+    def _run_loop(self) -> None:
+        _name_thread()
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _close_loop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._http.close()
+        assert self._loop is not None
+        self._loop.call_soon(self._loop.stop)  # after the connections' closing callbacks
+
+    def _on_loop(self, function: Callable[..., Any], *args: Any) -> None:
+        """Call `function(*args)` on the loop's thread (from any thread), in a context of
+        its own: a test clock's organization set where it was asked for is not read."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        context = contextvars.Context()
+        if threading.get_ident() == self._loop_thread.ident:
+            loop.call_soon(function, *args, context=context)
+        else:
+            with contextlib.suppress(RuntimeError):  # closed by a stop meanwhile
+                loop.call_soon_threadsafe(function, *args, context=context)
+
+    def _kick(self) -> None:
+        """Have the loop look at the due lanes soon (the caller holds `_lock`): at once, or,
+        while it polls, at its next look (within POLL_EVERY)."""
+        if self._kicked or self._stopping:
+            return
+        if self._polling and threading.get_ident() != self._loop_thread.ident:
+            return
+        self._kicked = True
+        self._on_loop(self._dispatch)
+
     def _schedule(self, lane: Lane, when: int) -> None:
-        """Have `lane` looked at by `when` (Unix ms); the caller holds `_wake`."""
+        """Have `lane` looked at by `when` (Unix ms); the caller holds `_lock`, and kicks the
+        loop (`_kick`) if the lane may be due before the loop looks again."""
         if lane in self._busy:
             return  # looked at again when its attempt ends
         if lane in self._scheduled and self._scheduled[lane] <= when:
@@ -226,67 +354,105 @@ class WebhookDeliverer:
         heapq.heappush(self._due, (when, next(self._tie), lane))
 
     def _dispatch(self) -> None:
-        recheck = prune = time.monotonic()
-        with self._wake:
-            while not self._stopping:
-                now = self.clock()
-                while self._due and self._due[0][0] <= now:
-                    when, _, lane = heapq.heappop(self._due)
-                    if self._scheduled.get(lane) != when:
-                        continue  # superseded by an earlier entry
-                    del self._scheduled[lane]
-                    webhook_id = lane[0]
-                    if self._in_flight[webhook_id] >= self.per_endpoint:
-                        self._held.setdefault(webhook_id, deque()).append(lane)
-                        continue
-                    self._busy.add(lane)
-                    self._in_flight[webhook_id] += 1
-                    self._pool.submit(self._work, lane)
-                if time.monotonic() >= recheck:
-                    recheck = time.monotonic() + RECHECK_EVERY
-                    if self._parked:
-                        self._pool.submit(self._unpark)
-                if time.monotonic() >= prune:
-                    prune = time.monotonic() + PRUNE_EVERY
-                    self._pool.submit(self._prune)
-                wait = RECHECK_EVERY if not self._due else (self._due[0][0] - now) / 1000
-                self._wake.wait(max(0.001, min(wait, RECHECK_EVERY)))
+        """On the loop: start an attempt on each due lane whose webhook has a connection free,
+        while fewer than `concurrency` are under way; then wait until the next is due (at
+        most RECHECK_EVERY)."""
+        assert self._loop is not None
+        with self._lock:
+            self._kicked = False
+            if self._stopping:
+                return
+            now = self.clock()
+            while self._due and self._due[0][0] <= now and len(self._busy) < self.concurrency:
+                when, _, lane = heapq.heappop(self._due)
+                if self._scheduled.get(lane) != when:
+                    continue  # superseded by an earlier entry
+                del self._scheduled[lane]
+                webhook_id = lane[0]
+                if self._in_flight[webhook_id] >= self.per_endpoint:
+                    self._held.setdefault(webhook_id, deque()).append(lane)
+                    continue
+                self._busy.add(lane)
+                self._in_flight[webhook_id] += 1
+                self._loop.create_task(self._run(lane), context=contextvars.Context())
+            wait = RECHECK_EVERY
+            if self._due and len(self._busy) < self.concurrency:  # else: when one ends
+                wait = max(0.001, min(wait, (self._due[0][0] - now) / 1000))
+            # While events keep coming, the loop looks every POLL_EVERY instead of being
+            # woken for each (a wake-up per create cost more than the look); it goes back
+            # to being woken once nothing came for POLL_FOR.
+            if self._busy:
+                self._active_until = self._loop.time() + POLL_FOR
+            self._polling = self._loop.time() < self._active_until
+            if self._polling:
+                wait = min(wait, POLL_EVERY)
+        # The timer is moved only to look sooner (or once it went off): kicks, one per
+        # create under load, then cost no timer of their own.
+        at = self._loop.time() + wait
+        if self._timer is None or at < self._timer_at or self._timer_at <= self._loop.time():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = at
+            self._timer = self._loop.call_at(at, self._dispatch, context=contextvars.Context())
 
-    def _work(self, lane: Lane) -> None:
-        when: int | None = None
+    async def _run(self, lane: Lane) -> None:
+        """One attempt on the lane: recorded by the recorder, which then finishes the lane;
+        or none, and the lane is looked at again when `_attempt` says."""
         try:
-            when = self._next(lane)
+            outcome = await self._attempt(lane)
         except Exception:
             log.exception("webhook %s: delivery failed unexpectedly; retrying soon", lane[0])
-            when = self.clock() + int(self.policy.first_delay * 1000)
-        finally:
-            with self._wake:
-                webhook_id = lane[0]
-                self._busy.discard(lane)
-                self._in_flight[webhook_id] -= 1
-                parked = lane in self._parked.get(webhook_id, ())
-                if when is None and self._lanes.get(lane) and not parked:
-                    when = self.clock()  # queued in it while it was busy
-                if not self._stopping:
-                    if when is not None:
-                        self._schedule(lane, when)
-                    held = self._held.get(webhook_id)
-                    if held:  # a slot of this webhook is free: the next lane waiting for one
-                        self._schedule(held.popleft(), self.clock())
-                    self._wake.notify()
+            outcome = self.clock() + int(self.policy.first_delay * 1000)
+        if isinstance(outcome, _Sent):
+            with self._lock:
+                self._unrecorded.append(outcome)
+                self._recordable.notify()
+        else:
+            self._finish(lane, outcome)
 
-    def _next(self, lane: Lane) -> int | None:
-        """Attempt the lane's head event if it is due; when to look at the lane again (None:
-        not until something new is queued in it, or its webhook is switched on)."""
+    def _finish(self, lane: Lane, when: int | None, kick: bool = True) -> bool:
+        """The lane's attempt is over (recorded): look at it again by `when` (None: not until
+        something new is queued in it, or its webhook is switched on), and free its slot.
+        Whether the loop has lanes to look at (it is kicked for them, if `kick`): one
+        scheduled here, or lanes waiting for the slot freed."""
+        with self._lock:
+            webhook_id = lane[0]
+            self._busy.discard(lane)
+            self._in_flight[webhook_id] -= 1
+            parked = lane in self._parked.get(webhook_id, ())
+            if when is None and self._lanes.get(lane) and not parked:
+                when = self.clock()  # queued in it while it was busy
+            scheduled = False
+            if not self._stopping:
+                if when is not None:
+                    self._schedule(lane, when)
+                    scheduled = True
+                held = self._held.get(webhook_id)
+                if held:  # a slot of this webhook is free: the next lane waiting for one
+                    self._schedule(held.popleft(), self.clock())
+                    scheduled = True
+            self._wake.notify_all()
+            scheduled = scheduled or bool(self._due)
+            if kick and scheduled:
+                self._kick()
+            return scheduled
+
+    async def _attempt(self, lane: Lane) -> _Sent | int | None:
+        """Attempt the lane's head event if it is due: the attempt to record; or when to
+        look at the lane again (None: not until something new is queued in it, or its
+        webhook is switched on)."""
         webhook_id = lane[0]
-        with self._wake:
+        with self._lock:
             queue = self._lanes.get(lane)
             if not queue:
                 return None
             organization_id, event_id = self._organizations[webhook_id], queue[0]
+        read = functools.partial(
+            self.store.get_webhook_with_event, organization_id, webhook_id, event_id
+        )
         try:
-            hook = self.store.get_webhook(organization_id, webhook_id)
-            event = self.store.get_webhook_event(organization_id, webhook_id, event_id)
+            # A read from memory is answered at once; one from a database on a thread.
+            hook, event = await self._blocking(read) if self.store.reads_wait else read()
         except WebhookNotFound:
             self._forget(webhook_id)
             return None
@@ -295,46 +461,159 @@ class WebhookDeliverer:
         if event["status"] != "pending":
             return self._done(lane)
         if not hook["is_active"]:
-            with self._wake:
+            with self._lock:
                 self._parked.setdefault(webhook_id, set()).add(lane)
             return None
         if test_clocks.frozen(self.clock, organization_id):
-            with self._wake:
+            with self._lock:
                 self._frozen.setdefault(organization_id, set()).add(lane)
             return None
         with test_clocks.working_for(organization_id):
             if event["next_attempt_at"] > self.clock():
                 return int(event["next_attempt_at"])
-            event = self._deliver(hook, event)
-        if event["status"] != "pending":
-            return self._done(lane)
-        return int(event["next_attempt_at"])
+            sent = await self._send(lane, hook, event)
+        if isinstance(sent, _Sent):
+            return sent
+        return int(sent["next_attempt_at"])  # put off (a sandbox fault): pending until then
 
-    def _deliver(self, hook: Webhook, event: WebhookEvent) -> WebhookEvent:
-        """Attempt `event` (pending, due) once and record the attempt; the event after it."""
-        organization_id, webhook_id, event_id = (
-            hook["organization_id"],
-            hook["id"],
-            event["event_id"],
-        )
-        self.store.wait_durable()  # never announce a change that is not on disk
+    async def _send(self, lane: Lane, hook: Webhook, event: WebhookEvent) -> _Sent | WebhookEvent:
+        """Attempt `event` (pending, due) once: the attempt, to record; or, when a sandbox
+        fault puts it off, the event as it is stored now (not attempted)."""
+        organization_id, event_id = hook["organization_id"], event["event_id"]
+        await self._durable()  # never announce a change that is not on disk
         rule = (
             self.faults.draw(organization_id, outbound="webhook_delivery")
             if self.faults and event_id not in self._marks  # put off once, then delivered
             else None
         )
         if rule is not None and rule.action in ("delay", "reorder"):
-            return self._put_off(hook, event, rule)
+            return await self._blocking(functools.partial(self._put_off, hook, event, rule))
         mark = rule.fault_id if rule is not None else self._marks.pop(event_id, None)
-        attempt = self._post(hook, event, mark)
+        attempt = await self._post(hook, event, mark)
         if rule is not None:  # `duplicate`: the receiver gets it twice
-            self._post(hook, event, mark)
-        event = self.store.change_webhook_event(
-            organization_id,
-            webhook_id,
-            event_id,
-            lambda stored: webhooks.attempted(stored, attempt, self.policy),
+            await self._post(hook, event, mark)
+        return _Sent(lane, hook, event_id, attempt)
+
+    def _deliver(self, hook: Webhook, event: WebhookEvent) -> WebhookEvent:
+        """Attempt `event` (pending, due) once, here and now (on the loop: this thread waits
+        for it), and record the attempt; the event after it (for `run_due`)."""
+        assert self._loop is not None, "the deliverer is not started"
+        sending = self._send((hook["id"], event["call_id"]), hook, event)
+        sent = asyncio.run_coroutine_threadsafe(sending, self._loop).result()
+        if not isinstance(sent, _Sent):
+            return sent
+        recorded = self.store.change_webhook_event(*self._change(sent))
+        self._recorded(sent, recorded)
+        return recorded
+
+    async def _durable(self) -> None:
+        """Return once every event told so far is on disk: at once if a wait for the disk
+        that began after the last was told has ended; else with every attempt that starts
+        in the same turn of the loop, after one wait (on a thread)."""
+        with self._lock:
+            if self._told <= self._durable_told:
+                return
+        if self._check is None:
+            assert self._loop is not None
+            self._check = self._loop.create_future()
+            self._loop.call_soon(self._start_check, context=contextvars.Context())
+        await self._check
+
+    def _start_check(self) -> None:
+        """On the loop: one wait for the disk on a thread, for the attempts that asked."""
+        assert self._check is not None
+        assert self._loop is not None
+        check, self._check = self._check, None
+        with self._lock:
+            told = self._told
+
+        def ended(done: asyncio.Future[None]) -> None:
+            if done.exception() is not None:
+                check.set_exception(done.exception())  # type: ignore[arg-type]
+                return
+            with self._lock:
+                self._durable_told = max(self._durable_told, told)
+            check.set_result(None)
+
+        waiting = self._loop.run_in_executor(self._threads, self.store.wait_durable)
+        waiting.add_done_callback(ended)
+
+    async def _blocking(self, call: Callable[[], T]) -> T:
+        """`call()` on a thread of the pool, in a copy of this task's context (the test
+        clock's organization it works for)."""
+        assert self._loop is not None
+        context = contextvars.copy_context()
+        return await self._loop.run_in_executor(self._threads, context.run, call)
+
+    # -- recording attempts --------------------------------------------------------------------
+    def _keep_records(self) -> None:
+        """The recorder: records the attempts that ended, those that ended while it recorded
+        the last ones together, and finishes their lanes; until stop."""
+        _name_thread()
+        while True:
+            with self._lock:
+                while not self._unrecorded:
+                    if self._closing:
+                        return
+                    self._recordable.wait()
+                if len(self._unrecorded) < len(self._busy) and not self._closing:
+                    # Attempts under way end in a moment: recorded with these, they share
+                    # the journal record and its wait for the disk.
+                    self._recordable.wait(GATHER_FOR)
+                batch, self._unrecorded = self._unrecorded, []
+            self._record_batch(batch)
+
+    def _record_batch(self, batch: list[_Sent]) -> None:
+        try:
+            recorded = self.store.change_webhook_events([self._change(sent) for sent in batch])
+        except Exception:
+            log.exception(
+                "recording %d webhook delivery attempts failed; their events are attempted "
+                "again soon",
+                len(batch),
+            )
+            retry = self.clock() + int(self.policy.first_delay * 1000)
+            for sent in batch:
+                self._finish(sent.lane, retry)
+            return
+        scheduled = False
+        for sent, event in zip(batch, recorded, strict=True):
+            when: int | None = None
+            try:
+                if event is None:  # deleted meanwhile (with its webhook, or pruned)
+                    when = self._done(sent.lane)
+                    continue
+                with test_clocks.working_for(sent.hook["organization_id"]):
+                    self._recorded(sent, event)
+                    when = (
+                        self._done(sent.lane)
+                        if event["status"] != "pending"
+                        else int(event["next_attempt_at"])
+                    )
+            except Exception:
+                log.exception("webhook %s: delivery failed unexpectedly; retrying soon", sent.lane)
+                when = self.clock() + int(self.policy.first_delay * 1000)
+            finally:
+                scheduled = self._finish(sent.lane, when, kick=False) or scheduled
+        if scheduled:
+            with self._lock:
+                self._kick()  # once for the whole batch
+
+    def _change(self, sent: _Sent) -> EventChange:
+        """The change of the event that records `sent`'s attempt."""
+        attempt, policy = sent.attempt, self.policy
+        return (
+            sent.hook["organization_id"],
+            sent.hook["id"],
+            sent.event_id,
+            lambda stored: webhooks.attempted(stored, attempt, policy),
         )
+
+    def _recorded(self, sent: _Sent, event: WebhookEvent) -> None:
+        """What follows an attempt once recorded (`event`: the event after it): the webhook's
+        failing streak, the metrics, the events held back for it, a warning if given up."""
+        hook, attempt = sent.hook, sent.attempt
+        organization_id, webhook_id = hook["organization_id"], hook["id"]
         if webhooks.after_attempt(hook, attempt, self.policy) is not hook:
             self.store.change_webhook(
                 organization_id,
@@ -348,9 +627,9 @@ class WebhookDeliverer:
         if event["status"] == "failed":
             log.warning(
                 "webhook %s: gave up on event %s (%s) after %d attempts (last: %s)",
-                webhook_id, event_id, event["event"], event["attempt_count"], attempt.problem,
+                webhook_id, sent.event_id, event["event"], event["attempt_count"],
+                attempt.problem,
             )  # fmt: skip
-        return event
 
     # -- sandbox faults (domain/faults.py) ---------------------------------------------------
     def _put_off(self, hook: Webhook, event: WebhookEvent, rule: Fault) -> WebhookEvent:
@@ -363,7 +642,7 @@ class WebhookDeliverer:
             until = now + rule.latency_ms
         else:
             until = now + int(self.policy.first_delay * 1000)
-            with self._wake:
+            with self._lock:
                 held = self._held_back.setdefault(hook["organization_id"], [])
                 held.append((hook["id"], event["event_id"], event["call_id"]))
         self._marks[event["event_id"]] = rule.fault_id
@@ -376,7 +655,7 @@ class WebhookDeliverer:
 
     def _let_go(self, organization_id: str, delivered_call_id: str) -> None:
         """Another call's event was delivered: the events held back for that are due now."""
-        with self._wake:
+        with self._lock:
             held = self._held_back.get(organization_id, [])
             going = [h for h in held if h[2] != delivered_call_id]
             self._held_back[organization_id] = [h for h in held if h[2] == delivered_call_id]
@@ -391,9 +670,9 @@ class WebhookDeliverer:
                 )
             except (WebhookNotFound, WebhookEventNotFound):
                 continue
-            with self._wake:
+            with self._lock:
                 self._schedule((webhook_id, call_id), now)
-                self._wake.notify()
+                self._kick()
 
     # -- on a test clock (services/test_clocks.py) ------------------------------------------
     def next_due(self, organization_id: str) -> int | None:
@@ -423,10 +702,10 @@ class WebhookDeliverer:
 
     def resumed(self, organization_id: str) -> None:
         """The organization is back on the real time: its lanes are looked at now."""
-        with self._wake:
+        with self._lock:
             for lane in self._frozen.pop(organization_id, set()):
                 self._schedule(lane, self.clock())
-            self._wake.notify()
+            self._kick()
 
     def _heads(self, organization_id: str) -> list[WebhookEvent]:
         """The organization's first pending event of each lane, in the order recorded."""
@@ -438,7 +717,7 @@ class WebhookDeliverer:
 
     def _done(self, lane: Lane) -> int | None:
         """The lane's head event needs nothing more: on to the next one, now."""
-        with self._wake:
+        with self._lock:
             queue = self._lanes.get(lane)
             if queue:
                 self._queued.discard((lane[0], queue.popleft()))
@@ -451,7 +730,7 @@ class WebhookDeliverer:
     def _unpark(self) -> None:
         """Look at the switched-off webhooks once each; the lanes of those switched on again
         are due now."""
-        with self._wake:
+        with self._lock:
             parked = [(self._organizations[hook], hook) for hook in self._parked]
         for organization_id, webhook_id in parked:
             try:
@@ -460,20 +739,21 @@ class WebhookDeliverer:
             except WebhookNotFound:
                 self._forget(webhook_id)
                 continue
-            with self._wake:
+            with self._lock:
                 for lane in self._parked.pop(webhook_id, set()):
                     self._schedule(lane, self.clock())
-                self._wake.notify()
+                self._kick()
 
     def _forget(self, webhook_id: str) -> None:
         """The webhook was deleted (and its events with it)."""
-        with self._wake:
+        with self._lock:
             self._parked.pop(webhook_id, None)
             for lane in [lane for lane in self._lanes if lane[0] == webhook_id]:
                 for event_id in self._lanes.pop(lane):
                     self._queued.discard((webhook_id, event_id))
                 self._partitions.pop(lane, None)
             client = self._clients.pop(webhook_id, None)
+        self._on_loop(self._http.forget, webhook_id)
         if client is not None:
             client.close()
 
@@ -486,10 +766,24 @@ class WebhookDeliverer:
         if pruned:
             log.info("pruned %d delivered or failed webhook events past their retention", pruned)
 
+    def _keep_up(self) -> None:
+        """Until stop: every RECHECK_EVERY, the switched-off webhooks looked at again; every
+        PRUNE_EVERY (and at the start), the settled events past their retention pruned."""
+        _name_thread()
+        prune = time.monotonic()
+        while True:
+            if time.monotonic() >= prune:
+                prune = time.monotonic() + PRUNE_EVERY
+                self._prune()
+            if self._stopped.wait(RECHECK_EVERY):
+                return
+            if self._parked:
+                self._unpark()
+
     # -- one attempt ---------------------------------------------------------------------------
-    def _post(self, hook: Webhook, event: WebhookEvent, fault: str | None = None) -> Attempt:
+    async def _post(self, hook: Webhook, event: WebhookEvent, fault: str | None = None) -> Attempt:
         """POST `event` to `hook` once (marked with the sandbox `fault` that touched it)."""
-        body = json.dumps(event["payload"], separators=(",", ":")).encode()
+        body = orjson.dumps(event["payload"])
         sent = self.clock()
         started = time.monotonic()
 
@@ -499,31 +793,53 @@ class WebhookDeliverer:
 
         try:
             # Checked at each attempt, connecting to the very address checked: a name that
-            # resolves elsewhere since registration (DNS rebinding) gets nowhere.
-            target = self.egress.target(hook["url"])
+            # resolves elsewhere since registration (DNS rebinding) gets nowhere. A URL
+            # naming an address is checked here (nothing to look up); one naming a host is
+            # resolved on a thread (the lookup may ask a DNS server).
+            url = hook["url"]
+            target = self._targets.get(url)
+            if target is None and _names_address(url):
+                # An address is where it is: the check's answer for its URL is kept (the
+                # same each time; a refusal is not kept, and raises here each time).
+                target = self.egress.target(url)
+                if len(self._targets) >= MAX_TARGETS_KEPT:
+                    self._targets.clear()
+                self._targets[url] = target
+            elif target is None:
+                target = await self._blocking(functools.partial(self.egress.target, url))
+            # Every value is this server's own (event names, hex signatures, fault ids).
             headers = {
                 "Content-Type": "application/json",
-                "Host": target.authority,
                 "X-Calls-Event": event["event"],
                 **signature_headers(hook["secret"], body, sent // 1000),
                 **({FAULT_HEADER: fault} if fault else {}),
             }
-            response = self._client(hook["id"]).post(
-                target.url,
-                content=body,
-                headers=headers,
-                extensions={"sni_hostname": target.host},
-            )
+            if self.on_client is None:
+                lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                deadline = time.monotonic() + self.timeout
+                status = await self._http.post(hook["id"], target, body, lines, deadline)
+            else:  # traced: httpx, instrumented, makes the client span (on a thread)
+                post = functools.partial(self._post_traced, hook["id"], target, body, headers)
+                status = await self._blocking(post)
         except UnsafeTarget as e:
             return outcome(error=e.error)
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return outcome(error=f"no answer within {self.timeout:g} s")
-        except httpx.TransportError as e:
+        except (httpx.TransportError, OSError, ProtocolError) as e:
             return outcome(error=f"{type(e).__name__}: {e}"[:300])
-        return outcome(status_code=response.status_code)
+        return outcome(status_code=status)
+
+    def _post_traced(self, webhook_id: str, target: Target, body: bytes, headers: Any) -> int:
+        response = self._client(webhook_id).post(
+            target.url,
+            content=body,
+            headers={**headers, "Host": target.authority},
+            extensions={"sni_hostname": target.host},
+        )
+        return response.status_code
 
     def _client(self, webhook_id: str) -> httpx.Client:
-        with self._wake:
+        with self._lock:
             client = self._clients.get(webhook_id)
             if client is None:
                 # As many connections as the webhook may have attempts under way.
@@ -536,3 +852,303 @@ class WebhookDeliverer:
                 if self.on_client is not None:
                     self.on_client(client)
             return client
+
+
+def _name_thread() -> None:
+    """Give the current thread its Python name in the operating system too (Linux: `top -H`,
+    `ps -L` and bench/webhooks.py tell the deliverer's threads apart from the API's)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        name = threading.current_thread().name.encode()[:15]  # the kernel keeps 15 bytes
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # 15: PR_SET_NAME
+
+
+def _names_address(url: str) -> bool:
+    """Whether `url`'s host is an IP address (in its usual notation), not a name to look up."""
+    try:
+        ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
+    return True
+
+
+# -- the HTTP/1.1 client of deliveries ----------------------------------------------------------
+#
+# httpx cost some 0.4 ms of CPU per request (its request and response models, its connection
+# pool's bookkeeping, h11's validation), most of what a delivery cost. A delivery needs far
+# less: one POST of bytes made already, and the status code of the answer. So deliveries
+# speak HTTP/1.1 themselves, on the event loop, over kept-alive connections per webhook
+# (TLS with httpx's own trust settings, and the URL's host name for SNI and the certificate
+# check), to the address the egress policy checked.
+
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
+MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers read at most
+MAX_BODY = 1024 * 1024  # bytes of a response's body read (and dropped) to reuse its connection
+# Characters left as they are in the request target (RFC 3986's reserved and unreserved, and
+# "%" of what is encoded already); any other (a space, a control character, non-ASCII) is
+# percent-encoded, so nothing of the URL can break the request line.
+_TARGET_SAFE = "/?#[]@!$&'()*+,;=-._~:%"
+
+Key = tuple[str, str, int, str]  # (scheme, address, port, host name presented)
+
+
+class ProtocolError(Exception):
+    """The endpoint answered something that is not an HTTP/1.x response."""
+
+
+def parse_response(data: bytes | bytearray) -> tuple[int, bool, int] | None:
+    """The response at the start of `data` (informational ones skipped): its status code,
+    whether its connection may carry another request, and how many bytes it took; None
+    while it is incomplete. A body is only counted, never kept, and one that is long or
+    whose end is the connection's close is not waited for (the connection is not reused).
+    Raises ProtocolError."""
+    start = 0
+    while True:
+        end = data.find(b"\r\n\r\n", start)
+        if end < 0:
+            if len(data) - start > MAX_HEAD:
+                raise ProtocolError(f"no end of the response's head within {MAX_HEAD} bytes")
+            return None
+        lines = bytes(data[start:end]).split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if (
+            len(parts) < 2
+            or not parts[0].startswith(b"HTTP/1.")
+            or not (len(parts[1]) == 3 and parts[1].isdigit())
+        ):
+            raise ProtocolError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
+        status = int(parts[1])
+        start = end + 4
+        if not (100 <= status < 200) or status == 101:
+            break  # a final response (101: one that leaves HTTP, not followed)
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        fields[name] = fields[name] + b"," + value.strip() if name in fields else value.strip()
+    tokens = {token.strip().lower() for token in fields.get(b"connection", b"").split(b",")}
+    keep = b"close" not in tokens if parts[0] == b"HTTP/1.1" else b"keep-alive" in tokens
+    coding = fields.get(b"transfer-encoding", b"").lower()
+    length = fields.get(b"content-length", b"")
+    if status == 101:
+        return status, False, len(data)
+    if status in (204, 304):
+        return status, keep, start  # no body
+    if coding:
+        if coding.rsplit(b",", 1)[-1].strip() != b"chunked":
+            return status, False, len(data)  # a body up to the close
+        at = start
+        while True:  # chunks: a hexadecimal size line, the data and its CRLF; 0 ends them
+            line_end = data.find(b"\r\n", at)
+            if line_end < 0:
+                return None
+            try:
+                size = int(bytes(data[at:line_end]).split(b";", 1)[0], 16)
+            except ValueError:
+                raise ProtocolError("a chunk's size is not a hexadecimal number") from None
+            if at + size - start > MAX_BODY:
+                return status, False, len(data)  # not worth reading to reuse the connection
+            if size == 0:  # the last chunk: trailer fields, if any, up to an empty line
+                trailer_end = data.find(b"\r\n\r\n", line_end)
+                return None if trailer_end < 0 else (status, keep, trailer_end + 4)
+            at = line_end + 2 + size + 2
+            if at > len(data):
+                return None
+            if data[at - 2 : at] != b"\r\n":
+                raise ProtocolError("a chunk does not end where its size says")
+    if not length.isdigit():
+        return status, False, len(data)  # a body up to the close (or lengths that differ)
+    if int(length) > MAX_BODY:
+        return status, False, len(data)
+    if len(data) < start + int(length):
+        return None
+    return status, keep, start + int(length)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to a checked address (`key`), carrying one request at a time."""
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[tuple[int, bool]] | None = None
+        self.closed = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        answer = self.answer
+        if answer is None or answer.done():
+            self.close()  # bytes nobody asked for: the connection is not used again
+            return
+        self.buffer += data
+        try:
+            parsed = parse_response(self.buffer)
+        except ProtocolError as e:
+            answer.set_exception(e)
+            return
+        if parsed is not None:
+            status, keep, used = parsed
+            answer.set_result((status, keep and used == len(self.buffer)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(
+                ConnectionError(
+                    "the endpoint closed the connection "
+                    + ("before the response ended" if self.buffer else "without answering")
+                )
+            )
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bool]]:
+        """Send `request`; its answer's status code, and whether the connection may carry
+        another request."""
+        assert self.transport is not None
+        self.buffer.clear()
+        self.answer = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self.answer
+
+    def close(self) -> None:
+        # Nothing is left to write by then (answered, or failed): no TLS close_notify
+        # exchange to wait for, the socket goes at the loop's next turn.
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Client:
+    """POSTs to webhooks' endpoints over kept-alive connections, on the event loop: at most
+    `per_endpoint` idle ones per webhook (as many as it may have attempts under way)."""
+
+    def __init__(self, per_endpoint: int) -> None:
+        self.per_endpoint = per_endpoint
+        self._idle: dict[str, list[_Connection]] = {}  # webhook id -> idle ones, oldest first
+        self._heads: dict[Target, tuple[Key, bytes]] = {}  # see `_head`
+        self._tls: ssl.SSLContext | None = None
+
+    async def post(
+        self, webhook_id: str, target: Target, body: bytes, headers: str, deadline: float
+    ) -> int:
+        """POST `body` with `headers` (lines, each with its CRLF) to `target` and read the
+        answer, all by `deadline` (time.monotonic()); its status code. Raises TimeoutError,
+        OSError (refused, reset, TLS), ProtocolError."""
+        key, head = self._head(target)
+        request = b"".join((head, f"Content-Length: {len(body)}\r\n{headers}\r\n".encode(), body))
+        connection = self._take(webhook_id, key) or await self._open(key, deadline)
+        loop = asyncio.get_running_loop()
+        answer = connection.send(request)
+        # The loop's clock is time.monotonic(): the deadline as it is.
+        timer = loop.call_at(deadline, _expire, answer)
+        try:
+            status, reusable = await answer
+        except BaseException:
+            connection.close()
+            raise
+        finally:
+            timer.cancel()
+        if reusable and not connection.closed:
+            self._give_back(webhook_id, connection)
+        else:
+            connection.close()
+        return status
+
+    def _head(self, target: Target) -> tuple[Key, bytes]:
+        """Where to connect for `target`, and the start of a request to it (kept: the same
+        for every request to it)."""
+        found = self._heads.get(target)
+        if found is None:
+            parts = urlsplit(target.url)
+            scheme, address = parts.scheme, parts.hostname or ""
+            key = (scheme, address, parts.port or _DEFAULT_PORTS[scheme], target.host)
+            path = quote(parts.path or "/", safe=_TARGET_SAFE)
+            query = "?" + quote(parts.query, safe=_TARGET_SAFE) if parts.query else ""
+            head = (
+                f"POST {path}{query} HTTP/1.1\r\nHost: {_ascii(target.authority)}\r\n"
+                "User-Agent: calls-server\r\nAccept: */*\r\n"
+            ).encode()
+            if len(self._heads) >= MAX_TARGETS_KEPT:
+                self._heads.clear()
+            found = self._heads[target] = (key, head)
+        return found
+
+    def forget(self, webhook_id: str) -> None:
+        """Close the idle connections to the webhook's endpoint (it was deleted)."""
+        for connection in self._idle.pop(webhook_id, []):
+            connection.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+    def _take(self, webhook_id: str, key: Key) -> _Connection | None:
+        """The newest idle connection to the same address (and name) that is still open;
+        those idle too long are closed on the way."""
+        idle = self._idle.get(webhook_id)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle and now - idle[0].idle_since > KEEPALIVE_EXPIRY:
+            idle.pop(0).close()
+        for at in range(len(idle) - 1, -1, -1):
+            if idle[at].key == key and not idle[at].closed:
+                return idle.pop(at)
+        return None
+
+    def _give_back(self, webhook_id: str, connection: _Connection) -> None:
+        connection.idle_since = time.monotonic()
+        connection.answer = None
+        idle = self._idle.setdefault(webhook_id, [])
+        idle.append(connection)
+        if len(idle) > self.per_endpoint:
+            idle.pop(0).close()
+
+    async def _open(self, key: Key, deadline: float) -> _Connection:
+        scheme, address, port, host = key
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no time left to connect")
+        tls = self._context() if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        connecting = loop.create_connection(
+            lambda: _Connection(key),
+            address,
+            port,
+            ssl=tls,
+            server_hostname=host if tls else None,
+            ssl_handshake_timeout=left if tls else None,
+        )
+        _, connection = await asyncio.wait_for(connecting, left)
+        return connection
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            # httpx's: the same trusted certificates (certifi's, or SSL_CERT_FILE or
+            # SSL_CERT_DIR) and checks as deliveries had when httpx sent them.
+            context = httpx.create_ssl_context()
+            context.set_alpn_protocols(["http/1.1"])
+            self._tls = context
+        return self._tls
+
+
+def _expire(answer: asyncio.Future[tuple[int, bool]]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError("no answer by the deadline"))
+
+
+def _ascii(authority: str) -> str:
+    """The Host header of `authority`: an internationalized name in its ASCII form (IPv6
+    addresses, in brackets, are ASCII already)."""
+    if authority.isascii():
+        return authority
+    host, colon, port = authority.partition(":")
+    return host.encode("idna").decode() + colon + port
