@@ -133,6 +133,7 @@ def list_post_call_webhook_events(
         since=filters.get("since"),
         offset=page * limit,
         limit=limit,
+        call_id=filters.get("call_id"),
     )
     data = {
         "events": [webhooks.event_view(event) for event in found],

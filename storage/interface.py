@@ -303,10 +303,11 @@ class Outbox(Protocol):
         since: int | None = None,
         offset: int = 0,
         limit: int | None = None,
+        call_id: str | None = None,
     ) -> tuple[list[WebhookEvent], int]:
         """`limit` (None: all) of the webhook's events from `offset`, newest first, only those
-        in `status` and recorded at or after `since` (Unix ms) if given, and how many match.
-        Raises WebhookNotFound."""
+        in `status`, recorded at or after `since` (Unix ms) and of the call `call_id` if
+        given, and how many match. Raises WebhookNotFound."""
 
     def get_webhook_event(
         self, organization_id: str, webhook_id: str, event_id: str

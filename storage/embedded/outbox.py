@@ -71,6 +71,7 @@ class OutboxMixin(Locked):
         since: int | None = None,
         offset: int = 0,
         limit: int | None = None,
+        call_id: str | None = None,
     ) -> tuple[list[WebhookEvent], int]:
         with self._reading():
             self._webhooks.stored(organization_id, webhook_id)
@@ -82,6 +83,7 @@ class OutboxMixin(Locked):
                 for event in (table[str(doc_id)] for doc_id in newest_first)
                 if (status is None or event["status"] == status)
                 and (since is None or event["created_at"] >= since)
+                and (call_id is None or event["call_id"] == call_id)
             ]
             chosen = matching[offset : offset + limit] if limit else matching[offset:]
             return [_copy(event) for event in chosen], len(matching)

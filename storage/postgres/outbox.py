@@ -55,10 +55,11 @@ class OutboxMixin(Connections):
         since: int | None = None,
         offset: int = 0,
         limit: int | None = None,
+        call_id: str | None = None,
     ) -> tuple[list[WebhookEvent], int]:
         """`limit` (None: all) of the webhook's events from `offset`, newest first, only those
-        in `status` and recorded at or after `since` (Unix ms) if given, and how many match.
-        Raises WebhookNotFound."""
+        in `status`, recorded at or after `since` (Unix ms) and of the call `call_id` if
+        given, and how many match. Raises WebhookNotFound."""
         clauses = [sql.SQL("organization_id = %s AND webhook_id = %s")]
         params: list[Any] = [organization_id, webhook_id]
         if status is not None:
@@ -67,6 +68,9 @@ class OutboxMixin(Connections):
         if since is not None:
             clauses.append(sql.SQL("created_at >= %s"))
             params.append(since)
+        if call_id is not None:
+            clauses.append(sql.SQL("doc->>'call_id' = %s"))
+            params.append(call_id)
         where = sql.SQL(" AND ").join(clauses)
         with self._transaction(snapshot=True) as conn:  # count and page agree
             _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)

@@ -570,6 +570,21 @@ def test_events_are_listed_newest_first_with_filters_and_pages(client, tenant, r
     assert second_page["data"]["pagination"]["has_previous_page"] is True
 
 
+def test_the_events_of_one_call_are_listed_by_its_id(client, tenant, receiver):
+    hook = register(client, tenant, receiver.url)
+    first, second = create_call(client, tenant), create_call(client, tenant)
+    client.put(f"/api/calls/{first['call_id']}", json={"call_status": "ongoing"},
+               headers=tenant.headers)  # fmt: skip
+    wait_for(lambda: len(hook_events(client, tenant, hook)) == 3)
+
+    mine = hook_events(client, tenant, hook, call_id=first["call_id"])
+
+    assert [e["event"] for e in mine] == ["call_started", "call_registered"]
+    assert {e["call_id"] for e in mine} == {first["call_id"]}
+    assert len(hook_events(client, tenant, hook, call_id=second["call_id"])) == 1
+    assert hook_events(client, tenant, hook, call_id="call_none") == []
+
+
 def test_an_event_is_shown_by_its_id_and_another_organizations_is_404(
     client, tenant, other_tenant, receiver
 ):
