@@ -1,7 +1,5 @@
-// The webhook deliveries of one call, with their attempts and a redeliver button.
-// The API lists a webhook's events (listPostCallWebhookEvents) by status and time, not by
-// call: the console reads each webhook's events recorded since the call was created and
-// keeps the call's, a few pages at most.
+// The webhook deliveries of one call, with their attempts and a redeliver button: each
+// webhook's events of the call (listPostCallWebhookEvents by call_id).
 import { useState } from "preact/hooks";
 import { ApiError, answered, api, type Call, type Schemas, type WebhookEvent } from "../api";
 import { Badge, ErrorNote, Loading } from "../components";
@@ -9,8 +7,7 @@ import { when } from "../format";
 import { useLoad } from "../poll";
 import { href } from "../router";
 
-const PAGES_PER_WEBHOOK = 5;
-const PAGE_SIZE = 100;
+const PAGE_SIZE = 100; // a call owes each webhook a handful of events
 
 interface Delivery {
   webhook: Schemas["Webhook"];
@@ -22,15 +19,12 @@ async function deliveriesOf(call: Call): Promise<Delivery[]> {
   const webhooks = (await answered(api.GET("/post-call-webhooks"))).data.webhooks;
   const found: Delivery[] = [];
   for (const webhook of webhooks) {
-    for (let page = 0; page < PAGES_PER_WEBHOOK; page++) {
-      const answer = await answered(
-        api.GET("/post-call-webhooks/{webhook_id}/events", {
-          params: { path: { webhook_id: webhook.id }, query: { since: call.created_at, page, limit: PAGE_SIZE } },
-        }),
-      );
-      for (const event of answer.data.events) if (event.call_id === call.call_id) found.push({ webhook, event });
-      if (!answer.data.pagination.has_next_page) break;
-    }
+    const answer = await answered(
+      api.GET("/post-call-webhooks/{webhook_id}/events", {
+        params: { path: { webhook_id: webhook.id }, query: { call_id: call.call_id, limit: PAGE_SIZE } },
+      }),
+    );
+    for (const event of answer.data.events) found.push({ webhook, event });
   }
   return found.sort((a, b) => b.event.created_at - a.event.created_at);
 }
