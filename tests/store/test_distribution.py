@@ -255,11 +255,39 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def conditions_of(node: dict[str, Any]) -> list[str]:
-    """A scan's conditions (those of the index scans under a bitmap scan included)."""
+    """A scan's conditions (those of the index scans under a bitmap scan included, but not
+    those of one arm of a BitmapOr: each restricts only the rows of its arm)."""
     found = [node[k] for k in ("Index Cond", "Recheck Cond", "Filter") if k in node]
     if node["Node Type"] == "Bitmap Heap Scan":
-        found += [n["Index Cond"] for n in nodes(node) if "Index Cond" in n]
+        found += [n["Index Cond"] for n in _conjunctive(node) if "Index Cond" in n]
     return found
+
+
+def _conjunctive(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`plan` and the nodes under it whose conditions hold of every row it yields: not
+    below a BitmapOr (which yields the rows of either arm)."""
+    yield plan
+    for child in plan.get("Plans", ()):
+        if child["Node Type"] != "BitmapOr":
+            yield from _conjunctive(child)
+
+
+def test_the_arms_of_a_bitmap_or_do_not_restrict_its_rows():
+    plan = {
+        "Node Type": "Bitmap Heap Scan",
+        "Recheck Cond": "((organization_id = $1) OR (call_id = $2))",
+        "Plans": [
+            {
+                "Node Type": "BitmapOr",
+                "Plans": [
+                    {"Node Type": "Bitmap Index Scan", "Index Cond": "(organization_id = $1)"},
+                    {"Node Type": "Bitmap Index Scan", "Index Cond": "(call_id = $2)"},
+                ],
+            }
+        ],
+    }
+
+    assert restricted_to(conditions_of(plan), "calls", "organization_id") is None
 
 
 class Planner:
