@@ -40,8 +40,9 @@ from calls_server.domain.envelope import failure
 from calls_server.settings import Settings, normalize_origin, split_host
 
 # The operations agents get, by tag: every one an organization's key pair may call. The
-# admin API (another credential), health and the sandbox's recordings (no credential, a
-# WAV file for players) stay out.
+# admin API (another credential), health, the sandbox's recordings (no credential, a WAV
+# file for players) and the sandbox's controls (clocks, faults, state: for tests, not
+# agents) stay out.
 TOOL_TAGS = ("calls", "schedule", "agents", "phone_numbers", "webhooks", "batch_calls")
 # The methods of the operations that only read, the tools of a read-only server. (The
 # searches sent by POST read too, but each has a GET listing that does the same.)

@@ -9,6 +9,7 @@ import pytest
 from calls_server.app import create_app
 from calls_server.domain import keys
 from calls_server.domain.keys import hash_secret
+from calls_server.handlers.idempotency import ADMIN_SCOPE
 from calls_server.settings import Settings
 from tests.conftest import assert_error
 
@@ -200,7 +201,7 @@ def test_the_kept_answer_of_a_key_creation_holds_no_secret(client, admin_headers
 
     secret = created.json()["data"]["api_secret"]
     assert re.fullmatch(r"s3cr3t_[A-Za-z0-9]{40}", secret)
-    kept = store.find_idempotent("admin", "key-once")
+    kept = store.find_idempotent(ADMIN_SCOPE, "key-once")
     assert kept is not None
     assert kept["status"] == 200
     assert kept["body"]["data"]["api_secret"] == ""

@@ -336,3 +336,10 @@ def test_the_same_seed_faults_and_clock_moves_give_the_same_run(tmp_path):
     assert first == second
     assert 503 in first[0]
     assert 200 in first[0]
+
+
+def test_a_freeze_without_a_body_freezes_now(client, tenant):
+    response = client.post("/api/sandbox/clock/freeze", headers=tenant.headers)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["frozen"] is True

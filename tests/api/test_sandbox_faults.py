@@ -249,3 +249,13 @@ def test_a_reset_removes_the_organizations_rules(client, tenant):
 
     assert client.get("/api/sandbox/faults", headers=tenant.headers).json()["data"] == []
     assert client.get("/api/calls/x", headers=tenant.headers).status_code == 404
+
+
+def test_a_drop_where_the_server_cannot_drop_is_answered_and_marked(client, tenant):
+    """In-process (no `calls-server serve` HTTP layer) there is no connection to drop."""
+    rule = order(client, tenant, operation_id="createCall", action="drop", after=True)
+
+    response = client.post("/api/calls/create", json=CREATE, headers=tenant.headers)
+
+    assert response.status_code == 200
+    assert response.headers["Sandbox-Fault"] == rule["fault_id"]

@@ -3,11 +3,18 @@ test run as written, in a pytest of its own, against the sandbox server the plug
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import threading
 from importlib.metadata import entry_points
 from pathlib import Path
+
+import httpx
+import pytest
+
+from calls_server.pytest_plugin import CallsReceiver, SandboxError, _started
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SECTION = "## Your integration's tests against a sandbox"
@@ -66,3 +73,55 @@ def test_a_failing_control_request_says_what_the_sandbox_answered(tmp_path):
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_the_sandbox_helpers_drive_a_real_server(tmp_path):
+    environment = {"CALLS_SANDBOX": "true", "CALLS_LOG_LEVEL": "warning"}
+    with _started(tmp_path, environment) as sandbox, sandbox.client() as api:
+        frozen = sandbox.freeze("2030-01-07T09:00:00Z")
+        moved = sandbox.advance(seconds=60)
+        rule = sandbox.fault(operation_id="getCall", action="error", status=503)
+        refused = api.get("/calls/nope")
+        listed = sandbox.faults()
+        api.post("/calls/create", json={"agent_id": "ag"})
+        exported = sandbox.export()
+        emptied = sandbox.reset()
+        loaded = sandbox.load(exported)
+        (tmp_path / "fixture.json").write_text(json.dumps(sandbox.export()), encoding="utf-8")
+        sandbox.reset()
+        from_file = sandbox.load(tmp_path / "fixture.json")
+        resumed = sandbox.resume()
+
+        assert frozen["frozen"] is True
+        assert moved["now_ms"] == frozen["now_ms"] + 60_000
+        assert refused.status_code == 503
+        assert refused.headers["Sandbox-Fault"] == rule["fault_id"]
+        assert [r["fault_id"] for r in listed] == [rule["fault_id"]]
+        assert emptied["calls"] == 1
+        assert loaded["calls"] == from_file["calls"] == 1
+        assert resumed["frozen"] is False
+        assert sandbox.headers["X-API-KEY"] == sandbox.api_key
+        assert "Traceback" not in sandbox.log()
+    assert sandbox.process.poll() is not None  # stopped
+
+
+def test_the_receiver_records_what_it_is_sent_and_waits_for_it():
+    receiver = CallsReceiver()
+    try:
+        threading.Timer(0.1, lambda: httpx.post(receiver.url, json={"event": "x"})).start()
+
+        receiver.wait_for(lambda events: len(events) == 1)
+
+        assert receiver.events == [{"event": "x"}]
+        assert receiver.received[0].path == "/hooks"
+        with pytest.raises(AssertionError, match="not received"):
+            receiver.wait_for(lambda events: len(events) == 2, timeout=0.2)
+    finally:
+        receiver.close()
+
+
+def test_a_refused_control_carries_the_status_and_envelope():
+    error = SandboxError(400, {"error": "no"})
+
+    assert (error.status_code, error.body) == (400, {"error": "no"})
+    assert "400" in str(error)
