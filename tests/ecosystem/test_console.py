@@ -503,6 +503,38 @@ def test_the_apis_refusal_of_a_batch_is_shown_on_the_form(page, world):
     expect(page.get_by_role("heading", name="New batch call")).to_be_visible()
 
 
+def test_a_running_batchs_page_polls_it_answered_304_while_nothing_moves(page, world):
+    batch_id = world.api(
+        "POST",
+        "/batch-call",
+        json={
+            "name": "Long calls",
+            "from_number": FROM_NUMBER,
+            "agent_id": world.sales_agent,
+            "concurrency_limit": 1,
+            "send_now": True,
+            "tasks": [
+                {
+                    "to_number": "+12135550031",
+                    "dynamic_variables": {
+                        "sandbox_outcome": "completed",
+                        "sandbox_duration_ms": 600_000,
+                    },
+                }
+            ],
+        },
+    )["batch_call_id"]
+    signed_in(page, world)
+    path = f"/batch-call/{batch_id}"
+
+    with page.expect_response(lambda r: is_poll(r, path, 304), timeout=15_000) as unchanged:
+        page.goto(f"{world.server.base_url}/console/#/batches/{batch_id}")
+
+    assert unchanged.value.headers["etag"] == unchanged.value.request.header_value("if-none-match")
+    expect(page.locator("[data-count='total'] dd")).to_have_text("1")
+    world.api("POST", f"/batch-call/{batch_id}/cancel")
+
+
 def test_a_batch_is_paused_resumed_and_cancelled_from_its_page(page, world):
     # One call at a time, each 6 s (scaled): the batch runs long enough to be handled.
     batch_id = world.api(

@@ -3,7 +3,7 @@
 // resume, cancel); live while a batch runs. A new batch is made by createBatchCall's form
 // (NewBatch.tsx).
 import { useEffect, useRef, useState } from "preact/hooks";
-import { ApiError, answered, api, type Schemas } from "../api";
+import { ApiError, answered, answeredUnlessUnchanged, api, ifNoneMatch, type Schemas } from "../api";
 import { Badge, ErrorNote, Fields, Loading } from "../components";
 import { when, words } from "../format";
 import { useLoad } from "../poll";
@@ -100,15 +100,18 @@ export function Batches({ query }: { query: URLSearchParams }) {
 export function BatchPage({ batchId, query }: { batchId: string; query: URLSearchParams }) {
   const page = Number(query.get("page") || 0);
   const batch = useLoad(
-    () => answered(api.GET("/batch-call/{batch_call_id}", { params: { path: { batch_call_id: batchId } } })),
+    (etag) =>
+      answeredUnlessUnchanged(
+        api.GET("/batch-call/{batch_call_id}", { params: { path: { batch_call_id: batchId }, header: ifNoneMatch(etag) } }),
+      ),
     batchId,
     (answer) => running(answer.data),
   );
   const tasks = useLoad(
-    () =>
-      answered(
+    (etag) =>
+      answeredUnlessUnchanged(
         api.GET("/batch-call/{batch_call_id}/tasks", {
-          params: { path: { batch_call_id: batchId }, query: { page, limit: PAGE_SIZE } },
+          params: { path: { batch_call_id: batchId }, query: { page, limit: PAGE_SIZE }, header: ifNoneMatch(etag) },
         }),
       ),
     `${batchId}:${page}`,
