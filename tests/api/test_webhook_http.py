@@ -15,7 +15,8 @@ import pytest
 from calls_server.domain import calls, webhooks
 from calls_server.domain.webhooks import RetryPolicy
 from calls_server.integrations.egress import EgressPolicy
-from calls_server.services.webhooks import MAX_BODY, ProtocolError, WebhookDeliverer, parse_response
+from calls_server.integrations.webhook_client import MAX_BODY, ProtocolError, parse_response
+from calls_server.services.webhooks import WebhookDeliverer
 from tests.conftest import wait_for
 
 LOOPBACK = EgressPolicy(
