@@ -22,6 +22,14 @@ def etag(record: Mapping[str, Any]) -> str:
     return f'"{digest.hexdigest()}"'
 
 
+def answer_etag(data: Any) -> str:
+    """The version of an answer's `data` as an ETag: a digest of it as built (its keys in
+    the order the server builds them, the same from one read to the next), without the
+    sorting a stored record's version needs: a page's ETag is computed on every listing."""
+    digest = hashlib.blake2b(orjson.dumps(data), digest_size=8)
+    return f'"{digest.hexdigest()}"'
+
+
 def not_modified(if_none_match: str | None, current: str) -> bool:
     """Whether `If-None-Match` names the current version `current` (or is `*`): the client
     holds it already, and is answered 304 (RFC 9110 §13.1.2: weak comparison, `W/` and all

@@ -221,7 +221,7 @@ def list_batch_call_tasks(
 
 def _conditional(envelope: Envelope, if_none_match: str | None) -> Conditional:
     """`envelope` answered 200 with its ETag, or 304 without a body if the client holds it."""
-    current = versions.etag(envelope["data"])
+    current = versions.answer_etag(envelope["data"])
     if versions.not_modified(if_none_match, current):
         return b"", 304, {"ETag": current}
     return envelope, 200, {"ETag": current}

@@ -215,7 +215,7 @@ def list_calls(
     of its content: 304 with no body when `If-None-Match` names it (a poll that finds
     nothing new)."""
     envelope, status = _list(token_info, CallQuery.from_query_params(params))
-    current = versions.etag(envelope["data"])
+    current = versions.answer_etag(envelope["data"])
     if versions.not_modified(if_none_match, current):
         return b"", 304, {"ETag": current}
     return envelope, status, {"ETag": current}
