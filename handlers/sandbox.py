@@ -6,7 +6,7 @@ import contextlib
 import hmac
 
 from calls_server.domain.errors import CallNotFound, NotFound, RangeNotSatisfiable
-from calls_server.handlers.scope import services
+from calls_server.handlers.scope import sandbox_off, services
 from calls_server.services.sandbox import recording, recording_token
 
 
@@ -25,7 +25,7 @@ def get_sandbox_recording(
     the WAV takes milliseconds of pure Python to make (then it is cached)."""
     running = services()
     if running.sandbox is None:
-        raise NotFound("The sandbox is off on this server (CALLS_SANDBOX)", message="Not found")
+        raise sandbox_off()
     call = None
     if organization_id and token:
         with contextlib.suppress(CallNotFound):

@@ -6,8 +6,8 @@ from typing import Any
 
 from calls_server.domain import iso8601
 from calls_server.domain.envelope import success
-from calls_server.domain.errors import BadRequest, NotFound
-from calls_server.handlers.scope import organization_id, services
+from calls_server.domain.errors import BadRequest
+from calls_server.handlers.scope import organization_id, sandbox_off, services
 from calls_server.services.test_clocks import Clocks
 
 
@@ -60,7 +60,7 @@ def _time(text: str, field: str) -> int:
 def _clocks() -> Clocks:
     clocks = services().test_clocks
     if clocks is None:
-        raise NotFound("The sandbox is off on this server (CALLS_SANDBOX)", message="Not found")
+        raise sandbox_off()
     return clocks
 
 

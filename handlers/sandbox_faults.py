@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from calls_server.domain.envelope import success
-from calls_server.domain.errors import NotFound
 from calls_server.domain.faults import FaultRules
-from calls_server.handlers.scope import organization_id, services
+from calls_server.handlers.scope import organization_id, sandbox_off, services
 
 
 def list_sandbox_faults(token_info: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -37,5 +36,5 @@ def delete_sandbox_fault(token_info: dict[str, Any], fault_id: str) -> tuple[dic
 def _rules() -> FaultRules:
     rules = services().faults
     if rules is None:
-        raise NotFound("The sandbox is off on this server (CALLS_SANDBOX)", message="Not found")
+        raise sandbox_off()
     return rules

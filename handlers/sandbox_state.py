@@ -7,9 +7,9 @@ from typing import Any
 
 from calls_server.domain import fixtures
 from calls_server.domain.envelope import Envelope, success
-from calls_server.domain.errors import BadRequest, NotFound
+from calls_server.domain.errors import BadRequest
 from calls_server.domain.webhooks import within_limit
-from calls_server.handlers.scope import Services, organization_id, services
+from calls_server.handlers.scope import Services, organization_id, sandbox_off, services
 
 Response = tuple[Envelope, int]
 
@@ -59,7 +59,7 @@ def _sandbox_on() -> Services:
     """The running services; NotFound when the sandbox is off, as every sandbox path."""
     running = services()
     if running.sandbox is None:
-        raise NotFound("The sandbox is off on this server (CALLS_SANDBOX)", message="Not found")
+        raise sandbox_off()
     return running
 
 

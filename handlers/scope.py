@@ -12,6 +12,7 @@ import anyio
 from connexion.context import scope
 
 from calls_server.domain.casing import Casing
+from calls_server.domain.errors import NotFound
 from calls_server.domain.faults import FaultRules
 from calls_server.domain.rate_limits import RateLimits
 from calls_server.handlers.idempotency_keys import IdempotencyKeys
@@ -61,6 +62,11 @@ def services() -> Services:
     Connexion's request object for it would cost more than the rest of a GET)."""
     found: Services = scope["state"]["services"]
     return found
+
+
+def sandbox_off() -> NotFound:
+    """What every sandbox operation answers on a server without the sandbox."""
+    return NotFound("The sandbox is off on this server (CALLS_SANDBOX)", message="Not found")
 
 
 def organization_id(token_info: dict[str, Any]) -> str:
