@@ -181,6 +181,93 @@ def test_no_foreign_key_joins_distributed_tables_without_their_column(migrated_d
             assert DISTRIBUTED[referred] in referred_columns, name
 
 
+# -- the layout the migrations create on a Citus coordinator --------------------------------------
+
+# Citus's two functions as the migration calls them, each noting its arguments: what
+# `calls_distribute_with_citus()` (storage/migrations/0007_citus_layout.sql) would ask of
+# Citus, on plain PostgreSQL.
+CITUS_STAND_INS = """
+CREATE SCHEMA citus_stand_in;
+CREATE TABLE citus_stand_in.called (
+    seq serial, function text, table_name text, distribution_column text, colocate_with text
+);
+CREATE FUNCTION citus_stand_in.create_distributed_table(
+    table_name regclass, distribution_column text, colocate_with text DEFAULT 'default'
+) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO citus_stand_in.called (function, table_name, distribution_column, colocate_with)
+    VALUES ('create_distributed_table', table_name::text, distribution_column, colocate_with)
+$$;
+CREATE FUNCTION citus_stand_in.create_reference_table(table_name regclass)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO citus_stand_in.called (function, table_name)
+    VALUES ('create_reference_table', table_name::text)
+$$;
+"""
+
+
+def distribution_calls(database_url: str) -> list[tuple[str, str, str | None, str | None]]:
+    """The calls `calls_distribute_with_citus()` makes on the migrated database at
+    `database_url`, in order: (function, table, distribution column, co-located with)."""
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)
+        conn.execute(CITUS_STAND_INS.encode())
+        conn.execute("SET search_path = citus_stand_in, public")
+        conn.execute("SELECT calls_distribute_with_citus()")
+        return [
+            (function, table, column, co_located)
+            for function, table, column, co_located in conn.execute(
+                "SELECT function, table_name, distribution_column, colocate_with"
+                " FROM citus_stand_in.called ORDER BY seq"
+            )
+        ]
+
+
+def test_the_migrations_leave_plain_postgresql_undistributed(database_url):
+    with psycopg.connect(database_url) as conn:
+        applied = migrate(conn)
+        citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
+        layout = conn.execute(
+            "SELECT 1 FROM pg_proc WHERE proname = 'calls_distribute_with_citus'"
+        ).fetchone()
+
+    assert 7 in applied  # the layout's migration ran, and did nothing without Citus
+    assert citus is None
+    assert layout is not None  # left for a database that becomes a coordinator later
+
+
+def test_the_citus_layout_distributes_each_table_by_its_column_co_located(database_url):
+    calls = distribution_calls(database_url)
+
+    distributed = {
+        table: (column, co_located)
+        for function, table, column, co_located in calls
+        if function == "create_distributed_table"
+    }
+    assert {table: column for table, (column, _) in distributed.items()} == DISTRIBUTED
+    anchor = distributed.pop("organizations")
+    assert anchor == ("organization_id", "default")  # the co-location group's first table
+    assert {co_located for _, co_located in distributed.values()} == {"organizations"}
+
+
+def test_the_citus_layout_copies_only_api_keys_to_every_node(database_url):
+    calls = distribution_calls(database_url)
+
+    references = [table for function, table, _, _ in calls if function == "create_reference_table"]
+    # schema_migrations stays on the coordinator, where the migrations alone use it.
+    assert references == ["api_keys"]
+    assert set(references) == set(REFERENCE) - {"schema_migrations"}
+
+
+def test_the_citus_layout_distributes_organizations_before_the_tables_co_located_with_it(
+    database_url,
+):
+    tables = [table for function, table, _, _ in distribution_calls(database_url)]
+
+    distributed = [table for table in tables if table in DISTRIBUTED]
+    assert distributed[0] == "organizations"
+    assert len(distributed) == len(set(distributed)) == len(DISTRIBUTED)
+
+
 # -- the statements: what a plan shows -------------------------------------------------------------
 
 
