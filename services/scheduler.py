@@ -14,7 +14,12 @@ took it (`Store.process_id`); a call found claimed by a process that no longer s
 store (`Store.live_processes`: after a restart, or another process's end) was claimed by
 one that stopped before it recorded the outcome: whether the dialer received it is
 unknown, so it is not dialed again but marked `error` ("interrupted by a restart"), for a
-person or the dialer's own records to settle.
+person or the dialer's own records to settle. So is a claim of this very process whose
+dispatch ended without recording its outcome (the database out of reach meanwhile, as in a
+failover), at the next pass that can write it. A claimant this process has seen serving
+the store is given `presence_grace` seconds to serve it again before its claims are
+settled: after a database failover each process takes its presence again on the new
+primary, a moment after the others may look.
 
 With the sandbox dialer, the scheduler also ends the calls under way (not a batch's) that
 the sandbox of a stopped process was playing (`SandboxDialer.cut_off_abandoned`): at start,
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -56,6 +62,7 @@ class SchedulerStore(CallRecords, ScheduledCalls, Processes, Protocol):
 log = logging.getLogger("calls_server.scheduler")
 
 INTERRUPTED = "interrupted by a restart after it was claimed; not dialed again"
+UNRECORDED = "claimed, but the outcome of its dial could not be recorded; not dialed again"
 
 
 class Scheduler:
@@ -73,6 +80,7 @@ class Scheduler:
         clock: Clock = wall_clock,
         on_lag: Callable[[float], None] | None = None,
         sandbox: SandboxDialer | None = None,
+        presence_grace: float = 10.0,
     ) -> None:
         self.store = store
         self.dialer = dialer
@@ -80,6 +88,10 @@ class Scheduler:
         self.interval = interval
         self.clock = clock
         self.on_lag = on_lag
+        self.presence_grace = presence_grace
+        # Processes seen serving the store, and since when each of them is missing.
+        self._seen_live: set[str] = set()
+        self._missing_since: dict[str, float] = {}
         self._stop = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -195,23 +207,38 @@ class Scheduler:
 
     def _settle_abandoned(self, claimed: list[calls.Call]) -> None:
         """Mark `error` those of the `claimed` calls whose claimant no longer serves the
-        store (not dialed again: at most once)."""
+        store, or is this process with no dispatch of it under way (not dialed again: at
+        most once)."""
         with self._lock:
-            mine = self._in_flight
-            theirs = [c for c in claimed if (c["organization_id"], c["call_id"]) not in mine]
-        if not theirs:
+            in_flight = set(self._in_flight)
+        # A claim of this process read before its dispatch recorded the outcome is refused
+        # by `calls.abandoned` (no longer that claim), so the snapshot may be stale.
+        unsettled = [c for c in claimed if (c["organization_id"], c["call_id"]) not in in_flight]
+        if not unsettled:
             return
         live = self.store.live_processes()
-        for call in theirs:
+        self._seen_live |= live
+        now = time.monotonic()
+        for process in list(self._missing_since):
+            if process in live:
+                del self._missing_since[process]
+        for call in unsettled:
             claimant = calls.claimant(call)
-            if claimant in live:
+            if claimant in live and claimant != self.store.process_id:
                 continue
+            if claimant in self._seen_live and claimant not in live:
+                missing_since = self._missing_since.setdefault(claimant, now)
+                if now - missing_since < self.presence_grace:
+                    continue
             try:
                 self.store.change_call(
                     call["organization_id"],
                     call["call_id"],
                     partial(
-                        calls.abandoned, claimed_by=claimant, reason=INTERRUPTED, now=self.clock()
+                        calls.abandoned,
+                        claimed_by=claimant,
+                        reason=UNRECORDED if claimant == self.store.process_id else INTERRUPTED,
+                        now=self.clock(),
                     ),
                 )
             except ApiError as e:  # settled meanwhile (by its claimant, or another process)

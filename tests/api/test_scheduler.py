@@ -11,7 +11,8 @@ import pytest
 
 from calls_server.domain import calls
 from calls_server.integrations.dialer import HttpDialer
-from calls_server.services.scheduler import INTERRUPTED, Scheduler
+from calls_server.services.scheduler import INTERRUPTED, UNRECORDED, Scheduler
+from calls_server.storage.postgres import PostgresStore
 from tests.conftest import app_client, assert_error, wait_for
 
 SECRET = "dialer-secret-0123456789"
@@ -169,5 +170,84 @@ def test_a_claim_interrupted_by_a_restart_is_marked_failed_not_dialed_again(
 
     final = stored(store, tenant, call)
     assert final["call_status"] == "error"
+    assert final["events"][-1]["data"]["result"] == INTERRUPTED
+    assert receiver.received == []
+
+
+class OutcomeUnrecorded:
+    """The store, but the write after a claim fails: the database went out of reach
+    between the dial and the recording of its outcome (as in a failover)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.changes = 0
+
+    def change_call(self, *args, **kwargs):
+        self.changes += 1
+        if self.changes == 2:
+            raise ConnectionError("the database cannot be reached")
+        return self._store.change_call(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+def test_a_dial_whose_outcome_was_not_recorded_is_settled_at_the_next_pass_not_dialed_again(
+    client, tenant, store, receiver, clock
+):
+    call = schedule(client, tenant, clock, 1)
+    clock.advance(1)
+    scheduler = Scheduler(OutcomeUnrecorded(store), HttpDialer(receiver.url, SECRET), clock=clock)
+    try:
+        scheduler.run_once()  # claims, dials, cannot record the outcome
+        wait_for(lambda: len(receiver.received) == 1)
+        wait_for(lambda: not scheduler._in_flight)
+        left = stored(store, tenant, call)
+
+        scheduler.run_once()
+    finally:
+        scheduler.stop()
+
+    assert calls.being_dispatched(left)
+    final = stored(store, tenant, call)
+    assert final["call_status"] == "error"
+    assert final["events"][-1]["data"]["result"] == UNRECORDED
+    assert len(receiver.received) == 1
+
+
+def test_a_claim_of_a_process_seen_serving_is_settled_only_after_its_grace(
+    migrated_database_url, receiver, clock
+):
+    this = PostgresStore(migrated_database_url)
+    other = PostgresStore(migrated_database_url)  # another process, as the database sees it
+    call = calls.new_call(
+        organization_id="acme",
+        agent_id="ag",
+        now=clock() - 5000,
+        call_type="phone_call",
+        from_number="+14157774444",
+        to_number="+12137774445",
+    )
+    due = calls.schedule(call, clock() // 1000 - 1, clock() - 10_000)
+    this.add_call(calls.claim_due(due, clock(), other.process_id))
+    scheduler = Scheduler(this, HttpDialer(receiver.url, SECRET), clock=clock, presence_grace=1.0)
+
+    def settled_after_a_pass() -> bool:
+        scheduler.run_once()
+        return this.get_call("acme", call["call_id"])["call_status"] == "error"
+
+    try:
+        scheduler.run_once()  # sees the claimant serving
+        other.close()  # its presence gone: a failover's moment, or its end
+        wait_for(lambda: other.process_id not in this.live_processes())
+        scheduler.run_once()
+        within_grace = this.get_call("acme", call["call_id"])
+        wait_for(settled_after_a_pass)
+        final = this.get_call("acme", call["call_id"])
+    finally:
+        scheduler.stop()
+        this.close()
+
+    assert calls.being_dispatched(within_grace)
     assert final["events"][-1]["data"]["result"] == INTERRUPTED
     assert receiver.received == []
