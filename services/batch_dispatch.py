@@ -25,7 +25,9 @@ the dial, the task just goes on following it. The attempt's call id, derived fro
 and the attempt, is the guard: a dial made again is never a second call. A claim of this
 process whose dial failed here is settled alike, but never dialed again (a dial failing
 so would be made at every pass). A task dialed before claimants were kept on dialed tasks
-has none: its process counts as stopped only when no other process serves the store.
+has none: its process counts as stopped only when no other process serves the store. A
+claimant this process has seen serving gets a few seconds to serve again before it counts
+as stopped (services/claimants.py: a database failover's presence gap).
 
 A sandbox call ends with the process that plays it: one still under way whose dialing
 process stopped is ended (`SandboxDialer.cut_off`, in `error`), and its task follows its
@@ -56,6 +58,7 @@ from calls_server.domain.errors import (
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.services import test_clocks
+from calls_server.services.claimants import Claimants
 from calls_server.services.dispatch import dispatch
 from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage.interface import (
@@ -99,6 +102,7 @@ class BatchDispatcher:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._dialing: set[str] = set()  # task ids this process is dialing now
+        self._claimants = Claimants()
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch-dial")
         self._thread = threading.Thread(target=self._run, name="batch-dispatcher", daemon=True)
 
@@ -176,7 +180,9 @@ class BatchDispatcher:
                     batch = active[n] = self._start(batch, now)
                     moved += 1
                 if batch["in_progress"]:
-                    live = self.store.live_processes() if live is None else live
+                    if live is None:
+                        live = self.store.live_processes()
+                        self._claimants.looked(live)
                     followed = self._follow(batch, live, started)
                     if followed:
                         active[n] = self.store.get_batch(*_key(batch))
@@ -299,7 +305,7 @@ class BatchDispatcher:
             # None: dialed before claimants were kept on dialed tasks, by a process unknown;
             # gone only when no other process serves the store (it may be an older one still
             # playing the call, during a rolling upgrade).
-            gone = claimant not in live if claimant is not None else live == {me}
+            gone = self._claimants.stopped(claimant, live) if claimant else live == {me}
             try:
                 if task["dialed"]:
                     status = statuses.get(task["call_id"])

@@ -17,9 +17,7 @@ unknown, so it is not dialed again but marked `error` ("interrupted by a restart
 person or the dialer's own records to settle. So is a claim of this very process whose
 dispatch ended without recording its outcome (the database out of reach meanwhile, as in a
 failover), at the next pass that can write it. A claimant this process has seen serving
-the store is given `presence_grace` seconds to serve it again before its claims are
-settled: after a database failover each process takes its presence again on the new
-primary, a moment after the others may look.
+is given `presence_grace` seconds to serve again first (services/claimants.py).
 
 With the sandbox dialer, the scheduler also ends the calls under way (not a batch's) that
 the sandbox of a stopped process was playing (`SandboxDialer.cut_off_abandoned`): at start,
@@ -35,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -46,6 +43,7 @@ from calls_server.domain.errors import ApiError
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import Dialer
 from calls_server.services import test_clocks
+from calls_server.services.claimants import Claimants
 from calls_server.services.dispatch import dispatch
 from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage.interface import (
@@ -88,10 +86,7 @@ class Scheduler:
         self.interval = interval
         self.clock = clock
         self.on_lag = on_lag
-        self.presence_grace = presence_grace
-        # Processes seen serving the store, and since when each of them is missing.
-        self._seen_live: set[str] = set()
-        self._missing_since: dict[str, float] = {}
+        self._claimants = Claimants(presence_grace)
         self._stop = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -217,19 +212,13 @@ class Scheduler:
         if not unsettled:
             return
         live = self.store.live_processes()
-        self._seen_live |= live
-        now = time.monotonic()
-        for process in list(self._missing_since):
-            if process in live:
-                del self._missing_since[process]
+        self._claimants.looked(live)
+        me = self.store.process_id
         for call in unsettled:
             claimant = calls.claimant(call)
-            if claimant in live and claimant != self.store.process_id:
+            # None: claimed by a version that did not record its claimant, long stopped.
+            if claimant not in (me, None) and not self._claimants.stopped(claimant, live):
                 continue
-            if claimant in self._seen_live and claimant not in live:
-                missing_since = self._missing_since.setdefault(claimant, now)
-                if now - missing_since < self.presence_grace:
-                    continue
             try:
                 self.store.change_call(
                     call["organization_id"],

@@ -24,6 +24,7 @@ from calls_server.domain.errors import Conflict
 from calls_server.domain.quotas import Quota
 from calls_server.integrations.dialer import DialOutcome
 from calls_server.services.batch_dispatch import BatchDispatcher
+from calls_server.services.claimants import Claimants
 from calls_server.services.sandbox import SandboxDialer
 from calls_server.storage.embedded import EmbeddedStore
 from tests.conftest import FakeClock, add_tenant
@@ -575,6 +576,29 @@ def test_a_claim_whose_call_was_never_created_is_made_again_and_dialed_once(
     (task,) = campaign.tasks(batch)
     assert (task["status"], task["attempts"]) == ("calling", 1)
     assert task["call_id"] == claimed["call_id"]  # the same attempt, its same call
+    assert dialer.dialed() == Counter({claimed["call_id"]: 1})
+
+
+def test_a_claim_of_a_process_seen_serving_is_left_to_it_for_the_grace(
+    campaign, dispatcher, dialer
+):
+    ticks = [0.0]
+    dispatcher._claimants = Claimants(grace=10, monotonic=lambda: ticks[0])
+    dispatcher._claimants.looked({"a-process-seen-serving"})  # then gone: a failover's gap
+    batch = campaign.create(1)
+    claimed = claim_as(campaign, batch, "a-process-seen-serving")
+
+    run(dispatcher)
+    run(dispatcher)
+    (within_grace,) = campaign.tasks(batch)
+    ticks[0] += 10
+    run(dispatcher)  # settles the claim: given back
+    run(dispatcher)  # dials it
+
+    assert (within_grace["status"], within_grace["claimed_by"]) == (
+        "calling",
+        "a-process-seen-serving",
+    )
     assert dialer.dialed() == Counter({claimed["call_id"]: 1})
 
 
