@@ -102,7 +102,7 @@ class BatchDispatcher:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._dialing: set[str] = set()  # task ids this process is dialing now
-        self._claimants = Claimants()
+        self._claimants = Claimants(store)
         self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch-dial")
         self._thread = threading.Thread(target=self._run, name="batch-dispatcher", daemon=True)
 
@@ -162,7 +162,6 @@ class BatchDispatcher:
         """A look at the active batches of `organization_id` (None: of every organization
         not on a frozen test clock) at `now`: the dials started, and how many batches and
         tasks it moved besides."""
-        live: set[str] | None = None
         started: list[Future[None]] = []
         moved = 0
         active = [
@@ -174,15 +173,15 @@ class BatchDispatcher:
                 else not test_clocks.frozen(self.clock, batch["organization_id"])
             )
         ]
+        # Looked at every pass with work, so that the claimants serving now are known
+        # before one of them goes missing.
+        live = self._claimants.live() if active else set()
         for n, batch in enumerate(active):
             with self._problems(batch):
                 if batch["status"] == "scheduled" and (batch["scheduled_timestamp"] or 0) <= now:
                     batch = active[n] = self._start(batch, now)
                     moved += 1
                 if batch["in_progress"]:
-                    if live is None:
-                        live = self.store.live_processes()
-                        self._claimants.looked(live)
                     followed = self._follow(batch, live, started)
                     if followed:
                         active[n] = self.store.get_batch(*_key(batch))

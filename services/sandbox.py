@@ -78,6 +78,7 @@ from calls_server.domain.listing import CallQuery
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.dialer import DialOutcome
 from calls_server.services import test_clocks
+from calls_server.services.claimants import Claimants
 from calls_server.storage.interface import (
     BatchRecords,
     CallRecords,
@@ -159,6 +160,7 @@ class SandboxDialer:
         faults: FaultRules | None = None,
     ) -> None:
         self.store = store
+        self._claimants = Claimants(store)
         self.faults = faults  # the dial faults organizations ordered
         self.recordings_url = recordings_url.rstrip("/")
         self.seed = seed
@@ -231,7 +233,10 @@ class SandboxDialer:
         """End every call under way that the sandbox of a process no longer serving the
         store was playing (`cut_off`); how many were ended."""
         ended = 0
+        live = self._claimants.live()
         for organization_id, call_id, process in self.store.abandoned_sandbox_calls():
+            if not self._claimants.stopped(process, live):  # a failover's presence gap
+                continue
             try:
                 self.cut_off(organization_id, call_id, played_by=process)
                 ended += 1

@@ -86,7 +86,7 @@ class Scheduler:
         self.interval = interval
         self.clock = clock
         self.on_lag = on_lag
-        self._claimants = Claimants(presence_grace)
+        self._claimants = Claimants(store, presence_grace)
         self._stop = threading.Event()
         self._in_flight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -95,7 +95,8 @@ class Scheduler:
 
     def start(self) -> None:
         self._settle_abandoned(
-            [c for c in self.store.scheduled_calls(due_by=2**62) if calls.being_dispatched(c)]
+            [c for c in self.store.scheduled_calls(due_by=2**62) if calls.being_dispatched(c)],
+            self._claimants.live(),
         )
         if self.sandbox is not None:
             self.sandbox.cut_off_abandoned()
@@ -113,13 +114,14 @@ class Scheduler:
         claimed to a dispatch worker, which claims it right before dialing it (so that a
         process claims no more than it is dialing: if it dies, only those are left
         claimed)."""
+        live = self._claimants.live()
         due = [
             call
             for call in self.store.scheduled_calls(due_by=self.clock() // 1000)
             # An organization on a frozen test clock: its calls fall due as it advances.
             if not test_clocks.frozen(self.clock, call["organization_id"])
         ]
-        self._settle_abandoned([call for call in due if calls.being_dispatched(call)])
+        self._settle_abandoned([call for call in due if calls.being_dispatched(call)], live)
         if self.sandbox is not None:
             self.sandbox.cut_off_abandoned()
         for call in due:
@@ -200,7 +202,7 @@ class Scheduler:
         with self._lock:
             self._in_flight.discard(key)
 
-    def _settle_abandoned(self, claimed: list[calls.Call]) -> None:
+    def _settle_abandoned(self, claimed: list[calls.Call], live: set[str]) -> None:
         """Mark `error` those of the `claimed` calls whose claimant no longer serves the
         store, or is this process with no dispatch of it under way (not dialed again: at
         most once)."""
@@ -211,8 +213,6 @@ class Scheduler:
         unsettled = [c for c in claimed if (c["organization_id"], c["call_id"]) not in in_flight]
         if not unsettled:
             return
-        live = self.store.live_processes()
-        self._claimants.looked(live)
         me = self.store.process_id
         for call in unsettled:
             claimant = calls.claimant(call)

@@ -583,8 +583,8 @@ def test_a_claim_of_a_process_seen_serving_is_left_to_it_for_the_grace(
     campaign, dispatcher, dialer
 ):
     ticks = [0.0]
-    dispatcher._claimants = Claimants(grace=10, monotonic=lambda: ticks[0])
-    dispatcher._claimants.looked({"a-process-seen-serving"})  # then gone: a failover's gap
+    dispatcher._claimants = Claimants(dispatcher.store, grace=10, monotonic=lambda: ticks[0])
+    dispatcher._claimants._seen.add("a-process-seen-serving")  # then gone: a failover's gap
     batch = campaign.create(1)
     claimed = claim_as(campaign, batch, "a-process-seen-serving")
 
