@@ -5,6 +5,7 @@ listener (`_index_events`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from calls_server.domain import agents, webhooks
 from calls_server.domain.agents import Agent
@@ -104,6 +105,37 @@ class OutboxMixin(Locked):
                 raise WebhookEventNotFound(event_id)
             return _copy(hook), _copy(raw_documents(self._events)[str(doc_id)])
 
+    def get_webhooks_with_events(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> list[tuple[Webhook | None, WebhookEvent | None]]:
+        stored: list[tuple[dict[str, Any] | None, WebhookEvent | None]] = []
+        with self._reading():
+            table = raw_documents(self._events)
+            for organization_id, webhook_id, event_id in keys:
+                try:
+                    hook: dict[str, Any] | None = self._webhooks.stored(
+                        organization_id, webhook_id
+                    )[1]
+                except WebhookNotFound:
+                    stored.append((None, None))
+                    continue
+                doc_id = self._hook_events.get((organization_id, webhook_id), {}).get(event_id)
+                stored.append((hook, None if doc_id is None else table[str(doc_id)]))
+        # Copied once the lock is let go (stored records are never changed, only replaced):
+        # the writers waiting for it do not wait for the copies.
+        copies: dict[int, Webhook] = {}
+        found: list[tuple[Webhook | None, WebhookEvent | None]] = []
+        for hook, event in stored:
+            if hook is not None and id(hook) not in copies:
+                copies[id(hook)] = _copy(hook)
+            found.append(
+                (
+                    None if hook is None else copies[id(hook)],
+                    None if event is None else _copy(event),
+                )
+            )
+        return found
+
     def change_webhook_event(
         self,
         organization_id: str,
@@ -140,8 +172,12 @@ class OutboxMixin(Locked):
     def _change_event(
         self, doc_id: int, old: WebhookEvent, change: Callable[[WebhookEvent], WebhookEvent]
     ) -> WebhookEvent:
-        """Store `change(old)` in place of document `doc_id`; the new record (a copy)."""
-        changed = change(_copy(old))
+        """Store `change(old)` in place of document `doc_id`; the new record (the caller's).
+
+        One copy, not two: a change is a pure function of the stored event (`EventChange`),
+        so it is given the stored record itself, and what it returns, which may share parts
+        with that record, is stored as a private copy (stored records never change)."""
+        changed = change(old)
         self._events.replace(doc_id, _copy(changed))
         return changed
 

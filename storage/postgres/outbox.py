@@ -10,7 +10,7 @@ from psycopg import sql
 
 from calls_server.domain import agents, webhooks
 from calls_server.domain.calls import Call
-from calls_server.domain.errors import WebhookEventNotFound
+from calls_server.domain.errors import WebhookEventNotFound, WebhookNotFound
 from calls_server.domain.webhooks import Webhook, WebhookEvent
 from calls_server.storage.interface import EventChange, EventForget, EventListener, EventSource
 from calls_server.storage.postgres.documents import _copy, _json
@@ -101,6 +101,38 @@ class OutboxMixin(Connections):
         with self._transaction(snapshot=True) as conn:
             hook = _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)
             return hook, self._event(conn, organization_id, webhook_id, event_id, lock=False)
+
+    def get_webhooks_with_events(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> list[tuple[Webhook | None, WebhookEvent | None]]:
+        """For each key, the webhook and its event (None for either that does not exist),
+        each organization's read in one transaction: a webhook, then its events in one
+        statement."""
+        wanted: dict[str, dict[str, list[str]]] = {}  # organization -> webhook -> events
+        for organization_id, webhook_id, event_id in keys:
+            wanted.setdefault(organization_id, {}).setdefault(webhook_id, []).append(event_id)
+        hooks: dict[tuple[str, str], Webhook | None] = {}
+        events: dict[tuple[str, str, str], WebhookEvent] = {}
+        for organization_id, by_webhook in wanted.items():
+            with self._transaction(snapshot=True) as conn:
+                for webhook_id, event_ids in by_webhook.items():
+                    try:
+                        hook = _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)
+                    except WebhookNotFound:
+                        hooks[organization_id, webhook_id] = None
+                        continue
+                    hooks[organization_id, webhook_id] = hook
+                    rows = conn.execute(
+                        "SELECT event_id, doc FROM webhook_events WHERE organization_id = %s"
+                        " AND webhook_id = %s AND event_id = ANY(%s)",
+                        (organization_id, webhook_id, event_ids),
+                    ).fetchall()
+                    for event_id, doc in rows:
+                        events[organization_id, webhook_id, event_id] = cast(WebhookEvent, doc)
+        return [
+            (hooks[key[:2]], events.get(key) if hooks[key[:2]] is not None else None)
+            for key in keys
+        ]
 
     def change_webhook_event(
         self,
