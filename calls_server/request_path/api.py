@@ -59,8 +59,15 @@ from jsonschema import Draft4Validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from calls_server.domain import key_checks
 from calls_server.domain.envelope import unpack
-from calls_server.domain.errors import ADMIN_HEADER, BOTH_HEADERS, INVALID_ADMIN_TOKEN, Unauthorized
+from calls_server.domain.errors import (
+    ADMIN_HEADER,
+    BOTH_HEADERS,
+    INVALID_ADMIN_TOKEN,
+    StoreUnavailable,
+    Unauthorized,
+)
 from calls_server.domain.keys import INVALID_PAIR
 from calls_server.request_path import strict_json
 from calls_server.request_path.compiled_schema import (
@@ -743,15 +750,27 @@ class CompiledOperation:
         path_values: dict[str, str],
         receive: Receive,
     ) -> Any:
-        """Verify who is calling and run the handler (on a worker thread)."""
-        context = (
-            {}
-            if self.security is None
-            else self._context(self.security.verify(request, headers), scope)
-        )
-        kwargs = self._parameters(scope, path_values, headers)
-        self._enter(context, kwargs, scope, receive, None)
-        return self.handler(**kwargs)
+        """Verify who is calling and run the handler (on a worker thread). The key pair's
+        check against the database may be carried by the handler's read (one round trip,
+        not two: domain/key_checks.py); if no read carried it, it is done after the handler,
+        before its answer or its error is given (a handler that only reads cannot tell)."""
+        with key_checks.carrying() as carried:
+            context = (
+                {}
+                if self.security is None
+                else self._context(self.security.verify(request, headers), scope)
+            )
+            kwargs = self._parameters(scope, path_values, headers)
+            self._enter(context, kwargs, scope, receive, None)
+            try:
+                result = self.handler(**kwargs)
+            except StoreUnavailable:
+                raise  # a 503 says nothing of the key; the check would wait for it again
+            except Exception:
+                carried.settle()  # a refused key is answered first, as before the read
+                raise
+            carried.settle()
+        return result
 
     @staticmethod
     def _context(token_info: Any, scope: Scope) -> dict[str, Any]:

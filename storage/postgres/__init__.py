@@ -135,6 +135,7 @@ class PostgresStore(
         self._event_source: EventSource | None = None
         self._diagnosis_lock = threading.Lock()
         self._diagnosis: tuple[float, str] | None = None
+        self._known_keys = {}
         options = conninfo_to_dict(url).get("options")  # kept: ours are added to the URL's
         self._connect_kwargs: dict[str, Any] = {
             # Transactions are explicit (`conn.transaction()`): a single read needs none.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from calls_server.domain import record_kinds
 from calls_server.domain.errors import ApiKeyNotFound, OrganizationNotFound
@@ -12,9 +12,14 @@ from calls_server.storage.postgres.documents import _json
 from calls_server.storage.postgres.idempotency import _mark_claim
 from calls_server.storage.postgres.pool import Connection, Connections
 
+# How many keys' records a process keeps (`known_api_key`); past it, it starts again.
+_KEYS_KEPT = 10_000
+
 
 class AccountsMixin(Connections):
     """`Accounts`: the tables organizations and api_keys."""
+
+    _known_keys: dict[str, ApiKey]  # by public part: each key's record as last read here
 
     def add_organization(self, organization: Organization) -> None:
         """Store a new organization. Raises DuplicateId if its id exists."""
@@ -57,7 +62,12 @@ class AccountsMixin(Connections):
         the database every time: a revocation holds at once in every process."""
         with self._reading() as conn:
             row = conn.execute("SELECT doc FROM api_keys WHERE api_key = %s", (api_key,)).fetchone()
-        return None if row is None else cast(ApiKey, row[0])
+        return _remember_key(self._known_keys, api_key, None if row is None else row[0])
+
+    def known_api_key(self, api_key: str) -> ApiKey | None:
+        """The key's record as last read by this process (no round trip), if it was: to be
+        checked against the database by the request's read (domain/key_checks.py)."""
+        return self._known_keys.get(api_key)
 
     def list_api_keys(self, organization_id: str) -> list[ApiKey]:
         """The organization's keys, oldest first. Raises OrganizationNotFound."""
@@ -89,6 +99,18 @@ class AccountsMixin(Connections):
                 (_json(changed), changed["api_key"], organization_id, api_key_id),
             )
         return changed
+
+
+def _remember_key(known: dict[str, ApiKey], api_key: str, found: Any) -> ApiKey | None:
+    """`found`, the record of `api_key` just read (None: there is none), kept in `known` for
+    `known_api_key`."""
+    if found is None:
+        known.pop(api_key, None)
+        return None
+    if len(known) >= _KEYS_KEPT:
+        known.clear()
+    known[api_key] = found
+    return cast(ApiKey, found)
 
 
 def _require_organization(conn: Connection, organization_id: str) -> None:

@@ -11,12 +11,14 @@ from typing import Any, cast
 import orjson
 from psycopg import sql
 
-from calls_server.domain import calls, record_kinds
+from calls_server.domain import calls, key_checks, record_kinds
 from calls_server.domain.calls import Call
 from calls_server.domain.errors import BadRequest, CallNotFound
+from calls_server.domain.keys import ApiKey
 from calls_server.domain.listing import RANGE_FIELDS, SORT_FIELDS, CallPage, CallQuery
 from calls_server.domain.quotas import Quota
 from calls_server.storage.interface import UNDER_CLAIM, EventSource
+from calls_server.storage.postgres.accounts import _remember_key
 from calls_server.storage.postgres.documents import _copy, _loads
 from calls_server.storage.postgres.idempotency import _mark_claim
 from calls_server.storage.postgres.outbox import _record_events
@@ -40,6 +42,14 @@ _CALL_COLUMNS = (
 _EQUALITY_FIELDS = ("call_status", "call_type", "direction", "agent_id")
 
 
+_GET_CALL = "SELECT doc FROM calls WHERE organization_id = %s AND call_id = %s"
+# The key's record (for the request's key check) and the call, in one round trip.
+_GET_KEY_AND_CALL = (
+    "SELECT (SELECT doc FROM api_keys WHERE api_key = %s),"
+    " (SELECT doc FROM calls WHERE organization_id = %s AND call_id = %s)"
+)
+
+
 class CallsMixin(Connections):
     """`CallRecords`, `ScheduledCalls`, `SandboxPlayers`: the tables calls and
     organization_usage."""
@@ -48,6 +58,7 @@ class CallsMixin(Connections):
     _limited: bool
     _event_source: EventSource | None
     _presence: Presence
+    _known_keys: dict[str, ApiKey]  # AccountsMixin's
 
     def add_call(self, call: Call) -> None:
         """Store a new call. Raises DuplicateId if its call_id exists in its organization."""
@@ -81,12 +92,24 @@ class CallsMixin(Connections):
             _mark_claim(conn, record_kinds.CALL.name, call["call_id"])
 
     def get_call(self, organization_id: str, call_id: str) -> Call:
-        """The call. Raises CallNotFound, also when it belongs to another organization."""
+        """The call. Raises CallNotFound, also when it belongs to another organization.
+        The request's key check, if one is owed, is done with the key's record read in the
+        same statement (domain/key_checks.py): Unauthorized first if the pair no longer
+        verifies."""
+        carrying = key_checks.current()
+        check = None if carrying is None else carrying.check
         with self._reading() as conn:
-            row = conn.execute(
-                "SELECT doc FROM calls WHERE organization_id = %s AND call_id = %s",
-                (organization_id, call_id),
-            ).fetchone()
+            if check is None:
+                row = conn.execute(_GET_CALL, (organization_id, call_id)).fetchone()
+            else:
+                both = conn.execute(
+                    _GET_KEY_AND_CALL, (check.api_key, organization_id, call_id)
+                ).fetchone()
+        if check is not None:
+            assert carrying is not None
+            assert both is not None  # scalar subqueries: always one row
+            carrying.confirmed(_remember_key(self._known_keys, check.api_key, both[0]))
+            row = None if both[1] is None else (both[1],)
         if row is None:
             raise CallNotFound(call_id)
         return cast(Call, row[0])

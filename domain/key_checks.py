@@ -1,0 +1,72 @@
+"""A key pair's check against the database, carried by the request's read of the store.
+
+On a store whose reads are round trips (PostgreSQL), a request that only reads would make
+two: the key's record, then what it asks for. Where the request path allows it
+(`carrying`: a handler that only reads, run with the security function on one worker
+thread), the security function may verify the pair against the key's record as last read
+in this process and leave a `KeyCheck`: the store's read then reads the key's record afresh
+in the same statement and hands it to `Carrying.confirmed`, and the request path reads it
+on its own (`Carrying.settle`) when no read carried the check. Either way the key's record
+is read from the database by every request before its answer is given, so a revocation
+holds at once in every process; only the order differs, which a handler that only reads
+cannot tell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from calls_server.domain.keys import ApiKey
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """The check owed for one request's key pair."""
+
+    api_key: str  # the key's public part, to read its record by
+    # Raises Unauthorized unless the record read now (None: gone) still verifies the pair.
+    confirm: Callable[[ApiKey | None], None]
+    # Reads the key's record in a round trip of its own.
+    find: Callable[[str], ApiKey | None]
+
+
+class Carrying:
+    """One request's check owed, if any (`check`), until a read confirms it."""
+
+    def __init__(self) -> None:
+        self.check: KeyCheck | None = None
+
+    def confirmed(self, found: ApiKey | None) -> None:
+        """The owed check done with the key's record `found` by a read: raises Unauthorized
+        if the pair no longer verifies."""
+        check, self.check = self.check, None
+        if check is not None:
+            check.confirm(found)
+
+    def settle(self) -> None:
+        """Do the owed check, if no read did it, with a read of its own."""
+        if self.check is not None:
+            self.confirmed(self.check.find(self.check.api_key))
+
+
+_CARRYING: ContextVar[Carrying | None] = ContextVar("calls_server.key_checks", default=None)
+
+
+@contextmanager
+def carrying() -> Iterator[Carrying]:
+    """Let the request's reads carry its key check while the block runs (the request path
+    settles it at the end)."""
+    slot = Carrying()
+    token = _CARRYING.set(slot)
+    try:
+        yield slot
+    finally:
+        _CARRYING.reset(token)
+
+
+def current() -> Carrying | None:
+    """The running request's `Carrying`, if its reads may carry its key check."""
+    return _CARRYING.get()
