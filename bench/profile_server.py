@@ -10,11 +10,15 @@ permission to ptrace the server (root, or CAP_SYS_PTRACE).
 The server is the one bench/run.py measures: a data directory of `--calls` of its calls,
 `calls-server serve` pinned to core 0, wrk (`-t1 -c32`, bench/wrk/<case>.lua) pinned to
 core 1. After a 2 s warm-up py-spy records the server for `--duration` seconds at 100
-samples a second (idle samples left out), while wrk keeps the load on. Printed: for each
-part of the work (PARTS: a function, by the end of its file's path), the share of the
-samples whose stack holds it (inclusive), then the functions of the project and of uvicorn
-with the largest shares. Shares of samples, not times: read them as where the server's
-busy CPU goes.
+samples a second, while wrk keeps the load on: only the thread holding the GIL, each
+sample (`--gil`; without it, py-spy counts threads waiting on a condition as busy, which
+gave a third of the samples of a GET to idle threads). Printed: the share of the samples
+of each layer (the layer of the innermost frame that has one, as bench/request_path.py's
+LAYERS define them: a C function's time goes to the layer that called it; "event loop"
+is uvloop's own C work), then for each part of the work (PARTS: a function, by the end of
+its file's path) the share of the samples whose stack holds it (inclusive), then the
+functions of the project and of uvicorn with the largest shares. Shares of samples, not
+times: read them as where the server's CPU goes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from request_path import layer_of  # noqa: E402
 from run import (  # noqa: E402
     LOAD_CORE,
     PATHS,
@@ -50,8 +55,8 @@ PARTS = [
     ),
     (
         "  the app's ASGI layers and the compiled request path",
-        "calls_server/metrics.py",
-        "RequestMetrics.__call__",
+        "starlette/middleware/errors.py",
+        "ServerErrorMiddleware.__call__",
     ),
     ("  the compiled operation", "calls_server/request_path/api.py", "CompiledOperation.__call__"),
     ("    the security function", "calls_server/handlers/security.py", "check_api_key_pair"),
@@ -74,9 +79,10 @@ def frames(stack: str) -> set[tuple[str, str]]:
     return found
 
 
-def shares(raw: str) -> tuple[int, Counter[tuple[str, str]]]:
-    """The number of samples, and per (file, function) how many samples hold it."""
-    total, holding = 0, Counter[tuple[str, str]]()
+def shares(raw: str) -> tuple[int, Counter[tuple[str, str]], Counter[str]]:
+    """The number of samples; per (file, function) how many samples hold it; per layer
+    how many samples it holds (the layer of the innermost frame that has one)."""
+    total, holding, layers = 0, Counter[tuple[str, str]](), Counter[str]()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
@@ -85,7 +91,18 @@ def shares(raw: str) -> tuple[int, Counter[tuple[str, str]]]:
         total += n
         for frame in frames(stack):
             holding[frame] += n
-    return total, holding
+        layers[innermost_layer(stack)] += n
+    return total, holding, layers
+
+
+def innermost_layer(stack: str) -> str:
+    """The layer of a collapsed stack's innermost frame that has one."""
+    for frame in reversed(stack.split(";")):
+        name, _, where = frame.partition(" (")
+        layer = layer_of(where.rsplit(":", 1)[0], name.strip().rsplit(".", 1)[-1])
+        if layer is not None:
+            return layer
+    return "event loop"
 
 
 def main() -> int:
@@ -120,7 +137,7 @@ def main() -> int:
         raw = work / "profile.txt"
         subprocess.run(
             [args.py_spy, "record", "--pid", str(server.pid), "--duration", str(args.duration),
-             "--rate", "100", "--format", "raw", "--output", str(raw)],
+             "--rate", "100", "--gil", "--format", "raw", "--output", str(raw)],
             check=True, capture_output=True,
         )  # fmt: skip
         out, _ = load.communicate()
@@ -128,9 +145,13 @@ def main() -> int:
         if load.poll() is None:
             load.kill()
         stop(server)
-    total, holding = shares(raw.read_text())
+    total, holding, layers = shares(raw.read_text())
     rate = next((line for line in out.splitlines() if "Requests/sec" in line), "").strip()
-    print(f"{args.case}, {args.calls:,} calls stored; wrk: {rate}; {total:,} busy samples")
+    print(f"{args.case}, {args.calls:,} calls stored; wrk: {rate}; {total:,} samples (GIL held)")
+    print("by layer (the innermost frame's):")
+    for layer, n in layers.most_common():
+        print(f"  {n / total:6.1%}  {layer}")
+    print("by part (inclusive):")
     for label, path, name in PARTS:
         count = sum(
             n
