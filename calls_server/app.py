@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 from connexion import AsyncApp
-from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.middleware.lifespan import LifespanMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.operations import AbstractOperation
@@ -24,6 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
 from calls_server import errors, tracing
+from calls_server.console import PREFIX as CONSOLE_PREFIX
 from calls_server.console import ConsoleFiles
 from calls_server.contract import cors_headers, published, spec_for
 from calls_server.domain.casing import Casing
@@ -33,14 +33,8 @@ from calls_server.handlers.idempotency_keys import IdempotencyKeys
 from calls_server.handlers.scope import Services
 from calls_server.integrations.clock import Clock, wall_clock
 from calls_server.integrations.livekit import sandbox_rooms
-from calls_server.metrics import Exporter, Metrics, MetricsEndpoint, RequestMetrics
-from calls_server.middleware import (
-    BodySizeLimit,
-    PublishedSpec,
-    RequestId,
-    ResponseHeaders,
-    SwaggerUI,
-)
+from calls_server.metrics import Exporter, Metrics, MetricsEndpoint, RequestCounter
+from calls_server.middleware import BodySizeLimit, EveryAnswer, PublishedSpec, SwaggerUI
 from calls_server.request_path.api import CompiledApi
 from calls_server.sandbox_hooks import SANDBOX_HOOKS
 from calls_server.services.batch_dispatch import BatchDispatcher
@@ -75,6 +69,11 @@ def _store_reads_wait(scope: Scope) -> bool:
     leave the event loop): what the request path asks of the app."""
     services = (scope.get("state") or {}).get("services")
     return services is not None and bool(services.store.reads_wait)
+
+
+def _console_path(path: str) -> bool:
+    """Whether `path` is the console's (`ConsoleFiles` answers it, with headers of its own)."""
+    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
 def fault_targets(spec: dict[str, Any]) -> list[str]:
@@ -303,18 +302,19 @@ def create_app(settings: Settings, store: Store, clock: Clock = wall_clock) -> C
         # Outermost when tracing is on: each request's span covers all it costs, errors too.
         *([traced.middleware] if traced else []),
         ServerErrorMiddleware,
-        # Counts and times every answer, errors included; it changes none, so the headers
-        # below still go on everything.
-        partial(RequestMetrics, metrics=backing.current_metrics, base_path=base_path),
         # Outermost, so that every response, errors and preflights included, carries the id
-        # and the headers every answer has.
-        RequestId,
+        # and the headers every answer has, is logged, and counted and timed.
+        partial(
+            EveryAnswer,
+            counter=RequestCounter(backing.current_metrics, base_path),
+            ui_prefix=f"{base_path}/ui",
+            own_headers=_console_path if settings.console else lambda path: False,
+        ),
         # The console's static files at /console/, with headers of their own (they may be
         # cached, the API's answers may not); before auth: the page signs in itself.
         *([ConsoleFiles] if settings.console else []),
-        partial(ResponseHeaders, ui_prefix=f"{base_path}/ui"),
         *cors,
-        ExceptionMiddleware,  # renders every error as the envelope (errors.py)
+        errors.Envelopes,  # renders every error as the envelope (errors.py)
         partial(BodySizeLimit, max_bytes=settings.max_body_bytes),
         # /metrics on the API's port, for the admin; not with a metrics port of its own.
         *(

@@ -2,7 +2,8 @@
 
 Each app has a registry of its own (`Metrics`), filled by:
 
-- `RequestMetrics`, an ASGI middleware near the outside of the stack: every HTTP request
+- `RequestCounter`, called near the outside of the stack (by calls_server/middleware.py's
+  `EveryAnswer`, or alone as the `RequestMetrics` middleware): every HTTP request
   by operation (the spec's `operationId`, which the compiled request path leaves in the
   scope under `OPERATION`) and status code, and its latency; the refusals of the rate
   limits, by the limit that refused (the security check leaves it in the scope);
@@ -274,17 +275,44 @@ class HttpLayer(Collector):
         )
 
 
-class RequestMetrics:
-    """ASGI middleware counting every HTTP request by operation and status, timing it, and
-    counting the rate limits' refusals. Requests no operation answered are `unmatched`,
-    but for the spec (`openapi`), Swagger UI (`swaggerUI`) and `/metrics` (`metrics`):
-    every label value is one of a fixed set, never a path."""
+class RequestCounter:
+    """Counts every HTTP request by operation and status, its latency, and the rate limits'
+    refusals. Requests no operation answered are `unmatched`, but for the spec (`openapi`),
+    Swagger UI (`swaggerUI`) and `/metrics` (`metrics`): every label value is one of a
+    fixed set, never a path. Called by the app's one middleware that sees every answer
+    (`calls_server.middleware.EveryAnswer`), or by `RequestMetrics`."""
 
-    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics], base_path: str) -> None:
-        self.app = app
+    def __init__(self, metrics: Callable[[], Metrics], base_path: str) -> None:
         self.metrics = metrics  # those of the app's current run
         self.spec_paths = (f"{base_path}/openapi.json", f"{base_path}/openapi.yaml")
         self.ui_prefix = f"{base_path}/ui"
+
+    def count(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count the request of `scope`, answered `status` after `seconds` (on the event
+        loop only: `RequestStats.observe`)."""
+        operation = scope.get(OPERATION) or self._unmatched(scope["path"])
+        metrics = self.metrics()
+        metrics.requests.observe(operation, status, seconds)
+        if status == 429:
+            limit = scope.get(RATE_LIMIT_REFUSED)
+            if limit in RATE_LIMITS:
+                metrics.rate_limited.labels(limit).inc()
+
+    def _unmatched(self, path: str) -> str:
+        if path in self.spec_paths:
+            return "openapi"
+        if path.startswith(self.ui_prefix):
+            return "swaggerUI"
+        return UNMATCHED
+
+
+class RequestMetrics:
+    """ASGI middleware counting every HTTP request (`RequestCounter`), alone: the app
+    counts in `EveryAnswer`, together with the rest every answer gets."""
+
+    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics], base_path: str) -> None:
+        self.app = app
+        self.counter = RequestCounter(metrics, base_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -302,20 +330,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
-            operation = scope.get(OPERATION) or self._unmatched(scope["path"])
-            metrics = self.metrics()
-            metrics.requests.observe(operation, status, time.perf_counter() - started)
-            if status == 429:
-                limit = scope.get(RATE_LIMIT_REFUSED)
-                if limit in RATE_LIMITS:
-                    metrics.rate_limited.labels(limit).inc()
-
-    def _unmatched(self, path: str) -> str:
-        if path in self.spec_paths:
-            return "openapi"
-        if path.startswith(self.ui_prefix):
-            return "swaggerUI"
-        return UNMATCHED
+            self.counter.count(scope, status, time.perf_counter() - started)
 
 
 class MetricsEndpoint:

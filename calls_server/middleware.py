@@ -1,5 +1,6 @@
-"""ASGI middleware in front of the request path: request ids and the access log, the
-published spec, the body-size limit, and Swagger UI."""
+"""ASGI middleware in front of the request path: what every answer gets (request ids,
+common headers, the access log, the metrics' count), the published spec, the body-size
+limit, and Swagger UI."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from calls_server.domain.errors import PayloadTooLarge
 from calls_server.domain.rate_limits import RATE_LIMIT_HEADERS
 from calls_server.errors import REQUEST_ID
 from calls_server.logs import ACCESS_LOGGER, AccessLine, current_request_id, logged_target
+from calls_server.metrics import RequestCounter
 from calls_server.request_path.keys import ORGANIZATION_ID
 
 
@@ -130,19 +132,43 @@ _ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _access_log = logging.getLogger(ACCESS_LOGGER)
 
 
-class RequestId:
-    """ASGI middleware giving every request an id: the client's `X-Request-ID` when it sends
-    a usable one, a new one otherwise. It is returned on every response (errors included)
-    and written in every log line made while the request is handled.
+class EveryAnswer:
+    """ASGI middleware doing what every request and answer gets, in one pass over the
+    request's messages (one layer, not three: each layer costs a coroutine and a wrapped
+    `send`, and every request went through all three):
 
-    It also writes the access log: one line per request, with the method, the path
-    (credential-like query values redacted), the status, the duration, the organization
-    that authenticated, if any, and the client's address (see `calls_server.logs.AccessLine`).
-    Here, because this middleware already sees every answer under the request's id;
-    uvicorn's own access log is off."""
+    - a request id: the client's `X-Request-ID` when it sends a usable one, a new one
+      otherwise, returned on every response (errors included) and written in every log
+      line made while the request is handled;
+    - the headers every answer carries: `nosniff` (a browser never reads JSON as something
+      else), `Cache-Control: no-store` on the API's answers (they carry keys, secrets and
+      call records: no cache may keep them; Swagger UI's static files may be cached), and
+      the caller's rate-limit allowance when there is one; not on the console's files
+      (`own_headers`: paths answered with headers of their own);
+    - the access log: one line per request, with the method, the path (credential-like
+      query values redacted), the status, the duration, the organization that
+      authenticated, if any, and the client's address (see `calls_server.logs.AccessLine`);
+      uvicorn's own access log is off;
+    - the metrics' count of the request (`RequestCounter`), errors included.
+    """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        counter: RequestCounter,
+        ui_prefix: str,
+        own_headers: Callable[[str], bool] = lambda path: False,
+    ) -> None:
         self.app = app
+        self.counter = counter
+        self.ui_prefix = ui_prefix
+        self.own_headers = own_headers
+        # The headers every answer of the API, and of Swagger UI, carries: made once.
+        self.api_headers = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"cache-control", b"no-store"),
+        ]
+        self.ui_headers = [(b"x-content-type-options", b"nosniff")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,6 +180,14 @@ class RequestId:
         request_id = raw_id.decode("latin-1")
         token = current_request_id.set(request_id)
         scope[REQUEST_ID] = request_id
+        path: str = scope["path"]
+        common = (
+            None
+            if self.own_headers(path)
+            else self.ui_headers
+            if path.startswith(self.ui_prefix)
+            else self.api_headers
+        )
         status: int | None = None
         logged = False
 
@@ -168,19 +202,30 @@ class RequestId:
                     _access_log.makeRecord(ACCESS_LOGGER, INFO, "", 0, line, (), None)
                 )
 
-        async def send_with_id(message: Message) -> None:
+        async def send_answer(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
-                message["headers"] = [*headers, (b"x-request-id", raw_id)]
+                if common is not None:
+                    headers += common
+                    limits: dict[str, str] | None = scope.get(RATE_LIMIT_HEADERS)
+                    if limits:
+                        named = {name for name, _ in headers}
+                        headers += [
+                            (name.lower().encode(), value.encode())
+                            for name, value in limits.items()
+                            if name.lower().encode() not in named
+                        ]
+                headers.append((b"x-request-id", raw_id))
+                message["headers"] = headers
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 # Before the answer's end leaves: a client holding it finds its line logged.
                 log_access()
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_answer)
         except Exception:
             # Not answered: the server-error middleware outside answers 500.
             status = status or 500
@@ -189,6 +234,7 @@ class RequestId:
             if not logged:  # an error, or a client gone before the answer ended
                 log_access()
             current_request_id.reset(token)
+            self.counter.count(scope, status or 500, time.perf_counter() - started)
 
 
 def _access_line(scope: Scope, status: int | None, started: float) -> AccessLine:
@@ -204,39 +250,3 @@ def _access_line(scope: Scope, status: int | None, started: float) -> AccessLine
         organization_id=scope.get(ORGANIZATION_ID),
         client=f"{host}:{client[1]}" if client else None,
     )
-
-
-class ResponseHeaders:
-    """ASGI middleware adding the headers every answer carries: `nosniff` (a browser never
-    reads JSON as something else), `Cache-Control: no-store` on the API's answers (they
-    carry keys, secrets and call records: no cache may keep them; Swagger UI's static
-    files may be cached), and the caller's rate-limit allowance when there is one."""
-
-    def __init__(self, app: ASGIApp, ui_prefix: str) -> None:
-        self.app = app
-        self.ui_prefix = ui_prefix
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        cacheable = scope["path"].startswith(self.ui_prefix)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                if not cacheable:
-                    headers.append((b"cache-control", b"no-store"))
-                limits: dict[str, str] | None = scope.get(RATE_LIMIT_HEADERS)
-                if limits:
-                    sent = {name for name, _ in headers}
-                    headers += [
-                        (name.lower().encode(), value.encode())
-                        for name, value in limits.items()
-                        if name.lower().encode() not in sent
-                    ]
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
