@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from calls_server.domain.errors import BadRequest, Conflict, IllegalTransition
 
 Call = dict[str, Any]
@@ -37,6 +39,15 @@ MAX_EVENTS = 200
 MAX_METADATA_KEYS = 100
 MAX_CALL_BYTES = 2 * 1024 * 1024  # the whole call as JSON
 EVENTS_OMITTED = "Earlier events omitted"
+
+
+def copy_of(call: Call) -> Call:
+    """A private deep copy of `call`. A call is plain JSON (stored and answered as is), so a
+    JSON round trip is one, and orjson's takes a tenth of copy.deepcopy's time: every
+    change of a call starts with one (about 3 us against 30 us for an ended call)."""
+    copied: Call = orjson.loads(orjson.dumps(call))
+    return copied
+
 
 # Metadata keys the server keeps for scheduled calls, as upstream shows them.
 CLAIM_EVENT = "Scheduled call due"
@@ -191,7 +202,7 @@ def new_web_call(
 def schedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
     """A freshly created call, put in status `scheduled` for `scheduled_timestamp` (seconds)."""
     _require_future(scheduled_timestamp, now)
-    scheduled = copy.deepcopy(call)
+    scheduled = copy_of(call)
     scheduled["call_status"] = "scheduled"
     scheduled["scheduled_timestamp"] = scheduled_timestamp
     scheduled["metadata"].update(
@@ -206,7 +217,7 @@ def reschedule(call: Call, scheduled_timestamp: int, now: int) -> Call:
     _require_scheduled(call)
     _require_future(scheduled_timestamp, now)
     previous = call["scheduled_timestamp"]
-    moved = copy.deepcopy(call)
+    moved = copy_of(call)
     moved["scheduled_timestamp"] = scheduled_timestamp
     moved["metadata"]["scheduled_timestamp"] = scheduled_timestamp
     moved["updated_at"] = now
@@ -228,7 +239,7 @@ def cancel_schedule(call: Call, now: int) -> Call:
     """The scheduled `call` turned back into a regular, `registered` call: its metadata
     without the schedule's keys (as upstream's page shows it, the caller's own keys only)."""
     _require_scheduled(call)
-    cancelled = copy.deepcopy(call)
+    cancelled = copy_of(call)
     previous = cancelled["scheduled_timestamp"]
     cancelled["call_status"] = "registered"
     cancelled["scheduled_timestamp"] = None
@@ -254,7 +265,7 @@ def update(call: Call, changes: Mapping[str, Any], now: int) -> Call:
     Raises IllegalTransition for a status change the lifecycle does not allow, and
     BadRequest when the timestamps would put the end before the start.
     """
-    updated = copy.deepcopy(call)
+    updated = copy_of(call)
     changed = sorted(changes)
     event_data: dict[str, Any] = {"updated_fields": changed}
 
@@ -305,7 +316,7 @@ def claim_due(call: Call, now: int, claimant: str) -> Call:
     _require_scheduled(call)
     if call["scheduled_timestamp"] * 1000 > now:
         raise Conflict(f"Call '{call['call_id']}' is not due yet", message="Call is not due")
-    claimed = copy.deepcopy(call)
+    claimed = copy_of(call)
     claimed["metadata"]["execution_status"] = "dispatching"
     claimed["updated_at"] = now
     late = max(0, now // 1000 - call["scheduled_timestamp"])
@@ -351,7 +362,7 @@ def dispatched(call: Call, accepted: bool, reason: str, attempts: int, now: int)
             f"Call '{call['call_id']}' cannot be dialed in status '{call['call_status']}'",
             message="Call cannot be dialed",
         )
-    result = copy.deepcopy(call)
+    result = copy_of(call)
     status = "ongoing" if accepted else "error"
     result["call_status"] = status
     _stamp_status_times(result, status, now)
@@ -370,7 +381,7 @@ def played_by(call: Call, process: str, now: int, data: Mapping[str, Any] | None
     """`call`, about to be played by the sandbox dialer of `process` (recorded in an event,
     with `data`, the sandbox's draw: whoever finds the call under way once that process has
     stopped ends it)."""
-    played = copy.deepcopy(call)
+    played = copy_of(call)
     played["updated_at"] = now
     _record(played, now, PLAYED_EVENT, {"played_by": process, **(data or {})})
     return played
@@ -396,7 +407,7 @@ def cut_off(call: Call, disconnection_reason: str, why: str, now: int) -> Call:
             f"Call '{call['call_id']}' is not under way (status '{call['call_status']}')",
             message="Call is not under way",
         )
-    ended = copy.deepcopy(call)
+    ended = copy_of(call)
     ended["call_status"] = "error"
     ended["disconnection_reason"] = disconnection_reason
     _stamp_status_times(ended, "error", now)

@@ -30,7 +30,12 @@ class Casing:
         """`call` as a response shows it; `listed` where upstream shows calls as listed."""
         if not self._upper(listed):
             return call
-        return {**call, **{field: _upper(call[field]) for field in CASED_FIELDS}}
+        shown = dict(call)  # a loop, not a merge of comprehensions: a third of the time
+        for field in CASED_FIELDS:
+            value = call[field]
+            if value is not None:
+                shown[field] = value.upper()
+        return shown
 
     def value(self, value: str | None) -> str | None:
         """An enum value outside a call record (a wrapper field), as a response shows it."""

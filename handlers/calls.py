@@ -228,12 +228,13 @@ def search_calls(body: dict[str, Any], token_info: dict[str, Any]) -> Response:
 
 
 def _list(token_info: dict[str, Any], query: CallQuery) -> Response:
-    org = organization_id(token_info)
-    page, total, position = services().store.list_calls(org, query)
+    org, running = organization_id(token_info), services()
+    page, total, position = running.store.list_calls(org, query)
     next_cursor = None if position is None else query.next_cursor(position)
+    casing = running.casing
     data = {
         "organization_id": org,
-        "calls": [services().casing.call(call, listed=True) for call in page],
+        "calls": [casing.call(call, listed=True) for call in page],
         "pagination": query.pagination(total, next_cursor),
         "returned_count": len(page),
         "sort_order": query.sort_order,

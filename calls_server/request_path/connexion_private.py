@@ -16,6 +16,7 @@ from connexion.validators import ParameterValidator
 
 # The context variables Connexion's context middleware sets for each request, which
 # `connexion.request` and `connexion.context` read in handlers: the compiled path sets them.
+# handlers/scope.py reads `_scope` too (`services()`; handlers may not import this module).
 REQUEST_CONTEXT = (_context, _operation, _receive, _scope)
 
 # (owner, name) -> the shape the request path was written against (connexion 3.3.0): a
