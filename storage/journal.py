@@ -2,9 +2,14 @@
 
 The data directory (0700, its files 0600, whatever the umask) holds:
 
-- `snapshot.json`: the whole database as of journal record `seq`, a JSON document followed
-  by a trailer line `#crc32=<8 hex> bytes=<n>` over the document, written to a temporary
-  file, fsync'd and atomically renamed into place, so it is always complete;
+- `snapshot.json`: the whole database as of journal record `seq`, followed by a trailer
+  line `#crc32=<8 hex> bytes=<n>` over what precedes it, written to a temporary file,
+  fsync'd and atomically renamed into place, so it is always complete. Its first line is a
+  JSON document `{"seq", "format": 2, "tables", "encoded"}`: the tables, but for those kept
+  encoded (see below), of which it holds the document ids and the summary values, by
+  column; their documents follow, one JSON line each, in that order. (A snapshot of
+  format 1, one JSON document `{"seq", "tables"}`, is still read, and replaced by the next
+  snapshot);
 - `journal-<first seq>.jsonl` segments: one line per committed write,
   `<8 hex CRC-32 of the JSON> {"seq": n, "changes": [...]}`, on disk before the write is
   acknowledged;
@@ -57,6 +62,12 @@ cut (at a record boundary, which leaves no torn line) below a record it says was
 is refused too. Only the records acknowledged in the last `HEAD_EVERY` before a crash are
 beyond its reach, as for any cut that a crash could also have made.
 
+Encoded tables (`encodings`): their documents are kept in memory as their JSON (orjson
+bytes) followed by a few values of the document (`Encoding.encode`, say the fields an
+index needs), so that a large table costs a few objects per document instead of a dict of
+dicts, and opens without parsing its documents: the snapshot holds those values beside
+the JSON. The journal's records hold documents as JSON either way.
+
 TinyDB's `Storage.write(data)` only ever sees the whole database, so the journal records
 are produced a layer up, by the table (`storage.tinydb_table.JournaledTable`), and handed
 to `commit`.
@@ -66,13 +77,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,8 +93,9 @@ import orjson
 from tinydb.storages import Storage
 
 Tables = dict[str, dict[str, Any]]
-# One change: (table name, document id, the document or None when it was removed).
-Change = tuple[str, str, dict[str, Any] | None]
+# One change: (table name, document id, the document or None when it was removed); the
+# document of an encoded table as it is kept (its JSON first).
+Change = tuple[str, str, Any]
 
 SNAPSHOT = "snapshot.json"
 HEAD = "journal.head"
@@ -99,6 +113,9 @@ PROBE_BYTES = 64 * 1024
 # Documents per orjson.dumps call in a snapshot: the encoder holds the GIL for a whole
 # call, so one call for 100k calls would stall the server for most of a second.
 SNAPSHOT_CHUNK = 500
+# Values per orjson.dumps call in a snapshot's columns (ids and summaries).
+COLUMN_CHUNK = 50_000
+FORMAT = 2
 RECOVERY_HINT = (
     "Nothing was changed. Keep a copy of the data directory, then run "
     "`calls-server --data-dir <this directory> recover --to <new directory>` to salvage "
@@ -122,28 +139,51 @@ class JournalFailed(RuntimeError):
     unusable until a restart). Also what `check_ready` raises while the journal is not ready."""
 
 
+@dataclass(frozen=True)
+class Encoding:
+    """How the documents of a table are kept: `encode(document)` gives a tuple of the
+    document's JSON (orjson bytes) and the values kept beside it; `repeated` names the
+    positions among those values that repeat across documents (each kept once on open)."""
+
+    encode: Callable[[dict[str, Any]], tuple[Any, ...]]
+    repeated: frozenset[int] = frozenset()
+
+
+Encodings = Mapping[str, Encoding]
+
+
 def segment_name(first_seq: int) -> str:
     """The file name of the journal segment whose first record is `first_seq`."""
     return f"journal-{first_seq:012d}.jsonl"
 
 
 def encode_record(seq: int, changes: list[Change]) -> bytes:
-    """One journal line: the record's CRC-32, a space, the record as JSON, a newline."""
-    payload = orjson.dumps({"seq": seq, "changes": changes})
+    """One journal line: the record's CRC-32, a space, the record as JSON, a newline (an
+    encoded document, a tuple, written as its JSON)."""
+    plain = [
+        (table, doc_id, orjson.Fragment(doc[0]) if isinstance(doc, tuple) else doc)
+        for table, doc_id, doc in changes
+    ]
+    payload = orjson.dumps({"seq": seq, "changes": plain})
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
 def write_snapshot(
-    directory: Path, seq: int, tables: Tables, next_segment: str | None = None
+    directory: Path,
+    seq: int,
+    tables: Tables,
+    next_segment: str | None = None,
+    encoded: Collection[str] = (),
 ) -> None:
     """Atomically replace the snapshot in `directory` by `tables` as of record `seq`.
 
     `next_segment`: the file name of the segment that continues the journal after `seq`,
-    which must exist already (compaction); a snapshot on its own (salvage) names none."""
+    which must exist already (compaction); a snapshot on its own (salvage) names none.
+    `encoded`: the tables whose documents are kept encoded (`Encoding`)."""
 
     def write(f: IO[bytes]) -> None:
         crc, size = 0, 0
-        for data in _snapshot_pieces(seq, tables):
+        for data in _snapshot_pieces(seq, tables, encoded):
             f.write(data)
             crc, size = zlib.crc32(data, crc), size + len(data)
         trailer = b"#crc32=%08x bytes=%d" % (crc, size)
@@ -171,16 +211,47 @@ def _replace(directory: Path, name: str, write: Callable[[IO[bytes]], object]) -
     _fsync_directory(directory)
 
 
-def _snapshot_pieces(seq: int, tables: Tables) -> Iterator[bytes]:
-    yield b'{"seq":%d,"tables":{' % seq
-    for number, (name, documents) in enumerate(tables.items()):
+def _snapshot_pieces(seq: int, tables: Tables, encoded: Collection[str]) -> Iterator[bytes]:
+    coded = {name: docs for name, docs in tables.items() if name in encoded and docs}
+    yield b'{"seq":%d,"format":%d,"tables":{' % (seq, FORMAT)
+    plain = [(name, docs) for name, docs in tables.items() if name not in coded]
+    for number, (name, documents) in enumerate(plain):
         yield (b"," if number else b"") + orjson.dumps(name) + b":{"
         items = list(documents.items())
         for start in range(0, len(items), SNAPSHOT_CHUNK):
             chunk = orjson.dumps(dict(items[start : start + SNAPSHOT_CHUNK]))
             yield (b"," if start else b"") + chunk[1:-1]
         yield b"}"
+    yield b'},"encoded":{'
+    for number, (name, documents) in enumerate(coded.items()):
+        yield (b"," if number else b"") + orjson.dumps(name) + b':{"ids":'
+        yield from _list_pieces(list(documents))
+        yield b',"columns":['
+        docs = list(documents.values())
+        for column in range(1, len(docs[0])):
+            yield b"," if column > 1 else b""
+            yield from _list_pieces(docs, itemgetter(column))
+        yield b"]}"
     yield b"}}"
+    for documents in coded.values():
+        docs_left = iter(documents.values())
+        # The documents' JSON, a line each, joined by the chunk: one write per document
+        # would cost a system call each.
+        while lines := [doc[0] for doc in itertools.islice(docs_left, SNAPSHOT_CHUNK)]:
+            yield b"\n" + b"\n".join(lines)
+
+
+def _list_pieces(
+    values: Sequence[Any], pick: Callable[[Any], Any] | None = None
+) -> Iterator[bytes]:
+    """`values` (or what `pick` picks of each) as a JSON array, in pieces of `COLUMN_CHUNK`
+    values: the encoder holds the GIL for a whole call."""
+    yield b"["
+    for start in range(0, len(values), COLUMN_CHUNK):
+        chunk = values[start : start + COLUMN_CHUNK]
+        data = orjson.dumps(chunk if pick is None else list(map(pick, chunk)))
+        yield (b"," if start else b"") + data[1:-1]
+    yield b"]"
 
 
 @dataclass(frozen=True)
@@ -225,8 +296,11 @@ class Replay:
     torn_tail: tuple[Path, int] | None = None  # (segment, offset) of an incomplete last line
 
 
-def replay(directory: Path, salvage: bool = False) -> Replay:
+def replay(directory: Path, salvage: bool = False, encodings: Encodings | None = None) -> Replay:
     """Load the snapshot and replay the segments of `directory`, verifying everything.
+
+    The documents of the tables `encodings` names are kept encoded (`Encoding`); every
+    other document as a dict (those of a snapshot's encoded tables too, parsed).
 
     Strict (the default): the first problem raises CorruptJournal. Salvaging: every
     readable record is applied in order and each problem is listed instead; records
@@ -243,7 +317,7 @@ def replay(directory: Path, salvage: bool = False) -> Replay:
     snapshot = directory / SNAPSHOT
     if snapshot.exists():
         try:
-            state.seq, state.tables, next_segment = _load_snapshot(snapshot)
+            state.seq, state.tables, next_segment = _load_snapshot(snapshot, encodings or {})
         except ValueError as e:
             problem(f"{snapshot}: {e}")
         else:
@@ -290,7 +364,7 @@ def replay(directory: Path, salvage: bool = False) -> Replay:
                     f"{state.seq}: {cause}"
                 )
             for table, doc_id, doc in changes:
-                _apply(state.tables, table, doc_id, doc)
+                _apply(state.tables, table, doc_id, doc, encodings or {})
             state.seq = seq
             state.records += 1
             offset = end + 1
@@ -351,8 +425,14 @@ def salvage(source: Path, target: Path) -> dict[str, Any]:
 class JournalStorage(Storage):
     """In-memory tables, a journal of every commit and snapshots made in the background."""
 
-    def __init__(self, directory: str | os.PathLike[str], compact_every: int = 10_000) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        compact_every: int = 10_000,
+        encodings: Encodings | None = None,
+    ) -> None:
         self.directory = Path(directory)
+        self.encodings: Encodings = encodings or {}
         _make_directory(self.directory)
         self.compact_every = compact_every
         self._lock_file = _lock(self.directory / LOCK)
@@ -371,7 +451,7 @@ class JournalStorage(Storage):
         self._head_stop = threading.Event()
         try:
             _remove_temporaries(self.directory)
-            state = replay(self.directory)
+            state = replay(self.directory, encodings=self.encodings)
             if state.torn_tail is not None:
                 _cut_torn_tail(*state.torn_tail)
             self._seq, self._tables, self._records = state.seq, state.tables, state.records
@@ -395,7 +475,13 @@ class JournalStorage(Storage):
         # The table mutates `read()`'s dict in place and journals through `commit`; a
         # TinyDB method that replaces whole tables (drop_tables) lands here.
         self._tables = data
-        self._append([("*", "*", data)])
+        plain = {
+            name: {key: orjson.Fragment(doc[0]) for key, doc in documents.items()}
+            if name in self.encodings
+            else documents
+            for name, documents in data.items()
+        }
+        self._append([("*", "*", plain)])
         self.wait_durable()
 
     def close(self) -> None:
@@ -665,7 +751,13 @@ class JournalStorage(Storage):
 
     def _compact(self, seq: int, tables: Tables, keep_from: int) -> None:
         try:
-            write_snapshot(self.directory, seq, tables, next_segment=segment_name(keep_from))
+            write_snapshot(
+                self.directory,
+                seq,
+                tables,
+                next_segment=segment_name(keep_from),
+                encoded=self.encodings.keys(),
+            )
         except OSError as e:
             log.exception("snapshot failed; the journal keeps every record until the next one")
             self._note_trouble(e)
@@ -710,10 +802,11 @@ def _decode_record(line: bytes) -> tuple[int, list[Change]]:
     return record["seq"], record["changes"]
 
 
-def _load_snapshot(path: Path) -> tuple[int, Tables, str | None]:
+def _load_snapshot(path: Path, encodings: Encodings) -> tuple[int, Tables, str | None]:
     """The seq, tables and next segment's name (if the trailer names one) of a snapshot."""
     data = path.read_bytes()
-    # Sliced, not split: splitting copies a snapshot of a million calls (a gigabyte) twice.
+    # The trailer sliced off, not split: splitting would copy the whole snapshot (a
+    # gigabyte at a million calls) once more.
     end = len(data)
     while end and data[end - 1] == 0x0A:
         end -= 1
@@ -727,20 +820,68 @@ def _load_snapshot(path: Path) -> tuple[int, Tables, str | None]:
         raise ValueError("its checksum trailer is missing or damaged") from None
     if len(document) != expected_size or zlib.crc32(document) != expected_crc:
         raise ValueError(f"its checksum does not match (damaged within its {len(data)} bytes)")
-    snapshot = orjson.loads(document)
-    if next_segment is not None and next_segment != segment_name(snapshot["seq"] + 1):
+    header_end = data.find(b"\n", 0, len(document))
+    if header_end < 0:  # format 1: one JSON document, every table in it
+        snapshot = orjson.loads(document)
+        seq, tables, coded = snapshot["seq"], snapshot["tables"], {}
+    else:
+        del document  # the memoryview would keep `data` from being cut into lines
+        # The documents' lines become the documents kept; the trailer and the newlines
+        # after it are left off.
+        lines = data.split(b"\n")
+        del lines[len(lines) - (len(data) - end) - 1 :]
+        del data
+        snapshot = orjson.loads(lines[0])
+        if snapshot.get("format") != FORMAT:
+            raise ValueError(f"its format {snapshot.get('format')!r} is not {FORMAT}")
+        seq, tables, coded = snapshot["seq"], snapshot["tables"], snapshot["encoded"]
+        first = 1
+        for name, columns in coded.items():
+            ids = columns["ids"]
+            docs = lines[first : first + len(ids)]
+            first += len(ids)
+            if len(docs) != len(ids):
+                raise ValueError(f"table {name} lacks documents")
+            encoding = encodings.get(name)
+            if encoding is None:
+                tables[name] = {
+                    doc_id: orjson.loads(doc) for doc_id, doc in zip(ids, docs, strict=True)
+                }
+                continue
+            values = columns["columns"]
+            for position in encoding.repeated:  # one object per distinct value, not per doc
+                kept: dict[Any, Any] = {}
+                values[position] = list(map(kept.setdefault, values[position], values[position]))
+            tables[name] = dict(zip(ids, zip(docs, *values, strict=True), strict=True))
+        if first != len(lines):
+            raise ValueError("it holds more documents than it names")
+    if next_segment is not None and next_segment != segment_name(seq + 1):
         raise ValueError(f"its trailer names {next_segment}, not the segment after it")
-    return snapshot["seq"], snapshot["tables"], next_segment
+    for name, encoding in encodings.items():  # a plain table that is to be kept encoded
+        if name in tables and name not in coded:
+            plain, tables[name] = tables[name], {}
+            for doc_id in list(plain):  # each dict freed once encoded: half the memory
+                tables[name][doc_id] = encoding.encode(plain.pop(doc_id))
+    return seq, tables, next_segment
 
 
-def _apply(tables: Tables, table: str, doc_id: str, doc: dict[str, Any] | None) -> None:
+def _apply(
+    tables: Tables, table: str, doc_id: str, doc: dict[str, Any] | None, encodings: Encodings
+) -> None:
     if table == "*":
         tables.clear()
-        tables.update(doc or {})
+        for name, documents in (doc or {}).items():
+            encoding = encodings.get(name)
+            tables[name] = (
+                documents
+                if encoding is None
+                else {key: encoding.encode(value) for key, value in documents.items()}
+            )
     elif doc is None:
         tables.get(table, {}).pop(doc_id, None)
     else:
-        tables.setdefault(table, {})[doc_id] = doc
+        encoding = encodings.get(table)
+        tables.setdefault(table, {})[doc_id] = doc if encoding is None else encoding.encode(doc)
 
 
 def _cut_torn_tail(path: Path, offset: int) -> None:

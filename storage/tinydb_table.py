@@ -12,6 +12,9 @@ locking either: #529, #537). The overrides:
   (`storage.journal.JournalStorage.commit`); on failure it restores them.
 - `JournaledTable.update` is refused (TinyDB's mutates stored documents in place, which the
   background snapshot must never see); `replace` swaps in a new document instead.
+- `EncodedTable` (the tables the storage keeps encoded, `JournalStorage.encodings`) stores
+  each document as the storage's encoding of it (a tuple led by its JSON), built once on
+  write: `insert_stored` and `replace_stored` take it ready-made.
 - `raw_documents` reads the stored documents through `Table._read_table`, without the copy
   TinyDB makes per read (callers copy what they hand out).
 
@@ -106,8 +109,51 @@ class JournaledTable(Table):
         self._update_table(swap)
 
 
+class EncodedTable(JournaledTable):
+    """A table whose documents are stored encoded (`storage.journal.Encoding`): read them
+    through `raw_documents`, not TinyDB's reads (which expect dicts)."""
+
+    def insert(self, document: Mapping[str, Any]) -> int:
+        """Store `document`, encoded; its new document id."""
+        return self.insert_stored(self._encode(document))
+
+    def insert_stored(self, stored: tuple[Any, ...]) -> int:
+        """Store a document already encoded; its new document id."""
+        doc_id: int = self._get_next_id()  # type: ignore[no-untyped-call]
+
+        def put(table: MutableMapping[int, Any]) -> None:
+            table[doc_id] = stored
+
+        self._update_table(put)
+        return doc_id
+
+    def replace(self, doc_id: int, doc: Mapping[str, Any]) -> None:
+        """Store `doc`, encoded, in place of document `doc_id`."""
+        self.replace_stored(doc_id, self._encode(doc))
+
+    def replace_stored(self, doc_id: int, stored: tuple[Any, ...]) -> None:
+        """Store a document already encoded in place of document `doc_id`."""
+
+        def swap(table: MutableMapping[int, Any]) -> None:
+            if doc_id not in table:
+                raise KeyError(doc_id)
+            table[doc_id] = stored
+
+        self._update_table(swap)
+
+    def _encode(self, document: Mapping[str, Any]) -> tuple[Any, ...]:
+        encoding = cast(JournalStorage, self.storage).encodings[self.name]
+        return encoding.encode(dict(document))
+
+
 class EmbeddedTinyDB(TinyDB):
     table_class = JournaledTable
+
+    def table(self, name: str, **kwargs: Any) -> Table:
+        """The table `name`: an `EncodedTable` if the storage keeps it encoded."""
+        if name not in self._tables and name in cast(JournalStorage, self.storage).encodings:
+            self._tables[name] = EncodedTable(self.storage, name, **kwargs)
+        return super().table(name, **kwargs)
 
 
 def raw_documents(table: Table) -> dict[str, Any]:

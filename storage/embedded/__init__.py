@@ -44,12 +44,11 @@ from sortedcontainers import SortedList
 # Aliased: `batches` here would be this package's own submodule once it is imported.
 from calls_server.domain import batches as batch_rules
 from calls_server.domain import record_kinds
-from calls_server.domain.calls import Call
 from calls_server.domain.quotas import Quota
-from calls_server.storage.call_index import OrgCallIndex
+from calls_server.storage.call_index import AT, REPEATED, OrgCallIndex, StoredCall, stored
 from calls_server.storage.embedded.accounts import AccountsMixin
 from calls_server.storage.embedded.batches import BatchesMixin, _task_order
-from calls_server.storage.embedded.calls import CallsMixin, _size
+from calls_server.storage.embedded.calls import CallsMixin
 from calls_server.storage.embedded.documents import _doc_order
 from calls_server.storage.embedded.export import EXPORTED, ExportMixin
 from calls_server.storage.embedded.idempotency import IdempotencyMixin
@@ -58,8 +57,8 @@ from calls_server.storage.embedded.processes import ProcessesMixin
 from calls_server.storage.embedded.records import OrgKey, RecordsMixin, _OrgRecords
 from calls_server.storage.embedded.state import StateMixin
 from calls_server.storage.interface import EventListener, EventSource
-from calls_server.storage.journal import JournalStorage
-from calls_server.storage.tinydb_table import EmbeddedTinyDB, raw_documents
+from calls_server.storage.journal import Encoding, JournalStorage
+from calls_server.storage.tinydb_table import EmbeddedTinyDB, EncodedTable, raw_documents
 
 __all__ = ["EXPORTED", "FREEZE_AT", "EmbeddedStore"]
 
@@ -102,10 +101,15 @@ class EmbeddedStore(
         self._closed = False  # then every request is refused, as by PostgresStore
         self._process_id = uuid.uuid4().hex
         self._write_observer: Callable[[float], None] | None = None
-        self._db = EmbeddedTinyDB(directory, storage=JournalStorage, compact_every=compact_every)
+        self._db = EmbeddedTinyDB(
+            directory,
+            storage=JournalStorage,
+            compact_every=compact_every,
+            encodings={"calls": CALLS_ENCODED},
+        )
         self._journal = cast(JournalStorage, self._db.storage)
         self._quota = quota or Quota()
-        self._calls = self._table("calls")
+        self._calls = cast(EncodedTable, self._table("calls"))
         self._organizations = self._table("organizations")
         self._keys = self._table("api_keys")
         self._webhooks = _OrgRecords(self._table("webhooks"), record_kinds.WEBHOOK)
@@ -131,9 +135,10 @@ class EmbeddedStore(
         self._event_source: EventSource | None = None
         self._event_listener: EventListener | None = None
         # Indexes: rebuilt here, kept up to date by every write below.
-        by_org: dict[str, list[tuple[int, Call]]] = {}
+        by_org: dict[str, list[tuple[int, StoredCall]]] = {}
+        organization = AT["organization_id"]
         for doc_id, call in raw_documents(self._calls).items():
-            by_org.setdefault(call["organization_id"], []).append((int(doc_id), call))
+            by_org.setdefault(call[organization], []).append((int(doc_id), call))
         self._call_index = {org: OrgCallIndex(found) for org, found in by_org.items()}
         # With a byte quota: the JSON size of each call, and their sum per organization.
         # (Measured only then: it costs a serialization of every call at start.)
@@ -141,14 +146,15 @@ class EmbeddedStore(
         self._org_bytes: dict[str, int] = {}
         if self._quota.max_bytes:
             for org, found in by_org.items():
-                self._sizes.update((doc_id, _size(call)) for doc_id, call in found)
+                self._sizes.update((doc_id, len(call[0])) for doc_id, call in found)
                 self._org_bytes[org] = sum(self._sizes[doc_id] for doc_id, _ in found)
         # Scheduled calls of every organization by due time: (seconds, organization, call id).
+        status, due, call_id = AT["call_status"], AT["scheduled_timestamp"], AT["call_id"]
         self._schedule = SortedList(
-            (call["scheduled_timestamp"], org, call["call_id"])
+            (call[due], org, call[call_id])
             for org, found in by_org.items()
             for _, call in found
-            if call["call_status"] == "scheduled"
+            if call[status] == "scheduled"
         )
         # Calls under way that the sandbox of another process plays, (organization, call
         # id) -> that process. One process serves a data directory: every other one has
@@ -208,6 +214,9 @@ class EmbeddedStore(
         with self._lock:
             self._journal.abandon()
 
+
+# Calls are stored encoded: their JSON, and the fields their indexes are built from.
+CALLS_ENCODED = Encoding(stored, REPEATED)
 
 # Stores at least this large are frozen out of the cyclic garbage collector once loaded.
 FREEZE_AT = 50_000

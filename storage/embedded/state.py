@@ -12,9 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from calls_server.domain import fixtures
-from calls_server.domain.calls import Call
 from calls_server.domain.fixtures import Counts, Fixture
-from calls_server.storage.call_index import OrgCallIndex
+from calls_server.storage.call_index import OrgCallIndex, StoredCall, parsed
 from calls_server.storage.embedded.batches import BatchesMixin
 from calls_server.storage.embedded.calls import CallsMixin, _stored
 from calls_server.storage.embedded.documents import _copy
@@ -41,7 +40,7 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
                 self._agents.all(organization_id),
                 self._numbers.all(organization_id),
                 self._webhooks.all(organization_id),
-                [_copy(table[str(doc_id)]) for doc_id in found],
+                [parsed(table[str(doc_id)]) for doc_id in found],
                 batch_calls,
             )
 
@@ -69,7 +68,7 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
                 agents = _inserted(self._agents, records.agents)
                 numbers = _inserted(self._numbers, records.phone_numbers)
                 hooks = _inserted(self._webhooks, records.webhooks)
-                call_docs = [self._calls.insert(call) for call, _ in stored]
+                call_docs = [self._calls.insert_stored(call) for call, _ in stored]
                 batches = _inserted(self._batches, [batch for batch, _ in records.batch_calls])
                 task_docs = [
                     [self._tasks.insert(_copy(task)) for task in tasks]
@@ -116,7 +115,7 @@ class StateMixin(CallsMixin, RecordsMixin, BatchesMixin):
             index = self._call_index.get(org)
             call_docs = list(index.call_ids.values()) if index is not None else []
             table = raw_documents(self._calls)
-            removed_calls: list[Call] = [table[str(doc_id)] for doc_id in call_docs]
+            removed_calls: list[StoredCall] = [table[str(doc_id)] for doc_id in call_docs]
             event_docs = [
                 doc_id
                 for webhook_id in by_kind["webhooks"]

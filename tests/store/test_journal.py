@@ -29,10 +29,11 @@ def journal_lines(directory) -> list[dict]:
 
 
 def snapshot_of(directory) -> dict:
-    """The snapshot's document (its last line is the checksum trailer)."""
-    document, trailer = (directory / SNAPSHOT).read_text().rstrip("\n").rsplit("\n", 1)
-    assert trailer.startswith("#crc32=")
-    return dict(json.loads(document))
+    """The snapshot's first line (its last line is the checksum trailer; between them the
+    documents of encoded tables, a line each)."""
+    lines = (directory / SNAPSHOT).read_text().rstrip("\n").split("\n")
+    assert lines[-1].startswith("#crc32=")
+    return dict(json.loads(lines[0]))
 
 
 def test_each_commit_is_one_journal_line(tmp_path):
@@ -109,7 +110,9 @@ def test_close_compacts_into_a_snapshot_and_drops_the_old_segments(tmp_path):
 
     assert snapshot_of(tmp_path) == {
         "seq": 1,
+        "format": 2,
         "tables": {"t": {"1": {"a": 1}}},
+        "encoded": {},
     }
     assert journal_lines(tmp_path) == []
     assert [p.name for p in tmp_path.glob("journal-*")] == [segment_name(2)]

@@ -9,7 +9,14 @@ import pytest
 
 from calls_server.domain import calls
 from calls_server.domain.listing import CallQuery, normalize_filters
-from calls_server.storage.call_index import EQUALITY_FIELDS, SORT_FIELDS, OrgCallIndex
+from calls_server.storage.call_index import (
+    EQUALITY_FIELDS,
+    SORT_FIELDS,
+    OrgCallIndex,
+    StoredCall,
+    parsed,
+    stored,
+)
 
 
 def random_call(rng: random.Random, n: int) -> calls.Call:
@@ -73,25 +80,31 @@ def reference(docs: dict[str, calls.Call], query: CallQuery) -> tuple[list[int],
     return ordered[query.offset : query.offset + query.limit], len(matching)
 
 
-def grown_index(rng: random.Random) -> tuple[dict[str, calls.Call], OrgCallIndex]:
-    """Random calls, indexed in bulk, then some changed, added and removed one by one (so
-    that incremental upkeep is covered too)."""
-    docs = {str(n): random_call(rng, n) for n in range(rng.randint(0, 60))}
+def grown_index(rng: random.Random) -> tuple[dict[str, StoredCall], OrgCallIndex]:
+    """Random calls (as stored), indexed in bulk, then some changed, added and removed one
+    by one (so that incremental upkeep is covered too)."""
+    docs = {str(n): stored(random_call(rng, n)) for n in range(rng.randint(0, 60))}
     index = OrgCallIndex((int(i), call) for i, call in docs.items())
     for n in range(len(docs), len(docs) + 20):
         action = rng.random()
         if action < 0.4 or not docs:
-            docs[str(n)] = random_call(rng, n)
+            docs[str(n)] = stored(random_call(rng, n))
             index.add(n, docs[str(n)])
         elif action < 0.7:
             victim = rng.choice(list(docs))
             index.remove(int(victim), docs.pop(victim))
         else:
             target = rng.choice(list(docs))
-            new = {**random_call(rng, int(target)), "call_id": docs[target]["call_id"]}
+            call_id = parsed(docs[target])["call_id"]
+            new = stored({**random_call(rng, int(target)), "call_id": call_id})
             index.replace(int(target), docs[target], new)
             docs[target] = new
     return docs, index
+
+
+def plain(docs: dict[str, StoredCall]) -> dict[str, calls.Call]:
+    """The calls as dicts, for `reference`."""
+    return {doc_id: parsed(call) for doc_id, call in docs.items()}
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -101,7 +114,7 @@ def test_select_equals_filter_and_sort_over_everything(seed):
 
     for _ in range(30):
         query = random_query(rng)
-        assert index.select(query, docs)[:2] == reference(docs, query), query
+        assert index.select(query, docs)[:2] == reference(plain(docs), query), query
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -122,7 +135,7 @@ def test_newest_first_on_equality_filters_counts_and_walks_as_filter_and_sort(se
             sort_order=query.sort_order,
             filters=equality,
         )
-        assert index.select(query, docs)[:2] == reference(docs, query), query
+        assert index.select(query, docs)[:2] == reference(plain(docs), query), query
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -133,7 +146,7 @@ def test_following_cursors_lists_what_filter_and_sort_lists(seed):
     for _ in range(10):
         query = random_query(rng)
         every = dataclasses.replace(query, page=0, limit=len(docs) + 1)
-        expected, total = reference(docs, every)
+        expected, total = reference(plain(docs), every)
         followed: list[int] = []
         page = dataclasses.replace(query, page=0)
         while True:

@@ -15,6 +15,7 @@ from calls_server.storage.tinydb_table import EmbeddedTinyDB, JournaledTable
 RELIED_ON = {
     "_update_table": "(self, updater)",  # overridden; insert and remove write through it
     "_read_table": "(self)",  # raw_documents reads through it
+    "_get_next_id": "(self)",  # EncodedTable.insert_stored numbers documents with it
 }
 
 
@@ -32,6 +33,13 @@ def test_every_tinydb_internal_the_overrides_rely_on_is_unchanged(name):
 @pytest.mark.parametrize("method", ["insert", "remove"])
 def test_the_writes_the_store_uses_still_go_through_update_table(method):
     assert "self._update_table(" in inspect.getsource(getattr(Table, method))
+
+
+def test_the_database_still_keeps_its_tables_by_name_in_tables():
+    # EmbeddedTinyDB.table puts an EncodedTable there before TinyDB's table() looks.
+    source = inspect.getsource(TinyDB.table)
+    assert "if name in self._tables:" in source
+    assert "self._tables[name] = table" in source
 
 
 def test_the_database_still_builds_its_tables_from_table_class():
