@@ -121,11 +121,9 @@ class OrgCallIndex:
             self.equal[field] = {value: set(map(_LAST, group)) for value, group in groups.items()}
             self.created[field] = {value: SortedList(group) for value, group in groups.items()}
         # Per sort field: (value, created_at, doc_id) of the calls with a value, sorted, and
-        # (created_at, doc_id) of those without; each call's entry by doc id, to sort a few
-        # calls without lookups.
+        # (created_at, doc_id) of those without (a call's entry: `_entry`).
         self.present: dict[str, SortedList] = {}
         self.missing: dict[str, SortedList] = {}
-        self.entries: dict[str, dict[int, tuple[Any, ...]]] = {}
         for field, at in zip(SORT_FIELDS, _SORT_AT, strict=True):
             values = column(at)
             known = list(map(is_not, values, itertools.repeat(None)))
@@ -133,8 +131,6 @@ class OrgCallIndex:
             present = list(zip(*with_value, strict=True))
             missing = list(itertools.compress(pairs, map(not_, known)))
             self.present[field], self.missing[field] = SortedList(present), SortedList(missing)
-            entries = [*present, *missing]
-            self.entries[field] = dict(zip(map(_LAST, entries), entries, strict=True))
 
     def __len__(self) -> int:
         return len(self.call_ids)
@@ -148,14 +144,10 @@ class OrgCallIndex:
             self.equal[field].setdefault(call[at], set()).add(doc_id)
             self.created[field].setdefault(call[at], SortedList()).add(pair)
         for field, at in zip(SORT_FIELDS, _SORT_AT, strict=True):
-            entry: tuple[Any, ...]
             if call[at] is None:
-                entry = pair
-                self.missing[field].add(entry)
+                self.missing[field].add(pair)
             else:
-                entry = (call[at], created_at, doc_id)
-                self.present[field].add(entry)
-            self.entries[field][doc_id] = entry
+                self.present[field].add((call[at], created_at, doc_id))
 
     def remove(self, doc_id: int, call: StoredCall) -> None:
         del self.call_ids[call[_CALL_ID]]
@@ -169,8 +161,8 @@ class OrgCallIndex:
             if not ids:
                 del self.equal[field][value]
                 del self.created[field][value]
-        for field in SORT_FIELDS:
-            entry = self.entries[field].pop(doc_id)
+        for field, at in zip(SORT_FIELDS, _SORT_AT, strict=True):
+            entry = _entry(call, at, doc_id)
             (self.missing if len(entry) == 2 else self.present)[field].remove(entry)
 
     def _count(self, call: StoredCall, change: int) -> None:
@@ -196,12 +188,12 @@ class OrgCallIndex:
             return self._after(query, docs, after)
         ids, total = self._page(query, docs)
         more = bool(ids) and query.offset + len(ids) < total
-        return ids, total, self._position(query, ids[-1]) if more else None
+        return ids, total, self._position(query, ids[-1], docs) if more else None
 
-    def _position(self, query: CallQuery, doc_id: int) -> list[Any]:
+    def _position(self, query: CallQuery, doc_id: int, docs: Mapping[str, StoredCall]) -> list[Any]:
         """Where a call is in `query`'s order: its entry in the sort field's sorted list,
         led by 0 for calls with a value and 1 for those without."""
-        entry = self.entries[query.sort_by][doc_id]
+        (entry,) = _entries(query.sort_by, [doc_id], docs)
         return [0 if len(entry) == 3 else 1, *entry]
 
     def _after(
@@ -218,7 +210,7 @@ class OrgCallIndex:
             # Newest first on a rare value walks that value's calls, not everything newer.
             narrowest = self._narrowest_created(query, after=entry[-2:] if group == 0 else None)
             ordered = (
-                (self.entries["created_at"][doc_id] for _, doc_id in narrowest)
+                ((created, created, doc_id) for created, doc_id in narrowest)
                 if narrowest is not None and group == 0
                 else self._entries_after(query, group, entry)
             )
@@ -228,10 +220,10 @@ class OrgCallIndex:
             candidates = self._candidates(query, docs)
             assert candidates is not None  # a filter that is not an equality selects
             total = len(candidates)
-            found = self._few_after(query, candidates, group, entry, wanted)
+            found = self._few_after(query, candidates, docs, group, entry, wanted)
         page = [e[-1] for e in found[: query.limit]]
         more = len(found) > query.limit
-        return page, total, self._position(query, page[-1]) if more else None
+        return page, total, self._position(query, page[-1], docs) if more else None
 
     def _entries_after(
         self, query: CallQuery, group: int, entry: tuple[Any, ...]
@@ -254,16 +246,15 @@ class OrgCallIndex:
         self,
         query: CallQuery,
         candidates: set[int],
+        docs: Mapping[str, StoredCall],
         group: int,
         entry: tuple[Any, ...],
         count: int,
     ) -> list[tuple[Any, ...]]:
         """The first `count` candidates after (`group`, `entry`) in the query's order."""
-        entries = self.entries[query.sort_by]
         down = query.descending
         groups: list[list[tuple[Any, ...]]] = [[], []]
-        for doc_id in candidates:
-            e = entries[doc_id]
+        for e in _entries(query.sort_by, candidates, docs):
             g = 0 if len(e) == 3 else 1
             if g > group or (g == group and (e < entry if down else e > entry)):
                 groups[g].append(e)
@@ -289,7 +280,7 @@ class OrgCallIndex:
         # is cheaper. Matches may cluster anywhere in the order, so the walk gets a budget
         # of what sorting would cost, and gives way to sorting when it runs out.
         if total <= stop * len(self) / max(1, total):
-            return self._sorted_few(query, candidates, stop)[start:], total
+            return self._sorted_few(query, candidates, docs, stop)[start:], total
         page: list[int] = []
         for steps, doc_id in enumerate(self._in_order(query)):
             if doc_id in candidates:
@@ -298,7 +289,7 @@ class OrgCallIndex:
                     return page[start:], total
             if steps > total:
                 break
-        return self._sorted_few(query, candidates, stop)[start:], total
+        return self._sorted_few(query, candidates, docs, stop)[start:], total
 
     def _narrowest_created(
         self, query: CallQuery, after: tuple[Any, ...] | None = None
@@ -417,14 +408,30 @@ class OrgCallIndex:
             for entry in reversed(entries) if query.descending else entries:
                 yield entry[-1]
 
-    def _sorted_few(self, query: CallQuery, candidates: set[int], count: int) -> list[int]:
-        entries = self.entries[query.sort_by]
-        found = [entries[doc_id] for doc_id in candidates]
+    def _sorted_few(
+        self, query: CallQuery, candidates: set[int], docs: Mapping[str, StoredCall], count: int
+    ) -> list[int]:
+        found = _entries(query.sort_by, candidates, docs)
         pick = heapq.nlargest if query.descending else heapq.nsmallest
         # The sorted lists' order: calls with a value, then those without, each by entry.
         first = pick(count, (e for e in found if len(e) == 3))
         rest = pick(count - len(first), (e for e in found if len(e) == 2))
         return [entry[-1] for entry in (*first, *rest)]
+
+
+def _entry(call: StoredCall, at: int, doc_id: int) -> tuple[Any, ...]:
+    """A call's entry in the sorted lists of the field at `at` (`present` or `missing`)."""
+    value = call[at]
+    return (call[_CREATED], doc_id) if value is None else (value, call[_CREATED], doc_id)
+
+
+def _entries(
+    field: str, doc_ids: Iterable[int], docs: Mapping[str, StoredCall]
+) -> list[tuple[Any, ...]]:
+    """The entries of calls `doc_ids` in the sorted lists of `field`, read off the calls:
+    kept per call, they would cost a dict entry per call and field."""
+    at = AT[field]
+    return [_entry(docs[str(doc_id)], at, doc_id) for doc_id in doc_ids]
 
 
 def _passes(doc_id: int, sets: list[list[set[int]]]) -> bool:
