@@ -6,10 +6,11 @@ The data directory (0700, its files 0600, whatever the umask) holds:
   line `#crc32=<8 hex> bytes=<n>` over what precedes it, written to a temporary file,
   fsync'd and atomically renamed into place, so it is always complete. Its first line is a
   JSON document `{"seq", "format": 2, "tables", "encoded"}`: the tables, but for those kept
-  encoded (see below), of which it holds the document ids and the summary values, by
-  column; their documents follow, one JSON line each, in that order. (A snapshot of
-  format 1, one JSON document `{"seq", "tables"}`, is still read, and replaced by the next
-  snapshot);
+  encoded (see below), of which it holds the document ids and the values kept beside each
+  document, by column (a column of repeated values as `{"values": [...], "codes": [...]}`,
+  each value once, so that opening makes no object per document for them); their
+  documents follow, one JSON line each, in that order. (A snapshot of format 1, one JSON
+  document `{"seq", "tables"}`, is still read, and replaced by the next snapshot);
 - `journal-<first seq>.jsonl` segments: one line per committed write,
   `<8 hex CRC-32 of the JSON> {"seq": n, "changes": [...]}`, on disk before the write is
   acknowledged;
@@ -83,7 +84,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -173,17 +174,17 @@ def write_snapshot(
     seq: int,
     tables: Tables,
     next_segment: str | None = None,
-    encoded: Collection[str] = (),
+    encodings: Encodings | None = None,
 ) -> None:
     """Atomically replace the snapshot in `directory` by `tables` as of record `seq`.
 
     `next_segment`: the file name of the segment that continues the journal after `seq`,
     which must exist already (compaction); a snapshot on its own (salvage) names none.
-    `encoded`: the tables whose documents are kept encoded (`Encoding`)."""
+    `encodings`: how the tables kept encoded are (`Encoding`)."""
 
     def write(f: IO[bytes]) -> None:
         crc, size = 0, 0
-        for data in _snapshot_pieces(seq, tables, encoded):
+        for data in _snapshot_pieces(seq, tables, encodings or {}):
             f.write(data)
             crc, size = zlib.crc32(data, crc), size + len(data)
         trailer = b"#crc32=%08x bytes=%d" % (crc, size)
@@ -211,8 +212,8 @@ def _replace(directory: Path, name: str, write: Callable[[IO[bytes]], object]) -
     _fsync_directory(directory)
 
 
-def _snapshot_pieces(seq: int, tables: Tables, encoded: Collection[str]) -> Iterator[bytes]:
-    coded = {name: docs for name, docs in tables.items() if name in encoded and docs}
+def _snapshot_pieces(seq: int, tables: Tables, encodings: Encodings) -> Iterator[bytes]:
+    coded = {name: docs for name, docs in tables.items() if name in encodings and docs}
     yield b'{"seq":%d,"format":%d,"tables":{' % (seq, FORMAT)
     plain = [(name, docs) for name, docs in tables.items() if name not in coded]
     for number, (name, documents) in enumerate(plain):
@@ -230,7 +231,15 @@ def _snapshot_pieces(seq: int, tables: Tables, encoded: Collection[str]) -> Iter
         docs = list(documents.values())
         for column in range(1, len(docs[0])):
             yield b"," if column > 1 else b""
-            yield from _list_pieces(docs, itemgetter(column))
+            if column - 1 in encodings[name].repeated:
+                values = list(map(itemgetter(column), docs))
+                distinct = list(dict.fromkeys(values))
+                code = {value: number for number, value in enumerate(distinct)}
+                yield b'{"values":' + orjson.dumps(distinct) + b',"codes":'
+                yield from _list_pieces(values, code.__getitem__)
+                yield b"}"
+            else:
+                yield from _list_pieces(docs, itemgetter(column))
         yield b"]}"
     yield b"}}"
     for documents in coded.values():
@@ -756,7 +765,7 @@ class JournalStorage(Storage):
                 seq,
                 tables,
                 next_segment=segment_name(keep_from),
-                encoded=self.encodings.keys(),
+                encodings=self.encodings,
             )
         except OSError as e:
             log.exception("snapshot failed; the journal keeps every record until the next one")
@@ -848,10 +857,12 @@ def _load_snapshot(path: Path, encodings: Encodings) -> tuple[int, Tables, str |
                     doc_id: orjson.loads(doc) for doc_id, doc in zip(ids, docs, strict=True)
                 }
                 continue
-            values = columns["columns"]
-            for position in encoding.repeated:  # one object per distinct value, not per doc
-                kept: dict[Any, Any] = {}
-                values[position] = list(map(kept.setdefault, values[position], values[position]))
+            values = [
+                list(map(column["values"].__getitem__, column["codes"]))
+                if isinstance(column, dict)
+                else column
+                for column in columns["columns"]
+            ]
             tables[name] = dict(zip(ids, zip(docs, *values, strict=True), strict=True))
         if first != len(lines):
             raise ValueError("it holds more documents than it names")

@@ -92,7 +92,7 @@ def test_a_snapshot_holds_the_encoded_documents_a_line_each_after_their_values(t
         "seq": 1,
         "format": 2,
         "tables": {},
-        "encoded": {"e": {"ids": ["7"], "columns": [["a"], [3]]}},
+        "encoded": {"e": {"ids": ["7"], "columns": [{"values": ["a"], "codes": [0]}, [3]]}},
     }
     assert lines[1] == b'{"kind":"a","n":3}'
     assert lines[2].startswith(b"#crc32=")
