@@ -580,12 +580,14 @@ def data_directory(root: Path, calls: int) -> Path:
 def cmd_listing(args: argparse.Namespace) -> None:
     """The filtered page of bench/wrk/list.lua (newest 20 ended calls of one agent) on a
     store of `--calls` calls, in-process: the whole `list_calls`, and its total alone from
-    the combination counts (what it does) or by intersecting the two filters' sets."""
+    the combination counts (what it does) or by intersecting the two filters' sets (made
+    here from the index's per-value lists: the index keeps no such sets)."""
     store = EmbeddedStore(data_directory(args.data_root, args.calls))
     try:
         query = CallQuery.from_body(LIST_BODY)
         index = store._call_index["bench"]
-        status, agent = index.equal["call_status"]["ended"], index.equal["agent_id"]["agent-3"]
+        status = {doc_id for _, doc_id in index.created["call_status"]["ended"]}
+        agent = {doc_id for _, doc_id in index.created["agent_id"]["agent-3"]}
         page = store.list_calls("bench", query)
         assert page.total == len(status & agent), (page.total, len(status & agent))
         results = interleaved(

@@ -2,7 +2,8 @@
 
 Per organization:
 
-- equality sets for `call_status`, `call_type`, `direction` and `agent_id`;
+- for each value of `call_status`, `call_type`, `direction` and `agent_id`, its calls in
+  creation order, as `(created_at, doc_id)`;
 - for each sortable field, a sorted list of `(value, created_at, doc_id)` for the calls that
   have a value, and one of `(created_at, doc_id)` for those that do not (they come last in
   either order).
@@ -13,12 +14,15 @@ The indexes read calls as stored (`stored`): a call's JSON (orjson bytes, parsed
 it is read) followed by the fields the indexes and the store's own bookkeeping need
 (`SUMMARY`), so that a store opens from its snapshot without parsing a single call.
 
-A query intersects the sets its filters select (range filters select through the sorted
-lists), checks only the survivors for `transcript_search`, and reads its page off the
-sorted list of its sort field, or sorts the few survivors when that is cheaper. The most
-common list, newest first filtered on those four fields only, builds no set at all: its
-total is summed from the combination counts and its page is walked off the creation order
-of its rarest filter value, so it costs the same at a million calls as at a thousand.
+A query intersects the sets its range filters select through the sorted lists (or takes
+the calls of its rarest equality filter's values), checks the survivors against its
+equality filters on the stored calls (no set per value is kept: they would cost more than
+a call's other entries together) and then for `transcript_search`, and reads its page off
+the sorted list of its sort field, or sorts the few survivors when that is cheaper. The
+most common list, newest first filtered on those four fields only, builds no set at all:
+its total is summed from the combination counts and its page is walked off the creation
+order of its rarest filter value, so it costs the same at a million calls as at a
+thousand.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import heapq
 import itertools
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from operator import is_not, itemgetter, not_
 from typing import Any
 
@@ -80,7 +84,6 @@ def parsed(call: StoredCall) -> Call:
 
 
 _INF = float("inf")
-_NONE: set[int] = set()
 
 
 class OrgCallIndex:
@@ -105,10 +108,9 @@ class OrgCallIndex:
         keys = zip(column(_AGENT), map(_COMBINATION, kept), strict=True)
         for (agent, key), count in Counter(keys).items():
             self.combinations.setdefault(agent, {})[key] = count
-        # Per equality field: value -> the calls that have it; and the same calls in
-        # creation order, for the default sort: a page of "the newest ended calls" walks
-        # the ended calls, not everything newer.
-        self.equal: dict[str, dict[Any, set[int]]] = {}
+        # Per equality field: value -> the calls that have it in creation order, for the
+        # default sort: a page of "the newest ended calls" walks the ended calls, not
+        # everything newer.
         self.created: dict[str, dict[Any, SortedList]] = {}
         for field, at in zip(EQUALITY_FIELDS, _EQ_AT, strict=True):
             groups: dict[Any, list[tuple[int, int]]] = {}
@@ -118,7 +120,6 @@ class OrgCallIndex:
                     groups[value] = [pair]
                 else:
                     group.append(pair)
-            self.equal[field] = {value: set(map(_LAST, group)) for value, group in groups.items()}
             self.created[field] = {value: SortedList(group) for value, group in groups.items()}
         # Per sort field: (value, created_at, doc_id) of the calls with a value, sorted, and
         # (created_at, doc_id) of those without (a call's entry: `_entry`).
@@ -141,7 +142,6 @@ class OrgCallIndex:
         created_at = call[_CREATED]
         pair = (created_at, doc_id)  # shared by every list that holds it
         for field, at in zip(EQUALITY_FIELDS, _EQ_AT, strict=True):
-            self.equal[field].setdefault(call[at], set()).add(doc_id)
             self.created[field].setdefault(call[at], SortedList()).add(pair)
         for field, at in zip(SORT_FIELDS, _SORT_AT, strict=True):
             if call[at] is None:
@@ -154,12 +154,9 @@ class OrgCallIndex:
         self._count(call, -1)
         for field, at in zip(EQUALITY_FIELDS, _EQ_AT, strict=True):
             value = call[at]
-            ids = self.equal[field][value]
-            ids.discard(doc_id)
             ordered = self.created[field][value]
             ordered.remove((call[_CREATED], doc_id))
-            if not ids:
-                del self.equal[field][value]
+            if not ordered:
                 del self.created[field][value]
         for field, at in zip(SORT_FIELDS, _SORT_AT, strict=True):
             entry = _entry(call, at, doc_id)
@@ -206,7 +203,7 @@ class OrgCallIndex:
         wanted = query.limit + 1  # one more tells whether another page follows
         if set(query.filters) <= set(EQUALITY_FIELDS):
             total = self._total(query) if query.filters else len(self)
-            sets = self._equality_sets(query)
+            equality = _equality_filters(query)
             # Newest first on a rare value walks that value's calls, not everything newer.
             narrowest = self._narrowest_created(query, after=entry[-2:] if group == 0 else None)
             ordered = (
@@ -214,7 +211,7 @@ class OrgCallIndex:
                 if narrowest is not None and group == 0
                 else self._entries_after(query, group, entry)
             )
-            passing = (e for e in ordered if _passes(e[-1], sets))
+            passing = (e for e in ordered if _passes(e[-1], equality, docs))
             found = list(itertools.islice(passing, wanted))
         else:
             candidates = self._candidates(query, docs)
@@ -266,7 +263,7 @@ class OrgCallIndex:
         """The doc ids of page `query.page`, and how many calls match in all."""
         narrowest = self._narrowest_created(query)
         if narrowest is not None and set(query.filters) <= set(EQUALITY_FIELDS):
-            first = self._first_matching(narrowest, query, query.offset + query.limit)
+            first = self._first_matching(narrowest, query, query.offset + query.limit, docs)
             return first[query.offset :], self._total(query)
         candidates = self._candidates(query, docs)
         total = len(self) if candidates is None else len(candidates)
@@ -296,14 +293,9 @@ class OrgCallIndex:
     ) -> Iterator[tuple[int, int]] | None:
         """For the created_at order: the calls of the rarest equality filter, in order
         (those after `after`, a `(created_at, doc_id)`, if given)."""
-        fields = [f for f in EQUALITY_FIELDS if f in query.filters]
-        if query.sort_by != "created_at" or not fields:
+        field = self._rarest(query)
+        if query.sort_by != "created_at" or field is None:
             return None
-
-        def size(field: str) -> int:
-            return sum(len(self.equal[field].get(v, ())) for v in query.filters[field])
-
-        field = min(fields, key=size)
         lists = [self.created[field][v] for v in query.filters[field] if v in self.created[field]]
         if query.descending:
             if after is not None:
@@ -329,26 +321,33 @@ class OrgCallIndex:
                     total += count
         return total
 
+    def _rarest(self, query: CallQuery) -> str | None:
+        """The equality filter of `query` that the fewest calls pass, if it has any."""
+        fields = [f for f in EQUALITY_FIELDS if f in query.filters]
+        if not fields:
+            return None
+
+        def size(field: str) -> int:
+            return sum(len(self.created[field].get(v, ())) for v in query.filters[field])
+
+        return min(fields, key=size)
+
     def _first_matching(
-        self, ordered: Iterator[tuple[int, int]], query: CallQuery, count: int
+        self,
+        ordered: Iterator[tuple[int, int]],
+        query: CallQuery,
+        count: int,
+        docs: Mapping[str, StoredCall],
     ) -> list[int]:
         """The first `count` calls of `ordered` that pass every equality filter."""
-        sets = self._equality_sets(query)
+        equality = _equality_filters(query)
         page: list[int] = []
         for _, doc_id in ordered:
-            if _passes(doc_id, sets):
+            if _passes(doc_id, equality, docs):
                 page.append(doc_id)
                 if len(page) == count:
                     break
         return page
-
-    def _equality_sets(self, query: CallQuery) -> list[list[set[int]]]:
-        """Per equality filter, the sets of the calls of each of its values."""
-        return [
-            [self.equal[f].get(v, _NONE) for v in query.filters[f]]
-            for f in EQUALITY_FIELDS
-            if f in query.filters
-        ]
 
     @staticmethod
     def _first_in(
@@ -364,12 +363,7 @@ class OrgCallIndex:
 
     def _candidates(self, query: CallQuery, docs: Mapping[str, StoredCall]) -> set[int] | None:
         filters = query.filters
-        selected: list[set[int]] = []  # sets of the index itself: read, never modify
-        for field in EQUALITY_FIELDS:
-            if field in filters:
-                by_value = self.equal[field]
-                matching = [by_value.get(v, _NONE) for v in filters[field]]
-                selected.append(matching[0] if len(matching) == 1 else set().union(*matching))
+        selected: list[set[int]] = []
         for name, field in RANGE_FIELDS.items():
             if name in filters:
                 bounds = filters[name]
@@ -383,12 +377,18 @@ class OrgCallIndex:
                         )
                     }
                 )
+        rarest = self._rarest(query)
+        if not selected and rarest is not None:  # the calls of its rarest equality filter
+            by_value = self.created[rarest]
+            lists = [by_value[v] for v in filters[rarest] if v in by_value]
+            selected.append(set(map(_LAST, itertools.chain.from_iterable(lists))))
         candidates: set[int] | None = None
         if selected:
             selected.sort(key=len)
-            candidates = (
-                selected[0] if len(selected) == 1 else selected[0].intersection(*selected[1:])
-            )
+            candidates = selected[0].intersection(*selected[1:])
+            equality = _equality_filters(query)
+            if equality:
+                candidates = {i for i in candidates if _passes(i, equality, docs)}
         if "transcript_search" in filters:
             pool = self.call_ids.values() if candidates is None else candidates
             candidates = {i for i in pool if query.matches(parsed(docs[str(i)]))}
@@ -434,6 +434,14 @@ def _entries(
     return [_entry(docs[str(doc_id)], at, doc_id) for doc_id in doc_ids]
 
 
-def _passes(doc_id: int, sets: list[list[set[int]]]) -> bool:
-    """Whether a call is in one of the sets of every equality filter."""
-    return all(any(doc_id in ids for ids in field) for field in sets)
+def _equality_filters(query: CallQuery) -> list[tuple[int, Collection[Any]]]:
+    """Where each equality filter's field is in a stored call, and the values it allows."""
+    return [(AT[f], query.filters[f]) for f in EQUALITY_FIELDS if f in query.filters]
+
+
+def _passes(
+    doc_id: int, equality: list[tuple[int, Collection[Any]]], docs: Mapping[str, StoredCall]
+) -> bool:
+    """Whether a call has one of the values of every equality filter."""
+    call = docs[str(doc_id)]
+    return all(call[at] in values for at, values in equality)
