@@ -7,11 +7,13 @@ integrity of its files (test_store_integrity.py)."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
-from calls_server.domain import keys
+from calls_server.domain import calls, keys
 from calls_server.domain.errors import DuplicateId
-from calls_server.storage import DataDirectoryLocked, EmbeddedStore
+from calls_server.storage import DataDirectoryLocked, EmbeddedStore, embedded
 from tests.store.test_store_contract import a_batch, a_phone_number, an_agent, an_api_key, webhook
 
 pytestmark = pytest.mark.embedded_only
@@ -46,3 +48,30 @@ def test_a_record_added_twice_leaves_no_orphan_in_the_export(store, kind):
 
     counts = {table: len(rows) for table, rows in store.export().items()}
     assert max(counts.values()) <= 1, counts
+
+
+def test_a_large_store_opens_frozen_out_of_the_cyclic_collector(tmp_path, monkeypatch):
+    """Past FREEZE_AT calls the loaded objects are frozen (and the freed heap handed
+    back to the system); the store serves as before."""
+    store = EmbeddedStore(tmp_path)
+    store.add_organization(keys.new_organization(1, "acme"))
+    made = calls.new_call(
+        organization_id="acme",
+        agent_id="agent",
+        now=1_700_000_000_000,
+        call_type="phone_call",
+        direction="outbound",
+        from_number="+14155550100",
+        to_number="+14155550101",
+        metadata={},
+    )
+    store.add_call(made)
+    store.close()
+    monkeypatch.setattr(embedded, "FREEZE_AT", 1)
+    try:
+        reopened = EmbeddedStore(tmp_path)
+        assert gc.get_freeze_count() > 0
+        assert reopened.get_call("acme", made["call_id"]) == made
+        reopened.close()
+    finally:
+        gc.unfreeze()
