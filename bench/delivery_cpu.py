@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.webhooks import thread_cpu  # noqa: E402
+from bench.webhooks import cpu_by_thread, thread_cpu  # noqa: E402
 from calls_server.domain import calls, keys, webhooks  # noqa: E402
 from calls_server.domain.webhooks import RetryPolicy  # noqa: E402
 from calls_server.integrations.egress import EgressPolicy  # noqa: E402
@@ -157,11 +157,13 @@ def backlog(work: Path, args: argparse.Namespace) -> str:
     events = args.events // 2 * 2
     store, counted = EmbeddedStore(work), Counted()
     sending = deliverer(store, counted)
+    before = thread_cpu(os.getpid())
     began, wall, switched = os.times(), time.perf_counter(), switches()
     try:
         sending.start()
         counted.wait(events, args.limit)
         ended, wall, switched = os.times(), time.perf_counter() - wall, switches() - switched
+        spent = cpu_by_thread(before, thread_cpu(os.getpid()))  # before they stop
     finally:
         sending.stop()
         store.close()
@@ -169,8 +171,17 @@ def backlog(work: Path, args: argparse.Namespace) -> str:
     cpu = ended.user - began.user + system
     return (
         f"{cpu / events * 1000:.3f} ms CPU per event ({system / events * 1000:.3f} ms of it "
-        f"in the kernel), {switched / events:.1f} context switches per event, "
-        f"{events / wall:,.0f} events/s"
+        f"in the kernel; {by_thread(spent, events)}), {switched / events:.1f} context "
+        f"switches per event, {events / wall:,.0f} events/s"
+    )
+
+
+def by_thread(spent: dict[str, float], events: int) -> str:
+    """The deliverer's threads' CPU per event (ms), by kind (/proc's ticks: Linux)."""
+    return ", ".join(
+        f"{name} {seconds / events * 1000:.3f}"
+        for name, seconds in sorted(spent.items())
+        if name.startswith("webhook-")
     )
 
 
@@ -198,23 +209,17 @@ def steady(work: Path, args: argparse.Namespace) -> str:
         for thread in threads:
             thread.join()
         counted.wait(2 * sum(made), args.limit)
-        spent = thread_cpu(os.getpid())
+        spent = cpu_by_thread(before, thread_cpu(os.getpid()))
     finally:
         sending.stop()
         store.close()
     events = 2 * sum(made)
-    by_thread: dict[str, float] = {}
-    for tid, (name, seconds) in spent.items():
-        if name.startswith("webhook-"):
-            kind = name.rstrip("0123456789_")  # the pool's threads together
-            by_thread[kind] = by_thread.get(kind, 0.0) + seconds - before.get(tid, (name, 0))[1]
-    delivery = sum(by_thread.values())
+    delivery = sum(seconds for name, seconds in spent.items() if name.startswith("webhook-"))
     lags = sorted(counted.lags)
     return (
         f"{sum(made) / args.seconds:,.0f} creates/s: {delivery / events * 1000:.3f} ms CPU of "
-        f"the deliverer's threads per event ("
-        + ", ".join(f"{k} {v / events * 1000:.3f}" for k, v in sorted(by_thread.items()))
-        + f"), lag p50 {lags[len(lags) // 2] * 1000:.0f} ms, "
+        f"the deliverer's threads per event ({by_thread(spent, events)}), "
+        f"lag p50 {lags[len(lags) // 2] * 1000:.0f} ms, "
         f"p99 {lags[int(len(lags) * 0.99)] * 1000:.0f} ms"
     )
 

@@ -178,7 +178,10 @@ class WebhookDeliverer:
         # Lane -> the partition its call's events are in (as the store told; None: one process).
         self._partitions: dict[Lane, int | None] = {}
         self._tie = itertools.count()
-        self._unrecorded: list[_Sent] = []  # attempts made, for the recorder
+        # Attempts made, for the recorder: appended by the loop without the lock (a deque's
+        # append and popleft are atomic), taken by the recorder.
+        self._unrecorded: deque[_Sent] = deque()
+        self._recorder_idle = False  # it waits to be woken (no attempt was under way)
         # How many times events were told; how many had been when the last wait for the
         # disk that ended began (every event told by then is on disk).
         self._told = 0
@@ -457,12 +460,13 @@ class WebhookDeliverer:
             log.exception("webhook %s: delivery failed unexpectedly; retrying soon", lane[0])
             outcome = self.clock() + int(self.policy.first_delay * 1000)
         if isinstance(outcome, _Sent):
-            with self._lock:
-                self._unrecorded.append(outcome)
-                # The recorder is woken for the first attempt to record (it waits for
-                # one), then only once no other is under way (it gathers them meanwhile):
-                # a wake-up per attempt cost the loop a sixth of its time.
-                if len(self._unrecorded) == 1 or len(self._unrecorded) >= len(self._busy):
+            # Without the lock: each wait for it while the API's threads hold it handed the
+            # interpreter over. The recorder is woken only from its wait for work (while
+            # attempts are under way it looks by itself): a wake-up per attempt cost the
+            # loop a sixth of its time. It says it waits before it looks a last time.
+            self._unrecorded.append(outcome)
+            if self._recorder_idle:
+                with self._lock:
                     self._recordable.notify()
         else:
             self._finish(lane, outcome)
@@ -600,15 +604,25 @@ class WebhookDeliverer:
         _name_thread()
         while True:
             with self._lock:
-                while not self._unrecorded:
-                    if self._closing:
+                gathered = False
+                while not (
+                    self._unrecorded
+                    and (gathered or self._closing or len(self._unrecorded) >= len(self._busy))
+                ):
+                    if self._closing and not self._unrecorded:
                         return
-                    self._recordable.wait()
-                if len(self._unrecorded) < len(self._busy) and not self._closing:
-                    # Attempts under way end in a moment: recorded with these, they share
-                    # the journal record and its wait for the disk.
-                    self._recordable.wait(GATHER_FOR)
-                batch, self._unrecorded = self._unrecorded, []
+                    if self._busy:
+                        # Attempts under way end in a moment: those that end meanwhile are
+                        # recorded together (one journal record, one wait for the disk),
+                        # looked for every GATHER_FOR without waking this thread for each.
+                        self._recordable.wait(GATHER_FOR)
+                        gathered = bool(self._unrecorded)
+                    else:
+                        self._recorder_idle = True  # woken by the next attempt to end
+                        if not self._unrecorded:  # (one may have ended before it said so)
+                            self._recordable.wait()
+                        self._recorder_idle = False
+                batch = [self._unrecorded.popleft() for _ in range(len(self._unrecorded))]
             self._record_batch(batch)
 
     def _record_batch(self, batch: list[_Sent]) -> None:
@@ -624,27 +638,32 @@ class WebhookDeliverer:
             for sent in batch:
                 self._finish(sent.lane, retry)
             return
-        scheduled = False
+        # Per attempt: whether its event needs nothing more, else when to attempt it again.
+        outcomes: list[tuple[_Sent, bool, int | None]] = []
         for sent, event in zip(batch, recorded, strict=True):
-            when: int | None = None
+            if event is None:  # deleted meanwhile (with its webhook, or pruned)
+                outcomes.append((sent, True, None))
+                continue
             try:
-                if event is None:  # deleted meanwhile (with its webhook, or pruned)
-                    when = self._done(sent.lane)
-                    continue
                 with test_clocks.working_for(sent.hook["organization_id"]):
                     self._recorded(sent, event)
-                    when = (
-                        self._done(sent.lane)
-                        if event["status"] != "pending"
-                        else int(event["next_attempt_at"])
-                    )
+                    if event["status"] == "pending":
+                        outcomes.append((sent, False, int(event["next_attempt_at"])))
+                    else:
+                        outcomes.append((sent, True, None))
             except Exception:
                 log.exception("webhook %s: delivery failed unexpectedly; retrying soon", sent.lane)
-                when = self.clock() + int(self.policy.first_delay * 1000)
-            finally:
+                outcomes.append((sent, False, self.clock() + int(self.policy.first_delay * 1000)))
+        # The lanes finished under one hold of the lock, not one each: each wait for it while
+        # the API's threads hold it hands the interpreter over.
+        scheduled = False
+        with self._lock:
+            for sent, done, when in outcomes:
+                if done:
+                    with test_clocks.working_for(sent.hook["organization_id"]):
+                        when = self._done(sent.lane)
                 scheduled = self._finish(sent.lane, when, kick=False) or scheduled
-        if scheduled:
-            with self._lock:
+            if scheduled:
                 self._kick()  # once for the whole batch
 
     def _change(self, sent: _Sent) -> EventChange:
