@@ -1,6 +1,7 @@
 """CPU time per request of the app on a PostgreSQL store, in-process (no socket, no wrk).
 
     .venv/bin/python bench/postgres_get.py                  # GET and create, 1 and 32 at once
+    .venv/bin/python bench/postgres_get.py --cases update   # PUT /api/calls/{id} (a merge)
     .venv/bin/python bench/postgres_get.py --cases get --concurrency 32 --runs 7
     PYTHONPATH=/path/to/other/tree .venv/bin/python bench/postgres_get.py   # A/B: that tree
 
@@ -141,9 +142,14 @@ def main() -> None:
             def create(n: int) -> tuple[str, str, bytes]:
                 return "POST", "/api/calls/create", CREATE_BODY
 
+            def update(n: int) -> tuple[str, str, bytes]:
+                body = b'{"metadata": {"bench_key": %d}}' % n  # a merge, as bench/wrk/update.lua
+                return "PUT", f"/api/calls/{ids[n % len(ids)]}", body
+
             cases: dict[str, tuple[Callable[[int], tuple[str, str, bytes]], int]] = {
                 "get": (get, 200),
                 "create": (create, 200),
+                "update": (update, 200),
             }
 
             async def run() -> None:

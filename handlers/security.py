@@ -14,6 +14,7 @@ request, so a revocation holds at once in every process.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,12 +82,14 @@ def _checked_by_the_read(
     if carrying is None or known_api_key is None:
         return None
     known: ApiKey | None = known_api_key(api_key)
-    if known is None:
+    key = None
+    if known is not None:
+        with contextlib.suppress(Unauthorized):  # the record kept may be out of date
+            key = keys.authenticated(api_key, secret, lambda _: known)
+    if key is None:  # the database decides
+        if carrying.on_loop:
+            raise key_checks.ReadNeeded
         return None
-    try:
-        key = keys.authenticated(api_key, secret, lambda _: known)
-    except Unauthorized:
-        return None  # the record kept may be out of date: the database decides
     who = (key["api_key_id"], key["organization_id"])
 
     def confirm(found: ApiKey | None) -> None:

@@ -330,6 +330,8 @@ class Security:
         for requirement in self.requirements:
             try:
                 found = _satisfied(requirement, request, headers)
+            except key_checks.ReadNeeded:
+                raise
             except Exception as error:  # another requirement may still be met
                 errors.append(error)
                 continue
@@ -620,6 +622,12 @@ async def _read_all(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def _settled_first(carried: key_checks.Carrying, handler: Callable[[], Any]) -> Any:
+    """`handler`'s result, once the request's key check is settled (on a worker thread)."""
+    carried.settle()
+    return handler()
+
+
 def _organization_id(token_info: Any) -> str | None:
     """The organization a token info names (the key pair's scheme's, when several schemes
     were required together), if any: the admin token names none."""
@@ -712,10 +720,10 @@ class CompiledOperation:
             await self._respond(await anyio.to_thread.run_sync(work), send)
             return
         context = {}
+        carried: key_checks.Carrying | None = None
         if self.security is not None:
             if off_loop and self.security.reads:
-                call = functools.partial(self.security.verify, request, headers)
-                token_info = await anyio.to_thread.run_sync(call)
+                token_info, carried = await self._verified_off_loop(request, headers, hooks)
             else:
                 token_info = self.security.verify(request, headers)
             context = self._context(token_info, scope)
@@ -724,17 +732,64 @@ class CompiledOperation:
             if guarded is None:
                 return
             send = guarded
-        kwargs = self._parameters(scope, path_values, headers)
-        if self.body is not None:
-            kwargs[self.body.argument] = await self.body.read(headers, receive)
+        try:
+            kwargs = self._parameters(scope, path_values, headers)
+            if self.body is not None:
+                kwargs[self.body.argument] = await self.body.read(headers, receive)
+        except Exception:
+            if carried is not None:  # a refused key is answered first, as it always was
+                await anyio.to_thread.run_sync(carried.settle)
+            raise
         self._enter(context, kwargs, scope, receive, hooks)
         if self.is_async:
-            result = await self.handler(**kwargs)
+            if carried is None:
+                result = await self.handler(**kwargs)
+            else:
+                result = await self._awaited_carrying(carried, kwargs)
         elif self.reads and not off_loop:
             result = self.handler(**kwargs)  # reads from memory: quicker than a thread hop
         else:
-            result = await anyio.to_thread.run_sync(functools.partial(self.handler, **kwargs))
+            work = functools.partial(self.handler, **kwargs)
+            if carried is not None:
+                work = functools.partial(_settled_first, carried, work)
+            result = await anyio.to_thread.run_sync(work)
         await self._respond(result, send)
+
+    async def _verified_off_loop(
+        self, request: ConnexionRequest, headers: Headers, hooks: OperationHooks | None
+    ) -> tuple[Any, key_checks.Carrying | None]:
+        """Who is calling, when the security function reads a store whose reads wait: on
+        the event loop if the pair verifies against the key's record this process read
+        before (its check against the database then owed, settled on the handler's worker
+        thread before the handler runs: one hop, not two), else on a worker thread."""
+        assert self.security is not None
+        if hooks is None:
+            with key_checks.carrying(on_loop=True) as carried:
+                try:
+                    token_info = self.security.verify(request, headers)
+                except key_checks.ReadNeeded:
+                    token_info = None
+            if token_info is not None:
+                carried.on_loop = False  # settled by a worker thread from now on
+                return token_info, carried
+        call = functools.partial(self.security.verify, request, headers)
+        return await anyio.to_thread.run_sync(call), None
+
+    async def _awaited_carrying(self, carried: key_checks.Carrying, kwargs: dict[str, Any]) -> Any:
+        """An async handler's result, its key check settled by the store before the
+        handler's first write (on the worker thread it writes from), or else after it,
+        before its answer or its error is given."""
+        with key_checks.carrying(slot=carried):
+            try:
+                result = await self.handler(**kwargs)
+            except StoreUnavailable:
+                raise  # a 503 says nothing of the key; the check would wait for it again
+            except Exception:
+                await anyio.to_thread.run_sync(carried.settle)
+                raise
+        if carried.check is not None:
+            await anyio.to_thread.run_sync(carried.settle)
+        return result
 
     @functools.cached_property
     def is_one_read(self) -> bool:

@@ -29,6 +29,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from calls_server.domain import key_checks
 from calls_server.domain.errors import BadRequest, OutcomeUnknown, StoreUnavailable
 
 Connection = psycopg.Connection[TupleRow]
@@ -125,8 +126,10 @@ class Connections:
     @contextmanager
     def _writing(self) -> Iterator[Connection]:
         """A connection for one write statement, its own transaction; timed for
-        `observe_writes` as `_transaction` is. Once the block has begun (the statement is
+        `observe_writes` as `_transaction` is; the request's key check, if one is owed,
+        settled first (domain/key_checks.py). Once the block has begun (the statement is
         sent in it) a connection lost or cut is `OutcomeUnknown`: it may have committed."""
+        key_checks.settle_before_writing()
         started = time.perf_counter()
         sent = False
         try:
@@ -148,12 +151,15 @@ class Connections:
     @contextmanager
     def _transaction(self, snapshot: bool = False, bounded: bool = True) -> Iterator[Connection]:
         """A connection in a transaction: committed when the block ends, rolled back if it
-        raises. A write that commits is timed for `observe_writes`, from asking for a
+        raises (a write first settles the request's key check, if one is owed:
+        domain/key_checks.py). A write that commits is timed for `observe_writes`, from asking for a
         connection to the commit. `snapshot`: a read-only one whose statements all see one
         snapshot (REPEATABLE READ), named in its BEGIN (no round trip of its own). `bounded`:
         its connection is cut past the store call's bound (not for a copy's long work).
         A write whose connection is lost (or cut) during its COMMIT is `OutcomeUnknown`;
         lost before, it is rolled back by the server: the plain StoreUnavailable."""
+        if not snapshot:
+            key_checks.settle_before_writing()
         started = time.perf_counter()
         committing = False
         try:

@@ -116,3 +116,43 @@ def test_on_postgresql_a_read_of_a_call_reads_the_key_in_the_same_statement(
     assert reads_of_the_key_alone == []
     assert client.get("/api/calls", headers=tenant.headers).status_code == 200
     assert reads_of_the_key_alone == [tenant.headers["X-API-KEY"]]
+
+
+def test_a_key_revoked_elsewhere_is_401_at_the_next_create_which_makes_no_call(
+    client, tenant, store, revoke_elsewhere
+):
+    made_call(client, tenant)
+    record, secret = keys.new_api_key(tenant.organization_id, 1)
+    store.add_api_key(record)
+    second = {"X-API-KEY": record["api_key"], "X-API-SECRET": secret}
+
+    revoke_elsewhere(tenant)
+    refused = client.post("/api/calls/create", json={"agent_id": "a"}, headers=tenant.headers)
+
+    assert_error(refused, 401, "revoked")
+    listed = client.get("/api/calls", headers=second).json()["data"]
+    assert listed["pagination"]["total_count"] == 1
+
+
+def test_a_key_revoked_elsewhere_is_401_not_400_for_a_create_with_a_bad_body(
+    client, tenant, revoke_elsewhere
+):
+    made_call(client, tenant)
+
+    revoke_elsewhere(tenant)
+    refused = client.post("/api/calls/create", json={"agent_id": 5}, headers=tenant.headers)
+
+    assert_error(refused, 401, "revoked")
+
+
+def test_a_key_revoked_elsewhere_is_401_at_the_next_change_of_a_call(
+    client, tenant, revoke_elsewhere
+):
+    call_id = made_call(client, tenant)
+
+    revoke_elsewhere(tenant)
+    refused = client.put(
+        f"/api/calls/{call_id}", json={"metadata": {"k": "v"}}, headers=tenant.headers
+    )
+
+    assert_error(refused, 401, "revoked")

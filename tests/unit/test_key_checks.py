@@ -81,3 +81,42 @@ def test_settling_without_a_check_reads_nothing():
         carried.settle()
 
     assert carried.check is None
+
+
+def test_a_check_whose_read_fails_is_still_owed():
+    def find(api_key: str) -> ApiKey | None:
+        raise OSError("the database went away")
+
+    recorded = Recorded()
+    with key_checks.carrying() as carried:
+        carried.check = key_checks.KeyCheck("sk_1", recorded.confirmed.append, find)
+        with pytest.raises(OSError, match="went away"):
+            carried.settle()
+
+    assert carried.check is not None
+    assert recorded.confirmed == []
+
+
+def test_a_store_about_to_write_settles_the_owed_check():
+    recorded = Recorded()
+    with key_checks.carrying() as carried:
+        carried.check = recorded.check()
+        key_checks.settle_before_writing()
+
+    assert recorded.reads == ["sk_1"]
+    assert recorded.confirmed == [RECORD]
+
+
+def test_nothing_is_settled_for_a_store_while_the_pair_is_verified_on_the_event_loop():
+    recorded = Recorded()
+    with key_checks.carrying(on_loop=True) as carried:
+        carried.check = recorded.check()
+        key_checks.settle_before_writing()
+
+    assert recorded.reads == []
+
+
+def test_carrying_a_given_slot_makes_it_the_current_one():
+    slot = key_checks.Carrying()
+    with key_checks.carrying(slot=slot):
+        assert key_checks.current() is slot
