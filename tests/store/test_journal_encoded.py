@@ -14,6 +14,7 @@ import pytest
 from calls_server.domain import calls
 from calls_server.domain.listing import CallQuery
 from calls_server.storage import CorruptJournal, EmbeddedStore
+from calls_server.storage.embedded import write_data_directory
 from calls_server.storage.journal import (
     SNAPSHOT,
     Encoding,
@@ -240,3 +241,22 @@ def test_a_store_written_in_format_1_opens_with_its_calls_listed_and_read(tmp_pa
     reopened = EmbeddedStore(tmp_path)
     assert reopened.get_call("acme", made[2]["call_id"]) == made[2]
     reopened.close()
+
+
+def test_a_data_directory_written_for_a_store_opens_with_its_calls(tmp_path):
+    made = [call(n) for n in range(3)]
+    organization = {"organization_id": "acme", "name": "Acme", "created_at": 0}
+    write_data_directory(
+        tmp_path,
+        {
+            "organizations": {"1": organization},
+            "calls": {str(n + 1): c for n, c in enumerate(made)},
+        },
+    )
+
+    store = EmbeddedStore(tmp_path)
+
+    assert [c["call_id"] for c in store.list_calls("acme", NEWEST_TEN).calls] == [
+        c["call_id"] for c in reversed(made)
+    ]
+    store.close()
