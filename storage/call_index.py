@@ -172,8 +172,29 @@ class OrgCallIndex:
                 del self.combinations[call[_AGENT]]
 
     def replace(self, doc_id: int, old: StoredCall, new: StoredCall) -> None:
-        self.remove(doc_id, old)
-        self.add(doc_id, new)
+        """Index `new` in place of `old`, touching only the lists of the fields that changed
+        (a metadata merge moves the call in `updated_at`'s list alone)."""
+        created_at = old[_CREATED]
+        if old[_CALL_ID] != new[_CALL_ID] or new[_CREATED] != created_at:
+            self.remove(doc_id, old)
+            self.add(doc_id, new)
+            return
+        if old[_AGENT] != new[_AGENT] or _COMBINATION(old) != _COMBINATION(new):
+            self._count(old, -1)
+            self._count(new, 1)
+        pair = (created_at, doc_id)
+        for field, at in zip(EQUALITY_FIELDS, _EQ_AT, strict=True):
+            if old[at] != new[at]:
+                by_value = self.created[field]
+                by_value[old[at]].remove(pair)
+                if not by_value[old[at]]:
+                    del by_value[old[at]]
+                by_value.setdefault(new[at], SortedList()).add(pair)
+        for field, at in zip(SORT_FIELDS, _SORT_AT, strict=True):
+            if old[at] != new[at]:
+                before, after = _entry(old, at, doc_id), _entry(new, at, doc_id)
+                (self.missing if len(before) == 2 else self.present)[field].remove(before)
+                (self.missing if len(after) == 2 else self.present)[field].add(after)
 
     def select(
         self, query: CallQuery, docs: Mapping[str, StoredCall]

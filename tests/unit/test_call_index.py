@@ -93,10 +93,16 @@ def grown_index(rng: random.Random) -> tuple[dict[str, StoredCall], OrgCallIndex
         elif action < 0.7:
             victim = rng.choice(list(docs))
             index.remove(int(victim), docs.pop(victim))
-        else:
+        else:  # a call replaced by another, or changed in a few fields (as updates do)
             target = rng.choice(list(docs))
-            call_id = parsed(docs[target])["call_id"]
-            new = stored({**random_call(rng, int(target)), "call_id": call_id})
+            changed = parsed(docs[target])
+            if rng.random() < 0.5:
+                changed = {**random_call(rng, int(target)), "call_id": changed["call_id"]}
+            else:
+                other = random_call(rng, int(target))
+                for field in rng.sample([*EQUALITY_FIELDS, *SORT_FIELDS[1:]], 3):
+                    changed[field] = other[field]
+            new = stored(changed)
             index.replace(int(target), docs[target], new)
             docs[target] = new
     return docs, index
