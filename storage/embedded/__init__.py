@@ -163,10 +163,14 @@ class EmbeddedStore(
         # Calls under way that the sandbox of another process plays, (organization, call
         # id) -> that process. One process serves a data directory: every other one has
         # stopped, and only calls stored before this open can be among them.
-        self._abandoned: dict[tuple[str, str], str] = {}
-        for found in by_org.values():
-            for _, call in found:
-                self._track_player(None, call)
+        # (As `_track_player` would make it, without a method call per call.)
+        player = AT["player"]
+        self._abandoned: dict[tuple[str, str], str] = {
+            (org, call[call_id]): call[player]
+            for org, found in by_org.items()
+            for _, call in found
+            if call[player] is not None and call[player] != self._process_id
+        }
         self._org_ids = {doc["organization_id"]: doc.doc_id for doc in self._organizations.all()}
         self._key_ids: dict[str, int] = {}  # api_key -> doc id
         self._org_keys: dict[str, dict[str, int]] = {}  # organization -> api_key_id -> doc id
