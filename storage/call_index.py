@@ -412,7 +412,12 @@ class OrgCallIndex:
                 candidates = {i for i in candidates if _passes(i, equality, docs)}
         if "transcript_search" in filters:
             pool = self.call_ids.values() if candidates is None else candidates
-            candidates = {i for i in pool if query.matches(parsed(docs[str(i)]))}
+            needle = _plain_ascii(filters["transcript_search"].lower())
+            candidates = {
+                i
+                for i in pool
+                if _may_contain(docs[str(i)][0], needle) and query.matches(parsed(docs[str(i)]))
+            }
         return candidates
 
     def _at(self, query: CallQuery, position: int) -> int:
@@ -453,6 +458,21 @@ def _entries(
     kept per call, they would cost a dict entry per call and field."""
     at = AT[field]
     return [_entry(docs[str(doc_id)], at, doc_id) for doc_id in doc_ids]
+
+
+def _plain_ascii(needle: str) -> bytes | None:
+    """`needle` as bytes if a call's JSON holds it verbatim wherever its text does (ASCII,
+    nothing JSON escapes: no quote, backslash or control character); else None."""
+    if needle.isascii() and not any(c in '"\\' or c < " " for c in needle):
+        return needle.encode()
+    return None
+
+
+def _may_contain(data: bytes, needle: bytes | None) -> bool:
+    """False only if a call (its JSON `data`) cannot hold `needle` (lowercase) in any text
+    of it, lowercased: a test on the bytes that spares parsing most calls a search skips.
+    On ASCII JSON, bytes.lower() lowercases as str.lower() does."""
+    return needle is None or not data.isascii() or needle in data.lower()
 
 
 def _equality_filters(query: CallQuery) -> list[tuple[int, Collection[Any]]]:

@@ -163,3 +163,29 @@ def test_following_cursors_lists_what_filter_and_sort_lists(seed):
                 break
             page = dataclasses.replace(page, cursor=page.next_cursor(position))
         assert followed == expected, query
+
+
+@pytest.mark.parametrize(
+    ("transcript", "search", "found"),
+    [
+        ("Hello, I want a REFUND", "refund", True),
+        ('he said "refund" twice', '"refund"', True),  # quotes are escaped in the JSON
+        ("back\\slash", "k\\s", True),
+        ("İstanbul office", "i̇stanbul", True),  # not ASCII: the text is parsed
+        ("nothing here", "refund", False),
+    ],
+)
+def test_transcript_search_finds_what_the_transcript_holds(transcript, search, found):
+    call = random_call(random.Random(1), 1)
+    call["transcript"] = transcript
+    docs = {"1": stored(call)}
+    index = OrgCallIndex([(1, docs["1"])])
+    query = CallQuery(
+        page=0,
+        limit=10,
+        sort_by="created_at",
+        sort_order="descending",
+        filters=normalize_filters({"transcript_search": search}),
+    )
+
+    assert index.select(query, docs)[:2] == (([1], 1) if found else ([], 0))
