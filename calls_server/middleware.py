@@ -5,7 +5,7 @@ limit, and Swagger UI."""
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -129,6 +129,13 @@ class SwaggerUI(SwaggerUIMiddleware):  # type: ignore[misc]
 _ACCEPTED_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
+def _new_request_id() -> bytes:
+    """A new request id: 128 random bits in hex. An id names a request in logs, it guards
+    nothing: Python's generator (seeded from the system's, reseeded in a forked child) makes
+    it in a third of the time of a system call for random bytes, on every request."""
+    return b"%032x" % random.getrandbits(128)
+
+
 _access_log = logging.getLogger(ACCESS_LOGGER)
 
 
@@ -176,7 +183,7 @@ class EveryAnswer:
             return
         started = time.perf_counter()
         sent = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        raw_id = sent if _ACCEPTED_ID.fullmatch(sent) else os.urandom(16).hex().encode()
+        raw_id = sent if _ACCEPTED_ID.fullmatch(sent) else _new_request_id()
         request_id = raw_id.decode("latin-1")
         token = current_request_id.set(request_id)
         scope[REQUEST_ID] = request_id
