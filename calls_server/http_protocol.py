@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import httptools
+from starlette.types import Message, Send
 from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -136,6 +137,73 @@ class _HeldFlowControl(FlowControl):
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
+
+
+class CoalescedWrites:
+    """A connection's transport that writes an answer's head together with its body.
+
+    uvicorn writes the head when the app sends `http.response.start` and the body when it
+    sends `http.response.body`, and uvloop sends each write at once: two system calls
+    (and two TCP segments) for every answer, where one does. Between `hold` and `flush`
+    (the cycle's send of the head, and its next send: `holding_head`) writes are held and
+    leave together, in order; closing writes what is held first. Everything else is the
+    transport's own."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.held: list[bytes] | None = None  # a list while holding
+
+    def hold(self) -> None:
+        """Hold the writes from now until `flush`."""
+        if self.held is None:
+            self.held = []
+
+    def write(self, data: bytes) -> None:
+        """Write `data`, or hold it."""
+        if self.held is None:
+            self.transport.write(data)
+        else:
+            self.held.append(data)
+
+    def flush(self) -> None:
+        """Write what is held, in one write, and stop holding."""
+        held, self.held = self.held, None
+        if held and not self.transport.is_closing():
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def is_closing(self) -> bool:
+        """Whether the transport is closing (asked on every request: not via __getattr__)."""
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        """Write what is held, then close (as a transport's `close` sends what it buffers)."""
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Drop what is held and what the transport buffers, and close at once."""
+        self.held = None
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def holding_head(send: Send, writes: CoalescedWrites) -> Send:
+    """uvicorn's `send` of one request, writing the answer's head with what follows it (the
+    body, or its first part): held from the head's send until the end of the next send."""
+
+    async def send_coalesced(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            writes.hold()
+            await send(message)
+            return
+        try:
+            await send(message)
+        finally:
+            writes.flush()
+
+    return send_coalesced
 
 
 def address_key(host: str) -> str:
@@ -281,6 +349,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._address_key = key
         super().connection_made(transport)
         self.flow = _HeldFlowControl(transport)
+        # Every write of the connection through it: an answer leaves in one write.
+        self.transport = cast(asyncio.Transport, CoalescedWrites(transport))
         STATS.open.add(self)
         self._start_deadline(_HEAD, self.limits.header_timeout)
 
@@ -399,7 +469,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = True
         self._end_deadline()
         self.scope[DROP_CONNECTION] = self._drop  # type: ignore[literal-required]
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:  # its task has not started yet
+            writes = cast(CoalescedWrites, self.transport)
+            sent = holding_head(cast(Send, cycle.send), writes)
+            cycle.send = sent  # type: ignore[method-assign,assignment]
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -415,6 +491,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._start_deadline(_HEAD, self.limits.header_timeout)
 
     def on_response_complete(self) -> None:
+        # The answer written now (CoalescedWrites): whether the client takes it is known.
+        cast(CoalescedWrites, self.transport).flush()
         if self.flow.write_paused and not self.transport.is_closing():
             # The client has not taken this answer yet: the next request waits for it
             # (resume_writing), so that the connection holds one unsent answer at most.
