@@ -3,6 +3,7 @@
     .venv/bin/python bench/request_path.py measure --cases get,create,update,list
     .venv/bin/python bench/request_path.py ab --base /tmp/base --rounds 5   # A/B of two trees
     .venv/bin/python bench/request_path.py layers --case update             # cProfile, by layer
+    .venv/bin/python bench/request_path.py wrk-ab --base /tmp/base --rounds 3  # served, under wrk
 
 The app is the one `calls-server serve` runs (its settings' defaults, the collector set up
 as `serve` sets it), over an embedded store holding bench/run.py's `--calls` calls, driven
@@ -17,9 +18,16 @@ on `--base` (another checkout, imported through PYTHONPATH), `--rounds` times ea
 prints each case's median and range for both and their ratio: runs interleaved, so a
 machine that slows down between runs moves both.
 
-`layers` attributes the CPU of one case by layer: cProfile's own time of each function
-(a C function's, such as orjson's, to its callers, in proportion), summed by the layer its
-file belongs to (LAYERS). The profiler slows Python calls more than C work: read shares.
+`layers` attributes the CPU of one case by layer: cProfile's own time of each function,
+timed by its thread's CPU clock (a machine's load does not count in it; a wait counts
+nothing), a C function's (such as orjson's) given to its callers in proportion, summed by
+the layer its file belongs to (LAYERS). The profiler slows Python calls more than C work:
+read the shares.
+`wrk-ab` does what `ab` does with real servers: `calls-server serve` of each tree pinned to
+core 0, wrk (`-t1 -c32`, bench/wrk/<case>.lua) pinned to core 1 for `--duration` seconds
+after a 1 s warm-up; it reports the requests a second and the server's CPU time (all its
+threads, from /proc) per request, which includes what the in-process runs leave out:
+uvicorn, the HTTP parser and the socket's system calls.
 The data directory is made once per size under `--data-root` and copied for each run.
 """
 
@@ -231,7 +239,7 @@ def run_cases(
         directory = Path(temp) / "data"
         shutil.copytree(source, directory)
         if profiles is not None:  # the main thread's first, enabled when timing starts
-            profiles.append(cProfile.Profile())
+            profiles.append(cProfile.Profile(time.thread_time))
             threading.setprofile(functools.partial(_profile_thread, profiles))
         store = EmbeddedStore(directory)
         headers = [
@@ -282,7 +290,7 @@ def run_cases(
 def _profile_thread(profiles: list[cProfile.Profile], *_: Any) -> None:
     """Profile the thread this first runs in, from now on (`threading.setprofile`)."""
     sys.setprofile(None)
-    profile = cProfile.Profile()
+    profile = cProfile.Profile(time.thread_time)
     profiles.append(profile)
     profile.enable()
 
@@ -342,6 +350,60 @@ WAITS = (
     "<built-in method posix.fdatasync>",
     "<built-in method time.sleep>",
 )
+
+
+def cmd_wrk_ab(args: argparse.Namespace) -> None:
+    """Interleaved served runs of this tree and of `--base` under wrk: req/s, CPU/request."""
+    from run import LOAD_CORE, WRK_SCRIPTS, cpu_seconds, start, stop
+
+    source, key, ids = data_directory(args.data_root, args.calls)
+    trees = {"base": Path(args.base).resolve(), "new": BENCH.parent}
+    paths = {"create": "/api/calls/create", "get": "/", "update": "/", "list": "/api/calls"}
+    found: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="request-path-wrk-") as temp:
+        (Path(temp) / "ids.txt").write_text("\n".join(ids) + "\n")
+        env = {"BENCH_IDS": str(Path(temp) / "ids.txt"), **key}
+        for n in range(args.rounds):
+            for name in ("base", "new") if n % 2 == 0 else ("new", "base"):
+                for case in args.cases.split(","):
+                    data = Path(temp) / "data"
+                    shutil.rmtree(data, ignore_errors=True)
+                    shutil.copytree(source, data)
+                    command = [sys.executable, "-m", "calls_server.cli", "--data-dir",
+                               str(data), "serve", "--port", str(args.port),
+                               "--log-level", "warning"]  # fmt: skip
+                    server, _ = start(command, args.port, Path(temp) / "server.log",
+                                      env={"PYTHONPATH": str(trees[name])})  # fmt: skip
+                    try:
+                        url = f"http://127.0.0.1:{args.port}{paths[case]}"
+                        script = str(WRK_SCRIPTS / f"{case}.lua")
+                        wrk = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32", "-s", script]
+                        subprocess.run([*wrk, "-d1s", url], env={**os.environ, **env},
+                                       capture_output=True, check=True)  # fmt: skip
+                        cpu = cpu_seconds([server.pid])
+                        out = subprocess.run([*wrk, f"-d{args.duration}s", url],
+                                             env={**os.environ, **env}, capture_output=True,
+                                             text=True, check=True).stdout  # fmt: skip
+                        cpu = cpu_seconds([server.pid]) - cpu
+                    finally:
+                        stop(server)
+                    done = next(line for line in out.splitlines() if "requests in" in line)
+                    requests = int(done.split()[0])
+                    found[(name, case)].append((requests / args.duration, cpu / requests * 1e6))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{args.rounds} interleaved served runs per tree, {args.calls:,} calls, "
+          f"{args.duration} s each; load average {load}")  # fmt: skip
+    print("case: req/s and server CPU us per request, medians (min to max), base -> new")
+    for case in args.cases.split(","):
+        shown = []
+        for name in ("base", "new"):
+            rates = [rate for rate, _ in found[(name, case)]]
+            cpus = [cpu for _, cpu in found[(name, case)]]
+            shown.append(
+                f"{statistics.median(rates):,.0f} req/s ({min(rates):,.0f} to {max(rates):,.0f}),"
+                f" {statistics.median(cpus):.0f} us ({min(cpus):.0f} to {max(cpus):.0f})"
+            )
+        print(f"  {case}: {shown[0]} -> {shown[1]}")
 
 
 def by_layer(stats: pstats.Stats) -> dict[str, float]:
@@ -406,7 +468,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("measure", "ab", "layers"):
+    for name in ("measure", "ab", "layers", "wrk-ab"):
         command = commands.add_parser(name)
         command.add_argument("--calls", type=int, default=1000)
         command.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()))
@@ -416,11 +478,20 @@ def main() -> int:
             command.add_argument("--top", type=int, default=25)
         else:
             command.add_argument("--cases", default="get,create,update,list")
-        if name == "ab":
+        if name in ("ab", "wrk-ab"):
             command.add_argument("--base", required=True, help="the other tree's root")
             command.add_argument("--rounds", type=int, default=5)
+        if name == "wrk-ab":
+            command.add_argument("--duration", type=int, default=5, help="seconds measured")
+            command.add_argument("--port", type=int, default=18393)
     args = parser.parse_args()
-    {"measure": cmd_measure, "ab": cmd_ab, "layers": cmd_layers}[args.command](args)
+    commands_run = {
+        "measure": cmd_measure,
+        "ab": cmd_ab,
+        "layers": cmd_layers,
+        "wrk-ab": cmd_wrk_ab,
+    }
+    commands_run[args.command](args)
     return 0
 
 
