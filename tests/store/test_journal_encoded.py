@@ -260,3 +260,17 @@ def test_a_data_directory_written_for_a_store_opens_with_its_calls(tmp_path):
         c["call_id"] for c in reversed(made)
     ]
     store.close()
+
+
+def test_a_whole_database_write_keeps_encoded_documents_across_a_reopen(tmp_path):
+    # TinyDB's drop_table hands the storage every remaining table at once (a "*" record).
+    db = EmbeddedTinyDB(tmp_path, storage=JournalStorage, encodings=ENCODINGS)
+    db.table("e").insert({"kind": "a", "n": 1})
+    db.table("other").insert({"x": 1})
+
+    db.drop_table("other")
+    db.storage.abandon()  # no final snapshot: the "*" record is replayed
+
+    reopened = open_storage(tmp_path)
+    assert reopened.read() == {"e": {"1": kept({"kind": "a", "n": 1})}}
+    reopened.close()
