@@ -31,12 +31,15 @@ event loop, each a task that speaks HTTP/1.1 itself over kept-alive connections
 (integrations/webhook_client.py: the request is bytes, the answer's status code is all it
 reads), so that no thread waits
 for an answer and none hands the interpreter over to another at every socket call (16
-worker threads did, some 15 context switches per event). What blocks runs elsewhere: the
-attempts that ended are recorded together, in one write (`Store.change_webhook_events`:
-one journal record, one wait for the disk), by a recorder thread, and a lane sends its
-next event only once its attempt is recorded; reads that wait for a database, a host name
-to resolve, the wait for the disk before sending (one for every attempt starting meanwhile)
-and, with tracing on, httpx's instrumented requests run on a small pool of threads.
+worker threads did, some 15 context switches per event). The attempts that start together
+read their webhooks and events in one store call (`Store.get_webhooks_with_events`: one
+hold of the store's lock, or one round trip). What blocks runs elsewhere: the attempts that
+ended are recorded together, in one write (`Store.change_webhook_events`: one journal
+record, one wait for the disk), by a recorder thread, handed over without a lock and
+without waking it while it looks by itself, and a lane sends its next event only once its
+attempt is recorded; reads that wait for a database, a host name to resolve, the wait for
+the disk before sending (one for every attempt starting meanwhile) and, with tracing on,
+httpx's instrumented requests run on a small pool of threads.
 """
 
 from __future__ import annotations
@@ -638,11 +641,12 @@ class WebhookDeliverer:
             for sent in batch:
                 self._finish(sent.lane, retry)
             return
-        # Per attempt: whether its event needs nothing more, else when to attempt it again.
-        outcomes: list[tuple[_Sent, bool, int | None]] = []
+        # Per attempt: whether its event needs nothing more (the lane's next is due now), and
+        # when to look at its lane again.
+        outcomes: list[tuple[_Sent, bool, int]] = []
         for sent, event in zip(batch, recorded, strict=True):
             if event is None:  # deleted meanwhile (with its webhook, or pruned)
-                outcomes.append((sent, True, None))
+                outcomes.append((sent, True, self.clock()))
                 continue
             try:
                 with test_clocks.working_for(sent.hook["organization_id"]):
@@ -650,7 +654,7 @@ class WebhookDeliverer:
                     if event["status"] == "pending":
                         outcomes.append((sent, False, int(event["next_attempt_at"])))
                     else:
-                        outcomes.append((sent, True, None))
+                        outcomes.append((sent, True, self.clock()))
             except Exception:
                 log.exception("webhook %s: delivery failed unexpectedly; retrying soon", sent.lane)
                 outcomes.append((sent, False, self.clock() + int(self.policy.first_delay * 1000)))
@@ -659,10 +663,8 @@ class WebhookDeliverer:
         scheduled = False
         with self._lock:
             for sent, done, when in outcomes:
-                if done:
-                    with test_clocks.working_for(sent.hook["organization_id"]):
-                        when = self._done(sent.lane)
-                scheduled = self._finish(sent.lane, when, kick=False) or scheduled
+                after = self._done(sent.lane, when) if done else when
+                scheduled = self._finish(sent.lane, after, kick=False) or scheduled
             if scheduled:
                 self._kick()  # once for the whole batch
 
@@ -782,8 +784,9 @@ class WebhookDeliverer:
                 heads.setdefault((event["webhook_id"], event["call_id"]), event)
         return list(heads.values())
 
-    def _done(self, lane: Lane) -> int | None:
-        """The lane's head event needs nothing more: on to the next one, now."""
+    def _done(self, lane: Lane, now: int | None = None) -> int | None:
+        """The lane's head event needs nothing more: on to the next one, now (`now`, if
+        the caller read the time already); None if there is none."""
         with self._lock:
             queue = self._lanes.get(lane)
             if queue:
@@ -792,7 +795,7 @@ class WebhookDeliverer:
                 self._lanes.pop(lane, None)
                 self._partitions.pop(lane, None)
                 return None
-        return self.clock()
+        return self.clock() if now is None else now
 
     def _unpark(self) -> None:
         """Look at the switched-off webhooks once each; the lanes of those switched on again
