@@ -33,6 +33,9 @@ class KeyCheck:
     confirm: Callable[[ApiKey | None], None]
     # Reads the key's record in a round trip of its own.
     find: Callable[[str], ApiKey | None]
+    # The record the pair was verified against (a write may be made on condition that the
+    # database still holds it).
+    known: ApiKey | None = None
 
 
 class ReadNeeded(Exception):
@@ -88,6 +91,17 @@ def carrying(on_loop: bool = False, slot: Carrying | None = None) -> Iterator[Ca
 def current() -> Carrying | None:
     """The running request's `Carrying`, if its reads may carry its key check."""
     return _CARRYING.get()
+
+
+def take() -> tuple[Carrying, KeyCheck] | None:
+    """The running request's owed key check, taken from it for a store to carry in its
+    write (handed back to `Carrying.confirmed` with the record read, or put back in
+    `Carrying.check` if the write failed), if one is owed and may be carried."""
+    slot = _CARRYING.get()
+    if slot is None or slot.check is None or slot.on_loop or slot.check.known is None:
+        return None
+    check, slot.check = slot.check, None
+    return slot, check
 
 
 def settle_before_writing() -> None:

@@ -105,7 +105,7 @@ def _checked_by_the_read(
             request.scope.pop(RATE_LIMIT_HEADERS, None)
             raise
 
-    carrying.check = key_checks.KeyCheck(api_key, confirm, running.store.find_api_key)
+    carrying.check = key_checks.KeyCheck(api_key, confirm, running.store.find_api_key, known)
     return key
 
 

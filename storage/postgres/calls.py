@@ -19,7 +19,7 @@ from calls_server.domain.listing import RANGE_FIELDS, SORT_FIELDS, CallPage, Cal
 from calls_server.domain.quotas import Quota
 from calls_server.storage.interface import UNDER_CLAIM, EventSource
 from calls_server.storage.postgres.accounts import _remember_key
-from calls_server.storage.postgres.documents import _copy, _loads
+from calls_server.storage.postgres.documents import _copy, _json, _loads
 from calls_server.storage.postgres.idempotency import _mark_claim
 from calls_server.storage.postgres.outbox import _record_events
 from calls_server.storage.postgres.pool import Connection, Connections
@@ -69,14 +69,38 @@ class CallsMixin(Connections):
         if not self._limited and UNDER_CLAIM.get() is None:
             # The common case, a statement that is its own transaction (no BEGIN and COMMIT
             # round trips): the call and its usage, unless events may be owed (the
-            # organization has webhooks): then nothing, and the transaction below.
-            with self._writing() as conn:
-                row = conn.execute(
-                    _ADD_CALL_ALONE,
-                    (self._event_source is not None, org, *values, _stripe()),
-                ).fetchone()
+            # organization has webhooks): then nothing, and the transaction below. The
+            # request's key check, if one is owed, is carried: nothing is written unless
+            # the key's record is still the one the pair was verified against.
+            taken = key_checks.take()
+            try:
+                with self._writing() as conn:
+                    if taken is None:
+                        row = conn.execute(
+                            _ADD_CALL_ALONE,
+                            (self._event_source is not None, org, *values, _stripe()),
+                        ).fetchone()
+                    else:
+                        check = taken[1]
+                        row = conn.execute(
+                            _ADD_CALL_CHECKED,
+                            (check.api_key, _json(check.known or {}),
+                             self._event_source is not None, org, *values, _stripe()),
+                        ).fetchone()  # fmt: skip
+            except BaseException:
+                if taken is not None:
+                    taken[0].check = taken[1]  # still owed
+                raise
             assert row is not None  # the statement's SELECT answers one row
-            inserted, deferred = row
+            inserted, deferred = row[:2]
+            if taken is not None:
+                carrying, check = taken
+                found = _remember_key(self._known_keys, check.api_key, row[3])
+                carrying.check = check
+                carrying.confirmed(found)  # Unauthorized if the pair no longer verifies
+                # Not the record verified against, yet the pair verifies: nothing was
+                # written; the transaction below writes it, the check done.
+                deferred = deferred or not row[2]
             if not deferred:
                 if not inserted:
                     raise record_kinds.CALL.duplicate(call["call_id"])
@@ -361,6 +385,25 @@ _ADD_CALL_ALONE = (
     " ON CONFLICT (organization_id, stripe) DO UPDATE"
     " SET calls = u.calls + excluded.calls, bytes = u.bytes + excluded.bytes)"
     " SELECT EXISTS (SELECT 1 FROM inserted), (SELECT yes FROM deferred)"
+)
+# The same carrying the request's key check (parameters: the key's public part and the
+# record the pair was verified against, then those above): nothing is written unless the
+# key's record is still that one; it answers whether it was (fits) and the record read.
+_ADD_CALL_CHECKED = (
+    "WITH key AS (SELECT doc FROM api_keys WHERE api_key = %s),"
+    " fits AS (SELECT (SELECT doc FROM key) IS NOT DISTINCT FROM %s::jsonb AS yes),"
+    " deferred AS (SELECT %s::bool AND EXISTS"
+    " (SELECT 1 FROM webhooks WHERE organization_id = %s) AS yes),"
+    f" inserted AS (INSERT INTO calls ({_CALL_INSERT_COLUMNS})"
+    f" SELECT {_CALL_INSERT_VALUES}"
+    " WHERE NOT (SELECT yes FROM deferred) AND (SELECT yes FROM fits)"
+    " ON CONFLICT (organization_id, call_id) DO NOTHING RETURNING organization_id, size),"
+    " used AS (INSERT INTO organization_usage AS u (organization_id, stripe, calls, bytes)"
+    " SELECT organization_id, %s, 1, size FROM inserted"
+    " ON CONFLICT (organization_id, stripe) DO UPDATE"
+    " SET calls = u.calls + excluded.calls, bytes = u.bytes + excluded.bytes)"
+    " SELECT EXISTS (SELECT 1 FROM inserted), (SELECT yes FROM deferred),"
+    " (SELECT yes FROM fits), (SELECT doc FROM key)"
 )
 
 

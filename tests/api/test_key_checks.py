@@ -156,3 +156,47 @@ def test_a_key_revoked_elsewhere_is_401_at_the_next_change_of_a_call(
     )
 
     assert_error(refused, 401, "revoked")
+
+
+def test_a_key_changed_elsewhere_but_still_active_creates_its_call_once(
+    backend, client, tenant, store, request
+):
+    made_call(client, tenant)
+    other = (
+        PostgresStore(request.getfixturevalue("migrated_database_url"))
+        if backend == "postgres"
+        else store
+    )
+    try:
+        other.change_api_key(
+            tenant.organization_id, tenant.api_key_id, lambda key: {**key, "description": "x"}
+        )
+    finally:
+        if other is not store:
+            other.close()
+
+    created = client.post("/api/calls/create", json={"agent_id": "a"}, headers=tenant.headers)
+
+    assert created.status_code == 200, created.text
+    listed = client.get("/api/calls", headers=tenant.headers).json()["data"]
+    assert listed["pagination"]["total_count"] == 2
+
+
+def test_on_postgresql_a_create_reads_the_key_in_the_same_statement(
+    backend, client, tenant, store, monkeypatch
+):
+    if backend != "postgres":
+        pytest.skip("the embedded store reads keys from memory")
+    made_call(client, tenant)
+    reads_of_the_key_alone: list[str] = []
+    find_api_key = store.find_api_key
+
+    def counted(api_key: str) -> Any:
+        reads_of_the_key_alone.append(api_key)
+        return find_api_key(api_key)
+
+    monkeypatch.setattr(store, "find_api_key", counted)
+
+    for _ in range(3):
+        made_call(client, tenant)
+    assert reads_of_the_key_alone == []
