@@ -81,7 +81,8 @@ LIST_BODY = orjson.dumps(
 NUMBERS = {"get": 5000, "create": 2000, "update": 2000, "list": 2000}
 
 # Layers, by where a function is defined: (layer, a part of its file's path, its name or
-# "" for any). The first that matches decides; functions matching none are "other".
+# "" for any). The first that matches decides; a function matching none counts in its
+# callers' layers (Starlette's request and headers objects, in the layer that reads them).
 LAYERS = [
     ("store", "/storage/", ""),
     ("store", "tinydb/", ""),
@@ -99,8 +100,10 @@ LAYERS = [
     ("ASGI middlewares", "calls_server/console.py", ""),
     ("ASGI middlewares", "calls_server/logs.py", ""),
     ("ASGI middlewares", "calls_server/errors.py", ""),
-    ("ASGI middlewares", "starlette/", ""),
-    ("ASGI middlewares", "connexion/", ""),
+    ("ASGI middlewares", "starlette/middleware/", ""),
+    ("ASGI middlewares", "starlette/_exception_handler.py", ""),
+    ("ASGI middlewares", "connexion/middleware/", ""),
+    ("ASGI middlewares", "connexion/apps/", ""),
     ("uvicorn", "uvicorn/", ""),
     ("uvicorn", "calls_server/http_protocol.py", ""),
     ("thread hops", "anyio/", ""),
