@@ -830,9 +830,12 @@ def _load_snapshot(path: Path, encodings: Encodings) -> tuple[int, Tables, str |
     if len(document) != expected_size or zlib.crc32(document) != expected_crc:
         raise ValueError(f"its checksum does not match (damaged within its {len(data)} bytes)")
     header_end = data.find(b"\n", 0, len(document))
+    coded: dict[str, Any] = {}  # the encoded tables' columns
     if header_end < 0:  # format 1: one JSON document, every table in it
         snapshot = orjson.loads(document)
-        seq, tables, coded = snapshot["seq"], snapshot["tables"], {}
+        del document, data
+        seq, tables = snapshot["seq"], snapshot["tables"]
+        del snapshot
     else:
         del document  # the memoryview would keep `data` from being cut into lines
         # The documents' lines become the documents kept; the trailer and the newlines
@@ -840,40 +843,55 @@ def _load_snapshot(path: Path, encodings: Encodings) -> tuple[int, Tables, str |
         lines = data.split(b"\n")
         del lines[len(lines) - (len(data) - end) - 1 :]
         del data
-        snapshot = orjson.loads(lines[0])
-        if snapshot.get("format") != FORMAT:
-            raise ValueError(f"its format {snapshot.get('format')!r} is not {FORMAT}")
-        seq, tables, coded = snapshot["seq"], snapshot["tables"], snapshot["encoded"]
-        first = 1
-        for name, columns in coded.items():
-            ids = columns["ids"]
-            docs = lines[first : first + len(ids)]
-            first += len(ids)
-            if len(docs) != len(ids):
-                raise ValueError(f"table {name} lacks documents")
-            encoding = encodings.get(name)
-            if encoding is None:
-                tables[name] = {
-                    doc_id: orjson.loads(doc) for doc_id, doc in zip(ids, docs, strict=True)
-                }
-                continue
-            values = [
-                list(map(column["values"].__getitem__, column["codes"]))
-                if isinstance(column, dict)
-                else column
-                for column in columns["columns"]
-            ]
-            tables[name] = dict(zip(ids, zip(docs, *values, strict=True), strict=True))
-        if first != len(lines):
-            raise ValueError("it holds more documents than it names")
+        seq, tables, coded = _format_2(lines, encodings)
     if next_segment is not None and next_segment != segment_name(seq + 1):
         raise ValueError(f"its trailer names {next_segment}, not the segment after it")
-    for name, encoding in encodings.items():  # a plain table that is to be kept encoded
-        if name in tables and name not in coded:
-            plain, tables[name] = tables[name], {}
-            for doc_id in list(plain):  # each dict freed once encoded: half the memory
-                tables[name][doc_id] = encoding.encode(plain.pop(doc_id))
+    plain = [name for name in encodings if name in tables and name not in coded]
+    if plain:
+        # Tables to be kept encoded that were written plain (format 1): encoded, then
+        # read back as format 2 from memory, so that nothing the parse made stays alive
+        # (what the encoded documents kept of it would hold on to the parse's memory:
+        # 10 GiB at a million calls, where 2 GiB are needed).
+        for name in plain:
+            documents, tables[name] = tables[name], {}
+            for doc_id in list(documents):  # each dict freed once encoded
+                tables[name][doc_id] = encodings[name].encode(documents.pop(doc_id))
+        lines = b"".join(_snapshot_pieces(seq, tables, encodings)).split(b"\n")
+        del tables
+        seq, tables, coded = _format_2(lines, encodings)
     return seq, tables, next_segment
+
+
+def _format_2(lines: list[bytes], encodings: Encodings) -> tuple[int, Tables, dict[str, Any]]:
+    """The seq, tables and encoded tables' columns of a snapshot of format 2, cut into
+    `lines` (its trailer left off)."""
+    snapshot = orjson.loads(lines[0])
+    if snapshot.get("format") != FORMAT:
+        raise ValueError(f"its format {snapshot.get('format')!r} is not {FORMAT}")
+    seq, tables, coded = snapshot["seq"], snapshot["tables"], snapshot["encoded"]
+    first = 1
+    for name, columns in coded.items():
+        ids = columns["ids"]
+        docs = lines[first : first + len(ids)]
+        first += len(ids)
+        if len(docs) != len(ids):
+            raise ValueError(f"table {name} lacks documents")
+        encoding = encodings.get(name)
+        if encoding is None:
+            tables[name] = {
+                doc_id: orjson.loads(doc) for doc_id, doc in zip(ids, docs, strict=True)
+            }
+            continue
+        values = [
+            list(map(column["values"].__getitem__, column["codes"]))
+            if isinstance(column, dict)
+            else column
+            for column in columns["columns"]
+        ]
+        tables[name] = dict(zip(ids, zip(docs, *values, strict=True), strict=True))
+    if first != len(lines):
+        raise ValueError("it holds more documents than it names")
+    return seq, tables, coded
 
 
 def _apply(
