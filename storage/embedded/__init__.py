@@ -8,6 +8,9 @@ TinyDB as shipped rebuilds a whole table on every write and scans on every searc
   lock, until the journal has them on disk (group commit);
 - a stored document is never mutated, only replaced (`JournaledTable.replace`), so that
   the journal can snapshot a shallow copy of the tables in the background;
+- calls are kept encoded (`EncodedTable`, `call_index.stored`): each as its JSON bytes and
+  the fields its indexes are built from, parsed when read; the snapshot holds those fields
+  by column, so that opening parses no call (storage/journal.py, `Encoding`);
 - every lookup and listing goes through in-memory indexes, rebuilt once on open: calls per
   organization (`storage.call_index`), API keys by key and per organization, webhooks and
   batch calls per organization, webhook events per (organization, webhook), batch tasks
