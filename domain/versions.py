@@ -25,9 +25,13 @@ def etag(record: Mapping[str, Any]) -> str:
 def answer_etag(data: Any) -> str:
     """The version of an answer's `data` as an ETag: a digest of it as built (its keys in
     the order the server builds them, the same from one read to the next), without the
-    sorting a stored record's version needs: a page's ETag is computed on every listing."""
-    digest = hashlib.blake2b(orjson.dumps(data), digest_size=8)
-    return f'"{digest.hexdigest()}"'
+    sorting a stored record's version needs: a page's ETag is computed on every listing.
+
+    SHA-1, cut to 64 bits: the processor's SHA instructions hash a page of 20 calls (30 KB)
+    in 22 us where BLAKE2b takes 50 us (timeit); a page's tag only tells one answer from the
+    next, never guards anything (a record's version, which If-Match checks, keeps BLAKE2b)."""
+    digest = hashlib.sha1(orjson.dumps(data), usedforsecurity=False)
+    return f'"{digest.hexdigest()[:16]}"'
 
 
 def not_modified(if_none_match: str | None, current: str) -> bool:
