@@ -195,7 +195,7 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        # The access log is calls_server.middleware.RequestId's, with the request's fields:
+        # The access log is calls_server.middleware.EveryAnswer's, with the request's fields:
         # uvicorn's own (no fields) would write a second line per request.
         "access_log": False,
         "log_config": log_config(settings.log_level, settings.log_json, settings.log_access),

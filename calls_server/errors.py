@@ -26,7 +26,7 @@ from calls_server.domain.envelope import failure
 from calls_server.domain.errors import ApiError
 
 log = logging.getLogger("calls_server")
-# Where in the request's scope its id is (set by middleware.RequestId), for error bodies.
+# Where in the request's scope its id is (set by middleware.EveryAnswer), for error bodies.
 REQUEST_ID = "calls.request_id"
 
 _MESSAGES = {

@@ -10,14 +10,14 @@ from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-# The id of the request being handled (set by calls_server.middleware.RequestId), for log
+# The id of the request being handled (set by calls_server.middleware.EveryAnswer), for log
 # lines. Here rather than beside the middleware: logging is set up by every command, and the
 # web stack is imported only by the one that serves.
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
 TEXT_FORMAT = "%(levelname)s: [%(request_id)s] %(message)s"
 
-# The logger of the access log: one INFO line per request (calls_server.middleware.RequestId
+# The logger of the access log: one INFO line per request (calls_server.middleware.EveryAnswer
 # writes it), replacing uvicorn's, which has no fields.
 ACCESS_LOGGER = "calls_server.access"
 
