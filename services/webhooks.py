@@ -170,6 +170,9 @@ class WebhookDeliverer:
         self._lanes: dict[Lane, deque[str]] = {}
         self._organizations: dict[str, str] = {}
         self._queued: set[tuple[str, str]] = set()  # (webhook, event id) in those lanes
+        # Queued again (redelivered) while its lane's attempt of it was under way or being
+        # recorded: the lane reads it again instead of dropping it with that attempt.
+        self._again: set[tuple[str, str]] = set()
         self._due: list[tuple[int, int, Lane]] = []  # heap of (when, tie, lane)
         self._scheduled: dict[Lane, int] = {}  # lane -> when it is due (its heap entry)
         self._busy: set[Lane] = set()  # lanes with an attempt under way (or being recorded)
@@ -246,6 +249,8 @@ class WebhookDeliverer:
                     self._lanes.setdefault(lane, deque()).append(event_id)
                     self._organizations[webhook_id] = event["organization_id"]
                     self._partitions[lane] = event.get("partition")
+                elif lane in self._busy and self._lanes[lane][0] == event_id:
+                    self._again.add((webhook_id, event_id))
                 self._schedule(lane, self.clock())
             self._kick()
 
@@ -258,6 +263,7 @@ class WebhookDeliverer:
             if partitions is None:
                 self._lanes.clear()
                 self._queued.clear()
+                self._again.clear()
                 self._due.clear()
                 self._scheduled.clear()
                 self._held.clear()
@@ -268,6 +274,7 @@ class WebhookDeliverer:
             for lane in mine:
                 for event_id in self._lanes.pop(lane, ()):
                     self._queued.discard((lane[0], event_id))
+                    self._again.discard((lane[0], event_id))
                 self._scheduled.pop(lane, None)  # its heap entry is skipped
                 for lanes in (*self._parked.values(), *self._frozen.values()):
                     lanes.discard(lane)
@@ -789,6 +796,9 @@ class WebhookDeliverer:
         the caller read the time already); None if there is none."""
         with self._lock:
             queue = self._lanes.get(lane)
+            if queue and (lane[0], queue[0]) in self._again:
+                self._again.discard((lane[0], queue[0]))  # read it again: pending once more
+                return self.clock() if now is None else now
             if queue:
                 self._queued.discard((lane[0], queue.popleft()))
             if not queue:
@@ -821,6 +831,7 @@ class WebhookDeliverer:
             for lane in [lane for lane in self._lanes if lane[0] == webhook_id]:
                 for event_id in self._lanes.pop(lane):
                     self._queued.discard((webhook_id, event_id))
+                    self._again.discard((webhook_id, event_id))
                 self._partitions.pop(lane, None)
             client = self._clients.pop(webhook_id, None)
         self._on_loop(self._http.forget, webhook_id)

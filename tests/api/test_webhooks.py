@@ -548,6 +548,48 @@ def test_finished_events_past_their_retention_are_pruned(store, tenant, receiver
     assert raw_documents(store._events) == {}
 
 
+class RedeliveredOnceRecorded:
+    """The store, but a redelivery of the first event recorded as delivered lands right
+    after that record, before the deliverer has finished the attempt's lane (as the API's
+    redeliver can, from another thread)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.redelivered = False
+
+    def change_webhook_events(self, changes):
+        recorded = self._store.change_webhook_events(changes)
+        for event in recorded:
+            if event is not None and event["status"] == "delivered" and not self.redelivered:
+                self.redelivered = True
+                self._store.change_webhook_event(
+                    event["organization_id"],
+                    event["webhook_id"],
+                    event["event_id"],
+                    lambda e: webhooks.redelivered(e, wall_clock()),
+                )
+        return recorded
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+def test_a_redelivery_landing_while_the_attempt_is_recorded_is_delivered(store, tenant, receiver):
+    add_hook(store, tenant, receiver.url)
+    racing = RedeliveredOnceRecorded(store)
+    deliverer = WebhookDeliverer(racing, LOOPBACK, QUICK_RETRIES)
+    deliverer.start()
+    try:
+        add_web_call(store, tenant)
+        wait_for(lambda: len(receiver.received) == 2)
+        wait_for(lambda: not store.pending_webhook_events())
+    finally:
+        deliverer.stop()
+
+    assert racing.redelivered
+    assert len(set(event_ids(receiver))) == 1  # the same event, twice
+
+
 # -- the events API ---------------------------------------------------------------------------
 
 
