@@ -109,7 +109,9 @@ def test_a_live_process_ends_the_sandbox_calls_of_a_killed_one_on_the_same_datab
         mine = [phone_call(alive.base_url, headers, agent, LONG) for _ in range(3)]
         kill(killed)
 
-        wait_for(lambda: all(status(alive, headers, c) == "error" for c in theirs))
+        # The live process saw the killed one serving: it gives it 10 s to serve again (a
+        # failover's presence gap, services/claimants.py) before it ends its calls.
+        wait_for(lambda: all(status(alive, headers, c) == "error" for c in theirs), timeout=30)
         after = {c: call(alive.base_url, headers, c) for c in theirs + mine}
 
     for call_id in theirs:
