@@ -338,6 +338,14 @@ def main() -> int:
         f"0..N-1), wrk on core {LOAD_CORE}, {args.connections} connections, "
         f"{args.duration}s per run, {args.rounds} rounds; work dir {work}"
     )
+    # The database first: if it cannot start (its package missing), no server is left running.
+    databases = None
+    if any(c != EMBEDDED for c in configurations) and not args.database_url:
+        from tests.postgres_server import TestDatabases
+
+        databases = TestDatabases()
+        databases.start()
+
     servers = Servers(args.port + 1, args.port + 2)
     ids_for_reference = work / "reference-ids.txt"
     ids_for_reference.write_text("\n".join(f"call_ref_{n}" for n in range(1000)) + "\n")
@@ -353,13 +361,6 @@ def main() -> int:
             servers.reference_port, work / "reference.log",
             env={"BENCH_KEY": "k", "BENCH_SECRET": "s", "BENCH_IDS": str(ids_for_reference)},
         )  # fmt: skip
-    databases = None
-    if any(c != EMBEDDED for c in configurations) and not args.database_url:
-        from tests.postgres_server import TestDatabases
-
-        databases = TestDatabases()
-        databases.start()
-
     measured: dict[Key, list[tuple[Result, Result]]] = {}
     startup: dict[tuple[int, str], float] = {}
     memory: dict[tuple[int, str], float] = {}
