@@ -314,19 +314,13 @@ class Outbox(Protocol):
     ) -> WebhookEvent:
         """The event. Raises WebhookNotFound or WebhookEventNotFound."""
 
-    def get_webhook_with_event(
-        self, organization_id: str, webhook_id: str, event_id: str
-    ) -> tuple[Webhook, WebhookEvent]:
-        """The webhook and its event, read together (what a delivery attempt needs, in one
-        read). Raises WebhookNotFound or WebhookEventNotFound."""
-
     def get_webhooks_with_events(
         self, keys: Sequence[tuple[str, str, str]]
     ) -> list[tuple[Webhook | None, WebhookEvent | None]]:
         """For each (organization id, webhook id, event id) of `keys`, in their order, the
-        webhook and its event as `get_webhook_with_event` reads them, all in one read: the
-        webhook None if it does not exist (nor, then, its event), the event None if it does
-        not. A webhook read for several events is one copy, shared by them. What the
+        webhook and its event (as `get_webhook` and `get_webhook_event` read them), all in
+        one read: the webhook None if it does not exist (nor, then, its event), the event
+        None if it does not. A webhook read for several events is one copy, shared by them. What the
         deliverer reads for every attempt it starts at once (one lock, or one round trip,
         instead of one each)."""
 

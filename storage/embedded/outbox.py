@@ -95,16 +95,6 @@ class OutboxMixin(Locked):
         with self._reading():
             return _copy(self._stored_event(organization_id, webhook_id, event_id)[1])
 
-    def get_webhook_with_event(
-        self, organization_id: str, webhook_id: str, event_id: str
-    ) -> tuple[Webhook, WebhookEvent]:
-        with self._reading():
-            hook = self._webhooks.stored(organization_id, webhook_id)[1]
-            doc_id = self._hook_events.get((organization_id, webhook_id), {}).get(event_id)
-            if doc_id is None:
-                raise WebhookEventNotFound(event_id)
-            return _copy(hook), _copy(raw_documents(self._events)[str(doc_id)])
-
     def get_webhooks_with_events(
         self, keys: Sequence[tuple[str, str, str]]
     ) -> list[tuple[Webhook | None, WebhookEvent | None]]:

@@ -93,15 +93,6 @@ class OutboxMixin(Connections):
         with self._transaction(snapshot=True) as conn:  # a read: its COMMIT decides nothing
             return self._event(conn, organization_id, webhook_id, event_id, lock=False)
 
-    def get_webhook_with_event(
-        self, organization_id: str, webhook_id: str, event_id: str
-    ) -> tuple[Webhook, WebhookEvent]:
-        """The webhook and its event, read together. Raises WebhookNotFound or
-        WebhookEventNotFound."""
-        with self._transaction(snapshot=True) as conn:
-            hook = _locked(conn, _WEBHOOKS, organization_id, webhook_id, lock=False)
-            return hook, self._event(conn, organization_id, webhook_id, event_id, lock=False)
-
     def get_webhooks_with_events(
         self, keys: Sequence[tuple[str, str, str]]
     ) -> list[tuple[Webhook | None, WebhookEvent | None]]:

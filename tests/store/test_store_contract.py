@@ -812,27 +812,6 @@ def test_webhook_events_change_list_and_prune(store):
     assert store.list_webhook_events("acme", hook["id"])[1] == 2
 
 
-def test_a_webhook_is_read_with_its_event(store):
-    store.add_organization(keys.new_organization(1, "acme"))
-    hook = webhook(status_events=True)
-    store.add_webhook(hook)
-    store.record_webhook_events(owing, lambda events: None, lambda partitions: None)
-    store.add_call(a_call(org="acme"))
-    (event,) = store.pending_webhook_events()
-
-    read_hook, read_event = store.get_webhook_with_event("acme", hook["id"], event["event_id"])
-
-    assert (read_hook, read_event) == (hook, event)
-    read_event["payload"]["call"]["call_status"] = "changed by the caller"  # its own copy
-    assert store.get_webhook_event("acme", hook["id"], event["event_id"]) == event
-    with pytest.raises(WebhookEventNotFound):
-        store.get_webhook_with_event("acme", hook["id"], "evt_none")
-    with pytest.raises(WebhookNotFound):
-        store.get_webhook_with_event("acme", "webhook_none", event["event_id"])
-    with pytest.raises(WebhookNotFound):  # another organization's
-        store.get_webhook_with_event("other", hook["id"], event["event_id"])
-
-
 def test_many_webhook_events_change_in_one_write(store):
     for org in ("acme", "other"):
         store.add_organization(keys.new_organization(1, org))

@@ -8,6 +8,17 @@ from calls_server.domain import keys
 from tests.store.test_store_contract import a_call, owing, webhook
 
 
+def one_event(store) -> tuple[dict, dict]:
+    """A webhook of organization `acme` and the one event a new call owes it."""
+    store.add_organization(keys.new_organization(1, "acme"))
+    hook = webhook(status_events=True)
+    store.add_webhook(hook)
+    store.record_webhook_events(owing, lambda events: None, lambda partitions: None)
+    store.add_call(a_call(org="acme"))
+    (event,) = store.pending_webhook_events()
+    return hook, event
+
+
 def test_many_webhooks_are_read_with_their_events_in_one_call(store):
     for org in ("acme", "other"):
         store.add_organization(keys.new_organization(1, org))
@@ -42,12 +53,7 @@ def test_many_webhooks_are_read_with_their_events_in_one_call(store):
 
 
 def test_what_is_read_at_once_is_the_callers_own_copy(store):
-    store.add_organization(keys.new_organization(1, "acme"))
-    hook = webhook(status_events=True)
-    store.add_webhook(hook)
-    store.record_webhook_events(owing, lambda events: None, lambda partitions: None)
-    store.add_call(a_call(org="acme"))
-    (event,) = store.pending_webhook_events()
+    hook, event = one_event(store)
 
     ((read_hook, read_event),) = store.get_webhooks_with_events(
         [("acme", hook["id"], event["event_id"])]
@@ -55,7 +61,8 @@ def test_what_is_read_at_once_is_the_callers_own_copy(store):
     read_hook["url"] = "https://changed.example.com/"
     read_event["payload"]["call"]["call_status"] = "changed by the caller"
 
-    assert store.get_webhook_with_event("acme", hook["id"], event["event_id"]) == (hook, event)
+    assert store.get_webhook("acme", hook["id"]) == hook
+    assert store.get_webhook_event("acme", hook["id"], event["event_id"]) == event
 
 
 def test_nothing_asked_reads_nothing(store):
@@ -63,12 +70,7 @@ def test_nothing_asked_reads_nothing(store):
 
 
 def test_a_changed_event_returned_is_the_callers_own_copy(store):
-    store.add_organization(keys.new_organization(1, "acme"))
-    hook = webhook(status_events=True)
-    store.add_webhook(hook)
-    store.record_webhook_events(owing, lambda events: None, lambda partitions: None)
-    store.add_call(a_call(org="acme"))
-    (event,) = store.pending_webhook_events()
+    hook, event = one_event(store)
     key = ("acme", hook["id"], event["event_id"])
 
     (changed,) = store.change_webhook_events([(*key, lambda e: {**e, "status": "delivered"})])
