@@ -301,7 +301,9 @@ def test_an_event_is_given_up_after_the_retry_window_and_the_next_one_is_sent(
     receiver.reply_to = lambda request: (
         (500, 0.0) if b"call_registered" in request.body else (200, 0.0)
     )
-    settings = {**LOOPBACK_SETTINGS, "webhook_retry_for": 0.3}
+    # A window of 1 s: retries 0.05 s apart fit in it even when an attempt and its record
+    # take a few hundred ms on a loaded machine (0.3 s once left room for the first alone).
+    settings = {**LOOPBACK_SETTINGS, "webhook_retry_for": 1.0}
     with app_client(store, data_dir=data_dir, **settings) as client:
         hook = register(client, tenant, receiver.url)
         call = create_call(client, tenant)
